@@ -41,6 +41,7 @@ install_file() {
 }
 
 mkdir -p "$dist" "$dist/.stamps"
+expected=(not-a-component.wasm random-bytes.wasm)
 
 # --- Rust ------------------------------------------------------------------------------------
 if ! rustup target list --installed | grep -qx "$target"; then
@@ -51,9 +52,16 @@ fi
 step "cargo build --release --target $target"
 (cd "$here" && cargo build --quiet --locked --release --target "$target" --workspace)
 
-for wasm in "$here/target/$target/release/"x_*.wasm; do
-    name="$(basename "$wasm" .wasm)"
-    install_file "$wasm" "$dist/${name//_/-}.wasm"
+# Every cdylib of the workspace is a plugin; dist/ names it after its crate (= its type name).
+cdylibs="$(cd "$here" && cargo metadata --locked --offline --no-deps --format-version 1 | python3 -c '
+import json, sys
+for p in json.load(sys.stdin)["packages"]:
+    if any("cdylib" in t["crate_types"] for t in p["targets"]):
+        print(p["name"])
+')"
+for crate in $cdylibs; do
+    install_file "$here/target/$target/release/${crate//-/_}.wasm" "$dist/$crate.wasm"
+    expected+=("$crate.wasm")
 done
 
 # --- Python ----------------------------------------------------------------------------------
@@ -70,6 +78,7 @@ for app in "$here"/python/*/app.py; do
     dir="$(dirname "$app")"
     name="x-$(basename "$dir")"
     out="$dist/$name.wasm"
+    expected+=("$name.wasm")
     # The stamp covers the sources, the WIT and the tool version.
     stamp="$(cat "$dir"/*.py "$root"/wit/*.wit <("$venv/bin/componentize-py" --version) | sha256sum | cut -d' ' -f1)"
     if [[ -f "$out" && "$(cat "$dist/.stamps/$name" 2>/dev/null)" == "$stamp" ]]; then
@@ -102,6 +111,11 @@ for name, data in (("not-a-component.wasm", core), ("random-bytes.wasm", noise))
     if not path.exists() or path.read_bytes() != data:
         path.write_bytes(data)
 EOF
+
+# Files of plugins that no longer exist would mislead the host's tests.
+for f in "$dist"/*.wasm; do
+    [[ " ${expected[*]} " == *" $(basename "$f") "* ]] || rm -f "$f"
+done
 
 # --- Report ----------------------------------------------------------------------------------
 echo "built into ${dist#"$root"/}/ in $((SECONDS - started))s:"
