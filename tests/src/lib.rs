@@ -1,0 +1,128 @@
+//! Shared harness for the integration tests: starts a bourse broker in-process on 127.0.0.1:0
+//! and connects real AMQP clients to it.
+//!
+//! Set `BOURSE_TEST_AMQP_URL` (e.g. `amqp://guest:guest@127.0.0.1:5673/%2f`) to run the same
+//! scenarios against another broker, such as RabbitMQ, and compare behaviour.
+
+pub mod raw;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bourse::{Broker, BrokerHandle, Config};
+use lapin::{Channel, Connection, ConnectionProperties};
+
+/// A broker for one test; stopped when dropped.
+pub struct TestBroker {
+    handle: Option<BrokerHandle>,
+    url: String,
+    _data_dir: Option<TempDir>,
+}
+
+impl TestBroker {
+    /// Starts a broker with the default configuration on an ephemeral loopback port.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a broker after letting the test adjust its configuration.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        if let Ok(url) = std::env::var("BOURSE_TEST_AMQP_URL") {
+            return Self { handle: None, url, _data_dir: None };
+        }
+        let data_dir = TempDir::new();
+        let mut config = Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.path.clone(),
+            ..Config::default()
+        };
+        adjust(&mut config);
+        let handle = Broker::start(config).await.expect("broker starts");
+        let url = format!("amqp://guest:guest@{}/%2f", handle.local_addr());
+        Self { handle: Some(handle), url, _data_dir: Some(data_dir) }
+    }
+
+    /// The broker's listening address.
+    pub fn addr(&self) -> SocketAddr {
+        match &self.handle {
+            Some(h) => h.local_addr(),
+            None => {
+                let rest = self.url.split('@').nth(1).expect("url has a host");
+                let host = rest.split('/').next().expect("url has host:port");
+                host.parse().expect("url host is ADDR:PORT")
+            }
+        }
+    }
+
+    /// The in-process broker, when the test is not pointed at another broker.
+    pub fn handle(&self) -> Option<&BrokerHandle> {
+        self.handle.as_ref()
+    }
+
+    /// `amqp://guest:guest@ADDR/%2f`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A connection as guest to the default vhost.
+    pub async fn connect(&self) -> Connection {
+        Connection::connect(&self.url, ConnectionProperties::default())
+            .await
+            .expect("connects")
+    }
+
+    /// A connection and one open channel.
+    pub async fn channel(&self) -> (Connection, Channel) {
+        let conn = self.connect().await;
+        let ch = conn.create_channel().await.expect("channel opens");
+        (conn, ch)
+    }
+}
+
+/// A directory under the system temp dir, removed on drop.
+pub struct TempDir {
+    /// The directory.
+    pub path: std::path::PathBuf,
+}
+
+impl TempDir {
+    /// Creates a fresh, empty directory.
+    pub fn new() -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "bourse-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("temp dir");
+        Self { path }
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Waits up to `limit` for `check` to become true, polling every 10 ms.
+pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
