@@ -15,7 +15,11 @@ fn bound() -> MutexGuard<'static, BTreeSet<BindingId>> {
 }
 
 fn describe(name: &str, summary: &str) -> Description {
-    Description { name: name.into(), version: env!("CARGO_PKG_VERSION").into(), summary: summary.into() }
+    Description {
+        name: name.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        summary: summary.into(),
+    }
 }
 
 fn validate(_arguments: FieldTable) -> Result<(), String> {
@@ -23,7 +27,11 @@ fn validate(_arguments: FieldTable) -> Result<(), String> {
 }
 
 fn init(_exchange: String, _arguments: FieldTable) -> Result<Inputs, String> {
-    Ok(Inputs { fields: InputFields::ROUTING_KEY, headers: HeaderSelection::None, cacheable: false })
+    Ok(Inputs {
+        fields: InputFields::ROUTING_KEY,
+        headers: HeaderSelection::None,
+        cacheable: false,
+    })
 }
 
 fn validate_binding(_binding: Binding) -> Result<(), String> {
@@ -47,7 +55,10 @@ macro_rules! well_behaved_but_route {
         fn validate(arguments: bourse_guest::FieldTable) -> Result<(), String> {
             validate(arguments)
         }
-        fn init(exchange: String, arguments: bourse_guest::FieldTable) -> Result<bourse_guest::Inputs, String> {
+        fn init(
+            exchange: String,
+            arguments: bourse_guest::FieldTable,
+        ) -> Result<bourse_guest::Inputs, String> {
             init(exchange, arguments)
         }
         fn validate_binding(binding: bourse_guest::Binding) -> Result<(), String> {

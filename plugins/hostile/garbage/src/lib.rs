@@ -8,7 +8,9 @@ include!("../../common.rs");
 
 /// Ids this instance never saw added: above every bound id, and at the top of the range.
 pub fn garbage(bound: &BTreeSet<BindingId>) -> Vec<BindingId> {
-    let above = bound.last().map_or(1_000_000, |&max| max.saturating_add(1_000_000));
+    let above = bound
+        .last()
+        .map_or(1_000_000, |&max| max.saturating_add(1_000_000));
     let mut ids = vec![u64::MAX, u64::MAX - 1, 1 << 63, above, above];
     ids.retain(|id| !bound.contains(id));
     ids
@@ -17,7 +19,10 @@ pub fn garbage(bound: &BTreeSet<BindingId>) -> Vec<BindingId> {
 struct Garbage;
 
 impl bourse_guest::Router for Garbage {
-    well_behaved_but_route!("x-garbage", "hostile: route returns ids that were never bound");
+    well_behaved_but_route!(
+        "x-garbage",
+        "hostile: route returns ids that were never bound"
+    );
 
     fn route(_message: bourse_guest::Message) -> Result<Vec<BindingId>, String> {
         Ok(garbage(&bound()))

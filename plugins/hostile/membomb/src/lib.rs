@@ -12,7 +12,10 @@ static HOARD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 struct MemBomb;
 
 impl bourse_guest::Router for MemBomb {
-    well_behaved_but_route!("x-membomb", "hostile: route allocates until memory runs out");
+    well_behaved_but_route!(
+        "x-membomb",
+        "hostile: route allocates until memory runs out"
+    );
 
     fn route(_message: bourse_guest::Message) -> Result<Vec<BindingId>, String> {
         let mut hoard = HOARD.lock().unwrap_or_else(|e| e.into_inner());

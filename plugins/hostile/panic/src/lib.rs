@@ -12,7 +12,10 @@ impl bourse_guest::Router for Panic {
     well_behaved_but_route!("x-panic", "hostile: route panics");
 
     fn route(message: bourse_guest::Message) -> Result<Vec<BindingId>, String> {
-        panic!("x-panic: deliberate panic routing {:?}", message.routing_key);
+        panic!(
+            "x-panic: deliberate panic routing {:?}",
+            message.routing_key
+        );
     }
 }
 

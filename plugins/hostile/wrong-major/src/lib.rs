@@ -32,7 +32,11 @@ impl exports::bourse::exchange::router::Guest for WrongMajor {
     }
 
     fn init(_exchange: String, _arguments: FieldTable) -> Result<Inputs, String> {
-        Ok(Inputs { fields: InputFields::empty(), headers: HeaderSelection::None, cacheable: true })
+        Ok(Inputs {
+            fields: InputFields::empty(),
+            headers: HeaderSelection::None,
+            cacheable: true,
+        })
     }
 
     fn validate_binding(_binding: Binding) -> Result<(), String> {
@@ -40,7 +44,10 @@ impl exports::bourse::exchange::router::Guest for WrongMajor {
     }
 
     fn add_binding(binding: Binding) {
-        BOUND.lock().unwrap_or_else(|e| e.into_inner()).insert(binding.id);
+        BOUND
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(binding.id);
     }
 
     fn remove_binding(id: BindingId) {
@@ -48,7 +55,12 @@ impl exports::bourse::exchange::router::Guest for WrongMajor {
     }
 
     fn route(_message: Message) -> Result<Vec<BindingId>, String> {
-        Ok(BOUND.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect())
+        Ok(BOUND
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect())
     }
 }
 
