@@ -28,7 +28,11 @@ impl TestBroker {
     /// Starts a broker after letting the test adjust its configuration.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
         if let Ok(url) = std::env::var("BOURSE_TEST_AMQP_URL") {
-            return Self { handle: None, url, _data_dir: None };
+            return Self {
+                handle: None,
+                url,
+                _data_dir: None,
+            };
         }
         let data_dir = TempDir::new();
         let mut config = Config {
@@ -39,7 +43,11 @@ impl TestBroker {
         adjust(&mut config);
         let handle = Broker::start(config).await.expect("broker starts");
         let url = format!("amqp://guest:guest@{}/%2f", handle.local_addr());
-        Self { handle: Some(handle), url, _data_dir: Some(data_dir) }
+        Self {
+            handle: Some(handle),
+            url,
+            _data_dir: Some(data_dir),
+        }
     }
 
     /// The broker's listening address.

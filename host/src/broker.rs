@@ -1,0 +1,142 @@
+//! The broker: shared state (config, users, vhosts, exchange types) and the accept loop.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use parking_lot::RwLock;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::auth::UserStore;
+use crate::config::Config;
+use crate::exchange::Registry;
+use crate::vhost::VHost;
+
+/// State shared by every connection.
+pub struct Shared {
+    /// The configuration the broker started with.
+    pub config: Config,
+    /// Users and their passwords.
+    pub users: UserStore,
+    /// Exchange types, built-in and plugins.
+    pub registry: Registry,
+    vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    next_connection: AtomicU64,
+}
+
+impl Shared {
+    /// Looks up a vhost.
+    pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
+        self.vhosts.read().get(name).cloned()
+    }
+
+    /// Creates a vhost if it does not exist.
+    pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
+        self.vhosts
+            .write()
+            .entry(name.to_owned())
+            .or_insert_with(|| VHost::new(name, self.registry.clone()))
+            .clone()
+    }
+}
+
+/// The broker, as a library: `Broker::start` binds the listener and serves in the background.
+pub struct Broker;
+
+/// A running broker.
+pub struct BrokerHandle {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Broker {
+    /// Binds `config.listen`, creates the default vhost `/` and starts accepting connections
+    /// on the current tokio runtime.
+    pub async fn start(config: Config) -> anyhow::Result<BrokerHandle> {
+        config.check()?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            users: UserStore::new(&config.users, config.guest_loopback_only),
+            registry: Registry::with_builtins(),
+            vhosts: RwLock::new(HashMap::new()),
+            next_connection: AtomicU64::new(1),
+            config,
+        });
+        shared.add_vhost("/");
+        let (stop, stopped) = watch::channel(false);
+        let accept = tokio::spawn(accept_loop(shared.clone(), listener, stopped));
+        info!(%local_addr, "listening for AMQP connections");
+        Ok(BrokerHandle {
+            shared,
+            local_addr,
+            stop,
+            accept: Some(accept),
+        })
+    }
+}
+
+impl BrokerHandle {
+    /// The address the listener is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The broker's shared state.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops accepting connections and waits for the accept loop to end.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.await;
+        }
+    }
+
+    /// Runs until the accept loop ends (it only ends on shutdown).
+    pub async fn wait(mut self) {
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.await;
+        }
+    }
+}
+
+impl Drop for BrokerHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(crate::connection::serve(shared.clone(), socket, peer, id));
+                }
+                Err(error) => {
+                    // Typically EMFILE: back off briefly instead of spinning.
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! Publishing: assembling content frames into a message, routing it, mandatory returns,
+//! publisher confirms and transactions.
+
+use std::sync::Arc;
+
+use amq_protocol::frame::WriteContext;
+use amq_protocol::protocol::basic::gen_properties;
+use amq_protocol::protocol::{AMQPClass, BasicProperties, basic};
+use amq_protocol::types::{AMQPValue, FieldTable};
+use bytes::{Bytes, BytesMut};
+
+use super::{Channel, Session, Settle};
+use crate::exchange::Name;
+use crate::message::Message;
+use crate::protocol::{AmqpError, BASIC_CLASS, ContentHeader, write_content, write_method};
+use crate::vhost::Exchange;
+
+/// A basic.publish waiting for its content.
+pub(crate) struct PendingPublish {
+    exchange: Arc<Exchange>,
+    routing_key: Name,
+    mandatory: bool,
+    header: Option<ContentHeader>,
+    body: Body,
+}
+
+/// Body frames received so far: most bodies fit one frame and are kept without copying.
+enum Body {
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Body {
+    fn len(&self) -> usize {
+        match self {
+            Body::Empty => 0,
+            Body::One(b) => b.len(),
+            Body::Many(b) => b.len(),
+        }
+    }
+
+    fn push(&mut self, chunk: Bytes, total: u64) {
+        *self = match std::mem::replace(self, Body::Empty) {
+            Body::Empty => Body::One(chunk),
+            Body::One(first) => {
+                let mut all = BytesMut::with_capacity(total as usize);
+                all.extend_from_slice(&first);
+                all.extend_from_slice(&chunk);
+                Body::Many(all)
+            }
+            Body::Many(mut all) => {
+                all.extend_from_slice(&chunk);
+                Body::Many(all)
+            }
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Body::Empty => Bytes::new(),
+            Body::One(b) => b,
+            Body::Many(b) => b.freeze(),
+        }
+    }
+}
+
+/// A complete message ready to route.
+pub(crate) struct Publish {
+    exchange: Arc<Exchange>,
+    message: Arc<Message>,
+    /// Extra routing keys from the CC and BCC headers.
+    extra_keys: Vec<Name>,
+    mandatory: bool,
+}
+
+/// Publisher-confirm state: the next tag, and acks not yet written (coalesced into one
+/// `multiple` ack per read batch).
+#[derive(Default)]
+pub(crate) struct Confirms {
+    next_tag: u64,
+    last_sent: u64,
+    unsent_ack: Option<u64>,
+}
+
+/// A transaction's buffered work.
+#[derive(Default)]
+pub(crate) struct TxState {
+    pub(crate) publishes: Vec<Publish>,
+    pub(crate) settlements: Vec<(Settle, u64, bool)>,
+}
+
+impl Channel {
+    pub(super) fn start_publish(
+        &mut self,
+        cx: &Session<'_>,
+        publish: basic::Publish,
+    ) -> Result<(), AmqpError> {
+        if publish.immediate {
+            return Err(AmqpError::not_implemented("immediate=true"));
+        }
+        let exchange = cx.vhost.exchange(publish.exchange.as_str())?;
+        if exchange.spec.internal {
+            return Err(AmqpError::access_refused(format!(
+                "cannot publish to internal exchange '{}' in vhost '{}'",
+                exchange.spec.name, cx.vhost.name
+            )));
+        }
+        self.pending = Some(PendingPublish {
+            exchange,
+            routing_key: Name::from(publish.routing_key.as_str()),
+            mandatory: publish.mandatory,
+            header: None,
+            body: Body::Empty,
+        });
+        Ok(())
+    }
+
+    pub(super) fn content_header(
+        &mut self,
+        cx: &Session<'_>,
+        header: ContentHeader,
+    ) -> Result<(), AmqpError> {
+        let Some(pending) = &mut self.pending else {
+            return Err(AmqpError::unexpected_frame(format!(
+                "content header on channel {} without a publish",
+                self.id
+            )));
+        };
+        if pending.header.is_some() {
+            return Err(AmqpError::unexpected_frame(
+                "second content header for one publish",
+            ));
+        }
+        if header.class_id != BASIC_CLASS {
+            return Err(AmqpError::unexpected_frame(format!(
+                "content header for class {}",
+                header.class_id
+            )));
+        }
+        if header.body_size > cx.max_message_bytes {
+            self.pending = None;
+            return Err(AmqpError::precondition_failed(format!(
+                "message size {} is larger than configured max size {}",
+                header.body_size, cx.max_message_bytes
+            ))
+            .on_method(60, 40));
+        }
+        let empty = header.body_size == 0;
+        pending.header = Some(header);
+        if empty {
+            return self.finish_publish(cx);
+        }
+        Ok(())
+    }
+
+    /// Feeds a body frame to the pending publish.
+    pub fn handle_body(&mut self, cx: &Session<'_>, chunk: Bytes) -> Result<(), AmqpError> {
+        let Some(PendingPublish {
+            header: Some(header),
+            body,
+            ..
+        }) = &mut self.pending
+        else {
+            return Err(AmqpError::unexpected_frame(format!(
+                "content body on channel {} without a content header",
+                self.id
+            )));
+        };
+        let expected = header.body_size;
+        if body.len() as u64 + chunk.len() as u64 > expected {
+            return Err(AmqpError::unexpected_frame(
+                "content body longer than announced",
+            ));
+        }
+        body.push(chunk, expected);
+        if body.len() as u64 == expected {
+            return self.finish_publish(cx);
+        }
+        Ok(())
+    }
+
+    fn finish_publish(&mut self, cx: &Session<'_>) -> Result<(), AmqpError> {
+        let Some(PendingPublish {
+            exchange,
+            routing_key,
+            mandatory,
+            header: Some(header),
+            body,
+        }) = self.pending.take()
+        else {
+            return Ok(());
+        };
+        let ContentHeader {
+            mut properties,
+            mut raw_properties,
+            ..
+        } = header;
+        if let Some(user_id) = properties.user_id() {
+            if user_id.as_str() != cx.user {
+                return Err(AmqpError::precondition_failed(format!(
+                    "user_id property set to '{}' but authenticated user was '{}'",
+                    user_id, cx.user
+                ))
+                .on_method(60, 40));
+            }
+        }
+        let mut extra_keys = Vec::new();
+        if let Some(headers) = properties.headers() {
+            let inner = headers.inner();
+            collect_keys(inner.get("CC"), &mut extra_keys);
+            if inner.contains_key("BCC") {
+                collect_keys(inner.get("BCC"), &mut extra_keys);
+                // BCC keys route the message but are never delivered (RabbitMQ's
+                // sender-selected distribution).
+                let kept: FieldTable = inner
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "BCC")
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<std::collections::BTreeMap<_, _>>()
+                    .into();
+                properties = properties.with_headers(kept);
+                raw_properties = encode_properties(&properties)?;
+            }
+        }
+        let message = Arc::new(Message {
+            exchange: exchange.spec.name.clone(),
+            routing_key,
+            properties,
+            raw_properties,
+            body: body.into_bytes(),
+        });
+        let publish = Publish {
+            exchange,
+            message,
+            extra_keys,
+            mandatory,
+        };
+        match &mut self.tx {
+            Some(tx) => tx.publishes.push(publish),
+            None => self.route_and_enqueue(cx, publish),
+        }
+        Ok(())
+    }
+
+    pub(super) fn route_and_enqueue(&mut self, cx: &Session<'_>, publish: Publish) {
+        let Publish {
+            exchange,
+            message,
+            extra_keys,
+            mandatory,
+        } = publish;
+        if extra_keys.is_empty() {
+            cx.vhost.route(
+                &exchange,
+                &message,
+                &[&message.routing_key],
+                &mut self.routed,
+            );
+        } else {
+            let mut keys: Vec<&str> = Vec::with_capacity(extra_keys.len() + 1);
+            keys.push(&message.routing_key);
+            keys.extend(extra_keys.iter().map(|k| k.as_ref()));
+            cx.vhost.route(&exchange, &message, &keys, &mut self.routed);
+        }
+        let unroutable = self.routed.queues.is_empty();
+        if unroutable && mandatory {
+            let frame_max = cx.writer.frame_max();
+            cx.writer.write(|out| {
+                write_method(
+                    out,
+                    self.id,
+                    AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                        reply_code: 312,
+                        reply_text: "NO_ROUTE".into(),
+                        exchange: message.exchange.as_ref().into(),
+                        routing_key: message.routing_key.as_ref().into(),
+                    })),
+                );
+                write_content(
+                    out,
+                    self.id,
+                    &message.raw_properties,
+                    &message.body,
+                    frame_max,
+                );
+            });
+        }
+        for queue in self.routed.queues.drain(..) {
+            queue.publish(message.clone());
+        }
+        if let Some(confirms) = &mut self.confirms {
+            confirms.next_tag += 1;
+            let tag = confirms.next_tag;
+            if unroutable && self.routed.router_failed {
+                // A plugin failed and the message reached no queue: the publisher must know.
+                flush_confirms(self.id, confirms, cx);
+                cx.writer.write(|out| {
+                    write_method(
+                        out,
+                        self.id,
+                        AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
+                            delivery_tag: tag,
+                            multiple: false,
+                            requeue: false,
+                        })),
+                    )
+                });
+                confirms.last_sent = tag;
+            } else {
+                confirms.unsent_ack = Some(tag);
+            }
+        }
+    }
+
+    /// Writes the acks coalesced during the last read batch.
+    pub fn flush_confirms(&mut self, cx: &Session<'_>) {
+        if let Some(confirms) = &mut self.confirms {
+            flush_confirms(self.id, confirms, cx);
+        }
+    }
+}
+
+fn flush_confirms(channel: u16, confirms: &mut Confirms, cx: &Session<'_>) {
+    let Some(tag) = confirms.unsent_ack.take() else {
+        return;
+    };
+    let multiple = tag > confirms.last_sent + 1;
+    confirms.last_sent = tag;
+    cx.writer.write(|out| {
+        write_method(
+            out,
+            channel,
+            AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag: tag,
+                multiple,
+            })),
+        )
+    });
+}
+
+/// Adds the routing keys of a CC or BCC header (an array of strings, or one string).
+fn collect_keys(value: Option<&AMQPValue>, keys: &mut Vec<Name>) {
+    let mut push = |v: &AMQPValue| match v {
+        AMQPValue::LongString(s) => keys.push(Name::from(String::from_utf8_lossy(s.as_bytes()))),
+        AMQPValue::ShortString(s) => keys.push(Name::from(s.as_str())),
+        _ => {}
+    };
+    match value {
+        Some(AMQPValue::FieldArray(array)) => array.as_slice().iter().for_each(&mut push),
+        Some(other) => push(other),
+        None => {}
+    }
+}
+
+/// Encodes properties with amq-protocol's generator (used when the broker changes them).
+pub(crate) fn encode_properties(properties: &BasicProperties) -> Result<Bytes, AmqpError> {
+    gen_properties(properties)(WriteContext::from(Vec::new()))
+        .map(|ctx| Bytes::from(ctx.into_inner().0))
+        .map_err(|e| AmqpError::internal(format!("cannot encode properties: {e}")))
+}

@@ -1,0 +1,487 @@
+//! One client connection: the only code that touches sockets.
+//!
+//! A reader task decodes frames (check, then parse), runs the handshake, dispatches methods to
+//! channels and enforces heartbeats; a writer task ([`Writer`]) flushes coalesced frames. All
+//! errors funnel through [`Connection::fail`], which applies the one mapping from an
+//! [`AmqpError`] to channel.close or connection.close.
+
+mod handshake;
+mod writer;
+
+pub use writer::Writer;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use amq_protocol::protocol::{AMQPClass, channel, connection};
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tracing::{debug, info, warn};
+
+use crate::broker::Shared;
+use crate::channel::{Channel, Session};
+use crate::protocol::{AmqpError, Frame, parse_frame, write_method};
+use crate::queue::ConnectionId;
+use crate::vhost::VHost;
+
+/// How long a closing connection waits for the peer's close-ok.
+const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bytes requested per socket read when the buffer is empty; grows while reads fill it.
+const READ_CHUNK_MIN: usize = 4096;
+const READ_CHUNK_MAX: usize = 256 << 10;
+
+/// Serves one accepted socket until it closes.
+pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, id: ConnectionId) {
+    let _ = socket.set_nodelay(true);
+    let (read, write) = socket.into_split();
+    let writer = Writer::new(shared.config.frame_max_bytes);
+    let mut reader = Reader {
+        socket: read,
+        buf: BytesMut::new(),
+        chunk: READ_CHUNK_MIN,
+    };
+    let negotiated = match handshake::run(&shared, &mut reader, write, &writer, peer, id).await {
+        Some(negotiated) => negotiated,
+        None => return,
+    };
+    info!(id, %peer, user = %negotiated.user, vhost = %negotiated.vhost.name, "connection opened");
+    let mut connection = Connection {
+        id,
+        shared,
+        writer,
+        vhost: negotiated.vhost,
+        user: negotiated.user,
+        frame_max: negotiated.frame_max,
+        channel_max: negotiated.channel_max,
+        heartbeat: negotiated.heartbeat,
+        channels: HashMap::new(),
+        closing: HashMap::new(),
+    };
+    let reason = connection.run(&mut reader).await;
+    connection.shutdown();
+    info!(id, %peer, reason, "connection closed");
+}
+
+/// The read half with its buffer.
+pub(crate) struct Reader {
+    socket: OwnedReadHalf,
+    buf: BytesMut,
+    chunk: usize,
+}
+
+impl Reader {
+    /// Reads more bytes; `Ok(0)` is end of stream.
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < self.chunk / 2 {
+            self.buf.reserve(self.chunk);
+        }
+        let n = self.socket.read_buf(&mut self.buf).await?;
+        // Grow the read size while reads come back full, so busy connections make fewer
+        // syscalls and idle ones keep a small buffer.
+        if n >= self.chunk / 2 {
+            self.chunk = (self.chunk * 2).min(READ_CHUNK_MAX);
+        } else if n < self.chunk / 8 {
+            self.chunk = (self.chunk / 2).max(READ_CHUNK_MIN);
+        }
+        Ok(n)
+    }
+
+    /// The next frame, reading as needed; `None` at end of stream or on a read error.
+    async fn next_frame(&mut self, frame_max: u32) -> Result<Option<Frame>, AmqpError> {
+        loop {
+            if let Some(frame) = parse_frame(&mut self.buf, frame_max)? {
+                return Ok(Some(frame));
+            }
+            match self.fill().await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+struct Connection {
+    id: ConnectionId,
+    shared: Arc<Shared>,
+    writer: Arc<Writer>,
+    vhost: Arc<VHost>,
+    user: String,
+    frame_max: u32,
+    channel_max: u16,
+    heartbeat: Option<Duration>,
+    channels: HashMap<u16, Channel>,
+    /// Channels we closed, waiting for the client's channel.close-ok.
+    closing: HashMap<u16, ()>,
+}
+
+/// What ended the main loop.
+enum Outcome {
+    Continue,
+    Closed(&'static str),
+}
+
+impl Connection {
+    async fn run(&mut self, reader: &mut Reader) -> &'static str {
+        // The peer must send something (a frame or heartbeat) at least every two intervals.
+        let silence = self.heartbeat.map(|h| h * 2);
+        loop {
+            loop {
+                let frame = match parse_frame(&mut reader.buf, self.frame_max) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(error) => return self.fail_connection(reader, 0, error).await,
+                };
+                match self.handle(frame) {
+                    Ok(Outcome::Continue) => {}
+                    Ok(Outcome::Closed(reason)) => return reason,
+                    Err((channel, error)) => {
+                        if error.closes_connection(channel) {
+                            return self.fail_connection(reader, channel, error).await;
+                        }
+                        self.close_channel_with(channel, error);
+                    }
+                }
+            }
+            self.flush_confirms();
+            let read = match silence {
+                Some(limit) => match tokio::time::timeout(limit, reader.fill()).await {
+                    Ok(read) => read,
+                    Err(_) => {
+                        warn!(id = self.id, "missed heartbeats from client; closing");
+                        return "missed heartbeats";
+                    }
+                },
+                None => reader.fill().await,
+            };
+            match read {
+                Ok(0) => return "client closed the socket",
+                Ok(_) => {}
+                Err(_) => return "socket error",
+            }
+        }
+    }
+
+    fn flush_confirms(&mut self) {
+        let cx = Session {
+            vhost: &self.vhost,
+            connection_id: self.id,
+            writer: &self.writer,
+            max_message_bytes: self.shared.config.max_message_bytes,
+            user: &self.user,
+        };
+        for channel in self.channels.values_mut() {
+            channel.flush_confirms(&cx);
+        }
+    }
+
+    /// Handles one frame; an error carries the channel it happened on.
+    fn handle(&mut self, frame: Frame) -> Result<Outcome, (u16, AmqpError)> {
+        match frame {
+            Frame::Heartbeat(0) => Ok(Outcome::Continue),
+            Frame::Heartbeat(ch) => Err((
+                0,
+                AmqpError::frame_error(format!("heartbeat frame on channel {ch}")),
+            )),
+            Frame::Method(0, method) => self.connection_method(method),
+            Frame::Method(ch, method) => self.channel_method(ch, method),
+            Frame::Header(ch, header) => {
+                if self.closing.contains_key(&ch) {
+                    return Ok(Outcome::Continue);
+                }
+                let cx = Session {
+                    vhost: &self.vhost,
+                    connection_id: self.id,
+                    writer: &self.writer,
+                    max_message_bytes: self.shared.config.max_message_bytes,
+                    user: &self.user,
+                };
+                let channel = self.channels.get_mut(&ch).ok_or_else(|| {
+                    (
+                        0,
+                        AmqpError::unexpected_frame(format!(
+                            "content header on channel {ch} which is not open"
+                        )),
+                    )
+                })?;
+                channel
+                    .handle_header(&cx, header)
+                    .map_err(|e| (ch, content_error(e)))?;
+                Ok(Outcome::Continue)
+            }
+            Frame::Body(ch, body) => {
+                if self.closing.contains_key(&ch) {
+                    return Ok(Outcome::Continue);
+                }
+                let cx = Session {
+                    vhost: &self.vhost,
+                    connection_id: self.id,
+                    writer: &self.writer,
+                    max_message_bytes: self.shared.config.max_message_bytes,
+                    user: &self.user,
+                };
+                let channel = self.channels.get_mut(&ch).ok_or_else(|| {
+                    (
+                        0,
+                        AmqpError::unexpected_frame(format!(
+                            "content body on channel {ch} which is not open"
+                        )),
+                    )
+                })?;
+                channel
+                    .handle_body(&cx, body)
+                    .map_err(|e| (ch, content_error(e)))?;
+                Ok(Outcome::Continue)
+            }
+        }
+    }
+
+    fn connection_method(&mut self, method: AMQPClass) -> Result<Outcome, (u16, AmqpError)> {
+        match method {
+            AMQPClass::Connection(connection::AMQPMethod::Close(close)) => {
+                debug!(id = self.id, code = close.reply_code, text = %close.reply_text, "client closed the connection");
+                self.writer.write(|out| {
+                    write_method(
+                        out,
+                        0,
+                        AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                            connection::CloseOk {},
+                        )),
+                    )
+                });
+                Ok(Outcome::Closed("client closed the connection"))
+            }
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => {
+                Ok(Outcome::Closed("close-ok"))
+            }
+            AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => {
+                self.writer.write(|out| {
+                    write_method(
+                        out,
+                        0,
+                        AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(
+                            connection::UpdateSecretOk {},
+                        )),
+                    )
+                });
+                Ok(Outcome::Continue)
+            }
+            other => {
+                let ids = (other.get_amqp_class_id(), other.get_amqp_method_id());
+                Err((
+                    0,
+                    AmqpError::command_invalid(format!(
+                        "method {}.{} is not valid on channel 0",
+                        ids.0, ids.1
+                    ))
+                    .on_method(ids.0, ids.1),
+                ))
+            }
+        }
+    }
+
+    fn channel_method(&mut self, ch: u16, method: AMQPClass) -> Result<Outcome, (u16, AmqpError)> {
+        let ids = (method.get_amqp_class_id(), method.get_amqp_method_id());
+        if self.closing.contains_key(&ch) {
+            // After we sent channel.close, only close and close-ok matter (spec 4.2.5.1... ).
+            match method {
+                AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => {
+                    self.closing.remove(&ch);
+                }
+                AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
+                    self.send_channel_close_ok(ch);
+                }
+                _ => {}
+            }
+            return Ok(Outcome::Continue);
+        }
+        match method {
+            AMQPClass::Channel(channel::AMQPMethod::Open(_)) => {
+                if self.channels.contains_key(&ch) {
+                    return Err((
+                        0,
+                        AmqpError::channel_error(format!(
+                            "second 'channel.open' seen on channel {ch}"
+                        ))
+                        .on_method(ids.0, ids.1),
+                    ));
+                }
+                if ch > self.channel_max {
+                    return Err((
+                        0,
+                        AmqpError::not_allowed(format!(
+                            "channel id {ch} is above the negotiated channel_max {}",
+                            self.channel_max
+                        ))
+                        .on_method(ids.0, ids.1),
+                    ));
+                }
+                self.channels
+                    .insert(ch, Channel::new(ch, self.writer.clone()));
+                self.writer.write(|out| {
+                    write_method(
+                        out,
+                        ch,
+                        AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+                    )
+                });
+                Ok(Outcome::Continue)
+            }
+            AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
+                let Some(mut channel) = self.channels.remove(&ch) else {
+                    return Err((
+                        0,
+                        AmqpError::channel_error(format!("channel {ch} is not open"))
+                            .on_method(ids.0, ids.1),
+                    ));
+                };
+                channel.close(&self.vhost);
+                self.send_channel_close_ok(ch);
+                Ok(Outcome::Continue)
+            }
+            AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => Err((
+                0,
+                AmqpError::channel_error(format!("unexpected channel.close-ok on channel {ch}"))
+                    .on_method(ids.0, ids.1),
+            )),
+            method => {
+                let Some(channel) = self.channels.get_mut(&ch) else {
+                    return Err((
+                        0,
+                        AmqpError::channel_error(format!(
+                            "expected 'channel.open' on channel {ch}"
+                        ))
+                        .on_method(ids.0, ids.1),
+                    ));
+                };
+                if channel.expects_content() {
+                    return Err((
+                        0,
+                        AmqpError::unexpected_frame(format!(
+                            "method {}.{} while content of a publish was expected on channel {ch}",
+                            ids.0, ids.1
+                        ))
+                        .on_method(ids.0, ids.1),
+                    ));
+                }
+                let cx = Session {
+                    vhost: &self.vhost,
+                    connection_id: self.id,
+                    writer: &self.writer,
+                    max_message_bytes: self.shared.config.max_message_bytes,
+                    user: &self.user,
+                };
+                channel.handle_method(&cx, method).map_err(|e| (ch, e))?;
+                Ok(Outcome::Continue)
+            }
+        }
+    }
+
+    fn send_channel_close_ok(&self, ch: u16) {
+        self.writer.write(|out| {
+            write_method(
+                out,
+                ch,
+                AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+            )
+        });
+    }
+
+    /// Closes one channel because of a soft error.
+    fn close_channel_with(&mut self, ch: u16, error: AmqpError) {
+        debug!(id = self.id, channel = ch, error = %error, "closing channel");
+        if let Some(mut channel) = self.channels.remove(&ch) {
+            channel.close(&self.vhost);
+        }
+        self.closing.insert(ch, ());
+        self.writer.write(|out| {
+            write_method(
+                out,
+                ch,
+                AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+                    reply_code: error.code as u16,
+                    reply_text: error.text.as_str().into(),
+                    class_id: error.class_id,
+                    method_id: error.method_id,
+                })),
+            )
+        });
+    }
+
+    /// Sends connection.close for a hard error and waits briefly for close-ok.
+    async fn fail_connection(
+        &mut self,
+        reader: &mut Reader,
+        channel: u16,
+        error: AmqpError,
+    ) -> &'static str {
+        warn!(id = self.id, channel, error = %error, "closing connection on error");
+        send_connection_close(&self.writer, &error);
+        // Discard everything until close-ok (spec 2.3.8), within a bounded time.
+        let frame_max = self.frame_max;
+        let _ = tokio::time::timeout(CLOSE_OK_TIMEOUT, async {
+            loop {
+                match reader.next_frame(frame_max).await {
+                    Ok(Some(Frame::Method(
+                        0,
+                        AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)),
+                    )))
+                    | Ok(None)
+                    | Err(_) => break,
+                    Ok(Some(Frame::Method(
+                        0,
+                        AMQPClass::Connection(connection::AMQPMethod::Close(_)),
+                    ))) => {
+                        self.writer.write(|out| {
+                            write_method(
+                                out,
+                                0,
+                                AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                                    connection::CloseOk {},
+                                )),
+                            )
+                        });
+                        break;
+                    }
+                    Ok(Some(_)) => {}
+                }
+            }
+        })
+        .await;
+        "connection error"
+    }
+
+    /// Releases everything the connection holds.
+    fn shutdown(&mut self) {
+        for (_, mut channel) in self.channels.drain() {
+            channel.close(&self.vhost);
+        }
+        self.vhost.remove_exclusive_queues(self.id);
+        self.writer.close();
+    }
+}
+
+/// Errors in content frames that the channel reports as 406 keep their code; a missing
+/// publish is the connection-level 505 already.
+fn content_error(error: AmqpError) -> AmqpError {
+    error
+}
+
+/// Writes connection.close for `error`.
+pub(crate) fn send_connection_close(writer: &Writer, error: &AmqpError) {
+    writer.write(|out| {
+        write_method(
+            out,
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: error.code as u16,
+                reply_text: error.text.as_str().into(),
+                class_id: error.class_id,
+                method_id: error.method_id,
+            })),
+        )
+    });
+}

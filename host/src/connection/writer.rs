@@ -1,0 +1,177 @@
+//! The outgoing side of a connection: one shared buffer that any task appends frames to, and
+//! one writer task that flushes it to the socket, many frames per write.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::protocol::write_heartbeat;
+use crate::queue::Queue;
+
+/// Above this many buffered bytes the connection counts as congested: queues stop
+/// delivering to it until the writer catches up.
+const CONGESTED_BYTES: usize = 1 << 20;
+/// A flushed buffer larger than this is released rather than kept for reuse.
+const KEEP_BUFFER_BYTES: usize = 256 << 10;
+
+/// Frames waiting to be written, shared by the connection's reader, its channels' consumers
+/// (called from any publisher's task) and the writer task.
+pub struct Writer {
+    state: Mutex<WriterState>,
+    wake: Notify,
+    frame_max: AtomicU32,
+    /// Heartbeat interval in seconds (0 = none), fixed by tune-ok after the task started.
+    heartbeat_secs: AtomicU32,
+}
+
+#[derive(Default)]
+struct WriterState {
+    buf: Vec<u8>,
+    closing: bool,
+    /// Queues that found this connection congested and want a nudge once it drains.
+    waiting: Vec<Weak<Queue>>,
+}
+
+impl Writer {
+    /// A writer with nothing buffered.
+    pub fn new(frame_max: u32) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(WriterState::default()),
+            wake: Notify::new(),
+            frame_max: AtomicU32::new(frame_max),
+            heartbeat_secs: AtomicU32::new(0),
+        })
+    }
+
+    /// The negotiated frame size.
+    pub fn frame_max(&self) -> usize {
+        self.frame_max.load(Ordering::Relaxed) as usize
+    }
+
+    /// Sets the negotiated frame size.
+    pub fn set_frame_max(&self, frame_max: u32) {
+        self.frame_max.store(frame_max, Ordering::Relaxed);
+    }
+
+    /// Starts sending heartbeats every `secs` seconds of silence (0 disables).
+    pub fn set_heartbeat(&self, secs: u16) {
+        self.heartbeat_secs.store(secs.into(), Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// Appends frames with `write` and wakes the writer task.
+    pub fn write<R>(&self, write: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+        let result = {
+            let mut state = self.state.lock();
+            write(&mut state.buf)
+        };
+        self.wake.notify_one();
+        result
+    }
+
+    /// Appends frames unless the connection is congested or closing; a congested connection
+    /// remembers `queue` and nudges it once drained.
+    pub fn write_unless_congested<R>(
+        &self,
+        queue: &Arc<Queue>,
+        write: impl FnOnce(&mut Vec<u8>) -> R,
+    ) -> Option<R> {
+        let result = {
+            let mut state = self.state.lock();
+            if state.closing {
+                return None;
+            }
+            if state.buf.len() >= CONGESTED_BYTES {
+                if !state
+                    .waiting
+                    .iter()
+                    .any(|w| w.as_ptr() == Arc::as_ptr(queue))
+                {
+                    state.waiting.push(Arc::downgrade(queue));
+                }
+                return None;
+            }
+            write(&mut state.buf)
+        };
+        self.wake.notify_one();
+        Some(result)
+    }
+
+    /// Flushes what is buffered, then closes the socket.
+    pub fn close(&self) {
+        self.state.lock().closing = true;
+        self.wake.notify_one();
+    }
+
+    /// Writes buffered frames until closed or the socket fails; sends a heartbeat when nothing
+    /// was written for `heartbeat`.
+    pub async fn run(self: Arc<Self>, mut socket: OwnedWriteHalf) {
+        let mut spare: Vec<u8> = Vec::new();
+        let mut last_write = Instant::now();
+        loop {
+            let (closing, waiting) = {
+                let mut state = self.state.lock();
+                std::mem::swap(&mut state.buf, &mut spare);
+                let waiting = if state.waiting.is_empty() {
+                    Vec::new()
+                } else {
+                    std::mem::take(&mut state.waiting)
+                };
+                (state.closing, waiting)
+            };
+            if !spare.is_empty() {
+                if socket.write_all(&spare).await.is_err() {
+                    break;
+                }
+                last_write = Instant::now();
+                spare.clear();
+                if spare.capacity() > KEEP_BUFFER_BYTES {
+                    spare = Vec::new();
+                }
+            }
+            for queue in waiting.iter().filter_map(Weak::upgrade) {
+                queue.dispatch();
+            }
+            if closing {
+                // Frames appended while the last batch was written still go out.
+                let rest = std::mem::take(&mut self.state.lock().buf);
+                let _ = socket.write_all(&rest).await;
+                break;
+            }
+            if !self.state.lock().buf.is_empty() {
+                continue;
+            }
+            let heartbeat = match self.heartbeat_secs.load(Ordering::Relaxed) {
+                0 => None,
+                secs => Some(Duration::from_secs(secs.into())),
+            };
+            match heartbeat {
+                Some(interval) => {
+                    let due = last_write + interval;
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep_until(due) => {
+                            if last_write + interval <= Instant::now() {
+                                write_heartbeat(&mut self.state.lock().buf);
+                            }
+                        }
+                    }
+                }
+                None => self.wake.notified().await,
+            }
+        }
+        let _ = socket.shutdown().await;
+        self.state.lock().closing = true;
+    }
+
+    /// Whether the writer has stopped (socket closed or close requested).
+    pub fn is_closing(&self) -> bool {
+        self.state.lock().closing
+    }
+}

@@ -1,0 +1,148 @@
+//! Exchange types: the routing contract shared by built-in and WASM exchanges.
+//!
+//! The contract follows RabbitMQ's `rabbit_exchange_type` behaviour: a type validates the
+//! arguments of an exchange, validates each binding, is told when bindings are added and removed,
+//! and routes a message to the destinations of some of its bindings. The *host* (the vhost) owns
+//! the bindings; a router's index is a cache that can always be rebuilt by replaying them, which
+//! is how a WASM router is restored after a reload or a trap.
+//!
+//! Routers never see frames, sockets or queues: only [`RoutingInput`] in and [`Destination`]s out.
+
+pub mod builtin;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use amq_protocol::protocol::BasicProperties;
+use amq_protocol::types::FieldTable;
+use parking_lot::RwLock;
+
+/// A cheaply clonable name (exchange, queue, routing key).
+pub type Name = Arc<str>;
+
+/// Where a binding leads: a queue, or another exchange (exchange-to-exchange bindings).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Destination {
+    /// A queue of the same vhost.
+    Queue(Name),
+    /// An exchange of the same vhost.
+    Exchange(Name),
+}
+
+/// One binding of an exchange, as the host stores it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Binding {
+    /// Where matching messages go.
+    pub destination: Destination,
+    /// The binding key given in `queue.bind` / `exchange.bind`.
+    pub routing_key: Name,
+    /// The binding arguments (e.g. `x-match` for headers exchanges).
+    pub arguments: FieldTable,
+}
+
+impl Binding {
+    /// Two bindings are the same binding when destination, key and arguments are equal
+    /// (RabbitMQ's identity for bind/unbind).
+    pub fn same_as(&self, other: &Binding) -> bool {
+        self == other
+    }
+}
+
+/// What a router may look at to decide where a message goes.
+#[derive(Debug)]
+pub struct RoutingInput<'a> {
+    /// Name of the exchange being routed through.
+    pub exchange: &'a str,
+    /// The publish routing key.
+    pub routing_key: &'a str,
+    /// The message's basic properties (headers included).
+    pub properties: &'a BasicProperties,
+    /// The message body.
+    pub body: &'a [u8],
+}
+
+/// An error a router raises while routing; the host treats the message as unroutable by this
+/// exchange and reports the failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RouteError(pub String);
+
+/// A rejection of exchange arguments or of a binding: becomes 406 PRECONDITION_FAILED.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+/// A kind of exchange (`direct`, `topic`, `x-consistent-hash`, ...): a factory for routers.
+pub trait ExchangeType: Send + Sync + 'static {
+    /// The type name used in `exchange.declare`.
+    fn name(&self) -> &str;
+
+    /// Checks the declare arguments of a new exchange of this type.
+    fn validate(&self, arguments: &FieldTable) -> Result<(), Invalid>;
+
+    /// Creates the routing state of one exchange of this type, with no bindings yet.
+    fn create(&self, exchange: &str, arguments: &FieldTable) -> Result<Box<dyn Router>, Invalid>;
+}
+
+/// The routing state of one declared exchange.
+///
+/// `route` takes `&self` so built-in routers are read concurrently by every publisher; a router
+/// that needs exclusive state (a WASM instance) uses interior mutability.
+pub trait Router: Send + Sync + 'static {
+    /// Checks a binding before it is added; an `Err` becomes 406 PRECONDITION_FAILED.
+    fn validate_binding(&self, binding: &Binding) -> Result<(), Invalid>;
+
+    /// Records a binding. The host never adds the same binding twice.
+    fn add_binding(&mut self, binding: &Binding);
+
+    /// Forgets a binding previously added.
+    fn remove_binding(&mut self, binding: &Binding);
+
+    /// Appends the destinations the message goes to. Duplicates are allowed: the host
+    /// delivers at most once per queue.
+    fn route(
+        &self,
+        message: &RoutingInput<'_>,
+        out: &mut Vec<Destination>,
+    ) -> Result<(), RouteError>;
+}
+
+/// The exchange types known to a broker, by name. Shared by every vhost.
+#[derive(Clone, Default)]
+pub struct Registry {
+    types: Arc<RwLock<HashMap<String, Arc<dyn ExchangeType>>>>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let types = self.types.read();
+        f.debug_list().entries(types.keys()).finish()
+    }
+}
+
+impl Registry {
+    /// A registry holding the four built-in types.
+    pub fn with_builtins() -> Self {
+        let registry = Self::default();
+        for ty in builtin::all() {
+            registry.register(ty);
+        }
+        registry
+    }
+
+    /// Adds or replaces an exchange type.
+    pub fn register(&self, ty: Arc<dyn ExchangeType>) {
+        self.types.write().insert(ty.name().to_owned(), ty);
+    }
+
+    /// Removes an exchange type; exchanges already declared keep their routers.
+    pub fn unregister(&self, name: &str) -> Option<Arc<dyn ExchangeType>> {
+        self.types.write().remove(name)
+    }
+
+    /// Looks up a type by name.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn ExchangeType>> {
+        self.types.read().get(name).cloned()
+    }
+}

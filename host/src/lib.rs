@@ -1,0 +1,26 @@
+//! bourse: an AMQP 0-9-1 broker whose exchange types can be WebAssembly components.
+//!
+//! Layout, outermost first (see ARCHITECTURE.md for the invariants):
+//!
+//! - [`broker`]: shared state and the accept loop; [`config`]: one `Config`.
+//! - [`connection`]: the only code that touches sockets (handshake, frames in, frames out).
+//! - [`channel`]: the per-channel state machine (publish, consume, ack, qos, confirms, tx).
+//! - [`vhost`]: exchanges, queues and bindings of one tenant; routing.
+//! - [`exchange`]: the exchange-type contract and the built-in types.
+//! - [`queue`]: messages, consumers and dispatch.
+//! - [`protocol`]: pure wire encoding and decoding on top of amq-protocol.
+//! - [`auth`]: users and SASL.
+
+pub mod auth;
+pub mod broker;
+pub mod channel;
+pub mod config;
+pub mod connection;
+pub mod exchange;
+pub mod message;
+pub mod protocol;
+pub mod queue;
+pub mod vhost;
+
+pub use broker::{Broker, BrokerHandle};
+pub use config::Config;

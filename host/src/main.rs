@@ -1,0 +1,20 @@
+//! The `bourse` binary: parse the configuration, set up logging, run the broker.
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("BOURSE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let config = bourse::Config::from_cli(bourse::config::Cli::parse())?;
+    let broker = bourse::Broker::start(config).await?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
+        _ = broker.wait() => {}
+    }
+    Ok(())
+}

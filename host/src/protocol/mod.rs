@@ -1,0 +1,19 @@
+//! The AMQP 0-9-1 wire layer: bytes in, typed frames or [`AmqpError`] out, and frames back to
+//! bytes. Pure: no I/O, no locks, no tasks.
+//!
+//! Method and content-header codecs are amq-protocol's generated parsers and generators. This
+//! module adds the parts a broker needs around them: checking that a whole frame is buffered
+//! before decoding it (an incomplete frame is not an error), frame-size limits, zero-copy body
+//! frames, and the raw property bytes kept next to the parsed ones so a message's properties
+//! are forwarded byte for byte.
+
+mod error;
+mod frame;
+mod write;
+
+pub use error::{AmqpError, ReplyCode};
+pub use frame::{ContentHeader, Frame, PROTOCOL_HEADER, parse_frame};
+pub use write::{FRAME_OVERHEAD, write_content, write_heartbeat, write_method};
+
+/// The content class of `basic` (the only class with content in 0-9-1).
+pub const BASIC_CLASS: u16 = 60;

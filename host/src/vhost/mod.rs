@@ -1,0 +1,377 @@
+//! A virtual host: the exchanges, queues and bindings of one tenant, and message routing.
+//!
+//! Topology changes arrive as typed commands from the channel layer (never frames); each is
+//! validated and applied under the topology write lock. Publishing takes the read lock only.
+
+mod exchange;
+mod route;
+
+pub use exchange::{Exchange, ExchangeSpec};
+pub use route::Routed;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use amq_protocol::types::{AMQPValue, FieldTable};
+use parking_lot::RwLock;
+
+use crate::exchange::{Binding, Destination, Name, Registry};
+use crate::protocol::AmqpError;
+use crate::queue::{ConnectionId, Queue, QueueSpec};
+
+/// The exchanges every vhost starts with, and their types.
+const PREDECLARED: &[(&str, &str)] = &[
+    ("", "direct"),
+    ("amq.direct", "direct"),
+    ("amq.fanout", "fanout"),
+    ("amq.topic", "topic"),
+    ("amq.headers", "headers"),
+    ("amq.match", "headers"),
+];
+
+/// One virtual host.
+pub struct VHost {
+    /// The vhost name ("/" by default).
+    pub name: Name,
+    registry: Registry,
+    topology: RwLock<Topology>,
+}
+
+#[derive(Default)]
+struct Topology {
+    exchanges: HashMap<Name, Arc<Exchange>>,
+    queues: HashMap<Name, Arc<Queue>>,
+}
+
+/// The result of a queue declaration.
+pub struct DeclaredQueue {
+    /// The queue.
+    pub queue: Arc<Queue>,
+    /// Whether this call created it.
+    pub created: bool,
+}
+
+impl VHost {
+    /// Creates a vhost with the pre-declared exchanges.
+    pub fn new(name: &str, registry: Registry) -> Arc<Self> {
+        let vhost = Self {
+            name: Name::from(name),
+            registry,
+            topology: RwLock::new(Topology::default()),
+        };
+        {
+            let mut topology = vhost.topology.write();
+            for (name, kind) in PREDECLARED {
+                let ty = vhost
+                    .registry
+                    .get(kind)
+                    .expect("built-in exchange types are registered");
+                let spec = ExchangeSpec {
+                    name: Name::from(*name),
+                    kind: Name::from(*kind),
+                    durable: true,
+                    auto_delete: false,
+                    internal: false,
+                    arguments: FieldTable::default(),
+                };
+                let router = ty
+                    .create(name, &spec.arguments)
+                    .expect("built-in types accept empty arguments");
+                topology
+                    .exchanges
+                    .insert(spec.name.clone(), Arc::new(Exchange::new(spec, router)));
+            }
+        }
+        Arc::new(vhost)
+    }
+
+    fn not_found_exchange(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no exchange '{name}' in vhost '{}'", self.name))
+    }
+
+    fn not_found_queue(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no queue '{name}' in vhost '{}'", self.name))
+    }
+
+    /// Looks up an exchange.
+    pub fn exchange(&self, name: &str) -> Result<Arc<Exchange>, AmqpError> {
+        self.topology
+            .read()
+            .exchanges
+            .get(name)
+            .cloned()
+            .ok_or_else(|| self.not_found_exchange(name))
+    }
+
+    /// Looks up a queue.
+    pub fn queue(&self, name: &str) -> Result<Arc<Queue>, AmqpError> {
+        self.topology
+            .read()
+            .queues
+            .get(name)
+            .cloned()
+            .ok_or_else(|| self.not_found_queue(name))
+    }
+
+    /// Looks up a queue and checks that `connection` may use it (exclusive queues).
+    pub fn queue_for(&self, name: &str, connection: ConnectionId) -> Result<Arc<Queue>, AmqpError> {
+        let queue = self.queue(name)?;
+        check_exclusive(&queue, connection, &self.name)?;
+        Ok(queue)
+    }
+
+    /// exchange.declare (non-passive): creates the exchange or checks the existing one is
+    /// equivalent.
+    pub fn declare_exchange(&self, spec: ExchangeSpec) -> Result<(), AmqpError> {
+        if spec.name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "exchange name '{}' contains reserved prefix 'amq.*'",
+                spec.name
+            )));
+        }
+        let mut topology = self.topology.write();
+        if let Some(existing) = topology.exchanges.get(&spec.name) {
+            return existing.check_equivalent(&spec, &self.name);
+        }
+        let ty = self.registry.get(&spec.kind).ok_or_else(|| {
+            AmqpError::command_invalid(format!("unknown exchange type '{}'", spec.kind))
+        })?;
+        if let Some(ae) = spec.arguments.inner().get("alternate-exchange") {
+            if !matches!(ae, AMQPValue::LongString(_) | AMQPValue::ShortString(_)) {
+                return Err(AmqpError::precondition_failed(
+                    "invalid arg 'alternate-exchange': expected a string",
+                ));
+            }
+        }
+        ty.validate(&spec.arguments)
+            .map_err(|e| AmqpError::precondition_failed(format!("invalid arguments: {e}")))?;
+        let router = ty
+            .create(&spec.name, &spec.arguments)
+            .map_err(|e| AmqpError::precondition_failed(format!("invalid arguments: {e}")))?;
+        topology
+            .exchanges
+            .insert(spec.name.clone(), Arc::new(Exchange::new(spec, router)));
+        Ok(())
+    }
+
+    /// exchange.delete.
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), AmqpError> {
+        if name.is_empty() || name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "exchange '{name}' in vhost '{}' is reserved and cannot be deleted",
+                self.name
+            )));
+        }
+        let mut topology = self.topology.write();
+        let Some(exchange) = topology.exchanges.get(name).cloned() else {
+            // RabbitMQ 3.x answers delete-ok for a missing exchange.
+            return Ok(());
+        };
+        if if_unused && (exchange.has_bindings() || topology.is_destination(name)) {
+            return Err(AmqpError::precondition_failed(format!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        topology.remove_exchange(name);
+        Ok(())
+    }
+
+    /// queue.declare (non-passive) for `owner`.
+    pub fn declare_queue(&self, spec: QueueSpec) -> Result<DeclaredQueue, AmqpError> {
+        let mut topology = self.topology.write();
+        if let Some(existing) = topology.queues.get(&spec.name) {
+            check_exclusive(existing, spec.exclusive_owner.unwrap_or(0), &self.name)?;
+            let same = existing.spec.durable == spec.durable
+                && existing.spec.auto_delete == spec.auto_delete
+                && existing.spec.exclusive_owner.is_some() == spec.exclusive_owner.is_some();
+            if !same {
+                return Err(AmqpError::precondition_failed(format!(
+                    "inequivalent arg 'durable', 'exclusive' or 'auto_delete' for queue '{}' in vhost '{}'",
+                    spec.name, self.name
+                )));
+            }
+            return Ok(DeclaredQueue {
+                queue: existing.clone(),
+                created: false,
+            });
+        }
+        if spec.name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "queue name '{}' contains reserved prefix 'amq.*'",
+                spec.name
+            )));
+        }
+        let queue = Queue::new(spec);
+        topology.queues.insert(queue.name().clone(), queue.clone());
+        Ok(DeclaredQueue {
+            queue,
+            created: true,
+        })
+    }
+
+    /// queue.delete. Returns the number of messages deleted.
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        connection: ConnectionId,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> Result<usize, AmqpError> {
+        let queue = {
+            let mut topology = self.topology.write();
+            let Some(queue) = topology.queues.get(name).cloned() else {
+                // RabbitMQ 3.x answers delete-ok with 0 for a missing queue.
+                return Ok(0);
+            };
+            check_exclusive(&queue, connection, &self.name)?;
+            if if_unused && queue.consumer_count() > 0 {
+                return Err(AmqpError::precondition_failed(format!(
+                    "queue '{name}' in vhost '{}' in use",
+                    self.name
+                )));
+            }
+            if if_empty && queue.message_count() > 0 {
+                return Err(AmqpError::precondition_failed(format!(
+                    "queue '{name}' in vhost '{}' is not empty",
+                    self.name
+                )));
+            }
+            topology.remove_queue(name);
+            queue
+        };
+        Ok(queue.delete())
+    }
+
+    /// Deletes a queue without checks (auto-delete, exclusive owner gone).
+    pub fn remove_queue(&self, queue: &Arc<Queue>) {
+        let removed = {
+            let mut topology = self.topology.write();
+            match topology.queues.get(queue.name()) {
+                Some(q) if Arc::ptr_eq(q, queue) => topology.remove_queue(queue.name()),
+                _ => false,
+            }
+        };
+        if removed {
+            queue.delete();
+        }
+    }
+
+    /// Deletes every exclusive queue owned by a closing connection.
+    pub fn remove_exclusive_queues(&self, connection: ConnectionId) {
+        let owned: Vec<Arc<Queue>> = self
+            .topology
+            .read()
+            .queues
+            .values()
+            .filter(|q| q.spec.exclusive_owner == Some(connection))
+            .cloned()
+            .collect();
+        for queue in owned {
+            self.remove_queue(&queue);
+        }
+    }
+
+    /// queue.bind / exchange.bind.
+    pub fn bind(&self, source: &str, binding: Binding) -> Result<(), AmqpError> {
+        let topology = self.topology.write();
+        let exchange = self.bindable_source(&topology, source)?;
+        topology.check_destination(&binding.destination, &self.name)?;
+        exchange.bind(binding)
+    }
+
+    /// queue.unbind / exchange.unbind. Unbinding a binding that does not exist is not an
+    /// error (RabbitMQ 3.x), but a missing source or destination is.
+    pub fn unbind(&self, source: &str, binding: &Binding) -> Result<(), AmqpError> {
+        let mut topology = self.topology.write();
+        let exchange = self.bindable_source(&topology, source)?;
+        topology.check_destination(&binding.destination, &self.name)?;
+        if exchange.unbind(binding) && exchange.spec.auto_delete && !exchange.has_bindings() {
+            topology.remove_exchange(&exchange.spec.name);
+        }
+        Ok(())
+    }
+
+    fn bindable_source(
+        &self,
+        topology: &Topology,
+        source: &str,
+    ) -> Result<Arc<Exchange>, AmqpError> {
+        if source.is_empty() {
+            return Err(AmqpError::access_refused(format!(
+                "operation not permitted on the default exchange in vhost '{}'",
+                self.name
+            )));
+        }
+        topology
+            .exchanges
+            .get(source)
+            .cloned()
+            .ok_or_else(|| self.not_found_exchange(source))
+    }
+}
+
+/// 405 RESOURCE_LOCKED when an exclusive queue belongs to another connection.
+fn check_exclusive(queue: &Queue, connection: ConnectionId, vhost: &str) -> Result<(), AmqpError> {
+    match queue.spec.exclusive_owner {
+        Some(owner) if owner != connection => Err(AmqpError::resource_locked(format!(
+            "cannot obtain exclusive access to locked queue '{}' in vhost '{vhost}'. It could be \
+             originally declared on another connection or the exclusive property value does not \
+             match that of the original declaration.",
+            queue.name()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+impl Topology {
+    fn check_destination(&self, destination: &Destination, vhost: &str) -> Result<(), AmqpError> {
+        match destination {
+            Destination::Queue(name) if !self.queues.contains_key(name) => Err(
+                AmqpError::not_found(format!("no queue '{name}' in vhost '{vhost}'")),
+            ),
+            Destination::Exchange(name) if !self.exchanges.contains_key(name) => Err(
+                AmqpError::not_found(format!("no exchange '{name}' in vhost '{vhost}'")),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether any exchange binds to exchange `name`.
+    fn is_destination(&self, name: &str) -> bool {
+        let target = Destination::Exchange(Name::from(name));
+        self.exchanges.values().any(|x| x.binds_to(&target))
+    }
+
+    fn remove_exchange(&mut self, name: &str) {
+        if self.exchanges.remove(name).is_some() {
+            self.drop_bindings_to(&Destination::Exchange(Name::from(name)));
+        }
+    }
+
+    fn remove_queue(&mut self, name: &str) -> bool {
+        if self.queues.remove(name).is_some() {
+            self.drop_bindings_to(&Destination::Queue(Name::from(name)));
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Removes every binding to `destination`, then auto-deletes exchanges left without
+    /// bindings (which may cascade).
+    fn drop_bindings_to(&mut self, destination: &Destination) {
+        let mut emptied = Vec::new();
+        for exchange in self.exchanges.values() {
+            if exchange.unbind_destination(destination)
+                && exchange.spec.auto_delete
+                && !exchange.has_bindings()
+            {
+                emptied.push(exchange.spec.name.clone());
+            }
+        }
+        for name in emptied {
+            self.remove_exchange(&name);
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Routing a published message through exchanges to queues.
+//!
+//! Follows exchange-to-exchange bindings breadth-agnostically with a visited set, so cycles
+//! terminate and a queue reached by several paths gets the message once. An exchange that
+//! routes nowhere hands the message to its alternate exchange, as RabbitMQ does.
+
+use std::sync::Arc;
+
+use tracing::warn;
+
+use super::{Exchange, VHost};
+use crate::exchange::{Destination, RoutingInput};
+use crate::message::Message;
+use crate::queue::Queue;
+
+/// Reusable buffers for routing, owned by a channel so publishing allocates nothing per
+/// message in the common case.
+#[derive(Default)]
+pub struct Routed {
+    /// The queues the message goes to, each once.
+    pub queues: Vec<Arc<Queue>>,
+    /// Whether some router failed (the message was unroutable through that exchange).
+    pub router_failed: bool,
+    pending: Vec<Arc<Exchange>>,
+    /// Exchanges already routed through, by address (identity only).
+    visited: Vec<usize>,
+    destinations: Vec<Destination>,
+}
+
+impl std::fmt::Debug for Routed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routed")
+            .field("queues", &self.queues.len())
+            .finish()
+    }
+}
+
+impl VHost {
+    /// Routes `message` published to `exchange` with routing keys `keys` (the publish key
+    /// plus any CC/BCC keys). The result is left in `routed.queues`.
+    pub fn route(
+        &self,
+        exchange: &Arc<Exchange>,
+        message: &Message,
+        keys: &[&str],
+        routed: &mut Routed,
+    ) {
+        routed.queues.clear();
+        routed.router_failed = false;
+        routed.pending.clear();
+        routed.visited.clear();
+        routed.pending.push(exchange.clone());
+        let topology = self.topology.read();
+        while let Some(x) = routed.pending.pop() {
+            let id = Arc::as_ptr(&x) as usize;
+            if routed.visited.contains(&id) {
+                continue;
+            }
+            routed.visited.push(id);
+            let mut reached = false;
+            if x.spec.name.is_empty() {
+                // The default exchange: every queue is implicitly bound by its own name.
+                for key in keys {
+                    if let Some(queue) = topology.queues.get(*key) {
+                        reached = true;
+                        push_unique(&mut routed.queues, queue);
+                    }
+                }
+            } else {
+                routed.destinations.clear();
+                let router = x.router();
+                for key in keys {
+                    let input = RoutingInput {
+                        exchange: &x.spec.name,
+                        routing_key: key,
+                        properties: &message.properties,
+                        body: &message.body,
+                    };
+                    if let Err(error) = router.route(&input, &mut routed.destinations) {
+                        warn!(exchange = %x.spec.name, vhost = %self.name, %error, "router failed; message unroutable by this exchange");
+                        routed.router_failed = true;
+                        routed.destinations.clear();
+                        break;
+                    }
+                }
+                drop(router);
+                for destination in routed.destinations.drain(..) {
+                    match destination {
+                        Destination::Queue(name) => {
+                            if let Some(queue) = topology.queues.get(&name) {
+                                reached = true;
+                                push_unique(&mut routed.queues, queue);
+                            }
+                        }
+                        Destination::Exchange(name) => {
+                            if let Some(next) = topology.exchanges.get(&name) {
+                                reached = true;
+                                routed.pending.push(next.clone());
+                            }
+                        }
+                    }
+                }
+            }
+            if !reached {
+                if let Some(alternate) =
+                    x.alternate.as_ref().and_then(|n| topology.exchanges.get(n))
+                {
+                    routed.pending.push(alternate.clone());
+                }
+            }
+        }
+    }
+}
+
+fn push_unique(queues: &mut Vec<Arc<Queue>>, queue: &Arc<Queue>) {
+    if !queues.iter().any(|q| Arc::ptr_eq(q, queue)) {
+        queues.push(queue.clone());
+    }
+}
