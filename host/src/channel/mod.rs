@@ -6,6 +6,7 @@
 
 mod outlet;
 mod publish;
+pub use publish::encode_properties;
 mod topology;
 
 pub use outlet::{ChannelOutlet, Unacked};

@@ -354,7 +354,7 @@ fn collect_keys(value: Option<&AMQPValue>, keys: &mut Vec<Name>) {
 }
 
 /// Encodes properties with amq-protocol's generator (used when the broker changes them).
-pub(crate) fn encode_properties(properties: &BasicProperties) -> Result<Bytes, AmqpError> {
+pub fn encode_properties(properties: &BasicProperties) -> Result<Bytes, AmqpError> {
     gen_properties(properties)(WriteContext::from(Vec::new()))
         .map(|ctx| Bytes::from(ctx.into_inner().0))
         .map_err(|e| AmqpError::internal(format!("cannot encode properties: {e}")))
