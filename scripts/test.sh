@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs the whole test suite from a fresh clone: installs what it needs (the wasm32-wasip2
+# target, a Python venv with pika and componentize-py), builds every plugin, then runs the
+# plugin tests and the workspace's unit, property and integration tests.
+#
+# Usage: scripts/test.sh [extra cargo test args]
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+venv="${VENV:-$root/.venv}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Python venv with pika (client compatibility tests)"
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+"$venv/bin/python" -c 'import pika' 2>/dev/null || "$venv/bin/pip" install --quiet 'pika==1.3.2'
+
+step "plugins: build, native tests, component smoke checks"
+VENV="$venv" plugins/build.sh --test --check
+
+step "cargo test (host unit and property tests, integration tests)"
+export BOURSE_PYTHON="$venv/bin/python"
+export BOURSE_PLUGIN_DIST="$root/plugins/dist"
+cargo test --workspace --no-fail-fast "$@"
