@@ -276,15 +276,11 @@ impl Channel {
         }
         let taken = self.outlet.take_unacked(tag, multiple)?;
         apply_settlement(how, taken);
-        if self.outlet_has_global_prefetch() {
+        if self.outlet.global_prefetch() != 0 {
+            // Channel-wide credit came back: every queue consumed here may deliver again.
             self.kick_consumed_queues();
         }
         Ok(())
-    }
-
-    fn outlet_has_global_prefetch(&self) -> bool {
-        // Cheap enough to always kick; kept as a seam for finer tracking.
-        !self.consumers.is_empty()
     }
 
     fn tx_method(&mut self, cx: &Session<'_>, method: tx::AMQPMethod) -> Result<(), AmqpError> {
@@ -407,9 +403,16 @@ pub(crate) enum Settle {
 fn apply_settlement(how: Settle, taken: Vec<Unacked>) {
     match how {
         Settle::Ack | Settle::Reject { requeue: false } => {
+            // One settle (and one dispatch) per queue, however many tags were named.
+            let mut groups: Vec<(Arc<Queue>, usize)> = Vec::new();
             for unacked in taken {
-                unacked.queue.settle(1);
-                unacked.queue.dispatch();
+                match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &unacked.queue)) {
+                    Some((_, count)) => *count += 1,
+                    None => groups.push((unacked.queue, 1)),
+                }
+            }
+            for (queue, count) in groups {
+                queue.settle(count);
             }
         }
         Settle::Reject { requeue: true } => requeue_grouped(taken),

@@ -67,6 +67,11 @@ impl ChannelOutlet {
         self.state.lock().global_prefetch = count;
     }
 
+    /// The channel-wide prefetch (0 = none).
+    pub fn global_prefetch(&self) -> u32 {
+        self.state.lock().global_prefetch
+    }
+
     /// channel.flow: pauses or resumes deliveries.
     pub fn set_flow(&self, active: bool) {
         self.state.lock().flow_active = active;

@@ -193,10 +193,12 @@ impl Queue {
         Some((entry, state.ready.len()))
     }
 
-    /// Settles delivered messages that were acked (or rejected without requeue).
-    pub fn settle(&self, count: usize) {
+    /// Settles delivered messages that were acked (or rejected without requeue), then
+    /// delivers what the freed credit allows.
+    pub fn settle(self: &Arc<Self>, count: usize) {
         let mut state = self.state.lock();
         state.unacked = state.unacked.saturating_sub(count);
+        self.dispatch_locked(&mut state);
     }
 
     /// Puts delivered messages back at their original positions, marked redelivered, and

@@ -129,13 +129,14 @@ impl VHost {
                 spec.name
             )));
         }
+        // RabbitMQ checks the type before equivalence: an unknown type is 503 either way.
+        let ty = self.registry.get(&spec.kind).ok_or_else(|| {
+            AmqpError::command_invalid(format!("invalid exchange type '{}'", spec.kind))
+        })?;
         let mut topology = self.topology.write();
         if let Some(existing) = topology.exchanges.get(&spec.name) {
             return existing.check_equivalent(&spec, &self.name);
         }
-        let ty = self.registry.get(&spec.kind).ok_or_else(|| {
-            AmqpError::command_invalid(format!("unknown exchange type '{}'", spec.kind))
-        })?;
         if let Some(ae) = spec.arguments.inner().get("alternate-exchange") {
             if !matches!(ae, AMQPValue::LongString(_) | AMQPValue::ShortString(_)) {
                 return Err(AmqpError::precondition_failed(
@@ -188,6 +189,12 @@ impl VHost {
             if !same {
                 return Err(AmqpError::precondition_failed(format!(
                     "inequivalent arg 'durable', 'exclusive' or 'auto_delete' for queue '{}' in vhost '{}'",
+                    spec.name, self.name
+                )));
+            }
+            if let Some(arg) = inequivalent_argument(&existing.spec.arguments, &spec.arguments) {
+                return Err(AmqpError::precondition_failed(format!(
+                    "inequivalent arg '{arg}' for queue '{}' in vhost '{}'",
                     spec.name, self.name
                 )));
             }
@@ -309,6 +316,18 @@ impl VHost {
             .cloned()
             .ok_or_else(|| self.not_found_exchange(source))
     }
+}
+
+/// The first `x-` argument whose value differs between two declarations (RabbitMQ compares
+/// the arguments it understands; every `x-` argument is one it may understand).
+fn inequivalent_argument(current: &FieldTable, received: &FieldTable) -> Option<String> {
+    let keys = current.inner().keys().chain(received.inner().keys());
+    for key in keys.filter(|k| k.as_str().starts_with("x-")) {
+        if current.inner().get(key) != received.inner().get(key) {
+            return Some(key.to_string());
+        }
+    }
+    None
 }
 
 /// 405 RESOURCE_LOCKED when an exclusive queue belongs to another connection.
