@@ -16,6 +16,16 @@ use lapin::types::{
 use lapin::{BasicProperties, Channel, Consumer};
 
 const WAIT: Duration = Duration::from_secs(5);
+/// Upper bound for one whole test.
+const TEST_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs a whole test under one deadline, so a broker that stops answering an unwrapped call
+/// fails the test instead of hanging it.
+async fn bounded(test: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(TEST_LIMIT, test)
+        .await
+        .unwrap_or_else(|_| panic!("test did not finish within {TEST_LIMIT:?}"));
+}
 const PRECONDITION_FAILED: u16 = 406;
 const FRAME_MAX: u32 = 4096;
 /// Frame header (7) plus frame-end octet (1): a body frame carries at most frame_max - 8.
@@ -151,61 +161,70 @@ async fn round_trip_sizes(sizes: &[usize]) {
 
 #[tokio::test]
 async fn bodies_at_frame_boundaries_arrive_intact() {
-    let per_frame = FRAME_MAX as usize - FRAME_OVERHEAD;
-    round_trip_sizes(&[
-        0,
-        1,
-        per_frame - 1,
-        per_frame,
-        per_frame + 1,
-        FRAME_MAX as usize,
-        2 * per_frame,
-        2 * per_frame + 1,
-        3 * per_frame - 1,
-    ])
+    bounded(async {
+        let per_frame = FRAME_MAX as usize - FRAME_OVERHEAD;
+        round_trip_sizes(&[
+            0,
+            1,
+            per_frame - 1,
+            per_frame,
+            per_frame + 1,
+            FRAME_MAX as usize,
+            2 * per_frame,
+            2 * per_frame + 1,
+            3 * per_frame - 1,
+        ])
+        .await;
+    })
     .await;
 }
 
 #[tokio::test]
 async fn large_bodies_split_at_frame_max_arrive_intact() {
-    round_trip_sizes(&[1 << 20, 5 << 20]).await;
+    bounded(async {
+        round_trip_sizes(&[1 << 20, 5 << 20]).await;
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn body_above_max_message_size_is_precondition_failed() {
-    let broker = TestBroker::start_with(|cfg| cfg.max_message_bytes = 1024).await;
-    let conn = broker.connect().await;
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let q = declare(&ch, "limit").await;
-    // Exactly at the limit is fine.
-    publish_confirmed(&ch, &q, &body(1024), BasicProperties::default()).await;
+    bounded(async {
+        let broker = TestBroker::start_with(|cfg| cfg.max_message_bytes = 1024).await;
+        let conn = broker.connect().await;
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let q = declare(&ch, "limit").await;
+        // Exactly at the limit is fine.
+        publish_confirmed(&ch, &q, &body(1024), BasicProperties::default()).await;
 
-    let confirm = ch
-        .basic_publish(
-            "".into(),
-            q.as_str().into(),
-            BasicPublishOptions::default(),
-            &body(1025),
-            BasicProperties::default(),
-        )
-        .await
-        .expect("basic.publish");
-    match within("confirm", WAIT, confirm).await {
-        Err(e) => assert_eq!(reply_code(&e), Some(PRECONDITION_FAILED), "{e:?}"),
-        Ok(c) => panic!("oversized body: expected channel error 406, got {c:?}"),
-    }
-    // A channel error: the connection still works and the small message is there.
-    let ch2 = conn.create_channel().await.expect("new channel");
-    let m = ch2
-        .basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .expect("the 1024-byte message");
-    assert_eq!(m.delivery.data.len(), 1024);
-    assert_eq!(m.message_count, 0, "the oversized message was not enqueued");
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                q.as_str().into(),
+                BasicPublishOptions::default(),
+                &body(1025),
+                BasicProperties::default(),
+            )
+            .await
+            .expect("basic.publish");
+        match within("confirm", WAIT, confirm).await {
+            Err(e) => assert_eq!(reply_code(&e), Some(PRECONDITION_FAILED), "{e:?}"),
+            Ok(c) => panic!("oversized body: expected channel error 406, got {c:?}"),
+        }
+        // A channel error: the connection still works and the small message is there.
+        let ch2 = conn.create_channel().await.expect("new channel");
+        let m = ch2
+            .basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .expect("the 1024-byte message");
+        assert_eq!(m.delivery.data.len(), 1024);
+        assert_eq!(m.message_count, 0, "the oversized message was not enqueued");
+    })
+    .await;
 }
 
 /// A headers table with every field type lapin can encode. (AMQPValue::ShortString is
@@ -291,83 +310,89 @@ fn all_properties(user_id: &str) -> BasicProperties {
 
 #[tokio::test]
 async fn all_basic_properties_and_header_types_round_trip() {
-    let broker = TestBroker::start().await;
-    let (_conn, ch) = broker.channel().await;
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let q = declare(&ch, "props").await;
-    let sent = all_properties("guest");
-    publish_confirmed(&ch, &q, b"with properties", sent.clone()).await;
-    publish_confirmed(&ch, &q, b"bare", BasicProperties::default()).await;
+    bounded(async {
+        let broker = TestBroker::start().await;
+        let (_conn, ch) = broker.channel().await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let q = declare(&ch, "props").await;
+        let sent = all_properties("guest");
+        publish_confirmed(&ch, &q, b"with properties", sent.clone()).await;
+        publish_confirmed(&ch, &q, b"bare", BasicProperties::default()).await;
 
-    let mut c = consume(&ch, &q).await;
-    let d = within("delivery", WAIT, c.next())
-        .await
-        .expect("stream")
-        .expect("delivery");
-    assert_eq!(d.data, b"with properties");
-    let got = &d.properties;
-    // Field by field first, for a readable failure.
-    assert_eq!(got.content_type(), sent.content_type());
-    assert_eq!(got.content_encoding(), sent.content_encoding());
-    assert_eq!(got.delivery_mode(), &Some(2));
-    assert_eq!(got.priority(), &Some(7));
-    assert_eq!(got.correlation_id(), sent.correlation_id());
-    assert_eq!(got.reply_to(), sent.reply_to());
-    assert_eq!(got.expiration(), sent.expiration());
-    assert_eq!(got.message_id(), sent.message_id());
-    assert_eq!(got.timestamp(), &Some(1_700_000_123));
-    assert_eq!(got.kind(), sent.kind());
-    assert_eq!(got.user_id(), sent.user_id());
-    assert_eq!(got.app_id(), sent.app_id());
-    assert_eq!(got.cluster_id(), sent.cluster_id());
-    let (got_h, sent_h) = (
-        got.headers().as_ref().expect("headers"),
-        sent.headers().as_ref().unwrap(),
-    );
-    for (k, v) in sent_h.inner() {
-        assert_eq!(got_h.inner().get(k), Some(v), "header {k}");
-    }
-    assert_eq!(got_h, sent_h, "no extra headers");
-    assert_eq!(got, &sent);
+        let mut c = consume(&ch, &q).await;
+        let d = within("delivery", WAIT, c.next())
+            .await
+            .expect("stream")
+            .expect("delivery");
+        assert_eq!(d.data, b"with properties");
+        let got = &d.properties;
+        // Field by field first, for a readable failure.
+        assert_eq!(got.content_type(), sent.content_type());
+        assert_eq!(got.content_encoding(), sent.content_encoding());
+        assert_eq!(got.delivery_mode(), &Some(2));
+        assert_eq!(got.priority(), &Some(7));
+        assert_eq!(got.correlation_id(), sent.correlation_id());
+        assert_eq!(got.reply_to(), sent.reply_to());
+        assert_eq!(got.expiration(), sent.expiration());
+        assert_eq!(got.message_id(), sent.message_id());
+        assert_eq!(got.timestamp(), &Some(1_700_000_123));
+        assert_eq!(got.kind(), sent.kind());
+        assert_eq!(got.user_id(), sent.user_id());
+        assert_eq!(got.app_id(), sent.app_id());
+        assert_eq!(got.cluster_id(), sent.cluster_id());
+        let (got_h, sent_h) = (
+            got.headers().as_ref().expect("headers"),
+            sent.headers().as_ref().unwrap(),
+        );
+        for (k, v) in sent_h.inner() {
+            assert_eq!(got_h.inner().get(k), Some(v), "header {k}");
+        }
+        assert_eq!(got_h, sent_h, "no extra headers");
+        assert_eq!(got, &sent);
 
-    // And a message without properties gets none added.
-    let d = within("delivery", WAIT, c.next())
-        .await
-        .expect("stream")
-        .expect("delivery");
-    assert_eq!(d.data, b"bare");
-    assert_eq!(d.properties, BasicProperties::default());
+        // And a message without properties gets none added.
+        let d = within("delivery", WAIT, c.next())
+            .await
+            .expect("stream")
+            .expect("delivery");
+        assert_eq!(d.data, b"bare");
+        assert_eq!(d.properties, BasicProperties::default());
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn user_id_other_than_the_connection_user_is_precondition_failed() {
-    let broker = TestBroker::start().await;
-    let conn = broker.connect().await;
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let q = declare(&ch, "userid").await;
-    let confirm = ch
-        .basic_publish(
-            "".into(),
-            q.as_str().into(),
-            BasicPublishOptions::default(),
-            b"spoofed",
-            BasicProperties::default().with_user_id("mallory".into()),
-        )
-        .await
-        .expect("basic.publish");
-    match within("confirm", WAIT, confirm).await {
-        Err(e) => assert_eq!(reply_code(&e), Some(PRECONDITION_FAILED), "{e:?}"),
-        Ok(c) => panic!("spoofed user_id: expected channel error 406, got {c:?}"),
-    }
-    let ch2 = conn.create_channel().await.expect("connection survives");
-    let m = ch2
-        .basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap();
-    assert!(m.is_none(), "the spoofed message was not enqueued");
+    bounded(async {
+        let broker = TestBroker::start().await;
+        let conn = broker.connect().await;
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let q = declare(&ch, "userid").await;
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                q.as_str().into(),
+                BasicPublishOptions::default(),
+                b"spoofed",
+                BasicProperties::default().with_user_id("mallory".into()),
+            )
+            .await
+            .expect("basic.publish");
+        match within("confirm", WAIT, confirm).await {
+            Err(e) => assert_eq!(reply_code(&e), Some(PRECONDITION_FAILED), "{e:?}"),
+            Ok(c) => panic!("spoofed user_id: expected channel error 406, got {c:?}"),
+        }
+        let ch2 = conn.create_channel().await.expect("connection survives");
+        let m = ch2
+            .basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap();
+        assert!(m.is_none(), "the spoofed message was not enqueued");
+    })
+    .await;
 }

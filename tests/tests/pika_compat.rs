@@ -13,6 +13,16 @@ use std::time::Duration;
 use bourse_tests::TestBroker;
 
 const INSTALL_HINT: &str = "python3 -m venv .venv && .venv/bin/pip install pika";
+/// Upper bound for one whole test.
+const TEST_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs a whole test under one deadline, so a broker that stops answering an unwrapped call
+/// fails the test instead of hanging it.
+async fn bounded(test: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(TEST_LIMIT, test)
+        .await
+        .unwrap_or_else(|_| panic!("test did not finish within {TEST_LIMIT:?}"));
+}
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -89,35 +99,38 @@ async fn run_python(args: &[&std::ffi::OsStr], limit: Duration) -> Output {
 
 #[tokio::test]
 async fn pika_blocking_connection_compat() {
-    let probe = run_python(
-        &["-c".as_ref(), "import pika".as_ref()],
-        Duration::from_secs(30),
-    )
-    .await;
-    assert!(
-        probe.success,
-        "pika is not importable by {:?}; run `{INSTALL_HINT}` in the workspace or set \
+    bounded(async {
+        let probe = run_python(
+            &["-c".as_ref(), "import pika".as_ref()],
+            Duration::from_secs(30),
+        )
+        .await;
+        assert!(
+            probe.success,
+            "pika is not importable by {:?}; run `{INSTALL_HINT}` in the workspace or set \
          BOURSE_PYTHON\n{}",
-        python(),
-        probe.stderr
-    );
+            python(),
+            probe.stderr
+        );
 
-    let broker = TestBroker::start().await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("pika/compat.py");
-    let out = run_python(
-        &[script.as_os_str(), broker.url().as_ref()],
-        Duration::from_secs(60),
-    )
+        let broker = TestBroker::start().await;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("pika/compat.py");
+        let out = run_python(
+            &[script.as_os_str(), broker.url().as_ref()],
+            Duration::from_secs(60),
+        )
+        .await;
+        println!("{}", out.stdout);
+        assert!(
+            out.success,
+            "compat.py failed (exit {:?})\nstdout:\n{}\nstderr:\n{}",
+            out.code, out.stdout, out.stderr
+        );
+        assert!(
+            out.stdout.contains("all pika checks passed"),
+            "compat.py exited 0 without finishing its checks:\n{}",
+            out.stdout
+        );
+    })
     .await;
-    println!("{}", out.stdout);
-    assert!(
-        out.success,
-        "compat.py failed (exit {:?})\nstdout:\n{}\nstderr:\n{}",
-        out.code, out.stdout, out.stderr
-    );
-    assert!(
-        out.stdout.contains("all pika checks passed"),
-        "compat.py exited 0 without finishing its checks:\n{}",
-        out.stdout
-    );
 }
