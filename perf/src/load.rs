@@ -1,0 +1,772 @@
+//! The load run: declare the topology, start consumers, publish for a bounded time or count,
+//! drain, clean up, and report.
+//!
+//! Timeline (the measurement window is [t0, t1]):
+//! 1. set-up: delete and re-declare the exchange and queues, bind, open the workers' connections
+//!    and channels, start every consumer;
+//! 2. t0: publishers start; a sampler watches the broker's RSS, a reporter prints one progress
+//!    line per second to stderr;
+//! 3. t1: the time is up (or, with `--count` and no time, every publisher has sent and seen its
+//!    confirms); the counters and the broker's CPU time are read here, and the rates are
+//!    counts in the window divided by its length;
+//! 4. drain: consumers run on until nothing arrives for a second or `--drain-secs` is up, so the
+//!    totals and latencies include the backlog; then everything is deleted and closed.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use futures::{FutureExt, StreamExt, future::join_all, stream::FuturesUnordered};
+use hdrhistogram::Histogram;
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ExchangeKind,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::{FieldTable, ShortString},
+};
+use serde_json::{Value, json};
+use tokio::{sync::Notify, task::JoinSet};
+
+use crate::{
+    amqp::{self, expand, table},
+    cli::LoadArgs,
+    procfs::Broker,
+    stats::{self, Snapshot, Stats, new_histogram},
+};
+
+/// The routing resolved from the flags and the per-type defaults.
+#[derive(Debug)]
+struct Plan {
+    exchange: String,
+    kind: ExchangeKind,
+    exchange_args: FieldTable,
+    queues: Vec<String>,
+    queue_args: FieldTable,
+    /// (queue index, binding key, binding arguments)
+    bindings: Vec<(usize, String, FieldTable)>,
+    routing_keys: Vec<ShortString>,
+    /// Message headers per routing-key index (empty when no --header).
+    headers: Vec<FieldTable>,
+}
+
+fn plan(a: &LoadArgs) -> anyhow::Result<Plan> {
+    let ty = a.exchange_type.as_str();
+    let exchange = a
+        .exchange
+        .clone()
+        .unwrap_or_else(|| format!("bourse-perf-{ty}"));
+    let queues: Vec<String> = (0..a.queues)
+        .map(|i| format!("{}{i}", a.queue_prefix))
+        .collect();
+    if queues.is_empty() && a.consumers > 0 {
+        bail!("--consumers needs at least one queue (--queues)");
+    }
+    let kind = match ty {
+        "direct" => ExchangeKind::Direct,
+        "fanout" => ExchangeKind::Fanout,
+        "topic" => ExchangeKind::Topic,
+        "headers" => ExchangeKind::Headers,
+        other => ExchangeKind::Custom(other.to_owned()),
+    };
+    let mut header_templates = a.headers.clone();
+    let mut bindings = Vec::new();
+    let (keys, routing_template) = if exchange.is_empty() {
+        // The default exchange routes by queue name: key i is queue i mod Q.
+        (a.keys.unwrap_or(a.queues.max(1)), None)
+    } else {
+        let n = a.bindings.unwrap_or(a.queues);
+        if n > 0 && queues.is_empty() {
+            bail!("--bindings needs at least one queue (--queues)");
+        }
+        let (bk, rk, keys) = match ty {
+            "direct" => ("k{i}", "k{i}", n),
+            "topic" => ("perf.k{i}.*", "perf.k{i}.x", n),
+            "fanout" => ("", "", 1),
+            "headers" => ("", "", n),
+            _ => ("1", "{i}", 1000),
+        };
+        let mut binding_args = a.binding_args.clone();
+        if ty == "headers" {
+            if binding_args.is_empty() {
+                binding_args = vec!["x-match=all".into(), "k={i}".into()];
+            }
+            if header_templates.is_empty() {
+                header_templates = vec!["k={i}".into()];
+            }
+        }
+        let bk = a.binding_key.as_deref().unwrap_or(bk);
+        for i in 0..n {
+            bindings.push((i % queues.len(), expand(bk, i), table(&binding_args, i)?));
+        }
+        let rk = a.routing_key.clone().unwrap_or_else(|| rk.to_owned());
+        (a.keys.unwrap_or(keys.max(1)), Some(rk))
+    };
+    let routing_keys = (0..keys)
+        .map(|i| {
+            ShortString::from(match &routing_template {
+                Some(t) => expand(t, i),
+                None => queues
+                    .get(i % queues.len().max(1))
+                    .cloned()
+                    .unwrap_or_default(),
+            })
+        })
+        .collect();
+    let headers = if header_templates.is_empty() {
+        Vec::new()
+    } else {
+        (0..keys)
+            .map(|i| table(&header_templates, i))
+            .collect::<anyhow::Result<_>>()?
+    };
+    Ok(Plan {
+        exchange,
+        kind,
+        exchange_args: table(&a.exchange_args, 0)?,
+        queues,
+        queue_args: table(&a.queue_args, 0)?,
+        bindings,
+        routing_keys,
+        headers,
+    })
+}
+
+/// Deletes and re-declares the exchange and queues and binds them.
+async fn declare(conn: &Connection, a: &LoadArgs, p: &Plan) -> anyhow::Result<()> {
+    let mut ch = conn.create_channel().await?;
+    // Leftovers of an earlier run may differ in type or durability: delete first. A broker
+    // may answer a delete of a missing entity with a channel error; then use a new channel.
+    for q in &p.queues {
+        if ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .is_err()
+        {
+            ch = conn.create_channel().await?;
+        }
+    }
+    if !p.exchange.is_empty() {
+        if ch
+            .exchange_delete(p.exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await
+            .is_err()
+        {
+            ch = conn.create_channel().await?;
+        }
+        ch.exchange_declare(
+            p.exchange.as_str().into(),
+            p.kind.clone(),
+            ExchangeDeclareOptions {
+                durable: a.durable,
+                ..Default::default()
+            },
+            p.exchange_args.clone(),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "declaring exchange {:?} of type {}",
+                p.exchange, a.exchange_type
+            )
+        })?;
+    }
+    for q in &p.queues {
+        ch.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions {
+                durable: a.durable,
+                ..Default::default()
+            },
+            p.queue_args.clone(),
+        )
+        .await
+        .with_context(|| format!("declaring queue {q}"))?;
+    }
+    for (qi, key, args) in &p.bindings {
+        ch.queue_bind(
+            p.queues[*qi].as_str().into(),
+            p.exchange.as_str().into(),
+            key.as_str().into(),
+            QueueBindOptions::default(),
+            args.clone(),
+        )
+        .await
+        .with_context(|| format!("binding {} to {} with {key:?}", p.queues[*qi], p.exchange))?;
+    }
+    let _ = ch.close(200, "OK".into()).await;
+    Ok(())
+}
+
+async fn delete(conn: &Connection, p: &Plan) -> anyhow::Result<()> {
+    let ch = conn.create_channel().await?;
+    for q in &p.queues {
+        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    if !p.exchange.is_empty() {
+        ch.exchange_delete(p.exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await?;
+    }
+    let _ = ch.close(200, "OK".into()).await;
+    Ok(())
+}
+
+/// A stop signal that is cheap to poll per message and can also be awaited.
+#[derive(Debug, Default)]
+struct Stop {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Stop {
+    fn set(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+    fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+    async fn wait(&self) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.flag.load(Ordering::SeqCst) {
+            return;
+        }
+        notified.await;
+    }
+}
+
+enum Outcome {
+    Written,
+    Acked,
+    Nacked,
+    Failed(lapin::Error),
+}
+
+async fn publish_one(
+    ch: &Channel,
+    exchange: ShortString,
+    key: ShortString,
+    body: Vec<u8>,
+    props: BasicProperties,
+    confirm: bool,
+) -> Outcome {
+    let pending = match ch
+        .basic_publish(exchange, key, BasicPublishOptions::default(), &body, props)
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => return Outcome::Failed(e),
+    };
+    if !confirm {
+        return Outcome::Written;
+    }
+    match pending.await {
+        Ok(Confirmation::Nack(_)) => Outcome::Nacked,
+        Ok(_) => Outcome::Acked,
+        Err(e) => Outcome::Failed(e),
+    }
+}
+
+struct Publisher {
+    index: usize,
+    ch: Channel,
+    plan: Arc<Plan>,
+    args: Arc<LoadArgs>,
+    stats: Arc<Stats>,
+    stop: Arc<Stop>,
+}
+
+impl Publisher {
+    fn record(&self, o: Outcome) -> bool {
+        match o {
+            Outcome::Written => {}
+            Outcome::Acked => {
+                self.stats.confirmed.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Nacked => {
+                self.stats.nacked.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Failed(e) => {
+                self.stats
+                    .error(format_args!("publisher {}: {e}", self.index));
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn run(self) {
+        let a = &*self.args;
+        let confirm = a.confirm > 0;
+        let window = if confirm {
+            a.confirm
+        } else {
+            a.write_window.max(1)
+        };
+        let exchange = ShortString::from(self.plan.exchange.clone());
+        let keys = &self.plan.routing_keys;
+        let base = BasicProperties::default().with_delivery_mode(if a.persistent { 2 } else { 1 });
+        let mut inflight = FuturesUnordered::new();
+        let start = Instant::now();
+        let mut m: u64 = 0;
+        let mut healthy = true;
+        'publish: while healthy && !self.stop.is_set() && (a.count == 0 || m < a.count) {
+            if a.rate > 0.0 {
+                let due = start + Duration::from_secs_f64(m as f64 / a.rate);
+                while Instant::now() < due {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(due.into()) => {}
+                        Some(o) = inflight.next(), if !inflight.is_empty() => healthy &= self.record(o),
+                        _ = self.stop.wait() => break 'publish,
+                    }
+                }
+            }
+            while inflight.len() >= window {
+                tokio::select! {
+                    Some(o) = inflight.next() => healthy &= self.record(o),
+                    _ = self.stop.wait() => break 'publish,
+                }
+            }
+            let k = (self.index + m as usize) % keys.len();
+            let mut props = base.clone();
+            if let Some(h) = self.plan.headers.get(k) {
+                props = props.with_headers(h.clone());
+            }
+            let mut body = vec![0u8; a.size];
+            stats::stamp(&mut body);
+            inflight.push(publish_one(
+                &self.ch,
+                exchange.clone(),
+                keys[k].clone(),
+                body,
+                props,
+                confirm,
+            ));
+            self.stats.sent.fetch_add(1, Ordering::Relaxed);
+            m += 1;
+            // Poll once so the new publish hands its frames to the connection now; collect
+            // whatever else has completed meanwhile.
+            while let Some(Some(o)) = inflight.next().now_or_never() {
+                healthy &= self.record(o);
+            }
+        }
+        // Let outstanding writes and confirms finish, bounded.
+        let drain = async {
+            while let Some(o) = inflight.next().await {
+                self.record(o);
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(10), drain)
+            .await
+            .is_err()
+        {
+            self.stats.error(format_args!(
+                "publisher {}: {} publishes or confirms still outstanding 10 s after stopping",
+                self.index,
+                inflight.len()
+            ));
+        }
+    }
+}
+
+struct ConsumerTask {
+    index: usize,
+    ch: Channel,
+    consumer: lapin::Consumer,
+    args: Arc<LoadArgs>,
+    stats: Arc<Stats>,
+    stop: Arc<Stop>,
+}
+
+impl ConsumerTask {
+    async fn run(mut self) -> Histogram<u64> {
+        let mut hist = new_histogram();
+        let autoack = self.args.autoack;
+        let mut every = self.args.multi_ack.max(1) as u64;
+        if self.args.prefetch > 0 {
+            every = every.min(self.args.prefetch as u64);
+        }
+        let mut unacked = 0u64;
+        let mut last_tag = 0u64;
+        loop {
+            let delivery = tokio::select! {
+                biased;
+                _ = self.stop.wait() => break,
+                d = self.consumer.next() => d,
+            };
+            match delivery {
+                Some(Ok(d)) => {
+                    if let Some(us) = stats::age_us(&d.data) {
+                        hist.saturating_record(us.max(1));
+                    }
+                    self.stats.received.fetch_add(1, Ordering::Relaxed);
+                    if !autoack {
+                        unacked += 1;
+                        last_tag = d.delivery_tag;
+                        if unacked >= every {
+                            self.ack(last_tag, every > 1);
+                            unacked = 0;
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    self.stats
+                        .error(format_args!("consumer {}: {e}", self.index));
+                    break;
+                }
+                None => {
+                    if !self.stop.is_set() {
+                        self.stats.error(format_args!(
+                            "consumer {}: cancelled by the broker",
+                            self.index
+                        ));
+                    }
+                    break;
+                }
+            }
+        }
+        if unacked > 0 {
+            self.ack(last_tag, true);
+        }
+        hist
+    }
+
+    /// Sends basic.ack without waiting for the write: the connection's own task writes it, and
+    /// a failure closes the channel, which the delivery stream reports.
+    fn ack(&self, tag: u64, multiple: bool) {
+        let sent = self
+            .ch
+            .basic_ack(tag, BasicAckOptions { multiple })
+            .now_or_never();
+        if let Some(Err(e)) = sent {
+            self.stats
+                .error(format_args!("consumer {}: ack: {e}", self.index));
+        }
+    }
+}
+
+/// Watches the broker's RSS every 100 ms and keeps the maximum.
+fn spawn_rss_sampler(broker: Broker, peak: Arc<AtomicU64>, stop: Arc<Stop>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        while !stop.is_set() {
+            tick.tick().await;
+            if let Ok(s) = broker.sample() {
+                peak.fetch_max(s.rss_kib, Ordering::Relaxed);
+            }
+        }
+    });
+}
+
+/// One line per second on stderr: rates over the last second and totals.
+fn spawn_progress(stats: Arc<Stats>, broker: Option<Broker>, stop: Arc<Stop>) {
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        let mut last = stats.snapshot();
+        let mut last_cpu = broker.and_then(|b| b.sample().ok()).map(|s| s.cpu_s);
+        let mut last_at = Instant::now();
+        while !stop.is_set() {
+            tick.tick().await;
+            let now = stats.snapshot();
+            let dt = last_at.elapsed().as_secs_f64().max(1e-3);
+            last_at = Instant::now();
+            let rate = |a: u64, b: u64| (a - b) as f64 / dt;
+            let mut line = format!(
+                "[{:>5.1}s] sent {:>9.0}/s  confirmed {:>9.0}/s  received {:>9.0}/s  | total sent {} received {} errors {}",
+                start.elapsed().as_secs_f64(),
+                rate(now.sent, last.sent),
+                rate(now.confirmed, last.confirmed),
+                rate(now.received, last.received),
+                now.sent,
+                now.received,
+                now.errors,
+            );
+            if let Some(s) = broker.and_then(|b| b.sample().ok()) {
+                if let Some(c) = last_cpu {
+                    line += &format!(
+                        "  | broker cpu {:>3.0}% rss {} MiB",
+                        (s.cpu_s - c) / dt * 100.0,
+                        s.rss_kib / 1024
+                    );
+                }
+                last_cpu = Some(s.cpu_s);
+            }
+            eprintln!("{line}");
+            last = now;
+        }
+    });
+}
+
+fn percentiles(h: &Histogram<u64>) -> Value {
+    if h.is_empty() {
+        return Value::Null;
+    }
+    json!({
+        "count": h.len(),
+        "min": h.min(),
+        "p50": h.value_at_quantile(0.50),
+        "p95": h.value_at_quantile(0.95),
+        "p99": h.value_at_quantile(0.99),
+        "p999": h.value_at_quantile(0.999),
+        "max": h.max(),
+        "mean": (h.mean() * 10.0).round() / 10.0,
+    })
+}
+
+/// Runs the load test; `stats` is owned by the caller so a timed-out run can still report.
+pub async fn run(args: LoadArgs, stats: Arc<Stats>) -> anyhow::Result<Value> {
+    let a = Arc::new(args);
+    if a.time_secs <= 0.0 && a.count == 0 {
+        bail!("unbounded run: give --time and/or --count");
+    }
+    if a.time_secs <= 0.0 && a.producers == 0 {
+        bail!("with no publishers, --time bounds the run");
+    }
+    if a.producers + a.consumers == 0 {
+        bail!("nothing to do: no publishers and no consumers");
+    }
+    let p = Arc::new(plan(&a)?);
+    let broker = a.common.broker_pid.map(Broker::new).transpose()?;
+    let uri = a.common.uri.as_str();
+
+    let setup = amqp::connect(uri, "bourse-perf setup".into()).await?;
+    declare(&setup, &a, &p).await?;
+
+    // Workers' connections, opened a few at a time.
+    let n_conns = if a.connections == 0 {
+        a.producers + a.consumers
+    } else {
+        a.connections
+    };
+    let mut conns = Vec::with_capacity(n_conns);
+    for chunk in (0..n_conns).collect::<Vec<_>>().chunks(16) {
+        let opened = join_all(
+            chunk
+                .iter()
+                .map(|i| amqp::connect(uri, format!("bourse-perf {i}"))),
+        )
+        .await;
+        for c in opened {
+            conns.push(c?);
+        }
+    }
+    let conn_of = |worker: usize| &conns[worker % n_conns];
+
+    let stop = Arc::new(Stop::default());
+    let consumers_stop = Arc::new(Stop::default());
+    let mut consumers = JoinSet::new();
+    for c in 0..a.consumers {
+        let ch = conn_of(a.producers + c).create_channel().await?;
+        if a.prefetch > 0 {
+            ch.basic_qos(a.prefetch, BasicQosOptions { global: false })
+                .await?;
+        }
+        let queue = &p.queues[c % p.queues.len()];
+        let consumer = ch
+            .basic_consume(
+                queue.as_str().into(),
+                format!("bourse-perf-{c}").into(),
+                BasicConsumeOptions {
+                    no_ack: a.autoack,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("consuming from {queue}"))?;
+        consumers.spawn(
+            ConsumerTask {
+                index: c,
+                ch,
+                consumer,
+                args: a.clone(),
+                stats: stats.clone(),
+                stop: consumers_stop.clone(),
+            }
+            .run(),
+        );
+    }
+    let mut publishers = Vec::with_capacity(a.producers);
+    for i in 0..a.producers {
+        let ch = conn_of(i).create_channel().await?;
+        if a.confirm > 0 {
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        }
+        publishers.push(Publisher {
+            index: i,
+            ch,
+            plan: p.clone(),
+            args: a.clone(),
+            stats: stats.clone(),
+            stop: stop.clone(),
+        });
+    }
+
+    // t0
+    let sample0 = broker.map(|b| b.sample()).transpose()?;
+    let peak_rss = Arc::new(AtomicU64::new(sample0.map(|s| s.rss_kib).unwrap_or(0)));
+    let monitors_stop = Arc::new(Stop::default());
+    if let Some(b) = broker {
+        spawn_rss_sampler(b, peak_rss.clone(), monitors_stop.clone());
+    }
+    spawn_progress(stats.clone(), broker, monitors_stop.clone());
+    let t0 = Instant::now();
+    let mut pub_tasks = JoinSet::new();
+    for publisher in publishers {
+        pub_tasks.spawn(publisher.run());
+    }
+
+    let all_published = async {
+        while let Some(r) = pub_tasks.join_next().await {
+            if let Err(e) = r {
+                stats.error(format_args!("publisher task: {e}"));
+            }
+        }
+        if a.producers == 0 {
+            std::future::pending::<()>().await;
+        }
+    };
+    if a.time_secs > 0.0 {
+        let _ = tokio::time::timeout(Duration::from_secs_f64(a.time_secs), all_published).await;
+    } else {
+        all_published.await;
+    }
+    // t1
+    let window = t0.elapsed().as_secs_f64();
+    let at_t1 = stats.snapshot();
+    let sample1 = broker.map(|b| b.sample()).transpose()?;
+    stop.set();
+
+    // Publishers drain their in-flight publishes (bounded inside); then consumers catch up.
+    while let Some(r) = pub_tasks.join_next().await {
+        if let Err(e) = r {
+            stats.error(format_args!("publisher task: {e}"));
+        }
+    }
+    let drain_start = Instant::now();
+    let mut last_received = stats.snapshot().received;
+    let mut quiet_since = Instant::now();
+    while a.consumers > 0 && drain_start.elapsed().as_secs_f64() < a.drain_secs {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = stats.snapshot().received;
+        if r != last_received {
+            last_received = r;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= Duration::from_secs(1) {
+            break;
+        }
+    }
+    let end = stats.snapshot();
+    let total_s = t0.elapsed().as_secs_f64();
+    consumers_stop.set();
+    monitors_stop.set();
+    let mut hist = new_histogram();
+    while let Some(r) = consumers.join_next().await {
+        match r {
+            Ok(h) => {
+                let _ = hist.add(&h);
+            }
+            Err(e) => stats.error(format_args!("consumer task: {e}")),
+        }
+    }
+    if !a.keep_topology
+        && let Err(e) = delete(&setup, &p).await
+    {
+        stats.error(format_args!("deleting the topology: {e}"));
+    }
+    let closing = conns
+        .iter()
+        .chain(std::iter::once(&setup))
+        .map(|c| c.close(200, "OK".into()));
+    let _ = tokio::time::timeout(Duration::from_secs(5), join_all(closing)).await;
+
+    let end_stats = stats.snapshot();
+    let mut report = report_common(&a, &p, window, &at_t1);
+    report["received_total"] = json!(end.received);
+    report["sent_total"] = json!(end.sent);
+    report["confirmed_total"] = json!(end.confirmed);
+    report["total_s"] = json!(round(total_s, 3));
+    report["latency_us"] = percentiles(&hist);
+    report["errors"] = json!(end_stats.errors);
+    report["error_samples"] = json!(stats.error_samples());
+    if let (Some(s0), Some(s1)) = (sample0, sample1) {
+        let cpu = s1.cpu_s - s0.cpu_s;
+        let msgs = if a.consumers > 0 {
+            at_t1.received
+        } else {
+            at_t1.sent
+        };
+        report["broker"] = json!({
+            "pid": a.common.broker_pid,
+            "cpu_s": round(cpu, 3),
+            "cpu_util": round(cpu / window, 3),
+            "rss_start_kib": s0.rss_kib,
+            "rss_peak_kib": peak_rss.load(Ordering::Relaxed).max(s1.rss_kib),
+            "vm_hwm_kib": s1.hwm_kib,
+            "msgs_per_cpu_s": if cpu > 0.0 { round(msgs as f64 / cpu, 0) } else { 0.0 },
+            "sent_per_cpu_s": if cpu > 0.0 { round(at_t1.sent as f64 / cpu, 0) } else { 0.0 },
+        });
+    }
+    Ok(report)
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+/// The parameters and window rates, shared by the normal and the timed-out report.
+fn report_common(a: &LoadArgs, p: &Plan, window: f64, s: &Snapshot) -> Value {
+    let rate = |n: u64| {
+        if window > 0.0 {
+            round(n as f64 / window, 1)
+        } else {
+            0.0
+        }
+    };
+    json!({
+        "mode": "load",
+        "label": a.common.label,
+        "params": {
+            "producers": a.producers,
+            "consumers": a.consumers,
+            "connections": if a.connections == 0 { a.producers + a.consumers } else { a.connections },
+            "size": a.size,
+            "time_s": a.time_secs,
+            "count": a.count,
+            "rate": a.rate,
+            "exchange_type": a.exchange_type,
+            "exchange": p.exchange,
+            "queues": p.queues.len(),
+            "bindings": p.bindings.len(),
+            "keys": p.routing_keys.len(),
+            "autoack": a.autoack,
+            "prefetch": a.prefetch,
+            "multi_ack": a.multi_ack,
+            "confirm": a.confirm,
+            "persistent": a.persistent,
+            "durable": a.durable,
+        },
+        "window_s": round(window, 3),
+        "sent": s.sent,
+        "confirmed": s.confirmed,
+        "nacked": s.nacked,
+        "received": s.received,
+        "sent_rate": rate(s.sent),
+        "confirmed_rate": rate(s.confirmed),
+        "received_rate": rate(s.received),
+        "timed_out": false,
+    })
+}
