@@ -99,6 +99,11 @@ impl Channel {
                 } else {
                     let name = match declare.queue.as_str() {
                         "" => Name::from(format!("amq.gen-{}", random_suffix())),
+                        given if given.starts_with("amq.") && cx.vhost.queue(given).is_err() => {
+                            return Err(AmqpError::access_refused(format!(
+                                "queue name '{given}' contains reserved prefix 'amq.*'"
+                            )));
+                        }
                         given => Name::from(given),
                     };
                     cx.vhost

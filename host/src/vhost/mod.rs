@@ -203,12 +203,6 @@ impl VHost {
                 created: false,
             });
         }
-        if spec.name.starts_with("amq.") {
-            return Err(AmqpError::access_refused(format!(
-                "queue name '{}' contains reserved prefix 'amq.*'",
-                spec.name
-            )));
-        }
         let queue = Queue::new(spec);
         topology.queues.insert(queue.name().clone(), queue.clone());
         Ok(DeclaredQueue {
