@@ -196,12 +196,13 @@ impl Channel {
                 false,
             ),
             B::Recover(_) | B::RecoverAsync(_) => {
-                // Both forms requeue every unacked message, as RabbitMQ does.
+                // Both forms requeue every unacked message, as RabbitMQ does. recover-ok goes
+                // out first: clients expect the redeliveries after it.
                 let unacked = self.outlet.take_all_unacked();
-                requeue_grouped(unacked);
                 if matches!(method, B::Recover(_)) {
                     self.reply(cx, AMQPClass::Basic(B::RecoverOk(basic::RecoverOk {})));
                 }
+                requeue_grouped(unacked);
                 Ok(())
             }
             other => Err(AmqpError::command_invalid(format!(
