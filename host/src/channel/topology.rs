@@ -18,15 +18,11 @@ impl Channel {
         match method {
             X::Declare(declare) => {
                 let name = declare.exchange.as_str();
+                // RabbitMQ refuses the default exchange even for a passive declare.
+                check_not_default(name, cx)?;
                 if declare.passive {
                     cx.vhost.exchange(name)?;
                 } else {
-                    if name.is_empty() {
-                        return Err(AmqpError::access_refused(format!(
-                            "operation not permitted on the default exchange in vhost '{}'",
-                            cx.vhost.name
-                        )));
-                    }
                     cx.vhost.declare_exchange(ExchangeSpec {
                         name: Name::from(name),
                         kind: Name::from(declare.kind.as_str()),

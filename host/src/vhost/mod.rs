@@ -147,7 +147,7 @@ impl VHost {
         ty.validate(&spec.arguments)
             .map_err(|e| AmqpError::precondition_failed(format!("invalid arguments: {e}")))?;
         let router = ty
-            .create(&spec.name, &spec.arguments)
+            .create_in(&self.name, &spec.name, &spec.arguments)
             .map_err(|e| AmqpError::precondition_failed(format!("invalid arguments: {e}")))?;
         topology
             .exchanges
@@ -183,9 +183,12 @@ impl VHost {
         let mut topology = self.topology.write();
         if let Some(existing) = topology.queues.get(&spec.name) {
             check_exclusive(existing, spec.exclusive_owner.unwrap_or(0), &self.name)?;
+            if existing.spec.exclusive_owner.is_some() != spec.exclusive_owner.is_some() {
+                // RabbitMQ checks exclusivity before the other flags: 405, not 406.
+                return Err(locked(existing, &self.name));
+            }
             let same = existing.spec.durable == spec.durable
-                && existing.spec.auto_delete == spec.auto_delete
-                && existing.spec.exclusive_owner.is_some() == spec.exclusive_owner.is_some();
+                && existing.spec.auto_delete == spec.auto_delete;
             if !same {
                 return Err(AmqpError::precondition_failed(format!(
                     "inequivalent arg 'durable', 'exclusive' or 'auto_delete' for queue '{}' in vhost '{}'",
@@ -327,14 +330,18 @@ fn inequivalent_argument(current: &FieldTable, received: &FieldTable) -> Option<
 /// 405 RESOURCE_LOCKED when an exclusive queue belongs to another connection.
 fn check_exclusive(queue: &Queue, connection: ConnectionId, vhost: &str) -> Result<(), AmqpError> {
     match queue.spec.exclusive_owner {
-        Some(owner) if owner != connection => Err(AmqpError::resource_locked(format!(
-            "cannot obtain exclusive access to locked queue '{}' in vhost '{vhost}'. It could be \
-             originally declared on another connection or the exclusive property value does not \
-             match that of the original declaration.",
-            queue.name()
-        ))),
+        Some(owner) if owner != connection => Err(locked(queue, vhost)),
         _ => Ok(()),
     }
+}
+
+fn locked(queue: &Queue, vhost: &str) -> AmqpError {
+    AmqpError::resource_locked(format!(
+        "cannot obtain exclusive access to locked queue '{}' in vhost '{vhost}'. It could be \
+         originally declared on another connection or the exclusive property value does not \
+         match that of the original declaration.",
+        queue.name()
+    ))
 }
 
 impl Topology {
