@@ -3,6 +3,7 @@
 //! Every key of the TOML file has a flag and a `BOURSE_*` variable; unknown TOML keys are an
 //! error so a typo never silently falls back to a default. Units come last in names.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -30,6 +31,93 @@ pub struct Config {
     pub users: Vec<(String, String)>,
     /// Whether `guest` may only log in from a loopback address (RabbitMQ's default).
     pub guest_loopback_only: bool,
+    /// Where compiled WASM components are cached [default: `<data_dir>/wasm-cache`].
+    pub wasm_cache_dir: Option<PathBuf>,
+    /// How often `plugin_dir` is polled for added, replaced or removed plugins; 0 disables.
+    pub plugin_poll_ms: u64,
+    /// Most WASM instances alive at once (sizes the engine's pooling allocator).
+    pub wasm_instances_max: u32,
+    /// Limits on WASM exchanges, for every vhost without an override.
+    pub wasm: WasmLimits,
+    /// Per-vhost overrides of `wasm` (TOML: `[vhost_limits."/"]`).
+    pub vhost_limits: BTreeMap<String, WasmLimitOverrides>,
+}
+
+/// What one WASM exchange may consume. Every call runs under a deadline; every instance under
+/// a memory and table cap; logs and the state store are bounded per exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WasmLimits {
+    /// Deadline of one `route` call, in milliseconds (epoch ticks of 1 ms).
+    pub call_deadline_ms: u64,
+    /// Deadline of the other calls (`init`, `validate`, binding changes), in milliseconds.
+    pub setup_deadline_ms: u64,
+    /// Largest linear memory of one instance, in bytes.
+    pub memory_max_bytes: u64,
+    /// Largest table of one instance, in elements.
+    pub table_elements_max: u64,
+    /// Log lines per second per exchange (burst: 5 seconds' worth); the rest is dropped.
+    pub log_lines_per_sec: u32,
+    /// Entries in one exchange's `state` store.
+    pub state_entries_max: u32,
+    /// Consecutive failed calls (trap, deadline, garbage) before the exchange is marked failed.
+    pub failures_max: u32,
+}
+
+impl Default for WasmLimits {
+    fn default() -> Self {
+        Self {
+            call_deadline_ms: 5,
+            setup_deadline_ms: 200,
+            memory_max_bytes: 16 * 1024 * 1024,
+            table_elements_max: 50_000,
+            log_lines_per_sec: 10,
+            state_entries_max: 65_536,
+            failures_max: 5,
+        }
+    }
+}
+
+/// A per-vhost override of some [`WasmLimits`]; unset keys keep the global value.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasmLimitOverrides {
+    /// See [`WasmLimits::call_deadline_ms`].
+    pub wasm_call_deadline_ms: Option<u64>,
+    /// See [`WasmLimits::setup_deadline_ms`].
+    pub wasm_setup_deadline_ms: Option<u64>,
+    /// See [`WasmLimits::memory_max_bytes`].
+    pub wasm_memory_max_bytes: Option<u64>,
+    /// See [`WasmLimits::table_elements_max`].
+    pub wasm_table_elements_max: Option<u64>,
+    /// See [`WasmLimits::log_lines_per_sec`].
+    pub wasm_log_lines_per_sec: Option<u32>,
+    /// See [`WasmLimits::state_entries_max`].
+    pub wasm_state_entries_max: Option<u32>,
+    /// See [`WasmLimits::failures_max`].
+    pub wasm_failures_max: Option<u32>,
+}
+
+impl WasmLimitOverrides {
+    /// `base` with these overrides applied.
+    pub fn apply(&self, base: &WasmLimits) -> WasmLimits {
+        WasmLimits {
+            call_deadline_ms: self.wasm_call_deadline_ms.unwrap_or(base.call_deadline_ms),
+            setup_deadline_ms: self
+                .wasm_setup_deadline_ms
+                .unwrap_or(base.setup_deadline_ms),
+            memory_max_bytes: self.wasm_memory_max_bytes.unwrap_or(base.memory_max_bytes),
+            table_elements_max: self
+                .wasm_table_elements_max
+                .unwrap_or(base.table_elements_max),
+            log_lines_per_sec: self
+                .wasm_log_lines_per_sec
+                .unwrap_or(base.log_lines_per_sec),
+            state_entries_max: self
+                .wasm_state_entries_max
+                .unwrap_or(base.state_entries_max),
+            failures_max: self.wasm_failures_max.unwrap_or(base.failures_max),
+        }
+    }
 }
 
 impl Default for Config {
@@ -44,6 +132,11 @@ impl Default for Config {
             max_message_bytes: 128 * 1024 * 1024,
             users: Vec::new(),
             guest_loopback_only: true,
+            wasm_cache_dir: None,
+            plugin_poll_ms: 1000,
+            wasm_instances_max: 1000,
+            wasm: WasmLimits::default(),
+            vhost_limits: BTreeMap::new(),
         }
     }
 }
@@ -83,6 +176,36 @@ pub struct Cli {
     /// Largest message body accepted, in bytes [default: 134217728]
     #[arg(long, env = "BOURSE_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<u64>,
+    /// Cache of compiled WASM plugins [default: <data-dir>/wasm-cache]
+    #[arg(long, env = "BOURSE_WASM_CACHE_DIR", value_name = "DIR")]
+    pub wasm_cache_dir: Option<PathBuf>,
+    /// How often the plugin directory is polled for changes, in ms; 0 disables [default: 1000]
+    #[arg(long, env = "BOURSE_PLUGIN_POLL_MS")]
+    pub plugin_poll_ms: Option<u64>,
+    /// Most WASM instances alive at once (one per WASM exchange, plus reloads) [default: 1000]
+    #[arg(long, env = "BOURSE_WASM_INSTANCES_MAX")]
+    pub wasm_instances_max: Option<u32>,
+    /// Deadline of one WASM route call, in ms [default: 5]
+    #[arg(long, env = "BOURSE_WASM_CALL_DEADLINE_MS")]
+    pub wasm_call_deadline_ms: Option<u64>,
+    /// Deadline of other WASM calls (init, bindings, validate), in ms [default: 200]
+    #[arg(long, env = "BOURSE_WASM_SETUP_DEADLINE_MS")]
+    pub wasm_setup_deadline_ms: Option<u64>,
+    /// Largest linear memory of one WASM instance, in bytes [default: 16777216]
+    #[arg(long, env = "BOURSE_WASM_MEMORY_MAX_BYTES")]
+    pub wasm_memory_max_bytes: Option<u64>,
+    /// Largest table of one WASM instance, in elements [default: 50000]
+    #[arg(long, env = "BOURSE_WASM_TABLE_ELEMENTS_MAX")]
+    pub wasm_table_elements_max: Option<u64>,
+    /// Plugin log lines per second per exchange [default: 10]
+    #[arg(long, env = "BOURSE_WASM_LOG_LINES_PER_SEC")]
+    pub wasm_log_lines_per_sec: Option<u32>,
+    /// Entries in one WASM exchange's state store [default: 65536]
+    #[arg(long, env = "BOURSE_WASM_STATE_ENTRIES_MAX")]
+    pub wasm_state_entries_max: Option<u32>,
+    /// Consecutive failed WASM calls before an exchange is marked failed [default: 5]
+    #[arg(long, env = "BOURSE_WASM_FAILURES_MAX")]
+    pub wasm_failures_max: Option<u32>,
 }
 
 /// The TOML file: the same keys as the flags, all optional, unknown keys rejected.
@@ -99,6 +222,19 @@ struct FileConfig {
     guest_loopback_only: Option<bool>,
     #[serde(default)]
     users: Vec<UserEntry>,
+    wasm_cache_dir: Option<PathBuf>,
+    plugin_poll_ms: Option<u64>,
+    wasm_instances_max: Option<u32>,
+    // The global WASM limits; `[vhost_limits."NAME"]` tables take the same keys.
+    wasm_call_deadline_ms: Option<u64>,
+    wasm_setup_deadline_ms: Option<u64>,
+    wasm_memory_max_bytes: Option<u64>,
+    wasm_table_elements_max: Option<u64>,
+    wasm_log_lines_per_sec: Option<u32>,
+    wasm_state_entries_max: Option<u32>,
+    wasm_failures_max: Option<u32>,
+    #[serde(default)]
+    vhost_limits: BTreeMap<String, WasmLimitOverrides>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +281,27 @@ impl Config {
             .into_iter()
             .map(|u| (u.name, u.password))
             .collect();
+        let wasm = WasmLimitOverrides {
+            wasm_call_deadline_ms: cli.wasm_call_deadline_ms,
+            wasm_setup_deadline_ms: cli.wasm_setup_deadline_ms,
+            wasm_memory_max_bytes: cli.wasm_memory_max_bytes,
+            wasm_table_elements_max: cli.wasm_table_elements_max,
+            wasm_log_lines_per_sec: cli.wasm_log_lines_per_sec,
+            wasm_state_entries_max: cli.wasm_state_entries_max,
+            wasm_failures_max: cli.wasm_failures_max,
+        }
+        .apply(
+            &WasmLimitOverrides {
+                wasm_call_deadline_ms: file.wasm_call_deadline_ms,
+                wasm_setup_deadline_ms: file.wasm_setup_deadline_ms,
+                wasm_memory_max_bytes: file.wasm_memory_max_bytes,
+                wasm_table_elements_max: file.wasm_table_elements_max,
+                wasm_log_lines_per_sec: file.wasm_log_lines_per_sec,
+                wasm_state_entries_max: file.wasm_state_entries_max,
+                wasm_failures_max: file.wasm_failures_max,
+            }
+            .apply(&defaults.wasm),
+        );
         let config = Config {
             listen: cli.listen.or(file.listen).unwrap_or(defaults.listen),
             data_dir: cli.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
@@ -169,6 +326,17 @@ impl Config {
             guest_loopback_only: file
                 .guest_loopback_only
                 .unwrap_or(defaults.guest_loopback_only),
+            wasm_cache_dir: cli.wasm_cache_dir.or(file.wasm_cache_dir),
+            plugin_poll_ms: cli
+                .plugin_poll_ms
+                .or(file.plugin_poll_ms)
+                .unwrap_or(defaults.plugin_poll_ms),
+            wasm_instances_max: cli
+                .wasm_instances_max
+                .or(file.wasm_instances_max)
+                .unwrap_or(defaults.wasm_instances_max),
+            wasm,
+            vhost_limits: file.vhost_limits,
         };
         config.check()?;
         Ok(config)
@@ -185,12 +353,24 @@ impl Config {
         })
     }
 
+    /// The WASM limits in force in `vhost`: its `[vhost_limits]` entry over the global ones.
+    pub fn wasm_limits(&self, vhost: &str) -> WasmLimits {
+        match self.vhost_limits.get(vhost) {
+            Some(overrides) => overrides.apply(&self.wasm),
+            None => self.wasm.clone(),
+        }
+    }
+
     /// Rejects values no client could work with.
     pub fn check(&self) -> Result<(), ConfigError> {
         if self.frame_max_bytes < FRAME_MIN_SIZE {
             return Err(ConfigError::Invalid(format!(
                 "frame_max_bytes must be at least {FRAME_MIN_SIZE}"
             )));
+        }
+        check_wasm_limits("", &self.wasm)?;
+        for vhost in self.vhost_limits.keys() {
+            check_wasm_limits(vhost, &self.wasm_limits(vhost))?;
         }
         if self.channel_max == 0 {
             return Err(ConfigError::Invalid(
@@ -199,4 +379,29 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Rejects WASM limits no plugin could run under (`vhost` is empty for the global ones).
+fn check_wasm_limits(vhost: &str, limits: &WasmLimits) -> Result<(), ConfigError> {
+    let scope = if vhost.is_empty() {
+        String::new()
+    } else {
+        format!(" (vhost_limits.\"{vhost}\")")
+    };
+    if limits.call_deadline_ms == 0 || limits.setup_deadline_ms == 0 {
+        return Err(ConfigError::Invalid(format!(
+            "wasm_call_deadline_ms and wasm_setup_deadline_ms must be at least 1{scope}"
+        )));
+    }
+    if limits.memory_max_bytes < 65_536 {
+        return Err(ConfigError::Invalid(format!(
+            "wasm_memory_max_bytes must be at least 65536 (one page){scope}"
+        )));
+    }
+    if limits.failures_max == 0 {
+        return Err(ConfigError::Invalid(format!(
+            "wasm_failures_max must be at least 1{scope}"
+        )));
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@
 //! Routers never see frames, sockets or queues: only [`RoutingInput`] in and [`Destination`]s out.
 
 pub mod builtin;
+pub mod wasm;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -83,6 +84,18 @@ pub trait ExchangeType: Send + Sync + 'static {
 
     /// Creates the routing state of one exchange of this type, with no bindings yet.
     fn create(&self, exchange: &str, arguments: &FieldTable) -> Result<Box<dyn Router>, Invalid>;
+
+    /// Like [`create`](Self::create), for an exchange of vhost `vhost`; types whose settings
+    /// differ per vhost (WASM limits) override it.
+    fn create_in(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        arguments: &FieldTable,
+    ) -> Result<Box<dyn Router>, Invalid> {
+        let _ = vhost;
+        self.create(exchange, arguments)
+    }
 }
 
 /// The routing state of one declared exchange.

@@ -1,0 +1,246 @@
+//! One instance of a plugin in its own store, and every call into it under a deadline.
+//!
+//! Each call sets the store's epoch deadline, runs with the store's memory and table caps, and
+//! is wrapped in `catch_unwind` (a panicking host function must not take the broker down). Any
+//! failure leaves the instance unusable: the caller drops it and builds a fresh one.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use amq_protocol::types::FieldTable as AmqpTable;
+use wasmtime::Store;
+
+use super::host::{CapHit, ExchangeCtx, HostState};
+use super::v0_1::{
+    Binding, Bindings, BindingsPre, Description, FlatTable, HeaderSelection, InputFields, Inputs,
+    Message,
+};
+use crate::exchange::{self, RoutingInput};
+
+/// Largest body passed to a plugin that asked for bodies; larger ones arrive as `none`.
+pub const BODY_MAX_BYTES: usize = 1024 * 1024;
+
+/// Why a call into a plugin did not return normally.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The call ran past its epoch deadline.
+    #[error("deadline of {ms} ms exceeded")]
+    Deadline {
+        /// The deadline.
+        ms: u64,
+    },
+    /// A memory tried to grow past the cap.
+    #[error("memory cap exceeded (tried to grow a memory to {bytes} bytes)")]
+    MemoryCap {
+        /// The size asked for.
+        bytes: usize,
+    },
+    /// A table tried to grow past the cap.
+    #[error("table cap exceeded (tried to grow a table to {elements} elements)")]
+    TableCap {
+        /// The size asked for.
+        elements: usize,
+    },
+    /// Any other trap (`unreachable`, out-of-bounds access, a bad canonical-ABI value...).
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// A host function panicked during the call (a bug on the host side, contained).
+    #[error("host panicked during the call: {0}")]
+    Panicked(String),
+}
+
+/// A live instance.
+pub struct Instance {
+    store: Store<HostState>,
+    bindings: Bindings,
+}
+
+impl Instance {
+    /// Instantiates `pre` in a fresh store for `ctx`.
+    pub fn new(
+        pre: &BindingsPre<HostState>,
+        ctx: Arc<ExchangeCtx>,
+        deadline_ms: u64,
+    ) -> Result<Self, CallError> {
+        let mut store = Store::new(pre.engine(), HostState::new(ctx));
+        store.limiter(|state| &mut state.caps);
+        store.epoch_deadline_trap();
+        let bindings = guarded(&mut store, deadline_ms, |store| pre.instantiate(store))?;
+        Ok(Self { store, bindings })
+    }
+
+    fn setup_deadline(&self) -> u64 {
+        self.store.data().ctx.limits.setup_deadline_ms
+    }
+
+    /// `describe()`.
+    pub fn describe(&mut self) -> Result<Description, CallError> {
+        let deadline = self.setup_deadline();
+        let router = self.bindings.bourse_exchange_router();
+        guarded(&mut self.store, deadline, |store| {
+            router.call_describe(store)
+        })
+    }
+
+    /// `validate(arguments)`.
+    pub fn validate(&mut self, arguments: &AmqpTable) -> Result<Result<(), String>, CallError> {
+        let deadline = self.setup_deadline();
+        let router = self.bindings.bourse_exchange_router();
+        let flat = FlatTable::all(arguments);
+        flat.with(|args| {
+            guarded(&mut self.store, deadline, |store| {
+                router.call_validate(store, args)
+            })
+        })
+    }
+
+    /// `init(exchange, arguments)`.
+    pub fn init(
+        &mut self,
+        exchange: &str,
+        arguments: &AmqpTable,
+    ) -> Result<Result<Inputs, String>, CallError> {
+        let deadline = self.setup_deadline();
+        let router = self.bindings.bourse_exchange_router();
+        let flat = FlatTable::all(arguments);
+        flat.with(|args| {
+            guarded(&mut self.store, deadline, |store| {
+                router.call_init(store, exchange, args)
+            })
+        })
+    }
+
+    /// `validate-binding(binding)` for a binding that would get id `id`.
+    pub fn validate_binding(
+        &mut self,
+        id: u64,
+        binding: &exchange::Binding,
+    ) -> Result<Result<(), String>, CallError> {
+        let deadline = self.setup_deadline();
+        let router = self.bindings.bourse_exchange_router();
+        let flat = FlatTable::all(&binding.arguments);
+        flat.with(|arguments| {
+            let binding = Binding {
+                id,
+                key: &binding.routing_key,
+                arguments,
+            };
+            guarded(&mut self.store, deadline, |store| {
+                router.call_validate_binding(store, binding)
+            })
+        })
+    }
+
+    /// `add-binding(binding)` with id `id`.
+    pub fn add_binding(&mut self, id: u64, binding: &exchange::Binding) -> Result<(), CallError> {
+        let deadline = self.setup_deadline();
+        let router = self.bindings.bourse_exchange_router();
+        let flat = FlatTable::all(&binding.arguments);
+        flat.with(|arguments| {
+            let binding = Binding {
+                id,
+                key: &binding.routing_key,
+                arguments,
+            };
+            guarded(&mut self.store, deadline, |store| {
+                router.call_add_binding(store, binding)
+            })
+        })
+    }
+
+    /// `remove-binding(id)`.
+    pub fn remove_binding(&mut self, id: u64) -> Result<(), CallError> {
+        let deadline = self.setup_deadline();
+        let router = self.bindings.bourse_exchange_router();
+        guarded(&mut self.store, deadline, |store| {
+            router.call_remove_binding(store, id)
+        })
+    }
+
+    /// `route(message)`, passing only what `inputs` declared.
+    pub fn route(
+        &mut self,
+        input: &RoutingInput<'_>,
+        inputs: &Inputs,
+    ) -> Result<Result<Vec<u64>, String>, CallError> {
+        let deadline = self.store.data().ctx.limits.call_deadline_ms;
+        let router = self.bindings.bourse_exchange_router();
+        let headers = match (&inputs.headers, input.properties.headers()) {
+            (HeaderSelection::None, _) | (_, None) => FlatTable::default(),
+            (HeaderSelection::Named(names), Some(table)) => FlatTable::named(table, names),
+            (HeaderSelection::All, Some(table)) => FlatTable::all(table),
+        };
+        let properties = inputs
+            .fields
+            .contains(InputFields::PROPERTIES)
+            .then(|| super::v0_1::properties(input.properties));
+        let routing_key = if inputs.fields.contains(InputFields::ROUTING_KEY) {
+            input.routing_key
+        } else {
+            ""
+        };
+        let body = (inputs.fields.contains(InputFields::BODY)
+            && input.body.len() <= BODY_MAX_BYTES)
+            .then_some(input.body);
+        headers.with(|headers| {
+            let message = Message {
+                exchange: input.exchange,
+                routing_key,
+                // The vhost routes once per routing key (publish key, then each CC/BCC key),
+                // so each call carries exactly one key.
+                cc: &[],
+                properties,
+                headers,
+                body_size: input.body.len() as u64,
+                body,
+            };
+            guarded(&mut self.store, deadline, |store| {
+                router.call_route(store, message)
+            })
+        })
+    }
+
+    /// The exchange context this instance serves.
+    pub fn ctx(&self) -> &Arc<ExchangeCtx> {
+        &self.store.data().ctx
+    }
+}
+
+/// Runs one call under `deadline_ms`, and explains how it failed.
+fn guarded<R>(
+    store: &mut Store<HostState>,
+    deadline_ms: u64,
+    call: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
+) -> Result<R, CallError> {
+    // Ticks are 1 ms; the first may come at once, so a deadline of n ms allows n-1..n ms.
+    store.set_epoch_deadline(deadline_ms.max(1));
+    store.data_mut().caps.hit = None;
+    match std::panic::catch_unwind(AssertUnwindSafe(|| call(&mut *store))) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(classify(&error, store.data().caps.hit, deadline_ms)),
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Err(CallError::Panicked(text))
+        }
+    }
+}
+
+fn classify(error: &wasmtime::Error, hit: Option<CapHit>, deadline_ms: u64) -> CallError {
+    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+        if *trap == wasmtime::Trap::Interrupt {
+            return CallError::Deadline { ms: deadline_ms };
+        }
+    }
+    match hit {
+        Some(CapHit::Memory(bytes)) => CallError::MemoryCap { bytes },
+        Some(CapHit::Table(elements)) => CallError::TableCap { elements },
+        None => match error.downcast_ref::<wasmtime::Trap>() {
+            Some(trap) => CallError::Trap(trap.to_string()),
+            None => CallError::Trap(error.root_cause().to_string()),
+        },
+    }
+}

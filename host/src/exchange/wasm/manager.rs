@@ -1,0 +1,383 @@
+//! The plugin manager: loads every `*.wasm` of the plugin directory at start-up, then watches
+//! it (polling size and mtime, then the content hash) and applies what changed: a new file adds
+//! an exchange type, a changed file hot-reloads its type, a removed file removes it. The same
+//! operations are methods (`load`, `replace`, `rollback`, `remove`, `status`) for tests and a
+//! management API.
+//!
+//! A file that is not a component, targets another major version of the WIT, or fails to
+//! compile, link or describe itself is logged with the reason and skipped; the broker runs on.
+//!
+//! Removing a type (its file deleted, or `remove`) unregisters it: declaring a new exchange of
+//! it fails with 503 as for any unknown type, while exchanges already declared keep routing on
+//! their instances (deleting a file must not break live traffic). If a file providing the type
+//! comes back, those exchanges are hot-reloaded onto it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use tracing::{error, info, warn};
+
+use super::plugin::{Settings, WasmExchangeType};
+use super::runtime::{self, PluginVersion, Runtime};
+use super::{ExchangeStatus, PluginStatus, VersionStatus, WasmError};
+use crate::config::Config;
+use crate::exchange::Registry;
+
+/// Loads, reloads and removes WASM exchange types of one broker. Cheap to clone.
+#[derive(Clone)]
+pub struct PluginManager {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PluginManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginManager")
+            .field("plugin_dir", &self.inner.plugin_dir)
+            .finish()
+    }
+}
+
+struct Inner {
+    runtime: Arc<Runtime>,
+    registry: Registry,
+    settings: Arc<Settings>,
+    plugin_dir: Option<PathBuf>,
+    /// Every type ever loaded, by name (removed ones stay so they can come back).
+    types: Mutex<BTreeMap<String, Entry>>,
+    /// What the directory looked like at the last scan.
+    files: Mutex<BTreeMap<PathBuf, FileSeen>>,
+    /// Serialises load / replace / rollback / remove / scan.
+    ops: Mutex<()>,
+}
+
+struct Entry {
+    ty: Arc<WasmExchangeType>,
+    registered: bool,
+}
+
+#[derive(Clone)]
+struct FileSeen {
+    modified: Option<SystemTime>,
+    len: u64,
+    sha256: String,
+    /// The type this file provides, if it loaded.
+    plugin: Option<String>,
+}
+
+/// What one directory scan did.
+#[derive(Debug, Default, Clone)]
+pub struct ScanReport {
+    /// Types added or reloaded: (file, type name).
+    pub loaded: Vec<(PathBuf, String)>,
+    /// Files refused: (file, reason).
+    pub refused: Vec<(PathBuf, String)>,
+    /// Types removed because their file went away.
+    pub removed: Vec<String>,
+}
+
+impl PluginManager {
+    /// A manager for `config` registering into `registry`. Creates (or shares) the engine;
+    /// loads nothing yet.
+    pub fn new(config: &Config, registry: Registry) -> Result<Self, WasmError> {
+        let runtime = Runtime::shared(runtime::engine_settings(config))?;
+        let settings = Arc::new(Settings {
+            global: config.wasm.clone(),
+            per_vhost: config.vhost_limits.clone(),
+            cache_dir: Some(runtime::cache_dir(config)),
+        });
+        Ok(Self {
+            inner: Arc::new(Inner {
+                runtime,
+                registry,
+                settings,
+                plugin_dir: config.plugin_dir.clone(),
+                types: Mutex::new(BTreeMap::new()),
+                files: Mutex::new(BTreeMap::new()),
+                ops: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The directory this manager loads from.
+    pub fn plugin_dir(&self) -> Option<&Path> {
+        self.inner.plugin_dir.as_deref()
+    }
+
+    /// Loads the component at `path`: registers its type, or hot-reloads the type if it is
+    /// already loaded (a no-op when the bytes are the same).
+    pub fn load(&self, path: &Path) -> Result<PluginStatus, WasmError> {
+        let _op = self.inner.ops.lock();
+        let bytes = read(path)?;
+        let name = self.load_bytes_locked(&bytes, path)?;
+        self.status_of(&name)
+    }
+
+    /// Like [`load`](Self::load), but only for a type that is already loaded.
+    pub fn replace(&self, path: &Path) -> Result<PluginStatus, WasmError> {
+        let _op = self.inner.ops.lock();
+        let bytes = read(path)?;
+        let version = self.prepare(&bytes, path)?;
+        if !self.inner.types.lock().contains_key(&version.name) {
+            return Err(WasmError::UnknownPlugin(version.name.clone()));
+        }
+        let name = self.install(version)?;
+        self.status_of(&name)
+    }
+
+    /// Swaps a type back to its previous version.
+    pub fn rollback(&self, name: &str) -> Result<PluginStatus, WasmError> {
+        let _op = self.inner.ops.lock();
+        let ty = self.ty(name)?;
+        ty.rollback()?;
+        self.status_of(name)
+    }
+
+    /// Unregisters a type: new declares of it get 503, existing exchanges keep routing.
+    pub fn remove(&self, name: &str) -> Result<(), WasmError> {
+        let _op = self.inner.ops.lock();
+        self.remove_locked(name)
+    }
+
+    fn remove_locked(&self, name: &str) -> Result<(), WasmError> {
+        let mut types = self.inner.types.lock();
+        let entry = types
+            .get_mut(name)
+            .ok_or_else(|| WasmError::UnknownPlugin(name.to_owned()))?;
+        if entry.registered {
+            self.inner.registry.unregister(name);
+            entry.registered = false;
+            info!(plugin = %name, live_exchanges = entry.ty.live().len(),
+                "plugin removed; existing exchanges keep their instances");
+        }
+        Ok(())
+    }
+
+    /// Every type loaded so far (removed ones included, flagged).
+    pub fn status(&self) -> Vec<PluginStatus> {
+        let names: Vec<String> = self.inner.types.lock().keys().cloned().collect();
+        names
+            .iter()
+            .filter_map(|name| self.status_of(name).ok())
+            .collect()
+    }
+
+    /// One type's status.
+    pub fn status_of(&self, name: &str) -> Result<PluginStatus, WasmError> {
+        let (ty, registered) = {
+            let types = self.inner.types.lock();
+            let entry = types
+                .get(name)
+                .ok_or_else(|| WasmError::UnknownPlugin(name.to_owned()))?;
+            (entry.ty.clone(), entry.registered)
+        };
+        let version = |v: &PluginVersion| VersionStatus {
+            version: v.version.clone(),
+            summary: v.summary.clone(),
+            sha256: v.sha256.clone(),
+            origin: v.origin.clone(),
+            compile_time: v.compile_time,
+            from_cache: v.from_cache,
+        };
+        Ok(PluginStatus {
+            name: name.to_owned(),
+            registered,
+            current: version(&ty.current()),
+            previous: ty.previous().map(|v| version(&v)),
+            exchanges: ty
+                .live()
+                .iter()
+                .map(|c| c.status())
+                .collect::<Vec<ExchangeStatus>>(),
+        })
+    }
+
+    fn ty(&self, name: &str) -> Result<Arc<WasmExchangeType>, WasmError> {
+        self.inner
+            .types
+            .lock()
+            .get(name)
+            .map(|e| e.ty.clone())
+            .ok_or_else(|| WasmError::UnknownPlugin(name.to_owned()))
+    }
+
+    fn prepare(&self, bytes: &[u8], origin: &Path) -> Result<Arc<PluginVersion>, WasmError> {
+        self.inner.runtime.prepare(
+            bytes,
+            &origin.display().to_string(),
+            self.inner.settings.cache_dir.as_deref(),
+            &self.inner.settings.global,
+        )
+    }
+
+    fn load_bytes_locked(&self, bytes: &[u8], origin: &Path) -> Result<String, WasmError> {
+        let version = self.prepare(bytes, origin)?;
+        self.install(version)
+    }
+
+    /// Registers a new type, or swaps an existing one to `version`.
+    fn install(&self, version: Arc<PluginVersion>) -> Result<String, WasmError> {
+        let name = version.name.clone();
+        if crate::exchange::builtin::all()
+            .iter()
+            .any(|b| b.name() == name)
+        {
+            return Err(WasmError::BadName(name));
+        }
+        let existing = self.inner.types.lock().get(&name).map(|e| e.ty.clone());
+        let ty = match existing {
+            Some(ty) => {
+                if ty.current().sha256 != version.sha256 {
+                    ty.swap_to(version)?;
+                }
+                ty
+            }
+            None => {
+                let ty = WasmExchangeType::new(version, self.inner.settings.clone());
+                self.inner.types.lock().insert(
+                    name.clone(),
+                    Entry {
+                        ty: ty.clone(),
+                        registered: false,
+                    },
+                );
+                ty
+            }
+        };
+        let mut types = self.inner.types.lock();
+        if let Some(entry) = types.get_mut(&name) {
+            if !entry.registered {
+                self.inner.registry.register(ty);
+                entry.registered = true;
+                info!(plugin = %name, "exchange type registered");
+            }
+        }
+        Ok(name)
+    }
+
+    /// One pass over the plugin directory: loads new and changed `*.wasm` files, removes the
+    /// types whose file went away. Errors are logged and reported, never fatal.
+    pub fn scan(&self) -> ScanReport {
+        let _op = self.inner.ops.lock();
+        let mut report = ScanReport::default();
+        let Some(dir) = self.inner.plugin_dir.clone() else {
+            return report;
+        };
+        let present = match list_wasm(&dir) {
+            Ok(files) => files,
+            Err(e) => {
+                error!(dir = %dir.display(), error = %e, "cannot read the plugin directory");
+                return report;
+            }
+        };
+        let before = self.inner.files.lock().clone();
+        let mut after = BTreeMap::new();
+        for (path, modified, len) in present {
+            let seen = before.get(&path);
+            if let Some(seen) = seen.filter(|s| s.modified == modified && s.len == len) {
+                after.insert(path, seen.clone());
+                continue;
+            }
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    warn!(file = %path.display(), error = %e, "cannot read plugin file");
+                    continue;
+                }
+            };
+            let sha256 = runtime::sha256_hex(&bytes);
+            if let Some(seen) = seen.filter(|s| s.sha256 == sha256) {
+                after.insert(
+                    path,
+                    FileSeen {
+                        modified,
+                        len,
+                        ..seen.clone()
+                    },
+                );
+                continue;
+            }
+            let plugin = match self.load_bytes_locked(&bytes, &path) {
+                Ok(name) => {
+                    report.loaded.push((path.clone(), name.clone()));
+                    Some(name)
+                }
+                Err(e) => {
+                    error!(file = %path.display(), error = %e, "plugin refused");
+                    report.refused.push((path.clone(), e.to_string()));
+                    None
+                }
+            };
+            after.insert(
+                path,
+                FileSeen {
+                    modified,
+                    len,
+                    sha256,
+                    plugin,
+                },
+            );
+        }
+        // Types whose file is gone, unless another file now provides them.
+        for (path, seen) in &before {
+            let Some(name) = &seen.plugin else { continue };
+            if after.contains_key(path) {
+                continue;
+            }
+            if after.values().any(|s| s.plugin.as_ref() == Some(name)) {
+                continue;
+            }
+            if self.remove_locked(name).is_ok() {
+                info!(file = %path.display(), plugin = %name, "plugin file removed");
+                report.removed.push(name.clone());
+            }
+        }
+        *self.inner.files.lock() = after;
+        report
+    }
+
+    /// Polls the plugin directory every `interval` on a background thread, until the manager
+    /// is dropped.
+    pub fn watch(&self, interval: Duration) {
+        if self.inner.plugin_dir.is_none() || interval.is_zero() {
+            return;
+        }
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let spawned = std::thread::Builder::new()
+            .name("plugin-watch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(interval);
+                    let Some(inner) = weak.upgrade() else { return };
+                    PluginManager { inner }.scan();
+                }
+            });
+        if let Err(e) = spawned {
+            error!(error = %e, "cannot start the plugin directory watcher");
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, WasmError> {
+    std::fs::read(path).map_err(|e| WasmError::Io(format!("{}: {e}", path.display())))
+}
+
+/// `(path, mtime, size)` of every `*.wasm` file directly in `dir`, sorted by path.
+fn list_wasm(dir: &Path) -> std::io::Result<Vec<(PathBuf, Option<SystemTime>, u64)>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "wasm") {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_file() {
+            files.push((path, meta.modified().ok(), meta.len()));
+        }
+    }
+    files.sort();
+    Ok(files)
+}

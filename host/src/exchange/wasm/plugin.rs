@@ -1,0 +1,200 @@
+//! One exchange type provided by a plugin: the [`ExchangeType`] the registry holds, the
+//! version serving it (and the previous one, for rollback), the exchanges declared with it, and
+//! the hot-reload swap.
+//!
+//! A swap to a new version is all-or-nothing and atomic per message:
+//! 1. outside any router lock, an instance of the new version is built for every live exchange
+//!    (`init`, then its bindings replayed); routing continues on the old version meanwhile;
+//!    any failure aborts the swap and the old version keeps serving;
+//! 2. then, holding the type's lock (no exchange can be declared) and every exchange's router
+//!    lock, instances prepared against bindings that changed since are rebuilt (any failure
+//!    still aborts), and all are swapped in at once.
+//!
+//! Since a router's lock is held for the whole of each `route` call, every message is routed
+//! entirely by the old or entirely by the new version.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+
+use amq_protocol::types::FieldTable as AmqpTable;
+use parking_lot::Mutex;
+use tracing::info;
+
+use super::WasmError;
+use super::host::ExchangeCtx;
+use super::router::{BuildError, RouterCore, WasmRouter};
+use super::runtime::PluginVersion;
+use crate::config::{WasmLimitOverrides, WasmLimits};
+use crate::exchange::{ExchangeType, Invalid, Router};
+
+/// The limits that apply where, and where compiled artifacts are cached.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Limits for vhosts without an override.
+    pub global: WasmLimits,
+    /// Per-vhost overrides.
+    pub per_vhost: BTreeMap<String, WasmLimitOverrides>,
+    /// The artifact cache directory (`None`: no disk cache).
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Settings {
+    /// The limits in force in `vhost`.
+    pub fn limits(&self, vhost: &str) -> WasmLimits {
+        match self.per_vhost.get(vhost) {
+            Some(overrides) => overrides.apply(&self.global),
+            None => self.global.clone(),
+        }
+    }
+}
+
+/// A plugin-provided exchange type.
+pub struct WasmExchangeType {
+    name: String,
+    settings: Arc<Settings>,
+    inner: Mutex<TypeInner>,
+    /// Serialises swaps of this type.
+    swapping: Mutex<()>,
+}
+
+struct TypeInner {
+    current: Arc<PluginVersion>,
+    previous: Option<Arc<PluginVersion>>,
+    live: Vec<Weak<RouterCore>>,
+}
+
+impl WasmExchangeType {
+    /// A type served by `version`.
+    pub fn new(version: Arc<PluginVersion>, settings: Arc<Settings>) -> Arc<Self> {
+        Arc::new(Self {
+            name: version.name.clone(),
+            settings,
+            inner: Mutex::new(TypeInner {
+                current: version,
+                previous: None,
+                live: Vec::new(),
+            }),
+            swapping: Mutex::new(()),
+        })
+    }
+
+    /// The version serving new and existing exchanges.
+    pub fn current(&self) -> Arc<PluginVersion> {
+        self.inner.lock().current.clone()
+    }
+
+    /// The version before the current one, if any.
+    pub fn previous(&self) -> Option<Arc<PluginVersion>> {
+        self.inner.lock().previous.clone()
+    }
+
+    /// The exchanges of this type still declared.
+    pub fn live(&self) -> Vec<Arc<RouterCore>> {
+        let mut inner = self.inner.lock();
+        inner.live.retain(|w| w.strong_count() > 0);
+        inner.live.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Makes `version` serve this type and every exchange of it; the current version becomes
+    /// the previous one. On error nothing changed. Returns the number of exchanges swapped.
+    pub fn swap_to(&self, version: Arc<PluginVersion>) -> Result<usize, WasmError> {
+        if version.name != self.name {
+            return Err(WasmError::NameChanged {
+                expected: self.name.clone(),
+                found: version.name.clone(),
+            });
+        }
+        let _one_at_a_time = self.swapping.lock();
+        let reload_error = |core: &RouterCore, error: BuildError| WasmError::Reload {
+            plugin: self.name.clone(),
+            exchange: core.ctx.exchange.to_string(),
+            vhost: core.ctx.vhost.to_string(),
+            error: error.to_string(),
+        };
+
+        // 1. Prepare every live exchange outside the router locks.
+        let mut prepared = HashMap::new();
+        for core in self.live() {
+            let (bindings, generation) = core.snapshot();
+            let instance = core
+                .prepare(&version, &bindings)
+                .map_err(|e| reload_error(&core, e))?;
+            prepared.insert(Arc::as_ptr(&core) as usize, (generation, instance));
+        }
+
+        // 2. Lock the type and every router, catch up, swap.
+        let mut inner = self.inner.lock();
+        inner.live.retain(|w| w.strong_count() > 0);
+        let cores: Vec<Arc<RouterCore>> = inner.live.iter().filter_map(Weak::upgrade).collect();
+        let mut guards = Vec::with_capacity(cores.len());
+        for core in &cores {
+            let state = core.lock();
+            let early = prepared.remove(&(Arc::as_ptr(core) as usize));
+            let ready = core
+                .prepare_locked(&state, &version, early)
+                .map_err(|e| reload_error(core, e))?;
+            guards.push((core, state, ready));
+        }
+        let swapped = guards.len();
+        for (core, mut state, ready) in guards {
+            core.install(&mut state, version.clone(), ready);
+        }
+        let old = std::mem::replace(&mut inner.current, version.clone());
+        info!(plugin = %self.name, from = %old.label(), to = %version.label(), exchanges = swapped,
+            "plugin version swapped");
+        inner.previous = Some(old);
+        Ok(swapped)
+    }
+
+    /// Swaps back to the previous version (which then becomes the previous one again).
+    pub fn rollback(&self) -> Result<usize, WasmError> {
+        let previous = self
+            .previous()
+            .ok_or_else(|| WasmError::NoPrevious(self.name.clone()))?;
+        self.swap_to(previous)
+    }
+}
+
+impl ExchangeType for WasmExchangeType {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&self, arguments: &AmqpTable) -> Result<(), Invalid> {
+        let version = self.current();
+        let ctx = ExchangeCtx::new("", "", &self.name, self.settings.global.clone());
+        let mut instance = version
+            .instantiate(ctx)
+            .map_err(|e| Invalid(format!("{}: plugin failed: {e}", self.name)))?;
+        match instance.validate(arguments) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(text)) => Err(Invalid(text)),
+            Err(e) => Err(Invalid(format!("{}: plugin failed: {e}", self.name))),
+        }
+    }
+
+    fn create(&self, exchange: &str, arguments: &AmqpTable) -> Result<Box<dyn Router>, Invalid> {
+        self.create_in("/", exchange, arguments)
+    }
+
+    fn create_in(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        arguments: &AmqpTable,
+    ) -> Result<Box<dyn Router>, Invalid> {
+        let limits = self.settings.limits(vhost);
+        let ctx = ExchangeCtx::new(vhost, exchange, &self.name, limits);
+        // Holding the type's lock: a swap cannot miss this exchange.
+        let mut inner = self.inner.lock();
+        let core =
+            RouterCore::create(inner.current.clone(), ctx, arguments).map_err(|e| match e {
+                BuildError::Refused(text) => Invalid(text),
+                BuildError::Call(e) => Invalid(format!("{}: plugin failed: {e}", self.name)),
+            })?;
+        inner.live.retain(|w| w.strong_count() > 0);
+        inner.live.push(Arc::downgrade(&core));
+        Ok(Box::new(WasmRouter::new(core)))
+    }
+}

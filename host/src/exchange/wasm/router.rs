@@ -1,0 +1,516 @@
+//! The router of one WASM exchange: one long-lived instance behind a mutex, the host's copy of
+//! the bindings (with the ids the plugin sees), the decision cache, and failure handling.
+//!
+//! The mutex is held across each call, so an exchange's calls never overlap and a message is
+//! routed entirely by one instance of one plugin version (hot reload swaps instances under the
+//! same mutex, see `plugin.rs`).
+//!
+//! Failures (trap, deadline, memory or table cap, unknown binding ids) fail the call, drop the
+//! instance and build a fresh one at once: `init`, then every binding replayed in id order.
+//! After `failures_max` consecutive failures the exchange is marked failed: every message is
+//! unroutable through it, without entering the plugin, until a new version of the plugin is
+//! loaded (or rolled back to).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use amq_protocol::types::FieldTable as AmqpTable;
+use parking_lot::{Mutex, MutexGuard};
+use tracing::{Level, error, warn};
+
+use super::host::ExchangeCtx;
+use super::instance::{CallError, Instance};
+use super::runtime::PluginVersion;
+use super::v0_1::{HeaderSelection, InputFields, Inputs};
+use super::{GLOBAL, counters::Counter};
+use crate::exchange::{Binding, Destination, Invalid, RouteError, Router, RoutingInput};
+
+/// Most cached routing decisions per exchange; the cache is emptied when it is full.
+pub const CACHE_ENTRIES_MAX: usize = 16_384;
+
+/// Counters of one exchange.
+#[derive(Debug, Default)]
+pub struct ExchangeStats {
+    /// Messages routed by the plugin (cache misses that returned normally).
+    pub routed: AtomicU64,
+    /// Messages answered from the decision cache.
+    pub cache_hits: AtomicU64,
+    /// Calls that failed (any reason below).
+    pub failures: AtomicU64,
+    /// Calls stopped at their deadline.
+    pub deadlines: AtomicU64,
+    /// Calls stopped at the memory or table cap.
+    pub caps: AtomicU64,
+    /// Other traps (and contained host panics).
+    pub traps: AtomicU64,
+    /// Binding ids returned by `route` that were not bound.
+    pub unknown_ids: AtomicU64,
+    /// `route` answers of `err(text)`.
+    pub plugin_errors: AtomicU64,
+    /// Instances replaced after a failure.
+    pub replaced: AtomicU64,
+    /// Hot reloads (and rollbacks) applied to this exchange.
+    pub reloads: AtomicU64,
+}
+
+/// The routing state shared between the vhost's router and the plugin's list of live
+/// exchanges (for hot reload).
+pub struct RouterCore {
+    /// Names, limits, log budget and state store of the exchange.
+    pub ctx: Arc<ExchangeCtx>,
+    arguments: AmqpTable,
+    /// Counters.
+    pub stats: ExchangeStats,
+    state: Mutex<RouterState>,
+}
+
+/// What the mutex guards.
+pub struct RouterState {
+    version: Arc<PluginVersion>,
+    instance: Option<Instance>,
+    inputs: Inputs,
+    bindings: BTreeMap<u64, Binding>,
+    next_id: u64,
+    /// Bumped by every binding change; a reload prepared against an older generation is
+    /// rebuilt under the lock.
+    generation: u64,
+    cache: Option<HashMap<Box<[u8]>, Box<[Destination]>>>,
+    consecutive_failures: u32,
+    failed: Option<String>,
+}
+
+/// A freshly built instance: initialised, bindings replayed.
+pub struct Prepared {
+    instance: Instance,
+    inputs: Inputs,
+}
+
+/// Why an instance could not be built.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BuildError {
+    /// `init` answered `err(text)`.
+    #[error("{0}")]
+    Refused(String),
+    /// A call failed.
+    #[error("{0}")]
+    Call(#[from] CallError),
+}
+
+/// Builds an instance of `version` for `ctx`, initialised and fed `bindings` in id order.
+pub fn build(
+    version: &PluginVersion,
+    ctx: &Arc<ExchangeCtx>,
+    arguments: &AmqpTable,
+    bindings: &BTreeMap<u64, Binding>,
+) -> Result<Prepared, BuildError> {
+    let mut instance = version.instantiate(ctx.clone())?;
+    let inputs = instance
+        .init(&ctx.exchange, arguments)?
+        .map_err(BuildError::Refused)?;
+    for (id, binding) in bindings {
+        instance.add_binding(*id, binding)?;
+    }
+    Ok(Prepared { instance, inputs })
+}
+
+impl RouterCore {
+    /// A router for a new exchange (no bindings yet).
+    pub fn create(
+        version: Arc<PluginVersion>,
+        ctx: Arc<ExchangeCtx>,
+        arguments: &AmqpTable,
+    ) -> Result<Arc<Self>, BuildError> {
+        let prepared = build(&version, &ctx, arguments, &BTreeMap::new())?;
+        let cache = prepared.inputs.cacheable.then(HashMap::new);
+        Ok(Arc::new(Self {
+            ctx,
+            arguments: arguments.clone(),
+            stats: ExchangeStats::default(),
+            state: Mutex::new(RouterState {
+                version,
+                instance: Some(prepared.instance),
+                inputs: prepared.inputs,
+                bindings: BTreeMap::new(),
+                next_id: 1,
+                generation: 0,
+                cache,
+                consecutive_failures: 0,
+                failed: None,
+            }),
+        }))
+    }
+
+    /// The bindings and their generation, for preparing a reload outside the lock.
+    pub fn snapshot(&self) -> (BTreeMap<u64, Binding>, u64) {
+        let state = self.state.lock();
+        (state.bindings.clone(), state.generation)
+    }
+
+    /// Builds an instance of `version` for this exchange with `bindings`.
+    pub fn prepare(
+        &self,
+        version: &PluginVersion,
+        bindings: &BTreeMap<u64, Binding>,
+    ) -> Result<Prepared, BuildError> {
+        build(version, &self.ctx, &self.arguments, bindings)
+    }
+
+    /// Locks the routing state (used by hot reload to swap several exchanges at once).
+    pub fn lock(&self) -> MutexGuard<'_, RouterState> {
+        self.state.lock()
+    }
+
+    /// Installs a prepared instance of `version`, if it was prepared against the current
+    /// bindings (`generation`); otherwise builds one now, under the lock.
+    pub fn prepare_locked(
+        &self,
+        state: &RouterState,
+        version: &PluginVersion,
+        prepared: Option<(u64, Prepared)>,
+    ) -> Result<Prepared, BuildError> {
+        match prepared {
+            Some((generation, prepared)) if generation == state.generation => Ok(prepared),
+            _ => self.prepare(version, &state.bindings),
+        }
+    }
+
+    /// Swaps in `prepared` (an instance of `version`); clears failures and the cache.
+    pub fn install(
+        &self,
+        state: &mut RouterState,
+        version: Arc<PluginVersion>,
+        prepared: Prepared,
+    ) {
+        state.version = version;
+        state.cache = prepared.inputs.cacheable.then(HashMap::new);
+        state.instance = Some(prepared.instance);
+        state.inputs = prepared.inputs;
+        state.consecutive_failures = 0;
+        state.failed = None;
+        self.stats.reloads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A status snapshot.
+    pub fn status(&self) -> super::ExchangeStatus {
+        let state = self.state.lock();
+        let s = &self.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        super::ExchangeStatus {
+            vhost: self.ctx.vhost.to_string(),
+            exchange: self.ctx.exchange.to_string(),
+            plugin_version: state.version.version.clone(),
+            plugin_sha256: state.version.sha256.clone(),
+            bindings: state.bindings.len(),
+            cacheable: state.inputs.cacheable,
+            failed: state.failed.clone(),
+            routed: get(&s.routed),
+            cache_hits: get(&s.cache_hits),
+            failures: get(&s.failures),
+            deadlines: get(&s.deadlines),
+            caps: get(&s.caps),
+            traps: get(&s.traps),
+            unknown_ids: get(&s.unknown_ids),
+            plugin_errors: get(&s.plugin_errors),
+            replaced: get(&s.replaced),
+            reloads: get(&s.reloads),
+            log_lines_dropped: self.ctx.log_dropped(),
+            state_entries: self.ctx.state_len(),
+        }
+    }
+
+    /// Records a failed call: drops the instance, and either marks the exchange failed or
+    /// builds a replacement right away.
+    fn fail(&self, state: &mut RouterState, reason: &str, error: Option<&CallError>) {
+        state.instance = None;
+        state.consecutive_failures += 1;
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        GLOBAL.add(Counter::Failures);
+        match error {
+            Some(CallError::Deadline { .. }) => {
+                self.stats.deadlines.fetch_add(1, Ordering::Relaxed);
+                GLOBAL.add(Counter::Deadlines);
+            }
+            Some(CallError::MemoryCap { .. } | CallError::TableCap { .. }) => {
+                self.stats.caps.fetch_add(1, Ordering::Relaxed);
+                GLOBAL.add(Counter::Caps);
+            }
+            Some(CallError::Trap(_) | CallError::Panicked(_)) => {
+                self.stats.traps.fetch_add(1, Ordering::Relaxed);
+                GLOBAL.add(Counter::Traps);
+            }
+            None => {}
+        }
+        let max = self.ctx.limits.failures_max;
+        if state.consecutive_failures >= max {
+            let why = format!("{max} consecutive failures, last: {reason}");
+            error!(exchange = %self.ctx.exchange, vhost = %self.ctx.vhost,
+                plugin = %state.version.label(), reason = %why,
+                "WASM exchange marked failed; its messages are unroutable until the plugin is reloaded");
+            state.failed = Some(why);
+            GLOBAL.add(Counter::ExchangesFailed);
+            return;
+        }
+        warn!(exchange = %self.ctx.exchange, vhost = %self.ctx.vhost,
+            plugin = %state.version.label(), %reason,
+            failures = state.consecutive_failures, "WASM call failed; replacing the instance");
+        self.rebuild(state);
+    }
+
+    /// Builds a fresh instance with every binding replayed (after a failure).
+    fn rebuild(&self, state: &mut RouterState) {
+        match build(&state.version, &self.ctx, &self.arguments, &state.bindings) {
+            Ok(prepared) => {
+                state.cache = prepared.inputs.cacheable.then(HashMap::new);
+                state.instance = Some(prepared.instance);
+                state.inputs = prepared.inputs;
+                self.stats.replaced.fetch_add(1, Ordering::Relaxed);
+                GLOBAL.add(Counter::Replaced);
+            }
+            Err(e) => {
+                let reason = format!("rebuilding the instance failed: {e}");
+                let call = match &e {
+                    BuildError::Call(c) => Some(c.clone()),
+                    BuildError::Refused(_) => None,
+                };
+                // Counts as a failure; recursion is bounded by `failures_max`.
+                self.fail(state, &reason, call.as_ref());
+            }
+        }
+    }
+
+    /// Takes the live instance out for a call (rebuilding it if an earlier failure left
+    /// none); the caller puts it back if the call went well. `Err` when the exchange is failed
+    /// or no instance can be built.
+    fn take_ready(&self, state: &mut RouterState) -> Result<Instance, String> {
+        if let Some(reason) = &state.failed {
+            return Err(format!("exchange failed: {reason}"));
+        }
+        if state.instance.is_none() {
+            self.rebuild(state);
+        }
+        if let Some(reason) = &state.failed {
+            return Err(format!("exchange failed: {reason}"));
+        }
+        state
+            .instance
+            .take()
+            .ok_or_else(|| "no plugin instance could be built".to_owned())
+    }
+
+    fn route_locked(
+        &self,
+        state: &mut RouterState,
+        message: &RoutingInput<'_>,
+        out: &mut Vec<Destination>,
+    ) -> Result<(), RouteError> {
+        if let Some(reason) = &state.failed {
+            return Err(RouteError(format!("exchange failed: {reason}")));
+        }
+        let key = state
+            .cache
+            .as_ref()
+            .and_then(|_| cache_key(&state.inputs, message));
+        if let (Some(cache), Some(key)) = (&state.cache, &key) {
+            if let Some(hit) = cache.get(key.as_ref()) {
+                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                out.extend(hit.iter().cloned());
+                return Ok(());
+            }
+        }
+        let mut instance = self.take_ready(state).map_err(RouteError)?;
+        let result = instance.route(message, &state.inputs);
+        if result.is_ok() {
+            state.instance = Some(instance);
+        }
+        match result {
+            Ok(Ok(ids)) => {
+                let start = out.len();
+                let mut unknown = 0u64;
+                for id in ids {
+                    match state.bindings.get(&id) {
+                        Some(binding) => out.push(binding.destination.clone()),
+                        None => unknown += 1,
+                    }
+                }
+                if unknown > 0 {
+                    out.truncate(start);
+                    self.stats.unknown_ids.fetch_add(unknown, Ordering::Relaxed);
+                    GLOBAL.add(Counter::UnknownIds);
+                    let reason = format!("route returned {unknown} binding ids that are not bound");
+                    self.fail(state, &reason, None);
+                    return Err(RouteError(format!("plugin {reason}")));
+                }
+                state.consecutive_failures = 0;
+                self.stats.routed.fetch_add(1, Ordering::Relaxed);
+                GLOBAL.add(Counter::Routed);
+                if let (Some(cache), Some(key)) = (&mut state.cache, key) {
+                    if cache.len() >= CACHE_ENTRIES_MAX {
+                        cache.clear();
+                    }
+                    cache.insert(key.into_owned().into_boxed_slice(), out[start..].into());
+                }
+                Ok(())
+            }
+            Ok(Err(text)) => {
+                // The plugin's own answer: unroutable, but not a failure of the plugin.
+                self.stats.plugin_errors.fetch_add(1, Ordering::Relaxed);
+                self.ctx.log(Level::DEBUG, &format!("route: {text}"));
+                Err(RouteError(text))
+            }
+            Err(error) => {
+                let reason = format!("route {error}");
+                self.fail(state, &reason, Some(&error));
+                Err(RouteError(format!("plugin {reason}")))
+            }
+        }
+    }
+}
+
+/// The cache key of a message: the declared inputs, serialised. `None` when the plugin reads
+/// the body (bodies are too large and too unique to be worth caching).
+fn cache_key<'m>(
+    inputs: &Inputs,
+    message: &'m RoutingInput<'_>,
+) -> Option<std::borrow::Cow<'m, [u8]>> {
+    if inputs.fields.contains(InputFields::BODY) {
+        return None;
+    }
+    let with_key = inputs.fields.contains(InputFields::ROUTING_KEY);
+    let with_properties = inputs.fields.contains(InputFields::PROPERTIES);
+    if matches!(inputs.headers, HeaderSelection::None) && !with_properties {
+        let key: &'m [u8] = if with_key {
+            message.routing_key.as_bytes()
+        } else {
+            &[]
+        };
+        return Some(std::borrow::Cow::Borrowed(key));
+    }
+    let mut text = String::new();
+    if with_key {
+        text.push_str(message.routing_key);
+    }
+    text.push('\0');
+    let p = message.properties;
+    if with_properties {
+        // Every property but headers, which follow below.
+        let _ = write!(
+            text,
+            "{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}",
+            p.content_type(),
+            p.content_encoding(),
+            p.delivery_mode(),
+            p.priority(),
+            p.correlation_id(),
+            p.reply_to(),
+            p.expiration(),
+            p.message_id(),
+            p.timestamp(),
+            p.kind(),
+            p.user_id(),
+            p.app_id(),
+            p.cluster_id()
+        );
+    }
+    text.push('\0');
+    if let Some(headers) = p.headers() {
+        for (name, value) in headers.inner() {
+            let selected = match &inputs.headers {
+                HeaderSelection::None => false,
+                HeaderSelection::All => true,
+                HeaderSelection::Named(names) => names.iter().any(|n| n == name.as_str()),
+            };
+            if selected {
+                let _ = write!(text, "{name:?}={value:?};");
+            }
+        }
+    }
+    Some(std::borrow::Cow::Owned(text.into_bytes()))
+}
+
+/// What the vhost holds: a handle on the shared core.
+pub struct WasmRouter {
+    core: Arc<RouterCore>,
+}
+
+impl WasmRouter {
+    /// Wraps a core.
+    pub fn new(core: Arc<RouterCore>) -> Self {
+        Self { core }
+    }
+}
+
+impl Router for WasmRouter {
+    fn validate_binding(&self, binding: &Binding) -> Result<(), Invalid> {
+        let core = &self.core;
+        let mut state = core.state.lock();
+        let id = state.next_id;
+        let mut instance = core.take_ready(&mut state).map_err(Invalid)?;
+        let result = instance.validate_binding(id, binding);
+        if result.is_ok() {
+            state.instance = Some(instance);
+        }
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(text)) => Err(Invalid(text)),
+            Err(error) => {
+                let reason = format!("validate-binding {error}");
+                core.fail(&mut state, &reason, Some(&error));
+                Err(Invalid(format!("plugin {reason}")))
+            }
+        }
+    }
+
+    fn add_binding(&mut self, binding: &Binding) {
+        let core = &self.core;
+        let mut state = core.state.lock();
+        let id = state.next_id;
+        state.next_id += 1;
+        state.bindings.insert(id, binding.clone());
+        state.generation += 1;
+        if let Some(cache) = &mut state.cache {
+            cache.clear();
+        }
+        // Without a live instance the binding is replayed when one is built.
+        if let Some(instance) = state.instance.as_mut() {
+            if let Err(error) = instance.add_binding(id, binding) {
+                let reason = format!("add-binding {error}");
+                core.fail(&mut state, &reason, Some(&error));
+            }
+        }
+    }
+
+    fn remove_binding(&mut self, binding: &Binding) {
+        let core = &self.core;
+        let mut state = core.state.lock();
+        let Some(id) = state
+            .bindings
+            .iter()
+            .find(|(_, b)| b.same_as(binding))
+            .map(|(id, _)| *id)
+        else {
+            return;
+        };
+        state.bindings.remove(&id);
+        state.generation += 1;
+        if let Some(cache) = &mut state.cache {
+            cache.clear();
+        }
+        if let Some(instance) = state.instance.as_mut() {
+            if let Err(error) = instance.remove_binding(id) {
+                let reason = format!("remove-binding {error}");
+                core.fail(&mut state, &reason, Some(&error));
+            }
+        }
+    }
+
+    fn route(
+        &self,
+        message: &RoutingInput<'_>,
+        out: &mut Vec<Destination>,
+    ) -> Result<(), RouteError> {
+        let mut state = self.core.state.lock();
+        self.core.route_locked(&mut state, message, out)
+    }
+}
