@@ -304,9 +304,11 @@ impl RawClient {
     }
 
     /// Reads frames until the broker's connection.close, skipping anything else, and returns its
-    /// reason. Panics if the socket closes first or nothing arrives in time.
+    /// reason. Panics if the socket closes first or nothing arrives in time, naming the frames
+    /// that did arrive.
     pub async fn expect_connection_close(&mut self) -> CloseReason {
         let deadline = Instant::now() + RECV_TIMEOUT;
+        let mut skipped = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.recv_frame_within(left).await {
@@ -321,8 +323,12 @@ impl RawClient {
                         method_id: c.method_id,
                     };
                 }
-                Ok(_) => continue,
-                Err(e) => panic!("expected connection.close from the broker, got: {e}"),
+                Ok(AMQPFrame::Heartbeat) => continue,
+                Ok(frame) => skipped.push(frame),
+                Err(e) => panic!(
+                    "expected connection.close from the broker, got: {e}; frames received \
+                     meanwhile: {skipped:?}"
+                ),
             }
         }
     }

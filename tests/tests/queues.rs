@@ -133,12 +133,15 @@ async fn cancel(ch: &Channel, tag: &str) {
         .unwrap_or_else(|e| panic!("cancel {tag}: {e}"));
 }
 
-/// Whether queue `name` exists, by passive declare on a throwaway channel.
+/// Whether queue `name` exists, by passive declare on a throwaway channel (405, locked by
+/// another connection, counts as existing).
 async fn queue_exists(conn: &Connection, name: &str) -> bool {
     let ch = within(conn.create_channel()).await.expect("channel opens");
     match try_declare(&ch, name, passive(), FieldTable::default()).await {
         Ok(_) => true,
         Err(e) if reply_code(&e) == Some(404) => false,
+        // Another connection's exclusive queue: it exists, we just may not touch it.
+        Err(e) if reply_code(&e) == Some(405) => true,
         Err(e) => panic!("passive declare of {name}: {e}"),
     }
 }
@@ -385,7 +388,7 @@ async fn exclusive_mismatch_on_redeclare_is_resource_locked() {
     // rabbit_amqqueue:assert_equivalence checks exclusive ownership first (strict), so declaring
     // an existing shared queue as exclusive is 405, not 406.
     let broker = TestBroker::start().await;
-    let (_conn, ch) = session(&broker).await;
+    let (conn, ch) = session(&broker).await;
     declare(&ch, "shared", QueueDeclareOptions::default()).await;
     let res = try_declare(
         &ch,
@@ -394,6 +397,26 @@ async fn exclusive_mismatch_on_redeclare_is_resource_locked() {
             exclusive: true,
             ..Default::default()
         },
+        FieldTable::default(),
+    )
+    .await;
+    assert_reply_code(res, 405);
+
+    // And the other way round: the owner redeclaring its exclusive queue as shared.
+    let ch = confirm_channel(&conn).await;
+    declare(
+        &ch,
+        "mine",
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let res = try_declare(
+        &ch,
+        "mine",
+        QueueDeclareOptions::default(),
         FieldTable::default(),
     )
     .await;
