@@ -163,7 +163,7 @@ pub struct IdleArgs {
     #[arg(long, default_value_t = 32)]
     pub parallel: usize,
     /// Longest wait for the broker's RSS to settle before and after opening, seconds.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 10.0)]
     pub settle_secs: f64,
     /// How long to keep the connections open once measured, seconds.
     #[arg(long, default_value_t = 5.0)]

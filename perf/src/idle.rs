@@ -19,21 +19,25 @@ use lapin::{
 };
 use serde_json::{Value, json};
 
-use crate::{amqp, cli::IdleArgs, procfs::Broker, stats::Stats};
+use crate::{amqp, cli::IdleArgs, procfs::Process, stats::Stats};
 
-/// Waits until two readings 500 ms apart differ by less than 0.5 % (at least one second,
-/// at most `max`), and returns the last reading in KiB.
-async fn settled_rss(broker: Option<Broker>, max: Duration) -> Option<u64> {
+/// Waits until three readings 500 ms apart stay within 0.5 % of each other (at least two
+/// seconds, at most `max`), and returns the last reading in KiB. Garbage-collected brokers
+/// keep shrinking for a while after load, so measure on a freshly started one.
+async fn settled_rss(broker: Option<Process>, max: Duration) -> Option<u64> {
     let b = broker?;
     let start = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut last = b.sample().ok()?.rss_kib;
+    let mut prev = b.sample().ok()?.rss_kib;
+    let mut prev2 = 0;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let now = b.sample().ok()?.rss_kib;
-        let stable = now.abs_diff(last) * 200 < last.max(1);
-        last = now;
-        if (stable && start.elapsed() >= Duration::from_secs(1)) || start.elapsed() >= max {
+        let close = |x: u64| now.abs_diff(x) * 200 < now.max(1);
+        let stable = close(prev) && close(prev2);
+        prev2 = prev;
+        prev = now;
+        if (stable && start.elapsed() >= Duration::from_secs(2)) || start.elapsed() >= max {
             return Some(now);
         }
     }
@@ -46,7 +50,7 @@ async fn open_one(uri: &str, i: usize) -> anyhow::Result<(Connection, Channel)> 
 }
 
 pub async fn run(a: IdleArgs, stats: Arc<Stats>) -> anyhow::Result<Value> {
-    let broker = a.common.broker_pid.map(Broker::new).transpose()?;
+    let broker = a.common.broker_pid.map(Process::new).transpose()?;
     let uri = a.common.uri.as_str();
     let settle = Duration::from_secs_f64(a.settle_secs.max(1.0));
 

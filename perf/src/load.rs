@@ -38,7 +38,7 @@ use tokio::{sync::Notify, task::JoinSet};
 use crate::{
     amqp::{self, expand, table},
     cli::LoadArgs,
-    procfs::Broker,
+    procfs::{self, Process},
     stats::{self, Snapshot, Stats, new_histogram},
 };
 
@@ -456,7 +456,7 @@ impl ConsumerTask {
 }
 
 /// Watches the broker's RSS every 100 ms and keeps the maximum.
-fn spawn_rss_sampler(broker: Broker, peak: Arc<AtomicU64>, stop: Arc<Stop>) {
+fn spawn_rss_sampler(broker: Process, peak: Arc<AtomicU64>, stop: Arc<Stop>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         while !stop.is_set() {
@@ -469,7 +469,7 @@ fn spawn_rss_sampler(broker: Broker, peak: Arc<AtomicU64>, stop: Arc<Stop>) {
 }
 
 /// One line per second on stderr: rates over the last second and totals.
-fn spawn_progress(stats: Arc<Stats>, broker: Option<Broker>, stop: Arc<Stop>) {
+fn spawn_progress(stats: Arc<Stats>, broker: Option<Process>, stop: Arc<Stop>) {
     tokio::spawn(async move {
         let start = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -538,7 +538,7 @@ pub async fn run(args: LoadArgs, stats: Arc<Stats>) -> anyhow::Result<Value> {
         bail!("nothing to do: no publishers and no consumers");
     }
     let p = Arc::new(plan(&a)?);
-    let broker = a.common.broker_pid.map(Broker::new).transpose()?;
+    let broker = a.common.broker_pid.map(Process::new).transpose()?;
     let uri = a.common.uri.as_str();
 
     let setup = amqp::connect(uri, "bourse-perf setup".into()).await?;
@@ -616,6 +616,11 @@ pub async fn run(args: LoadArgs, stats: Arc<Stats>) -> anyhow::Result<Value> {
 
     // t0
     let sample0 = broker.map(|b| b.sample()).transpose()?;
+    let tool = Process {
+        pid: std::process::id(),
+    };
+    let tool0 = tool.sample().ok();
+    let machine0 = procfs::machine_busy_s();
     let peak_rss = Arc::new(AtomicU64::new(sample0.map(|s| s.rss_kib).unwrap_or(0)));
     let monitors_stop = Arc::new(Stop::default());
     if let Some(b) = broker {
@@ -647,6 +652,8 @@ pub async fn run(args: LoadArgs, stats: Arc<Stats>) -> anyhow::Result<Value> {
     let window = t0.elapsed().as_secs_f64();
     let at_t1 = stats.snapshot();
     let sample1 = broker.map(|b| b.sample()).transpose()?;
+    let tool1 = tool.sample().ok();
+    let machine1 = procfs::machine_busy_s();
     stop.set();
 
     // Publishers drain their in-flight publishes (bounded inside); then consumers catch up.
@@ -670,6 +677,7 @@ pub async fn run(args: LoadArgs, stats: Arc<Stats>) -> anyhow::Result<Value> {
     }
     let end = stats.snapshot();
     let total_s = t0.elapsed().as_secs_f64();
+    let sample_end = broker.and_then(|b| b.sample().ok());
     consumers_stop.set();
     monitors_stop.set();
     let mut hist = new_histogram();
@@ -701,22 +709,44 @@ pub async fn run(args: LoadArgs, stats: Arc<Stats>) -> anyhow::Result<Value> {
     report["latency_us"] = percentiles(&hist);
     report["errors"] = json!(end_stats.errors);
     report["error_samples"] = json!(stats.error_samples());
+    if let (Some(t0), Some(t1)) = (tool0, tool1) {
+        // The tool's own CPU in the window: on a small machine it competes with the broker.
+        let tool_cpu = t1.cpu_s - t0.cpu_s;
+        report["tool_cpu_s"] = json!(round(tool_cpu, 3));
+        if let (Some(m0), Some(m1)) = (machine0, machine1) {
+            // Everything else the machine did in the window (other builds and tests on a
+            // shared machine): a large value marks a disturbed run.
+            let broker_cpu = match (sample0, sample1) {
+                (Some(s0), Some(s1)) => s1.cpu_s - s0.cpu_s,
+                _ => 0.0,
+            };
+            let other = (m1 - m0 - tool_cpu - broker_cpu).max(0.0);
+            report["other_cpu_s"] = json!(round(other, 3));
+        }
+    }
     if let (Some(s0), Some(s1)) = (sample0, sample1) {
         let cpu = s1.cpu_s - s0.cpu_s;
+        // Per CPU-second over the whole run, t0 to the end of the drain: a publisher that
+        // outruns its consumers leaves a backlog the broker must still deliver, so the window
+        // alone would credit the broker for publishes whose delivery it has not paid for yet.
+        let cpu_total = sample_end.map(|e| e.cpu_s - s0.cpu_s).unwrap_or(cpu);
         let msgs = if a.consumers > 0 {
-            at_t1.received
+            end.received
         } else {
-            at_t1.sent
+            end.sent
         };
+        let per = |n: u64, c: f64| if c > 0.0 { round(n as f64 / c, 0) } else { 0.0 };
         report["broker"] = json!({
             "pid": a.common.broker_pid,
             "cpu_s": round(cpu, 3),
             "cpu_util": round(cpu / window, 3),
+            "cpu_total_s": round(cpu_total, 3),
             "rss_start_kib": s0.rss_kib,
             "rss_peak_kib": peak_rss.load(Ordering::Relaxed).max(s1.rss_kib),
-            "vm_hwm_kib": s1.hwm_kib,
-            "msgs_per_cpu_s": if cpu > 0.0 { round(msgs as f64 / cpu, 0) } else { 0.0 },
-            "sent_per_cpu_s": if cpu > 0.0 { round(at_t1.sent as f64 / cpu, 0) } else { 0.0 },
+            "vm_hwm_kib": sample_end.unwrap_or(s1).hwm_kib,
+            "msgs_per_cpu_s": per(msgs, cpu_total),
+            "window_received_per_cpu_s": per(at_t1.received, cpu),
+            "window_sent_per_cpu_s": per(at_t1.sent, cpu),
         });
     }
     Ok(report)

@@ -7,9 +7,9 @@
 
 use std::{fs, process::Command, sync::OnceLock};
 
-/// A broker process being watched.
+/// A process being watched: the broker, or the tool itself.
 #[derive(Debug, Clone, Copy)]
-pub struct Broker {
+pub struct Process {
     pub pid: u32,
 }
 
@@ -40,7 +40,7 @@ fn ticks_per_s() -> f64 {
     })
 }
 
-impl Broker {
+impl Process {
     pub fn new(pid: u32) -> anyhow::Result<Self> {
         let broker = Self { pid };
         broker
@@ -77,4 +77,25 @@ impl Broker {
             hwm_kib: kib("VmHWM:"),
         })
     }
+}
+
+/// CPU seconds spent busy (everything but idle and iowait) by the whole machine since boot,
+/// from the first line of `/proc/stat`. Minus the broker's and the tool's own CPU over the
+/// same window, it tells how much other work disturbed a run.
+pub fn machine_busy_s() -> Option<f64> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user)
+    let busy: u64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    Some(busy as f64 / ticks_per_s())
 }
