@@ -109,6 +109,11 @@ impl Channel {
             }
             AMQPClass::Tx(m) => self.tx_method(cx, m),
             AMQPClass::Channel(channel::AMQPMethod::Flow(flow)) => {
+                if !flow.active {
+                    // RabbitMQ 3.x refuses client-initiated flow control; so do we, so that
+                    // clients see the same behaviour on both brokers.
+                    return Err(AmqpError::not_implemented("active=false"));
+                }
                 self.outlet.set_flow(flow.active);
                 self.reply(
                     cx,

@@ -182,9 +182,10 @@ impl Connection {
     fn handle(&mut self, frame: Frame) -> Result<Outcome, (u16, AmqpError)> {
         match frame {
             Frame::Heartbeat(0) => Ok(Outcome::Continue),
+            // Spec 4.2.7: heartbeats belong to channel 0; RabbitMQ answers 505 otherwise.
             Frame::Heartbeat(ch) => Err((
                 0,
-                AmqpError::frame_error(format!("heartbeat frame on channel {ch}")),
+                AmqpError::unexpected_frame(format!("heartbeat frame on channel {ch}")),
             )),
             Frame::Method(0, method) => self.connection_method(method),
             Frame::Method(ch, method) => self.channel_method(ch, method),

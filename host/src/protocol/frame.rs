@@ -103,8 +103,8 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, 
     }
 }
 
-/// A method frame that failed to decode: an unknown class or method is a command the broker
-/// does not know (503 COMMAND_INVALID, as RabbitMQ answers), bad arguments are a syntax error.
+/// A method frame that failed to decode: an unknown class is a command the broker does not
+/// know (503 COMMAND_INVALID); arguments that do not decode are 501 FRAME_ERROR.
 fn method_decode_error(payload: &[u8]) -> AmqpError {
     if payload.len() < 4 {
         return AmqpError::syntax_error("method frame too short");
@@ -116,7 +116,8 @@ fn method_decode_error(payload: &[u8]) -> AmqpError {
         return AmqpError::command_invalid(format!("unknown class {class_id}"))
             .on_method(class_id, method_id);
     }
-    AmqpError::syntax_error(format!(
+    // RabbitMQ's decoder reports undecodable arguments as a frame error (501).
+    AmqpError::frame_error(format!(
         "cannot decode arguments of method {class_id}.{method_id}"
     ))
     .on_method(class_id, method_id)
@@ -174,7 +175,7 @@ mod tests {
     }
 
     #[test]
-    fn garbage_method_arguments_are_a_syntax_error() {
+    fn garbage_method_arguments_are_a_frame_error() {
         // queue.declare (50.10) whose short string claims 200 bytes but has 2.
         let payload = [0u8, 50, 0, 10, 0, 0, 200, b'a', b'b'];
         let mut bytes = BytesMut::new();
@@ -184,7 +185,7 @@ mod tests {
         bytes.extend_from_slice(&[0xCE]);
         assert_eq!(
             parse_frame(&mut bytes, 4096).unwrap_err().code,
-            ReplyCode::SyntaxError
+            ReplyCode::FrameError
         );
     }
 
