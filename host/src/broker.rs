@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use crate::auth::UserStore;
 use crate::config::Config;
 use crate::exchange::Registry;
+use crate::exchange::wasm::PluginManager;
 use crate::vhost::VHost;
 
 /// State shared by every connection.
@@ -25,6 +26,8 @@ pub struct Shared {
     pub users: UserStore,
     /// Exchange types, built-in and plugins.
     pub registry: Registry,
+    /// WASM exchange-type plugins (when a plugin directory is configured).
+    pub plugins: Option<PluginManager>,
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     next_connection: AtomicU64,
 }
@@ -65,9 +68,12 @@ impl Broker {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
+        let registry = Registry::with_builtins();
+        let plugins = start_plugins(&config, &registry).await;
         let shared = Arc::new(Shared {
             users: UserStore::new(&config.users, config.guest_loopback_only),
-            registry: Registry::with_builtins(),
+            registry,
+            plugins,
             vhosts: RwLock::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
             config,
@@ -96,6 +102,12 @@ impl BrokerHandle {
         &self.shared
     }
 
+    /// The WASM plugin manager (load, replace, rollback, remove, status), when the broker
+    /// was started with a plugin directory.
+    pub fn plugins(&self) -> Option<&PluginManager> {
+        self.shared.plugins.as_ref()
+    }
+
     /// Stops accepting connections and waits for the accept loop to end.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
@@ -116,6 +128,31 @@ impl Drop for BrokerHandle {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
     }
+}
+
+/// Loads every plugin of `config.plugin_dir` (off the async threads: compiling is CPU work)
+/// and starts watching the directory. A plugin that fails to load is logged and skipped; if
+/// the WASM engine itself cannot start, the broker runs without plugins.
+async fn start_plugins(config: &Config, registry: &Registry) -> Option<PluginManager> {
+    config.plugin_dir.as_ref()?;
+    let manager = match PluginManager::new(config, registry.clone()) {
+        Ok(manager) => manager,
+        Err(error) => {
+            tracing::error!(%error, "WASM plugins disabled");
+            return None;
+        }
+    };
+    let scanning = manager.clone();
+    match tokio::task::spawn_blocking(move || scanning.scan()).await {
+        Ok(report) => info!(
+            loaded = report.loaded.len(),
+            refused = report.refused.len(),
+            "plugin directory loaded"
+        ),
+        Err(error) => tracing::error!(%error, "loading the plugin directory failed"),
+    }
+    manager.watch(std::time::Duration::from_millis(config.plugin_poll_ms));
+    Some(manager)
 }
 
 async fn accept_loop(

@@ -5,6 +5,7 @@
 //! scenarios against another broker, such as RabbitMQ, and compare behaviour.
 
 pub mod raw;
+pub mod wasm;
 
 use std::net::SocketAddr;
 use std::time::Duration;

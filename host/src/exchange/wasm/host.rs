@@ -10,8 +10,8 @@
 //! on top of wasmtime-wasi's asynchronous ones, polled exactly once: the only streams a plugin
 //! can reach (an empty stdin, and stdout/stderr going to the log) are always ready, and a
 //! pollable that is not ready (a sleep) makes the call trap instead of stalling the broker.
-//! No filesystem is preopened and no socket interface is linked (an import of one traps if
-//! called).
+//! No filesystem is preopened, and sockets are linked with TCP, UDP and name lookup disabled.
+//! A component importing anything else is refused at load (the link error names the import).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -35,6 +35,7 @@ use wasmtime_wasi::p2::{
     DynInputStream, DynOutputStream, DynPollable, OutputStream, Pollable, StreamError, StreamResult,
 };
 use wasmtime_wasi::random::WasiRandom;
+use wasmtime_wasi::sockets::{WasiSockets, WasiSocketsView};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::v0_1::{clock, logging, state};
@@ -251,6 +252,9 @@ impl HostState {
             .build();
         // No args, no environment, no preopened directories, no network, stdin empty.
         let wasi = WasiCtxBuilder::new()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
             .stdout(LogSink {
                 ctx: ctx.clone(),
                 level: Level::INFO,
@@ -306,6 +310,17 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         l,
         T::filesystem,
     )?;
+    // Sockets are linked because toolchains import them (CPython does), but every way in is
+    // shut: TCP, UDP and name lookup are disabled in the context, so no socket can exist.
+    use wasmtime_wasi::p2::bindings::sockets;
+    use wasmtime_wasi::p2::bindings::sync::sockets as sync_sockets;
+    sockets::tcp_create_socket::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
+    sockets::instance_network::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
+    sockets::network::add_to_linker::<T, WasiSockets>(l, &Default::default(), T::sockets)?;
+    sockets::ip_name_lookup::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
+    sync_sockets::tcp::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
+    sync_sockets::udp::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
+    sync_sockets::udp_create_socket::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
     super::v0_1::add_to_linker(l)?;
     Ok(())
 }

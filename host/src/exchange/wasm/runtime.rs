@@ -152,12 +152,11 @@ impl Runtime {
         let (component, from_cache) = self.compile(bytes, &sha256, cache_dir)?;
         let compile_time = started.elapsed();
         check_version(&self.engine, &component)?;
-        let mut linker = self.linker.clone();
-        // Imports the host does not provide (sockets, anything else) trap when called.
-        linker
-            .define_unknown_imports_as_traps(&component)
-            .map_err(|e| WasmError::Link(format!("{e:#}")))?;
-        let pre = linker
+        // Not `define_unknown_imports_as_traps`: it would shadow the host's WASI 0.2.x
+        // interfaces with trapping stubs for each other 0.2.y a guest names (it matches names
+        // exactly, while the linker resolves imports by semver).
+        let pre = self
+            .linker
             .instantiate_pre(&component)
             .map_err(|e| WasmError::Link(format!("{e:#}")))?;
         let pre = BindingsPre::new(pre).map_err(|e| WasmError::Link(format!("{e:#}")))?;
