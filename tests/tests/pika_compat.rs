@@ -62,8 +62,11 @@ fn collect(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Stri
 /// runtime, which also drives the in-process broker.
 async fn run_python(args: &[&std::ffi::OsStr], limit: Duration) -> Output {
     let py = python();
+    // Run outside the workspace: from tests/, `import pika` would find the tests/pika/ script
+    // directory as a namespace package.
     let mut child: Child = Command::new(&py)
         .args(args)
+        .current_dir(std::env::temp_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -101,7 +104,10 @@ async fn run_python(args: &[&std::ffi::OsStr], limit: Duration) -> Output {
 async fn pika_blocking_connection_compat() {
     bounded(async {
         let probe = run_python(
-            &["-c".as_ref(), "import pika".as_ref()],
+            &[
+                "-c".as_ref(),
+                "import pika; pika.BlockingConnection".as_ref(),
+            ],
             Duration::from_secs(30),
         )
         .await;
