@@ -272,3 +272,21 @@ pub fn assert_error<T: std::fmt::Debug>(result: Result<T, lapin::Error>, code: u
         }
     }
 }
+
+/// `x-dedup` (a fanout that drops repeated message ids) relabelled as type `x-regex`: a second
+/// version of `x-regex` that routes differently, for hot-reload tests. Only the type name in
+/// the component's data is rewritten (same length, so the component stays valid).
+pub fn dedup_as_regex() -> Vec<u8> {
+    let mut bytes = plugin_bytes("x-dedup");
+    let (from, to) = (b"x-dedup", b"x-regex");
+    let mut at = 0;
+    while let Some(pos) = bytes[at..].windows(from.len()).position(|w| w == from) {
+        let start = at + pos;
+        // Keep the `x-deduplication-header` argument name as it is.
+        if !bytes[start + from.len()..].starts_with(b"lication") {
+            bytes[start..start + from.len()].copy_from_slice(to);
+        }
+        at = start + from.len();
+    }
+    bytes
+}
