@@ -159,10 +159,10 @@ impl Channel {
             B::Consume(consume) => self.consume(cx, consume),
             B::Cancel(cancel) => {
                 let tag: &str = cancel.consumer_tag.as_str();
-                if let Some((consumer, queue)) = self.consumers.remove(tag) {
-                    if queue.remove_consumer(&consumer) {
-                        cx.vhost.remove_queue(&queue);
-                    }
+                if let Some((consumer, queue)) = self.consumers.remove(tag)
+                    && queue.remove_consumer(&consumer)
+                {
+                    cx.vhost.remove_queue(&queue);
                 }
                 if !cancel.nowait {
                     self.reply(

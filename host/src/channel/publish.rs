@@ -196,14 +196,14 @@ impl Channel {
             mut raw_properties,
             ..
         } = header;
-        if let Some(user_id) = properties.user_id() {
-            if user_id.as_str() != cx.user {
-                return Err(AmqpError::precondition_failed(format!(
-                    "user_id property set to '{}' but authenticated user was '{}'",
-                    user_id, cx.user
-                ))
-                .on_method(60, 40));
-            }
+        if let Some(user_id) = properties.user_id()
+            && user_id.as_str() != cx.user
+        {
+            return Err(AmqpError::precondition_failed(format!(
+                "user_id property set to '{}' but authenticated user was '{}'",
+                user_id, cx.user
+            ))
+            .on_method(60, 40));
         }
         let mut extra_keys = Vec::new();
         if let Some(headers) = properties.headers() {

@@ -137,12 +137,12 @@ impl VHost {
         if let Some(existing) = topology.exchanges.get(&spec.name) {
             return existing.check_equivalent(&spec, &self.name);
         }
-        if let Some(ae) = spec.arguments.inner().get("alternate-exchange") {
-            if !matches!(ae, AMQPValue::LongString(_) | AMQPValue::ShortString(_)) {
-                return Err(AmqpError::precondition_failed(
-                    "invalid arg 'alternate-exchange': expected a string",
-                ));
-            }
+        if let Some(ae) = spec.arguments.inner().get("alternate-exchange")
+            && !matches!(ae, AMQPValue::LongString(_) | AMQPValue::ShortString(_))
+        {
+            return Err(AmqpError::precondition_failed(
+                "invalid arg 'alternate-exchange': expected a string",
+            ));
         }
         ty.validate(&spec.arguments)
             .map_err(|e| AmqpError::precondition_failed(format!("invalid arguments: {e}")))?;

@@ -101,12 +101,11 @@ impl VHost {
                     }
                 }
             }
-            if !reached {
-                if let Some(alternate) =
+            if !reached
+                && let Some(alternate) =
                     x.alternate.as_ref().and_then(|n| topology.exchanges.get(n))
-                {
-                    routed.pending.push(alternate.clone());
-                }
+            {
+                routed.pending.push(alternate.clone());
             }
         }
     }
