@@ -61,6 +61,8 @@ pub struct WasmLimits {
     pub state_entries_max: u32,
     /// Consecutive failed calls (trap, deadline, garbage) before the exchange is marked failed.
     pub failures_max: u32,
+    /// Routing decisions cached per exchange whose plugin declared them cacheable (0: none).
+    pub route_cache_entries: u32,
 }
 
 impl Default for WasmLimits {
@@ -73,6 +75,7 @@ impl Default for WasmLimits {
             log_lines_per_sec: 10,
             state_entries_max: 65_536,
             failures_max: 5,
+            route_cache_entries: 16_384,
         }
     }
 }
@@ -95,6 +98,8 @@ pub struct WasmLimitOverrides {
     pub wasm_state_entries_max: Option<u32>,
     /// See [`WasmLimits::failures_max`].
     pub wasm_failures_max: Option<u32>,
+    /// See [`WasmLimits::route_cache_entries`].
+    pub wasm_route_cache_entries: Option<u32>,
 }
 
 impl WasmLimitOverrides {
@@ -116,6 +121,9 @@ impl WasmLimitOverrides {
                 .wasm_state_entries_max
                 .unwrap_or(base.state_entries_max),
             failures_max: self.wasm_failures_max.unwrap_or(base.failures_max),
+            route_cache_entries: self
+                .wasm_route_cache_entries
+                .unwrap_or(base.route_cache_entries),
         }
     }
 }
@@ -206,6 +214,9 @@ pub struct Cli {
     /// Consecutive failed WASM calls before an exchange is marked failed [default: 5]
     #[arg(long, env = "BOURSE_WASM_FAILURES_MAX")]
     pub wasm_failures_max: Option<u32>,
+    /// Cached routing decisions per cacheable WASM exchange; 0 disables [default: 16384]
+    #[arg(long, env = "BOURSE_WASM_ROUTE_CACHE_ENTRIES")]
+    pub wasm_route_cache_entries: Option<u32>,
 }
 
 /// The TOML file: the same keys as the flags, all optional, unknown keys rejected.
@@ -233,6 +244,7 @@ struct FileConfig {
     wasm_log_lines_per_sec: Option<u32>,
     wasm_state_entries_max: Option<u32>,
     wasm_failures_max: Option<u32>,
+    wasm_route_cache_entries: Option<u32>,
     #[serde(default)]
     vhost_limits: BTreeMap<String, WasmLimitOverrides>,
 }
@@ -289,6 +301,7 @@ impl Config {
             wasm_log_lines_per_sec: cli.wasm_log_lines_per_sec,
             wasm_state_entries_max: cli.wasm_state_entries_max,
             wasm_failures_max: cli.wasm_failures_max,
+            wasm_route_cache_entries: cli.wasm_route_cache_entries,
         }
         .apply(
             &WasmLimitOverrides {
@@ -299,6 +312,7 @@ impl Config {
                 wasm_log_lines_per_sec: file.wasm_log_lines_per_sec,
                 wasm_state_entries_max: file.wasm_state_entries_max,
                 wasm_failures_max: file.wasm_failures_max,
+                wasm_route_cache_entries: file.wasm_route_cache_entries,
             }
             .apply(&defaults.wasm),
         );

@@ -27,9 +27,6 @@ use super::v0_1::{HeaderSelection, InputFields, Inputs};
 use super::{GLOBAL, counters::Counter};
 use crate::exchange::{Binding, Destination, Invalid, RouteError, Router, RoutingInput};
 
-/// Most cached routing decisions per exchange; the cache is emptied when it is full.
-pub const CACHE_ENTRIES_MAX: usize = 16_384;
-
 /// Counters of one exchange.
 #[derive(Debug, Default)]
 pub struct ExchangeStats {
@@ -123,7 +120,7 @@ impl RouterCore {
         arguments: &AmqpTable,
     ) -> Result<Arc<Self>, BuildError> {
         let prepared = build(&version, &ctx, arguments, &BTreeMap::new())?;
-        let cache = prepared.inputs.cacheable.then(HashMap::new);
+        let cache = cache_for(&prepared.inputs, &ctx);
         Ok(Arc::new(Self {
             ctx,
             arguments: arguments.clone(),
@@ -184,7 +181,7 @@ impl RouterCore {
         prepared: Prepared,
     ) {
         state.version = version;
-        state.cache = prepared.inputs.cacheable.then(HashMap::new);
+        state.cache = cache_for(&prepared.inputs, &self.ctx);
         state.instance = Some(prepared.instance);
         state.inputs = prepared.inputs;
         state.consecutive_failures = 0;
@@ -262,7 +259,7 @@ impl RouterCore {
     fn rebuild(&self, state: &mut RouterState) {
         match build(&state.version, &self.ctx, &self.arguments, &state.bindings) {
             Ok(prepared) => {
-                state.cache = prepared.inputs.cacheable.then(HashMap::new);
+                state.cache = cache_for(&prepared.inputs, &self.ctx);
                 state.instance = Some(prepared.instance);
                 state.inputs = prepared.inputs;
                 self.stats.replaced.fetch_add(1, Ordering::Relaxed);
@@ -346,7 +343,8 @@ impl RouterCore {
                 self.stats.routed.fetch_add(1, Ordering::Relaxed);
                 GLOBAL.add(Counter::Routed);
                 if let (Some(cache), Some(key)) = (&mut state.cache, key) {
-                    if cache.len() >= CACHE_ENTRIES_MAX {
+                    // Full: start over (cheap, and a working set that fits refills it fast).
+                    if cache.len() >= self.ctx.limits.route_cache_entries as usize {
                         cache.clear();
                     }
                     cache.insert(key.into_owned().into_boxed_slice(), out[start..].into());
@@ -366,6 +364,11 @@ impl RouterCore {
             }
         }
     }
+}
+
+/// An empty decision cache, if the plugin allows one and the limits ask for one.
+fn cache_for(inputs: &Inputs, ctx: &ExchangeCtx) -> Option<HashMap<Box<[u8]>, Box<[Destination]>>> {
+    (inputs.cacheable && ctx.limits.route_cache_entries > 0).then(HashMap::new)
 }
 
 /// The cache key of a message: the declared inputs, serialised. `None` when the plugin reads
