@@ -18,7 +18,10 @@ use crate::{TempDir, TestBroker};
 /// `<workspace>/plugins/dist`, where `plugins/build.sh` puts the built components. Panics with
 /// instructions when it has not been built.
 pub fn dist_dir() -> PathBuf {
-    let dir = workspace().join("plugins").join("dist");
+    // scripts/test.sh says where it built them; otherwise the workspace's plugins/dist.
+    let dir = std::env::var_os("BOURSE_PLUGIN_DIST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("plugins").join("dist"));
     assert!(
         dir.join("x-consistent-hash.wasm").is_file(),
         "the WASM plugins are not built: run `plugins/build.sh` (expected {}/*.wasm)",
