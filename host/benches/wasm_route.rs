@@ -48,6 +48,9 @@ fn config(cache_entries: u32) -> Config {
         ..Config::default()
     };
     config.wasm.route_cache_entries = cache_entries;
+    // Measuring cost, not limits: a generous deadline so that being descheduled on a busy
+    // machine cannot fail a call.
+    config.wasm.call_deadline_ms = 1000;
     config
 }
 

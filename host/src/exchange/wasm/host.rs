@@ -171,6 +171,10 @@ pub struct HostState {
     table: ResourceTable,
     /// Memory, table and instance caps, enforced by the store's limiter.
     pub caps: Caps,
+    /// Past the deadline: the thread CPU clock and time at the last deadline check.
+    pub overrun: Option<(u64, Instant)>,
+    /// Past the deadline: when it was first reached.
+    pub overrun_since: Option<Instant>,
 }
 
 /// Which cap a call ran into.
@@ -269,6 +273,8 @@ impl HostState {
             wasi,
             table: ResourceTable::new(),
             caps: Caps { limits, hit: None },
+            overrun: None,
+            overrun_since: None,
         }
     }
 }

@@ -6,9 +6,10 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use amq_protocol::types::FieldTable as AmqpTable;
-use wasmtime::Store;
+use wasmtime::{Store, UpdateDeadline};
 
 use super::host::{CapHit, ExchangeCtx, HostState};
 use super::v0_1::{
@@ -64,7 +65,7 @@ impl Instance {
     ) -> Result<Self, CallError> {
         let mut store = Store::new(pre.engine(), HostState::new(ctx));
         store.limiter(|state| &mut state.caps);
-        store.epoch_deadline_trap();
+        store.epoch_deadline_callback(past_deadline);
         let bindings = guarded(&mut store, deadline_ms, |store| pre.instantiate(store))?;
         Ok(Self { store, bindings })
     }
@@ -206,6 +207,45 @@ impl Instance {
     }
 }
 
+/// Called when a call reaches its epoch deadline (wall time). The deadline is meant for what
+/// the plugin consumes, not for time its thread spent descheduled (two cores, many threads):
+/// so the first time, note the thread's CPU clock and look again one tick later; stop the call
+/// if the thread ran for at least half of that tick (it is busy, not starved) or if it is far
+/// past its deadline anyway. A loop is thus cut off about one tick after its deadline, and a
+/// short call that merely lost its core near the deadline is not. (Reading the thread CPU
+/// clock is a system call, too slow to do on every call; it is only done here.)
+fn past_deadline(
+    mut store: wasmtime::StoreContextMut<'_, HostState>,
+) -> wasmtime::Result<UpdateDeadline> {
+    let state = store.data_mut();
+    let cpu = thread_cpu_ns();
+    let now = Instant::now();
+    let deadline = Duration::from_millis(state.ctx.limits.call_deadline_ms.max(1));
+    match state.overrun.replace((cpu, now)) {
+        None => Ok(UpdateDeadline::Continue(1)),
+        Some((cpu_before, at)) => {
+            let ran = Duration::from_nanos(cpu.saturating_sub(cpu_before));
+            let waited = now.duration_since(at);
+            let first = state.overrun_since.get_or_insert(at);
+            if ran * 2 >= waited || now.duration_since(*first) > deadline * 20 + OVERRUN_MAX {
+                Err(wasmtime::Trap::Interrupt.into())
+            } else {
+                Ok(UpdateDeadline::Continue(1))
+            }
+        }
+    }
+}
+
+/// However starved a thread is, a call ends this long (plus 20 deadlines) after its deadline.
+const OVERRUN_MAX: Duration = Duration::from_millis(200);
+
+fn thread_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
+}
+
 /// Runs one call under `deadline_ms`, and explains how it failed.
 fn guarded<R>(
     store: &mut Store<HostState>,
@@ -214,7 +254,10 @@ fn guarded<R>(
 ) -> Result<R, CallError> {
     // Ticks are 1 ms; the first may come at once, so a deadline of n ms allows n-1..n ms.
     store.set_epoch_deadline(deadline_ms.max(1));
-    store.data_mut().caps.hit = None;
+    let state = store.data_mut();
+    state.caps.hit = None;
+    state.overrun = None;
+    state.overrun_since = None;
     match std::panic::catch_unwind(AssertUnwindSafe(|| call(&mut *store))) {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => Err(classify(&error, store.data().caps.hit, deadline_ms)),
