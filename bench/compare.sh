@@ -12,6 +12,9 @@
 #   --drain S                     longest drain after publishing (default 10)
 #   --no-build                    use the binaries as they are
 #   --out FILE                    markdown output (default docs/performance.md)
+#   --merge FILE.jsonl            start from an earlier run's results; rows run now replace its rows
+#   --quiet-wait S                before each run, wait up to S s for the rest of the machine to
+#                                 use under half a core (default 120; 0 = don't wait)
 # Environment: BOURSE_BIN (default target/release/bourse; setting it skips building bourse),
 #   BOURSE_DESC (what that binary is, for the report; default: this tree's commit),
 #   PERF_BIN (default target/release/bourse-perf), BOURSE_PORT (5673), RABBIT_PORT (5674),
@@ -31,6 +34,8 @@ duration=15
 drain=10
 build=true
 out="$root/docs/performance.md"
+merge=""
+quiet_wait=120
 while [ $# -gt 0 ]; do
     case "$1" in
         --brokers) brokers="$2"; shift 2 ;;
@@ -40,6 +45,8 @@ while [ $# -gt 0 ]; do
         --drain) drain="$2"; shift 2 ;;
         --no-build) build=false; shift ;;
         --out) out="$2"; shift 2 ;;
+        --merge) merge="$2"; shift 2 ;;
+        --quiet-wait) quiet_wait="$2"; shift 2 ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -87,7 +94,7 @@ fi
 
 work="$(mktemp -d /tmp/bourse-compare.XXXXXX)"
 results="$work/results.jsonl"
-: > "$results"
+if [ -n "$merge" ]; then cp "$merge" "$results"; else : > "$results"; fi
 
 # The WASM scenario loads only the plugin it needs (the dist folder also holds hostile test
 # components the broker would reject).
@@ -189,9 +196,26 @@ record() { # broker scenario json-file
         || echo "{\"broker_name\":\"$1\",\"scenario\":\"$2\",\"failed\":\"unparsable output\"}" >>"$results"
 }
 
+# Busy CPU-seconds of the whole machine so far (USER_HZ ticks / 100).
+machine_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
+
+# The machine is shared: wait (bounded) until everything but our idle broker uses under half a
+# core over two seconds, so a run starts quiet. bourse-perf reports what others used anyway.
+wait_quiet() {
+    local waited=0 a b
+    while [ "$waited" -lt "$quiet_wait" ]; do
+        a=$(machine_busy); sleep 2; b=$(machine_busy)
+        [ $((b - a)) -lt 100 ] && return 0
+        [ "$waited" -eq 0 ] && log "machine busy ($(( (b - a) / 2 ))% CPU by others); waiting up to ${quiet_wait} s"
+        waited=$((waited + 2))
+    done
+    log "still busy after ${quiet_wait} s; running anyway"
+}
+
 run_perf() { # broker scenario bourse-perf-args...
     local b="$1" s="$2"
     shift 2
+    wait_quiet
     log "$b: $s: bourse-perf $*"
     "$perf" "$@" --uri "$broker_uri" --broker-pid "$broker_pid" --label "$b/$s" \
         >"$work/$b-$s.json" 2>"$work/$b-$s.log" || log "$b: $s: bourse-perf exited with $?"
