@@ -37,6 +37,10 @@ pub struct Config {
     pub plugin_poll_ms: u64,
     /// Most WASM instances alive at once (sizes the engine's pooling allocator).
     pub wasm_instances_max: u32,
+    /// Delivery acknowledgement timeout (RabbitMQ's `consumer_timeout`): a channel holding a
+    /// delivery unacknowledged for longer is closed with 406 and its unacked messages are
+    /// requeued. None (or 0 in flags and file) turns it off, the default.
+    pub consumer_timeout_ms: Option<u64>,
     /// Limits on WASM exchanges, for every vhost without an override.
     pub wasm: WasmLimits,
     /// Per-vhost overrides of `wasm` (TOML: `[vhost_limits."/"]`).
@@ -143,6 +147,7 @@ impl Default for Config {
             wasm_cache_dir: None,
             plugin_poll_ms: 1000,
             wasm_instances_max: 1000,
+            consumer_timeout_ms: None,
             wasm: WasmLimits::default(),
             vhost_limits: BTreeMap::new(),
         }
@@ -193,6 +198,10 @@ pub struct Cli {
     /// Most WASM instances alive at once (one per WASM exchange, plus reloads) [default: 1000]
     #[arg(long, env = "BOURSE_WASM_INSTANCES_MAX")]
     pub wasm_instances_max: Option<u32>,
+    /// Close a channel holding a delivery unacknowledged this long, in ms; 0 disables
+    /// [default: 0, off]
+    #[arg(long, env = "BOURSE_CONSUMER_TIMEOUT_MS")]
+    pub consumer_timeout_ms: Option<u64>,
     /// Deadline of one WASM route call, in ms [default: 5]
     #[arg(long, env = "BOURSE_WASM_CALL_DEADLINE_MS")]
     pub wasm_call_deadline_ms: Option<u64>,
@@ -236,6 +245,7 @@ struct FileConfig {
     wasm_cache_dir: Option<PathBuf>,
     plugin_poll_ms: Option<u64>,
     wasm_instances_max: Option<u32>,
+    consumer_timeout_ms: Option<u64>,
     // The global WASM limits; `[vhost_limits."NAME"]` tables take the same keys.
     wasm_call_deadline_ms: Option<u64>,
     wasm_setup_deadline_ms: Option<u64>,
@@ -349,6 +359,10 @@ impl Config {
                 .wasm_instances_max
                 .or(file.wasm_instances_max)
                 .unwrap_or(defaults.wasm_instances_max),
+            consumer_timeout_ms: cli
+                .consumer_timeout_ms
+                .or(file.consumer_timeout_ms)
+                .filter(|&ms| ms > 0),
             wasm,
             vhost_limits: file.vhost_limits,
         };

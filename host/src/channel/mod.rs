@@ -9,19 +9,21 @@ mod publish;
 pub use publish::encode_properties;
 mod topology;
 
-pub use outlet::{ChannelOutlet, Unacked};
+pub use outlet::{ChannelOutlet, ReplyTarget, Unacked};
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, tx};
 use amq_protocol::types::AMQPValue;
 
 use crate::connection::Writer;
 use crate::exchange::Name;
+use crate::message::QueuedMessage;
 use crate::protocol::{AmqpError, ContentHeader, write_method};
 use crate::queue::{ConnectionId, ConsumeError, Consumer, Queue};
-use crate::vhost::{Routed, VHost};
+use crate::vhost::{REPLY_TO_QUEUE, ReplyConsumer, Routed, VHost};
 
 use publish::{PendingPublish, TxState};
 
@@ -52,6 +54,18 @@ pub struct Channel {
     confirms: Option<publish::Confirms>,
     tx: Option<TxState>,
     routed: Routed,
+    /// The direct reply-to consumer (basic.consume on `amq.rabbitmq.reply-to`).
+    reply: Option<ReplyState>,
+}
+
+/// A channel's direct reply-to consumer.
+pub(crate) struct ReplyState {
+    /// Its consumer tag.
+    tag: Name,
+    /// The reply-to name requests get (`amq.rabbitmq.reply-to.<suffix>`).
+    pub(crate) name: Name,
+    /// Kept alive here; the vhost holds a weak reference.
+    _target: Arc<ReplyTarget>,
 }
 
 impl Channel {
@@ -67,7 +81,20 @@ impl Channel {
             confirms: None,
             tx: None,
             routed: Routed::default(),
+            reply: None,
         }
+    }
+
+    /// Enables the delivery acknowledgement timeout (RabbitMQ's `consumer_timeout`): `alarm`
+    /// wakes the connection, which then closes the channels reported by
+    /// [`Channel::timed_out`].
+    pub fn set_consumer_timeout(&self, after: Duration, alarm: Arc<tokio::sync::Notify>) {
+        self.outlet.set_consumer_timeout(after, alarm);
+    }
+
+    /// The 406 to close this channel with, if a delivery stayed unacknowledged too long.
+    pub fn timed_out(&self) -> Option<AmqpError> {
+        self.outlet.timed_out()
     }
 
     /// Whether a publish is waiting for its content header or body.
@@ -159,7 +186,11 @@ impl Channel {
             B::Consume(consume) => self.consume(cx, consume),
             B::Cancel(cancel) => {
                 let tag: &str = cancel.consumer_tag.as_str();
-                if let Some((consumer, queue)) = self.consumers.remove(tag)
+                if self.reply.as_ref().is_some_and(|r| &*r.tag == tag) {
+                    if let Some(reply) = self.reply.take() {
+                        cx.vhost.unregister_reply_consumer(&reply.name);
+                    }
+                } else if let Some((consumer, queue)) = self.consumers.remove(tag)
                     && queue.remove_consumer(&consumer)
                 {
                     cx.vhost.remove_queue(&queue);
@@ -218,6 +249,9 @@ impl Channel {
     }
 
     fn consume(&mut self, cx: &Session<'_>, consume: basic::Consume) -> Result<(), AmqpError> {
+        if consume.queue.as_str() == REPLY_TO_QUEUE {
+            return self.consume_replies(cx, consume);
+        }
         let name = self.queue_name(consume.queue.as_str())?;
         let queue = cx.vhost.queue_for(&name, cx.connection_id)?;
         let tag: Name = if consume.consumer_tag.as_str().is_empty() {
@@ -225,7 +259,7 @@ impl Channel {
         } else {
             Name::from(consume.consumer_tag.as_str())
         };
-        if self.consumers.contains_key(&tag) {
+        if self.tag_in_use(&tag) {
             return Err(AmqpError::not_allowed(format!(
                 "attempt to reuse consumer tag '{tag}'"
             )));
@@ -272,6 +306,58 @@ impl Channel {
                 }
             })?;
         self.consumers.insert(tag, (consumer, queue));
+        Ok(())
+    }
+
+    fn tag_in_use(&self, tag: &str) -> bool {
+        self.consumers.contains_key(tag) || self.reply.as_ref().is_some_and(|r| &*r.tag == tag)
+    }
+
+    /// basic.consume on `amq.rabbitmq.reply-to`: the channel's direct reply-to consumer, with
+    /// RabbitMQ's rules (no-ack only, one per channel).
+    fn consume_replies(
+        &mut self,
+        cx: &Session<'_>,
+        consume: basic::Consume,
+    ) -> Result<(), AmqpError> {
+        let given = consume.consumer_tag.as_str();
+        if !given.is_empty() && self.tag_in_use(given) {
+            return Err(AmqpError::not_allowed(format!(
+                "attempt to reuse consumer tag '{given}'"
+            )));
+        }
+        if !consume.no_ack {
+            return Err(AmqpError::precondition_failed(
+                "reply consumer cannot acknowledge",
+            ));
+        }
+        if self.reply.is_some() {
+            return Err(AmqpError::precondition_failed("reply consumer already set"));
+        }
+        let tag: Name = if given.is_empty() {
+            Name::from(format!("amq.ctag-{}", random_suffix()))
+        } else {
+            Name::from(given)
+        };
+        let target = Arc::new(ReplyTarget {
+            tag: tag.clone(),
+            outlet: self.outlet.clone(),
+        });
+        let weak: Weak<dyn ReplyConsumer> = Arc::downgrade(&target) as Weak<ReplyTarget>;
+        let name = cx.vhost.register_reply_consumer(weak);
+        self.reply = Some(ReplyState {
+            tag: tag.clone(),
+            name,
+            _target: target,
+        });
+        if !consume.nowait {
+            self.reply(
+                cx,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: tag.as_ref().into(),
+                })),
+            );
+        }
         Ok(())
     }
 
@@ -383,6 +469,9 @@ impl Channel {
     /// Tears the channel down: stops deliveries, cancels consumers (auto-deleting queues that
     /// lose their last one) and requeues everything unacked.
     pub fn close(&mut self, vhost: &VHost) {
+        if let Some(reply) = self.reply.take() {
+            vhost.unregister_reply_consumer(&reply.name);
+        }
         let unacked = self.outlet.close();
         for (_, (consumer, queue)) in self.consumers.drain() {
             if queue.remove_consumer(&consumer) {
@@ -408,11 +497,14 @@ pub(crate) enum Settle {
 
 fn apply_settlement(how: Settle, taken: Vec<Unacked>) {
     match how {
-        Settle::Ack | Settle::Reject { requeue: false } => {
+        Settle::Ack => {
             // One settle (and one dispatch) per queue, however many tags were named.
             let mut groups: Vec<(Arc<Queue>, usize)> = Vec::new();
             for unacked in taken {
-                match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &unacked.queue)) {
+                match groups
+                    .iter_mut()
+                    .find(|(q, _)| Arc::ptr_eq(q, &unacked.queue))
+                {
                     Some((_, count)) => *count += 1,
                     None => groups.push((unacked.queue, 1)),
                 }
@@ -421,20 +513,31 @@ fn apply_settlement(how: Settle, taken: Vec<Unacked>) {
                 queue.settle(count);
             }
         }
+        // Rejected without requeue: dead-lettered where the queue has a dead-letter exchange.
+        Settle::Reject { requeue: false } => {
+            for (queue, entries) in group_by_queue(taken) {
+                queue.reject(entries);
+            }
+        }
         Settle::Reject { requeue: true } => requeue_grouped(taken),
     }
 }
 
-/// Requeues unacked deliveries, one call per queue, preserving tag order.
-fn requeue_grouped(unacked: Vec<Unacked>) {
-    let mut groups: Vec<(Arc<Queue>, Vec<crate::message::QueuedMessage>)> = Vec::new();
+/// Unacked deliveries grouped by queue, tag order kept within each group.
+fn group_by_queue(unacked: Vec<Unacked>) -> Vec<(Arc<Queue>, Vec<QueuedMessage>)> {
+    let mut groups: Vec<(Arc<Queue>, Vec<QueuedMessage>)> = Vec::new();
     for u in unacked {
         match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
             Some((_, entries)) => entries.push(u.entry),
             None => groups.push((u.queue, vec![u.entry])),
         }
     }
-    for (queue, entries) in groups {
+    groups
+}
+
+/// Requeues unacked deliveries, one call per queue, preserving tag order.
+fn requeue_grouped(unacked: Vec<Unacked>) {
+    for (queue, entries) in group_by_queue(unacked) {
         queue.requeue(entries);
     }
 }

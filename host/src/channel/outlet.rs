@@ -1,19 +1,24 @@
-//! The delivery side of a channel: delivery tags, unacknowledged messages, prefetch credit and
-//! flow. Queues deliver through it from whichever task published; the channel settles through
-//! it from the connection's task.
+//! The delivery side of a channel: delivery tags, unacknowledged messages, prefetch credit,
+//! flow, direct reply-to deliveries and the consumer (delivery acknowledgement) timeout.
+//! Queues deliver through it from whichever task published; the channel settles through it
+//! from the connection's task.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use amq_protocol::protocol::{AMQPClass, basic};
 use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::connection::Writer;
 use crate::exchange::Name;
-use crate::message::QueuedMessage;
+use crate::message::{Message, QueuedMessage};
 use crate::protocol::{AmqpError, write_content, write_method};
 use crate::queue::{Consumer, Outlet, Queue};
+use crate::vhost::ReplyConsumer;
 
 /// A delivered message awaiting ack, nack or reject.
 pub struct Unacked {
@@ -25,10 +30,13 @@ pub struct Unacked {
     pub entry: QueuedMessage,
     /// The consumer it went to (None for basic.get).
     pub consumer: Option<Arc<Consumer>>,
+    /// When it was sent; recorded only when a consumer timeout is configured.
+    pub delivered_at: Option<Instant>,
 }
 
 /// Shared delivery state of one channel.
 pub struct ChannelOutlet {
+    me: Weak<ChannelOutlet>,
     channel: u16,
     writer: Arc<Writer>,
     state: Mutex<OutletState>,
@@ -43,12 +51,27 @@ struct OutletState {
     closed: bool,
     /// Consumers the server cancelled (their queue was deleted); the channel forgets them.
     cancelled: Vec<Name>,
+    /// The delivery acknowledgement timeout, when configured.
+    timeout: Option<AckTimeout>,
+}
+
+/// RabbitMQ's `consumer_timeout`: a delivery left unacknowledged longer than `after` closes the
+/// channel with 406, and its unacked messages are requeued. One timer task per channel,
+/// started at the first unacked delivery, sleeps until the oldest one's deadline.
+struct AckTimeout {
+    after: Duration,
+    /// Tells the connection to look for timed-out channels.
+    alarm: Arc<Notify>,
+    /// Wakes this channel's timer task (None until started).
+    wake: Option<Arc<Notify>>,
+    fired: bool,
 }
 
 impl ChannelOutlet {
     /// The outlet of a newly opened channel.
     pub fn new(channel: u16, writer: Arc<Writer>) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             channel,
             writer,
             state: Mutex::new(OutletState {
@@ -58,8 +81,63 @@ impl ChannelOutlet {
                 flow_active: true,
                 closed: false,
                 cancelled: Vec::new(),
+                timeout: None,
             }),
         })
+    }
+
+    /// Closes the channel (through the connection, woken by `alarm`) when a delivery stays
+    /// unacknowledged longer than `after`.
+    pub fn set_consumer_timeout(&self, after: Duration, alarm: Arc<Notify>) {
+        self.state.lock().timeout = Some(AckTimeout {
+            after,
+            alarm,
+            wake: None,
+            fired: false,
+        });
+    }
+
+    /// The timeout error if the consumer timeout fired, RabbitMQ's text included.
+    pub fn timed_out(&self) -> Option<AmqpError> {
+        let state = self.state.lock();
+        let timeout = state.timeout.as_ref().filter(|t| t.fired)?;
+        Some(AmqpError::precondition_failed(format!(
+            "delivery acknowledgement on channel {} timed out. Timeout value used: {} ms. This \
+             timeout value can be configured, see consumers doc guide to learn more",
+            self.channel,
+            timeout.after.as_millis()
+        )))
+    }
+
+    /// Sends a direct reply-to delivery to the reply consumer `tag` (no ack expected).
+    pub fn deliver_reply(&self, tag: &str, message: &Message) {
+        let mut state = self.state.lock();
+        if state.closed {
+            return;
+        }
+        state.next_tag += 1;
+        let delivery_tag = state.next_tag;
+        let frame_max = self.writer.frame_max();
+        self.writer.write(|out| {
+            write_method(
+                out,
+                self.channel,
+                AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                    consumer_tag: tag.into(),
+                    delivery_tag,
+                    redelivered: false,
+                    exchange: message.exchange.as_ref().into(),
+                    routing_key: message.routing_key.as_ref().into(),
+                })),
+            );
+            write_content(
+                out,
+                self.channel,
+                &message.raw_properties,
+                &message.body,
+                frame_max,
+            );
+        });
     }
 
     /// Sets the channel-wide prefetch (basic.qos global=true).
@@ -81,6 +159,9 @@ impl ChannelOutlet {
     pub fn close(&self) -> VecDeque<Unacked> {
         let mut state = self.state.lock();
         state.closed = true;
+        if let Some(wake) = state.timeout.as_ref().and_then(|t| t.wake.as_ref()) {
+            wake.notify_one();
+        }
         std::mem::take(&mut state.unacked)
     }
 
@@ -123,13 +204,62 @@ impl ChannelOutlet {
             );
         });
         if !no_ack {
+            let delivered_at = self.watch_delivery(&mut state);
             state.unacked.push_back(Unacked {
                 tag,
                 queue: queue.clone(),
                 entry,
                 consumer: None,
+                delivered_at,
             });
         }
+    }
+
+    /// With a consumer timeout: the delivery time to record, and the timer started or woken
+    /// when this is the only unacked delivery.
+    fn watch_delivery(&self, state: &mut OutletState) -> Option<Instant> {
+        state.timeout.as_ref()?;
+        let was_idle = state.unacked.is_empty();
+        let timeout = state.timeout.as_mut()?;
+        let now = Instant::now();
+        if was_idle {
+            match &timeout.wake {
+                Some(wake) => wake.notify_one(),
+                None => {
+                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                        let wake = Arc::new(Notify::new());
+                        timeout.wake = Some(wake.clone());
+                        runtime.spawn(watch_acks(self.me.clone(), wake));
+                    }
+                }
+            }
+        }
+        Some(now)
+    }
+
+    /// The oldest unacked delivery's deadline; None when nothing waits. Marks the channel
+    /// timed out (and raises the connection's alarm) once a deadline has passed.
+    fn ack_deadline(&self) -> Result<Option<Instant>, ()> {
+        let mut state = self.state.lock();
+        if state.closed {
+            return Err(());
+        }
+        let oldest = state.unacked.front().and_then(|u| u.delivered_at);
+        let Some(timeout) = state.timeout.as_mut() else {
+            return Err(());
+        };
+        if timeout.fired {
+            return Err(());
+        }
+        let Some(deadline) = oldest.and_then(|at| at.checked_add(timeout.after)) else {
+            return Ok(None);
+        };
+        if deadline <= Instant::now() {
+            timeout.fired = true;
+            timeout.alarm.notify_one();
+            return Err(());
+        }
+        Ok(Some(deadline))
     }
 
     /// Removes the unacked deliveries an ack/nack/reject names: one tag, or with `multiple`
@@ -167,6 +297,41 @@ impl ChannelOutlet {
             }
         }
         taken
+    }
+}
+
+/// The consumer-timeout timer of one channel: sleeps until the oldest unacked delivery's
+/// deadline, re-reading it after every wake-up (acks move it later), until it fires or the
+/// channel closes.
+async fn watch_acks(outlet: Weak<ChannelOutlet>, wake: Arc<Notify>) {
+    loop {
+        let deadline = match outlet.upgrade().map(|o| o.ack_deadline()) {
+            Some(Ok(deadline)) => deadline,
+            _ => return,
+        };
+        match deadline {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
+}
+
+/// A channel's direct reply-to consumer, registered with the vhost.
+pub struct ReplyTarget {
+    /// The consumer tag replies are delivered with.
+    pub tag: Name,
+    /// The channel.
+    pub outlet: Arc<ChannelOutlet>,
+}
+
+impl ReplyConsumer for ReplyTarget {
+    fn deliver_reply(&self, message: &Arc<Message>) {
+        self.outlet.deliver_reply(&self.tag, message);
     }
 }
 
@@ -220,11 +385,13 @@ impl Outlet for ChannelOutlet {
         state.next_tag = tag;
         if !consumer.no_ack {
             consumer.unacked.fetch_add(1, Ordering::Relaxed);
+            let delivered_at = self.watch_delivery(&mut state);
             state.unacked.push_back(Unacked {
                 tag,
                 queue: queue.clone(),
                 entry,
                 consumer: Some(consumer.clone()),
+                delivered_at,
             });
         }
         Ok(())

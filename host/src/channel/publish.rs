@@ -11,9 +11,11 @@ use bytes::{Bytes, BytesMut};
 
 use super::{Channel, Session, Settle};
 use crate::exchange::Name;
-use crate::message::Message;
+use crate::message::{Message, parse_expiration};
 use crate::protocol::{AmqpError, BASIC_CLASS, ContentHeader, write_content, write_method};
+use crate::queue::Enqueued;
 use crate::vhost::Exchange;
+use crate::vhost::REPLY_TO_QUEUE;
 
 /// A basic.publish waiting for its content.
 pub(crate) struct PendingPublish {
@@ -196,12 +198,35 @@ impl Channel {
             mut raw_properties,
             ..
         } = header;
+        // RabbitMQ's order: direct reply-to, then user_id, then expiration.
+        if properties
+            .reply_to()
+            .as_ref()
+            .is_some_and(|r| r.as_str() == REPLY_TO_QUEUE)
+        {
+            let Some(reply) = &self.reply else {
+                return Err(
+                    AmqpError::precondition_failed("fast reply consumer does not exist")
+                        .on_method(60, 40),
+                );
+            };
+            properties = properties.with_reply_to(reply.name.as_ref().into());
+            raw_properties = encode_properties(&properties)?;
+        }
         if let Some(user_id) = properties.user_id()
             && user_id.as_str() != cx.user
         {
             return Err(AmqpError::precondition_failed(format!(
                 "user_id property set to '{}' but authenticated user was '{}'",
                 user_id, cx.user
+            ))
+            .on_method(60, 40));
+        }
+        if let Some(expiration) = properties.expiration()
+            && let Err(reason) = parse_expiration(expiration.as_str())
+        {
+            return Err(AmqpError::precondition_failed(format!(
+                "invalid expiration '{expiration}': {reason}"
             ))
             .on_method(60, 40));
         }
@@ -263,7 +288,8 @@ impl Channel {
             keys.extend(extra_keys.iter().map(|k| k.as_ref()));
             cx.vhost.route(&exchange, &message, &keys, &mut self.routed);
         }
-        let unroutable = self.routed.queues.is_empty();
+        // A reply handed to a direct reply-to consumer counts as routed.
+        let unroutable = self.routed.queues.is_empty() && self.routed.replies.is_empty();
         if unroutable && mandatory {
             let frame_max = cx.writer.frame_max();
             cx.writer.write(|out| {
@@ -286,14 +312,20 @@ impl Channel {
                 );
             });
         }
+        let mut refused = false;
         for queue in self.routed.queues.drain(..) {
-            queue.publish(message.clone());
+            // x-overflow reject-publish(-dlx): the queue refused it.
+            refused |= queue.publish(message.clone()) == Enqueued::Rejected;
+        }
+        for reply in self.routed.replies.drain(..) {
+            reply.deliver_reply(&message);
         }
         if let Some(confirms) = &mut self.confirms {
             confirms.next_tag += 1;
             let tag = confirms.next_tag;
-            if unroutable && self.routed.router_failed {
-                // A plugin failed and the message reached no queue: the publisher must know.
+            if (unroutable && self.routed.router_failed) || refused {
+                // A plugin failed and the message reached no queue, or a queue refused it
+                // (RabbitMQ nacks when any queue rejects): the publisher must know.
                 flush_confirms(self.id, confirms, cx);
                 cx.writer.write(|out| {
                     write_method(

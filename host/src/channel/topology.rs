@@ -6,7 +6,7 @@ use super::{Channel, Session, random_suffix};
 use crate::exchange::{Binding, Destination, Name};
 use crate::protocol::AmqpError;
 use crate::queue::QueueSpec;
-use crate::vhost::ExchangeSpec;
+use crate::vhost::{ExchangeSpec, REPLY_TO_PREFIX, REPLY_TO_QUEUE};
 
 impl Channel {
     pub(super) fn exchange_method(
@@ -89,9 +89,16 @@ impl Channel {
         use queue::AMQPMethod as Q;
         match method {
             Q::Declare(declare) => {
+                let given = declare.queue.as_str();
+                if given == REPLY_TO_QUEUE || given.starts_with(REPLY_TO_PREFIX) {
+                    return self.declare_reply_queue(cx, given, declare.nowait);
+                }
                 let queue = if declare.passive {
                     let name = self.queue_name(declare.queue.as_str())?;
-                    cx.vhost.queue_for(&name, cx.connection_id)?
+                    let queue = cx.vhost.queue_for(&name, cx.connection_id)?;
+                    // A passive declare renews an x-expires lease too.
+                    queue.touch();
+                    queue
                 } else {
                     let name = match declare.queue.as_str() {
                         "" => Name::from(format!("amq.gen-{}", random_suffix())),
@@ -187,6 +194,37 @@ impl Channel {
                 AMQPClass::Queue(other).get_amqp_method_id()
             ))),
         }
+    }
+}
+
+impl Channel {
+    /// queue.declare of the direct reply-to pseudo-queue or of a reply-to name: always
+    /// effectively passive (RabbitMQ): declare-ok with 0 messages and 1 consumer if the reply
+    /// consumer exists, 404 otherwise.
+    fn declare_reply_queue(
+        &mut self,
+        cx: &Session<'_>,
+        name: &str,
+        nowait: bool,
+    ) -> Result<(), AmqpError> {
+        if !cx.vhost.reply_queue_exists(name) {
+            return Err(AmqpError::not_found(format!(
+                "no queue '{name}' in vhost '{}'",
+                cx.vhost.name
+            )));
+        }
+        self.last_queue = Some(Name::from(name));
+        if !nowait {
+            self.reply(
+                cx,
+                AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                    queue: name.into(),
+                    message_count: 0,
+                    consumer_count: 1,
+                })),
+            );
+        }
+        Ok(())
     }
 }
 

@@ -215,6 +215,7 @@ fn server_properties() -> FieldTable {
         "connection.blocked",
         "authentication_failure_close",
         "per_consumer_qos",
+        "direct_reply_to",
     ] {
         capabilities.insert(capability.into(), AMQPValue::Boolean(true));
     }

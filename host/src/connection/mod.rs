@@ -60,6 +60,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, id:
         heartbeat: negotiated.heartbeat,
         channels: HashMap::new(),
         closing: HashMap::new(),
+        alarm: Arc::new(tokio::sync::Notify::new()),
     };
     let reason = connection.run(&mut reader).await;
     connection.shutdown();
@@ -116,6 +117,8 @@ struct Connection {
     channels: HashMap<u16, Channel>,
     /// Channels we closed, waiting for the client's channel.close-ok.
     closing: HashMap<u16, ()>,
+    /// Raised by a channel whose consumer timeout fired (see `close_timed_out_channels`).
+    alarm: Arc<tokio::sync::Notify>,
 }
 
 /// What ended the main loop.
@@ -147,15 +150,25 @@ impl Connection {
                 }
             }
             self.flush_confirms();
-            let read = match silence {
-                Some(limit) => match tokio::time::timeout(limit, reader.fill()).await {
-                    Ok(read) => read,
-                    Err(_) => {
+            let fill = async {
+                match silence {
+                    Some(limit) => tokio::time::timeout(limit, reader.fill()).await.ok(),
+                    None => Some(reader.fill().await),
+                }
+            };
+            // Reading is cancel-safe: a channel's consumer timeout may interrupt it.
+            let read = tokio::select! {
+                read = fill => match read {
+                    Some(read) => read,
+                    None => {
                         warn!(id = self.id, "missed heartbeats from client; closing");
                         return "missed heartbeats";
                     }
                 },
-                None => reader.fill().await,
+                _ = self.alarm.notified() => {
+                    self.close_timed_out_channels();
+                    continue;
+                }
             };
             match read {
                 Ok(0) => return "client closed the socket",
@@ -320,8 +333,11 @@ impl Connection {
                         .on_method(ids.0, ids.1),
                     ));
                 }
-                self.channels
-                    .insert(ch, Channel::new(ch, self.writer.clone()));
+                let channel = Channel::new(ch, self.writer.clone());
+                if let Some(ms) = self.shared.config.consumer_timeout_ms {
+                    channel.set_consumer_timeout(Duration::from_millis(ms), self.alarm.clone());
+                }
+                self.channels.insert(ch, channel);
                 self.writer.write(|out| {
                     write_method(
                         out,
@@ -389,6 +405,20 @@ impl Connection {
                 AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
             )
         });
+    }
+
+    /// Closes the channels whose delivery acknowledgement timeout fired (406, unacked
+    /// messages requeued), as RabbitMQ does.
+    fn close_timed_out_channels(&mut self) {
+        let timed_out: Vec<(u16, AmqpError)> = self
+            .channels
+            .iter()
+            .filter_map(|(&ch, channel)| channel.timed_out().map(|e| (ch, e)))
+            .collect();
+        for (ch, error) in timed_out {
+            warn!(id = self.id, channel = ch, error = %error, "consumer timeout");
+            self.close_channel_with(ch, error);
+        }
     }
 
     /// Closes one channel because of a soft error.

@@ -1,19 +1,39 @@
-//! Queues: ready messages in publish order, consumers, and dispatch.
+//! Queues: ready messages in delivery order, consumers, dispatch, and the RabbitMQ queue
+//! features (TTLs, length limits, dead-lettering, priorities, single active consumer).
 //!
 //! A queue never sees frames. It hands messages to consumers through the [`Outlet`] trait,
 //! which the channel layer implements (delivery tags, prefetch credit, encoding). Locks nest in
 //! one order only: queue state, then an outlet's state, then a connection's write buffer. Code
 //! that starts from a channel (acks, cancels) releases the outlet before touching a queue.
+//!
+//! Features are read from the declare arguments once ([`QueueArgs`]); a queue that uses none
+//! of them pays a few branch tests per message. Dead-lettered messages are collected under the
+//! queue lock and republished through the [`QueueHost`] (the vhost) after it is released, so a
+//! queue lock is never held while another queue's is taken. Expiry — of messages at the head
+//! and of the queue itself (`x-expires`) — runs on one tokio timer task per queue, started the
+//! first time something can expire and woken only when an earlier deadline appears.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+mod args;
+mod dead_letter;
+mod ready;
+
+pub(crate) use args::type_name;
+pub use args::{ArgError, DeadLetterTarget, MAX_PRIORITY, Overflow, QueueArgs};
+pub use dead_letter::{Death, DeathReason, cc_keys, dead_letter_properties, deaths, is_cycle};
+
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use amq_protocol::types::FieldTable;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::warn;
 
 use crate::exchange::Name;
 use crate::message::{Message, QueuedMessage};
+use ready::Ready;
 
 /// Identifies a connection, for exclusive queues and exclusive ownership checks.
 pub type ConnectionId = u64;
@@ -31,6 +51,23 @@ pub trait Outlet: Send + Sync {
 
     /// Tells the client that the server cancelled `consumer` (its queue was deleted).
     fn cancelled_by_server(&self, consumer: &Consumer);
+}
+
+/// What a queue needs from the vhost it belongs to. Never called with a queue lock held.
+pub trait QueueHost: Send + Sync {
+    /// Publishes a dead-lettered `message` to `exchange` with `routing_keys`. The host drops it
+    /// when the exchange does not exist, and drops it for each target queue where RabbitMQ's
+    /// cycle rule applies (see [`is_cycle`]; never for `reason` rejected).
+    fn dead_letter(
+        &self,
+        exchange: &str,
+        routing_keys: &[&str],
+        message: Arc<Message>,
+        reason: DeathReason,
+    );
+
+    /// `queue` was unused for its `x-expires`: delete it.
+    fn queue_expired(&self, queue: &Arc<Queue>);
 }
 
 /// A consumer registered on a queue.
@@ -73,23 +110,49 @@ pub struct QueueSpec {
     pub arguments: FieldTable,
 }
 
+/// What became of a published message in one queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Delivered or queued (or dropped because the queue was deleted meanwhile).
+    Accepted,
+    /// Refused by `x-overflow` reject-publish or reject-publish-dlx: under publisher confirms
+    /// the publisher must get basic.nack.
+    Rejected,
+}
+
 /// A queue of one vhost.
 pub struct Queue {
     /// What was declared.
     pub spec: QueueSpec,
+    args: QueueArgs,
+    me: Weak<Queue>,
+    host: OnceLock<Weak<dyn QueueHost>>,
     state: Mutex<QueueState>,
 }
 
-#[derive(Default)]
 struct QueueState {
-    ready: VecDeque<QueuedMessage>,
+    ready: Ready,
     next_seq: u64,
+    /// Sorted by priority, highest first; registration order among equals (rotated for
+    /// round-robin unless single-active-consumer is on).
     consumers: Vec<Arc<Consumer>>,
+    /// `x-single-active-consumer`: the one consumer that receives.
+    active: Option<Arc<Consumer>>,
     /// Messages delivered and not yet acked or requeued.
     unacked: usize,
     /// Whether a consumer was ever attached (auto-delete starts counting after the first).
     had_consumer: bool,
     deleted: bool,
+    /// Whether any queued entry ever had an expiry (the head deadlines then need watching).
+    expiring: bool,
+    /// Messages to dead-letter once the lock is released.
+    dead: Vec<(QueuedMessage, DeathReason)>,
+    /// Wakes the timer task; None until something first needed a timer.
+    timer: Option<Arc<Notify>>,
+    /// The deadline the timer task is sleeping towards.
+    armed: Option<Instant>,
+    /// `x-expires`: last declare, basic.get or consumer departure.
+    last_used: Instant,
 }
 
 /// Why a consumer could not be added.
@@ -102,13 +165,60 @@ pub enum ConsumeError {
     Deleted,
 }
 
+/// What the timer task should do next.
+enum Tick {
+    Stop,
+    Sleep(Option<Instant>),
+}
+
 impl Queue {
-    /// Creates an empty queue.
+    /// Creates an empty queue. Invalid feature arguments are ignored here; declarations go
+    /// through [`Queue::try_new`], which refuses them.
     pub fn new(spec: QueueSpec) -> Arc<Self> {
-        Arc::new(Self {
+        let args = QueueArgs::parse(&spec.arguments).unwrap_or_default();
+        Self::with_args(spec, args)
+    }
+
+    /// Creates an empty queue after validating its declare arguments.
+    pub fn try_new(spec: QueueSpec) -> Result<Arc<Self>, ArgError> {
+        let args = QueueArgs::parse(&spec.arguments)?;
+        Ok(Self::with_args(spec, args))
+    }
+
+    fn with_args(spec: QueueSpec, args: QueueArgs) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
             spec,
-            state: Mutex::new(QueueState::default()),
+            state: Mutex::new(QueueState {
+                ready: Ready::new(args.max_priority),
+                next_seq: 0,
+                consumers: Vec::new(),
+                active: None,
+                unacked: 0,
+                had_consumer: false,
+                deleted: false,
+                expiring: false,
+                dead: Vec::new(),
+                timer: None,
+                armed: None,
+                last_used: Instant::now(),
+            }),
+            args,
+            me: me.clone(),
+            host: OnceLock::new(),
         })
+    }
+
+    /// Connects the queue to its vhost (for dead-lettering and `x-expires`) and starts the
+    /// `x-expires` countdown.
+    pub fn attach(&self, host: Weak<dyn QueueHost>) {
+        let _ = self.host.set(host);
+        if let Some(expires) = self.args.expires {
+            let mut state = self.state.lock();
+            state.last_used = Instant::now();
+            if let Some(at) = state.last_used.checked_add(expires) {
+                self.arm(&mut state, at);
+            }
+        }
     }
 
     /// The queue's name.
@@ -116,9 +226,19 @@ impl Queue {
         &self.spec.name
     }
 
+    /// The features its declare arguments asked for.
+    pub fn args(&self) -> &QueueArgs {
+        &self.args
+    }
+
     /// Number of messages ready for delivery.
     pub fn message_count(&self) -> usize {
         self.state.lock().ready.len()
+    }
+
+    /// Body bytes of the messages ready for delivery.
+    pub fn message_bytes(&self) -> usize {
+        self.state.lock().ready.bytes()
     }
 
     /// Number of consumers.
@@ -131,78 +251,231 @@ impl Queue {
         self.state.lock().unacked
     }
 
-    /// Appends a message and delivers what consumers can take.
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>) {
+    /// Records a use of the queue for `x-expires` (a declaration of it, passive or not).
+    pub fn touch(&self) {
+        if self.args.expires.is_some() {
+            self.state.lock().last_used = Instant::now();
+        }
+    }
+
+    /// Delivers a message to a consumer or queues it. Under a length limit with `x-overflow`
+    /// reject-publish(-dlx) a message that does not fit is refused; with drop-head the oldest
+    /// ready messages make room.
+    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> Enqueued {
         let mut state = self.state.lock();
         if state.deleted {
-            return;
+            return Enqueued::Accepted;
+        }
+        let limited = self.args.has_length_limit();
+        if limited && self.args.overflow != Overflow::DropHead {
+            let len = state.ready.len() as u64 + 1;
+            let bytes = (state.ready.bytes() + message.size()) as u64;
+            if self.args.max_length.is_some_and(|max| len > max)
+                || self.args.max_length_bytes.is_some_and(|max| bytes > max)
+            {
+                if self.args.overflow == Overflow::RejectPublishDlx {
+                    let entry = QueuedMessage {
+                        seq: 0,
+                        message,
+                        redelivered: false,
+                        expires_at: None,
+                    };
+                    self.discard(&mut state, entry, DeathReason::Maxlen);
+                }
+                self.finish(state);
+                return Enqueued::Rejected;
+            }
         }
         let seq = state.next_seq;
         state.next_seq += 1;
-        state.ready.push_back(QueuedMessage {
+        let mut entry = QueuedMessage {
             seq,
             message,
             redelivered: false,
-        });
-        self.dispatch_locked(&mut state);
+            expires_at: None,
+        };
+        let direct = state.ready.is_empty();
+        if direct {
+            // Straight to a consumer when one can take it: such a message never waits, so no
+            // TTL applies (RabbitMQ delivers even x-message-ttl=0 messages this way).
+            match self.offer_locked(self, &mut state, entry) {
+                Ok(()) => {
+                    self.finish(state);
+                    return Enqueued::Accepted;
+                }
+                Err(back) => entry = back,
+            }
+        }
+        entry.expires_at = self.expiry_of(&entry.message);
+        if let Some(at) = entry.expires_at {
+            state.expiring = true;
+            self.arm(&mut state, at);
+        }
+        state.ready.push_back(entry);
+        if limited {
+            self.drop_head_over_limit(&mut state);
+        }
+        if !direct {
+            // (After a failed direct offer nobody can take anything now.)
+            self.dispatch_locked(self, &mut state);
+        }
+        self.finish(state);
+        Enqueued::Accepted
+    }
+
+    /// When a message enqueued now expires: the sooner of the queue's and its own TTL.
+    fn expiry_of(&self, message: &Message) -> Option<Instant> {
+        let own = message.ttl_ms().map(Duration::from_millis);
+        let ttl = match (self.args.message_ttl, own) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        // A TTL too large to represent never expires.
+        Instant::now().checked_add(ttl)
+    }
+
+    /// drop-head: removes ready messages from the head until the limits hold again.
+    fn drop_head_over_limit(&self, state: &mut QueueState) {
+        loop {
+            let over = self
+                .args
+                .max_length
+                .is_some_and(|max| state.ready.len() as u64 > max)
+                || self
+                    .args
+                    .max_length_bytes
+                    .is_some_and(|max| state.ready.bytes() as u64 > max);
+            if !over {
+                return;
+            }
+            match state.ready.pop_front() {
+                Some(entry) => self.discard(state, entry, DeathReason::Maxlen),
+                None => return,
+            }
+        }
     }
 
     /// Delivers ready messages to consumers with credit, highest priority first and
     /// round-robin among equals.
     pub fn dispatch(self: &Arc<Self>) {
         let mut state = self.state.lock();
-        self.dispatch_locked(&mut state);
+        self.dispatch_locked(self, &mut state);
+        self.finish(state);
     }
 
-    fn dispatch_locked(self: &Arc<Self>, state: &mut QueueState) {
-        'messages: while let Some(mut entry) = state.ready.pop_front() {
-            let mut index = 0;
-            while index < state.consumers.len() {
-                let consumer = &state.consumers[index];
-                if !consumer.has_credit() {
-                    index += 1;
-                    continue;
+    fn dispatch_locked(&self, me: &Arc<Queue>, state: &mut QueueState) {
+        let mut now = None;
+        while let Some(entry) = state.ready.pop_front() {
+            if let Some(at) = entry.expires_at
+                && at <= *now.get_or_insert_with(Instant::now)
+            {
+                self.discard(state, entry, DeathReason::Expired);
+                continue;
+            }
+            if let Err(back) = self.offer_locked(me, state, entry) {
+                state.ready.push_front(back);
+                break;
+            }
+        }
+    }
+
+    /// Offers one entry to the consumers in turn (only the active one under
+    /// single-active-consumer); gives it back if none takes it.
+    fn offer_locked(
+        &self,
+        me: &Arc<Queue>,
+        state: &mut QueueState,
+        mut entry: QueuedMessage,
+    ) -> Result<(), QueuedMessage> {
+        if self.args.single_active_consumer {
+            let Some(active) = &state.active else {
+                return Err(entry);
+            };
+            if !active.has_credit() {
+                return Err(entry);
+            }
+            active.outlet.offer(active, me, entry)?;
+            if !active.no_ack {
+                state.unacked += 1;
+            }
+            return Ok(());
+        }
+        let mut index = 0;
+        while index < state.consumers.len() {
+            let consumer = &state.consumers[index];
+            if !consumer.has_credit() {
+                index += 1;
+                continue;
+            }
+            match consumer.outlet.offer(consumer, me, entry) {
+                Ok(()) => {
+                    if !consumer.no_ack {
+                        state.unacked += 1;
+                    }
+                    rotate_within_priority(&mut state.consumers, index);
+                    return Ok(());
                 }
-                match consumer.outlet.offer(consumer, self, entry) {
-                    Ok(()) => {
-                        if !consumer.no_ack {
-                            state.unacked += 1;
-                        }
-                        rotate_within_priority(&mut state.consumers, index);
-                        continue 'messages;
-                    }
-                    Err(back) => {
-                        entry = back;
-                        index += 1;
-                    }
+                Err(back) => {
+                    entry = back;
+                    index += 1;
                 }
             }
-            state.ready.push_front(entry);
-            break;
         }
+        Err(entry)
     }
 
-    /// Takes the next ready message for basic.get; the caller records it as unacked unless
-    /// `no_ack`. Returns the message and the count of messages left.
+    /// Takes the next ready message for basic.get (expired ones at the head go first); the
+    /// caller records it as unacked unless `no_ack`. Returns the message and the count of
+    /// messages left.
     pub fn get(&self, no_ack: bool) -> Option<(QueuedMessage, usize)> {
         let mut state = self.state.lock();
-        let entry = state.ready.pop_front()?;
-        if !no_ack {
+        if self.args.expires.is_some() {
+            state.last_used = Instant::now();
+        }
+        let mut now = None;
+        let got = loop {
+            let Some(entry) = state.ready.pop_front() else {
+                break None;
+            };
+            match entry.expires_at {
+                Some(at) if at <= *now.get_or_insert_with(Instant::now) => {
+                    self.discard(&mut state, entry, DeathReason::Expired);
+                }
+                _ => break Some(entry),
+            }
+        };
+        if got.is_some() && !no_ack {
             state.unacked += 1;
         }
-        Some((entry, state.ready.len()))
+        let remaining = state.ready.len();
+        self.finish(state);
+        got.map(|entry| (entry, remaining))
     }
 
-    /// Settles delivered messages that were acked (or rejected without requeue), then
-    /// delivers what the freed credit allows.
+    /// Settles delivered messages that were acked, then delivers what the freed credit allows.
     pub fn settle(self: &Arc<Self>, count: usize) {
         let mut state = self.state.lock();
         state.unacked = state.unacked.saturating_sub(count);
-        self.dispatch_locked(&mut state);
+        self.dispatch_locked(self, &mut state);
+        self.finish(state);
+    }
+
+    /// Settles delivered messages rejected without requeue (basic.reject / basic.nack): they
+    /// are dead-lettered with reason `rejected` when the queue has a dead-letter exchange.
+    pub fn reject(self: &Arc<Self>, entries: impl IntoIterator<Item = QueuedMessage>) {
+        let mut state = self.state.lock();
+        for entry in entries {
+            state.unacked = state.unacked.saturating_sub(1);
+            if !state.deleted {
+                self.discard(&mut state, entry, DeathReason::Rejected);
+            }
+        }
+        self.dispatch_locked(self, &mut state);
+        self.finish(state);
     }
 
     /// Puts delivered messages back at their original positions, marked redelivered, and
-    /// delivers again.
+    /// delivers again. Their expiry is unchanged.
     pub fn requeue(self: &Arc<Self>, entries: impl IntoIterator<Item = QueuedMessage>) {
         let mut state = self.state.lock();
         for mut entry in entries {
@@ -211,10 +484,10 @@ impl Queue {
                 continue;
             }
             entry.redelivered = true;
-            let at = state.ready.partition_point(|m| m.seq < entry.seq);
-            state.ready.insert(at, entry);
+            state.ready.insert_by_seq(entry);
         }
-        self.dispatch_locked(&mut state);
+        self.dispatch_locked(self, &mut state);
+        self.finish(state);
     }
 
     /// Adds a consumer and starts delivering to it; `accepted` runs once the consumer is
@@ -237,27 +510,58 @@ impl Queue {
         let at = state
             .consumers
             .partition_point(|c| c.priority >= consumer.priority);
+        if self.args.single_active_consumer && state.active.is_none() {
+            state.active = Some(consumer.clone());
+        }
         state.consumers.insert(at, consumer);
         state.had_consumer = true;
         accepted();
-        self.dispatch_locked(&mut state);
+        self.dispatch_locked(self, &mut state);
+        self.finish(state);
         Ok(())
     }
 
-    /// Removes a consumer. Returns true when the queue is auto-delete and now unused, so the
-    /// caller should delete it.
+    /// Removes a consumer. Under single-active-consumer the next consumer (highest priority,
+    /// then registration order) becomes active. Returns true when the queue is auto-delete and
+    /// now unused, so the caller should delete it.
     pub fn remove_consumer(&self, consumer: &Arc<Consumer>) -> bool {
         let mut state = self.state.lock();
         state.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
-        self.spec.auto_delete && state.had_consumer && state.consumers.is_empty() && !state.deleted
+        if state
+            .active
+            .as_ref()
+            .is_some_and(|a| Arc::ptr_eq(a, consumer))
+        {
+            state.active = state.consumers.first().cloned();
+            if let Some(me) = self.me.upgrade() {
+                self.dispatch_locked(&me, &mut state);
+            }
+        }
+        if state.consumers.is_empty()
+            && !state.deleted
+            && let Some(expires) = self.args.expires
+        {
+            state.last_used = Instant::now();
+            if let Some(at) = state.last_used.checked_add(expires) {
+                self.arm(&mut state, at);
+            }
+        }
+        let unused = self.spec.auto_delete
+            && state.had_consumer
+            && state.consumers.is_empty()
+            && !state.deleted;
+        self.finish(state);
+        unused
+    }
+
+    /// The consumer that receives under single-active-consumer.
+    pub fn active_consumer(&self) -> Option<Arc<Consumer>> {
+        self.state.lock().active.clone()
     }
 
     /// Drops all ready messages; returns how many.
     pub fn purge(&self) -> usize {
-        let mut state = self.state.lock();
-        let count = state.ready.len();
-        state.ready.clear();
-        count
+        self.state.lock().ready.clear()
     }
 
     /// Marks the queue deleted, drops its messages and tells its consumers. Returns the number
@@ -266,9 +570,11 @@ impl Queue {
         let (count, consumers) = {
             let mut state = self.state.lock();
             state.deleted = true;
-            let count = state.ready.len();
-            state.ready.clear();
-            (count, std::mem::take(&mut state.consumers))
+            state.active = None;
+            if let Some(timer) = &state.timer {
+                timer.notify_one();
+            }
+            (state.ready.clear(), std::mem::take(&mut state.consumers))
         };
         for consumer in consumers {
             consumer.outlet.cancelled_by_server(&consumer);
@@ -279,6 +585,165 @@ impl Queue {
     /// Whether the queue was deleted.
     pub fn is_deleted(&self) -> bool {
         self.state.lock().deleted
+    }
+
+    /// Drops or dead-letters an entry that leaves the queue without being delivered.
+    fn discard(&self, state: &mut QueueState, entry: QueuedMessage, reason: DeathReason) {
+        if self.args.dead_letter.is_some() {
+            state.dead.push((entry, reason));
+        }
+    }
+
+    /// Ends a locked operation: makes sure the timer watches the earliest head deadline, then
+    /// releases the lock and dead-letters what the operation dropped.
+    fn finish(&self, mut state: MutexGuard<'_, QueueState>) {
+        if state.expiring
+            && let Some(at) = state.ready.next_expiry()
+        {
+            self.arm(&mut state, at);
+        }
+        let dead = if state.dead.is_empty() {
+            Vec::new()
+        } else {
+            std::mem::take(&mut state.dead)
+        };
+        drop(state);
+        if !dead.is_empty() {
+            self.dead_letter(dead);
+        }
+    }
+
+    /// Makes sure the timer task wakes by `at`, starting it if needed.
+    fn arm(&self, state: &mut QueueState, at: Instant) {
+        if state.armed.is_some_and(|armed| armed <= at) {
+            return;
+        }
+        state.armed = Some(at);
+        match &state.timer {
+            Some(wake) => wake.notify_one(),
+            None => {
+                // Without a runtime (plain unit tests) nothing expires on its own.
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let wake = Arc::new(Notify::new());
+                    state.timer = Some(wake.clone());
+                    runtime.spawn(run_timer(self.me.clone(), wake));
+                }
+            }
+        }
+    }
+
+    /// The timer's work: expire messages at the head, expire the queue if unused, and say
+    /// when to look again.
+    fn housekeep(&self) -> Tick {
+        let mut state = self.state.lock();
+        if state.deleted {
+            return Tick::Stop;
+        }
+        let now = Instant::now();
+        let dead_lettering = self.args.dead_letter.is_some();
+        let QueueState { ready, dead, .. } = &mut *state;
+        ready.take_expired_heads(now, |entry| {
+            if dead_lettering {
+                dead.push((entry, DeathReason::Expired));
+            }
+        });
+        let mut next = if state.expiring {
+            state.ready.next_expiry()
+        } else {
+            None
+        };
+        let mut expired = false;
+        if let Some(expires) = self.args.expires
+            && state.consumers.is_empty()
+        {
+            match state.last_used.checked_add(expires) {
+                Some(at) if at <= now => expired = true,
+                Some(at) => next = Some(next.map_or(at, |n| n.min(at))),
+                None => {}
+            }
+        }
+        state.armed = next;
+        self.finish(state);
+        if expired {
+            match (self.host.get().and_then(Weak::upgrade), self.me.upgrade()) {
+                (Some(host), Some(me)) => host.queue_expired(&me),
+                _ => return Tick::Stop,
+            }
+        }
+        Tick::Sleep(next)
+    }
+
+    /// Republishes dropped messages through the dead-letter exchange, as RabbitMQ does: new
+    /// properties with the `x-death` record, exchange and routing key replaced.
+    fn dead_letter(&self, dead: Vec<(QueuedMessage, DeathReason)>) {
+        let Some(target) = &self.args.dead_letter else {
+            return;
+        };
+        let Some(host) = self.host.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let time_secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        for (entry, reason) in dead {
+            let original = &entry.message;
+            let death = Death {
+                queue: self.name(),
+                reason,
+                exchange: &original.exchange,
+                routing_key: &original.routing_key,
+                time_secs,
+                replaces_routing_keys: target.routing_key.is_some(),
+            };
+            let properties = dead_letter_properties(&original.properties, &death);
+            let raw_properties = match crate::channel::encode_properties(&properties) {
+                Ok(raw) => raw,
+                Err(error) => {
+                    warn!(queue = %self.name(), %error, "cannot encode a dead-lettered message; dropped");
+                    continue;
+                }
+            };
+            let keys: Vec<String> = match &target.routing_key {
+                Some(key) => vec![key.to_string()],
+                None => {
+                    let mut keys = vec![original.routing_key.to_string()];
+                    keys.extend(cc_keys(original.properties.headers().as_ref()));
+                    keys
+                }
+            };
+            let message = Arc::new(Message {
+                exchange: target.exchange.clone(),
+                routing_key: Name::from(keys[0].as_str()),
+                properties,
+                raw_properties,
+                body: original.body.clone(),
+            });
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            host.dead_letter(&target.exchange, &keys, message, reason);
+        }
+    }
+}
+
+/// One task per queue that has something to expire: sleeps until the earliest deadline (or a
+/// wake-up for an earlier one) and lets the queue do its housekeeping.
+async fn run_timer(queue: Weak<Queue>, wake: Arc<Notify>) {
+    loop {
+        let next = match queue.upgrade() {
+            Some(queue) => match queue.housekeep() {
+                Tick::Stop => return,
+                Tick::Sleep(next) => next,
+            },
+            None => return,
+        };
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
     }
 }
 

@@ -4,20 +4,25 @@
 //! validated and applied under the topology write lock. Publishing takes the read lock only.
 
 mod exchange;
+mod reply_to;
 mod route;
 
 pub use exchange::{Exchange, ExchangeSpec};
+pub use reply_to::{REPLY_TO_PREFIX, REPLY_TO_QUEUE, ReplyConsumer};
 pub use route::Routed;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use amq_protocol::types::{AMQPValue, FieldTable};
 use parking_lot::RwLock;
+use tracing::debug;
 
 use crate::exchange::{Binding, Destination, Name, Registry};
+use crate::message::Message;
 use crate::protocol::AmqpError;
-use crate::queue::{ConnectionId, Queue, QueueSpec};
+use crate::queue::{ConnectionId, DeathReason, Queue, QueueHost, QueueSpec};
+use reply_to::ReplyRegistry;
 
 /// The exchanges every vhost starts with, and their types.
 const PREDECLARED: &[(&str, &str)] = &[
@@ -35,6 +40,10 @@ pub struct VHost {
     pub name: Name,
     registry: Registry,
     topology: RwLock<Topology>,
+    /// Direct reply-to consumers.
+    replies: ReplyRegistry,
+    /// This vhost, for its queues (dead-lettering, `x-expires`).
+    me: Weak<VHost>,
 }
 
 #[derive(Default)]
@@ -54,10 +63,16 @@ pub struct DeclaredQueue {
 impl VHost {
     /// Creates a vhost with the pre-declared exchanges.
     pub fn new(name: &str, registry: Registry) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self::build(name, registry, me.clone()))
+    }
+
+    fn build(name: &str, registry: Registry, me: Weak<VHost>) -> Self {
         let vhost = Self {
             name: Name::from(name),
             registry,
             topology: RwLock::new(Topology::default()),
+            replies: ReplyRegistry::default(),
+            me,
         };
         {
             let mut topology = vhost.topology.write();
@@ -82,7 +97,7 @@ impl VHost {
                     .insert(spec.name.clone(), Arc::new(Exchange::new(spec, router)));
             }
         }
-        Arc::new(vhost)
+        vhost
     }
 
     fn not_found_exchange(&self, name: &str) -> AmqpError {
@@ -201,12 +216,33 @@ impl VHost {
                     spec.name, self.name
                 )));
             }
+            // Redeclaring renews an x-expires lease.
+            existing.touch();
             return Ok(DeclaredQueue {
                 queue: existing.clone(),
                 created: false,
             });
         }
-        let queue = Queue::new(spec);
+        // rabbit_channel checks the dead-letter exchange's type before the other arguments.
+        if let Some(dlx) = spec.arguments.inner().get("x-dead-letter-exchange")
+            && !matches!(dlx, AMQPValue::LongString(_) | AMQPValue::ShortString(_))
+        {
+            return Err(AmqpError::precondition_failed(format!(
+                "invalid type '{}' for arg 'x-dead-letter-exchange' in queue '{}' in vhost '{}'",
+                crate::queue::type_name(dlx),
+                spec.name,
+                self.name
+            )));
+        }
+        let name = spec.name.clone();
+        let queue = Queue::try_new(spec).map_err(|e| {
+            AmqpError::precondition_failed(format!(
+                "invalid arg '{}' for queue '{name}' in vhost '{}': {}",
+                e.key, self.name, e.detail
+            ))
+        })?;
+        let host: Weak<dyn QueueHost> = self.me.clone();
+        queue.attach(host);
         topology.queues.insert(queue.name().clone(), queue.clone());
         Ok(DeclaredQueue {
             queue,
@@ -312,6 +348,67 @@ impl VHost {
             .get(source)
             .cloned()
             .ok_or_else(|| self.not_found_exchange(source))
+    }
+}
+
+impl VHost {
+    /// Registers a direct reply-to consumer; returns the reply-to name that leads to it.
+    pub fn register_reply_consumer(&self, consumer: Weak<dyn ReplyConsumer>) -> Name {
+        // 22 random characters for the channel, like a consumer tag: unguessable enough that
+        // a client cannot aim replies at another connection's requests.
+        let suffix = format!(
+            "{}.{}",
+            crate::channel::random_suffix(),
+            crate::channel::random_suffix()
+        );
+        self.replies.register(&suffix, consumer);
+        Name::from(format!("{REPLY_TO_PREFIX}{suffix}"))
+    }
+
+    /// Forgets a reply consumer (cancelled, or its channel closed).
+    pub fn unregister_reply_consumer(&self, name: &str) {
+        if let Some(suffix) = name.strip_prefix(REPLY_TO_PREFIX) {
+            self.replies.unregister(suffix);
+        }
+    }
+
+    /// Whether `name` is `amq.rabbitmq.reply-to` or the reply-to name of a live consumer
+    /// (queue.declare of such a name succeeds with 0 messages and 1 consumer).
+    pub fn reply_queue_exists(&self, name: &str) -> bool {
+        name == REPLY_TO_QUEUE || self.replies.lookup(name).is_some()
+    }
+}
+
+impl QueueHost for VHost {
+    fn dead_letter(
+        &self,
+        exchange: &str,
+        routing_keys: &[&str],
+        message: Arc<Message>,
+        reason: DeathReason,
+    ) {
+        // A dead-letter exchange that does not exist drops the message (RabbitMQ).
+        let Ok(exchange) = self.exchange(exchange) else {
+            return;
+        };
+        let mut routed = Routed::default();
+        self.route(&exchange, &message, routing_keys, &mut routed);
+        let deaths = crate::queue::deaths(&message.properties);
+        for queue in routed.queues.drain(..) {
+            if reason != DeathReason::Rejected && crate::queue::is_cycle(queue.name(), deaths) {
+                debug!(vhost = %self.name, queue = %queue.name(), "dead-letter cycle: message dropped");
+                continue;
+            }
+            queue.publish(message.clone());
+        }
+        for reply in routed.replies.drain(..) {
+            reply.deliver_reply(&message);
+        }
+    }
+
+    fn queue_expired(&self, queue: &Arc<Queue>) {
+        debug!(vhost = %self.name, queue = %queue.name(), "queue expired (x-expires)");
+        self.remove_queue(queue);
     }
 }
 

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use tracing::warn;
 
-use super::{Exchange, VHost};
+use super::reply_to::REPLY_TO_PREFIX;
+use super::{Exchange, ReplyConsumer, VHost};
 use crate::exchange::{Destination, RoutingInput};
 use crate::message::Message;
 use crate::queue::Queue;
@@ -19,6 +20,8 @@ use crate::queue::Queue;
 pub struct Routed {
     /// The queues the message goes to, each once.
     pub queues: Vec<Arc<Queue>>,
+    /// Direct reply-to consumers the message goes to (default exchange only).
+    pub replies: Vec<Arc<dyn ReplyConsumer>>,
     /// Whether some router failed (the message was unroutable through that exchange).
     pub router_failed: bool,
     pending: Vec<Arc<Exchange>>,
@@ -46,6 +49,7 @@ impl VHost {
         routed: &mut Routed,
     ) {
         routed.queues.clear();
+        routed.replies.clear();
         routed.router_failed = false;
         routed.pending.clear();
         routed.visited.clear();
@@ -64,6 +68,13 @@ impl VHost {
                     if let Some(queue) = topology.queues.get(*key) {
                         reached = true;
                         push_unique(&mut routed.queues, queue);
+                    } else if key.starts_with(REPLY_TO_PREFIX) {
+                        // A direct reply-to name: straight to the requester's channel, if it
+                        // is still there; otherwise the reply is dropped.
+                        if let Some(consumer) = self.replies.lookup(key) {
+                            reached = true;
+                            routed.replies.push(consumer);
+                        }
                     }
                 }
             } else {

@@ -1,0 +1,49 @@
+//! Direct reply-to (`amq.rabbitmq.reply-to`): RPC replies delivered straight to the
+//! requester's channel, without a reply queue.
+//!
+//! A channel that consumes from the pseudo-queue `amq.rabbitmq.reply-to` registers here under
+//! an opaque suffix; its requests carry `reply_to = amq.rabbitmq.reply-to.<suffix>`. A reply
+//! published to the default exchange with that routing key is handed to the registered
+//! channel during routing. A reply for a channel that is gone is dropped silently, as in
+//! RabbitMQ.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+
+use crate::message::Message;
+
+/// The pseudo-queue a client consumes from (with no-ack) to receive replies.
+pub const REPLY_TO_QUEUE: &str = "amq.rabbitmq.reply-to";
+
+/// The prefix of the routing keys that lead to a reply consumer.
+pub const REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
+
+/// A channel's reply consumer, as routing sees it.
+pub trait ReplyConsumer: Send + Sync {
+    /// Delivers a reply (basic.deliver with the reply consumer's tag).
+    fn deliver_reply(&self, message: &Arc<Message>);
+}
+
+/// The reply consumers of one vhost, by suffix.
+#[derive(Default)]
+pub(crate) struct ReplyRegistry {
+    consumers: Mutex<HashMap<Box<str>, Weak<dyn ReplyConsumer>>>,
+}
+
+impl ReplyRegistry {
+    pub(crate) fn register(&self, suffix: &str, consumer: Weak<dyn ReplyConsumer>) {
+        self.consumers.lock().insert(suffix.into(), consumer);
+    }
+
+    pub(crate) fn unregister(&self, suffix: &str) {
+        self.consumers.lock().remove(suffix);
+    }
+
+    /// The live consumer behind a full reply-to name (`amq.rabbitmq.reply-to.<suffix>`).
+    pub(crate) fn lookup(&self, name: &str) -> Option<Arc<dyn ReplyConsumer>> {
+        let suffix = name.strip_prefix(REPLY_TO_PREFIX)?;
+        self.consumers.lock().get(suffix)?.upgrade()
+    }
+}
