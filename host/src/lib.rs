@@ -20,6 +20,7 @@ pub mod exchange;
 pub mod message;
 pub mod protocol;
 pub mod queue;
+pub mod store;
 pub mod vhost;
 
 pub use broker::{Broker, BrokerHandle};
