@@ -273,10 +273,10 @@ fn guarded<R>(
 }
 
 fn classify(error: &wasmtime::Error, hit: Option<CapHit>, deadline_ms: u64) -> CallError {
-    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
-        if *trap == wasmtime::Trap::Interrupt {
-            return CallError::Deadline { ms: deadline_ms };
-        }
+    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>()
+        && *trap == wasmtime::Trap::Interrupt
+    {
+        return CallError::Deadline { ms: deadline_ms };
     }
     match hit {
         Some(CapHit::Memory(bytes)) => CallError::MemoryCap { bytes },

@@ -247,12 +247,12 @@ impl PluginManager {
             }
         };
         let mut types = self.inner.types.lock();
-        if let Some(entry) = types.get_mut(&name) {
-            if !entry.registered {
-                self.inner.registry.register(ty);
-                entry.registered = true;
-                info!(plugin = %name, "exchange type registered");
-            }
+        if let Some(entry) = types.get_mut(&name)
+            && !entry.registered
+        {
+            self.inner.registry.register(ty);
+            entry.registered = true;
+            info!(plugin = %name, "exchange type registered");
         }
         Ok(name)
     }

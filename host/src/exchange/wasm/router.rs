@@ -63,6 +63,9 @@ pub struct RouterCore {
     state: Mutex<RouterState>,
 }
 
+/// Routing decisions by serialised inputs.
+type DecisionCache = HashMap<Box<[u8]>, Box<[Destination]>>;
+
 /// What the mutex guards.
 pub struct RouterState {
     version: Arc<PluginVersion>,
@@ -73,7 +76,7 @@ pub struct RouterState {
     /// Bumped by every binding change; a reload prepared against an older generation is
     /// rebuilt under the lock.
     generation: u64,
-    cache: Option<HashMap<Box<[u8]>, Box<[Destination]>>>,
+    cache: Option<DecisionCache>,
     consecutive_failures: u32,
     failed: Option<String>,
 }
@@ -309,12 +312,12 @@ impl RouterCore {
             .cache
             .as_ref()
             .and_then(|_| cache_key(&state.inputs, message));
-        if let (Some(cache), Some(key)) = (&state.cache, &key) {
-            if let Some(hit) = cache.get(key.as_ref()) {
-                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                out.extend(hit.iter().cloned());
-                return Ok(());
-            }
+        if let (Some(cache), Some(key)) = (&state.cache, &key)
+            && let Some(hit) = cache.get(key.as_ref())
+        {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            out.extend(hit.iter().cloned());
+            return Ok(());
         }
         let mut instance = self.take_ready(state).map_err(RouteError)?;
         let result = instance.route(message, &state.inputs);
@@ -367,7 +370,7 @@ impl RouterCore {
 }
 
 /// An empty decision cache, if the plugin allows one and the limits ask for one.
-fn cache_for(inputs: &Inputs, ctx: &ExchangeCtx) -> Option<HashMap<Box<[u8]>, Box<[Destination]>>> {
+fn cache_for(inputs: &Inputs, ctx: &ExchangeCtx) -> Option<DecisionCache> {
     (inputs.cacheable && ctx.limits.route_cache_entries > 0).then(HashMap::new)
 }
 
@@ -476,11 +479,11 @@ impl Router for WasmRouter {
             cache.clear();
         }
         // Without a live instance the binding is replayed when one is built.
-        if let Some(instance) = state.instance.as_mut() {
-            if let Err(error) = instance.add_binding(id, binding) {
-                let reason = format!("add-binding {error}");
-                core.fail(&mut state, &reason, Some(&error));
-            }
+        if let Some(instance) = state.instance.as_mut()
+            && let Err(error) = instance.add_binding(id, binding)
+        {
+            let reason = format!("add-binding {error}");
+            core.fail(&mut state, &reason, Some(&error));
         }
     }
 
@@ -500,11 +503,11 @@ impl Router for WasmRouter {
         if let Some(cache) = &mut state.cache {
             cache.clear();
         }
-        if let Some(instance) = state.instance.as_mut() {
-            if let Err(error) = instance.remove_binding(id) {
-                let reason = format!("remove-binding {error}");
-                core.fail(&mut state, &reason, Some(&error));
-            }
+        if let Some(instance) = state.instance.as_mut()
+            && let Err(error) = instance.remove_binding(id)
+        {
+            let reason = format!("remove-binding {error}");
+            core.fail(&mut state, &reason, Some(&error));
         }
     }
 

@@ -199,13 +199,13 @@ impl Runtime {
                 env!("CARGO_PKG_VERSION")
             ))
         });
-        if let Some(path) = &cached {
-            if let Ok(artifact) = std::fs::read(path) {
-                match deserialize(&self.engine, &artifact) {
-                    Ok(component) => return Ok((component, true)),
-                    Err(e) => warn!(path = %path.display(), error = %format!("{e:#}"),
-                        "cached plugin artifact unusable; recompiling"),
-                }
+        if let Some(path) = &cached
+            && let Ok(artifact) = std::fs::read(path)
+        {
+            match deserialize(&self.engine, &artifact) {
+                Ok(component) => return Ok((component, true)),
+                Err(e) => warn!(path = %path.display(), error = %format!("{e:#}"),
+                    "cached plugin artifact unusable; recompiling"),
             }
         }
         let component = Component::new(&self.engine, bytes)
