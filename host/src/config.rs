@@ -41,6 +41,9 @@ pub struct Config {
     /// delivery unacknowledged for longer is closed with 406 and its unacked messages are
     /// requeued. None (or 0 in flags and file) turns it off, the default.
     pub consumer_timeout_ms: Option<u64>,
+    /// Size at which a queue's message segment file is closed and a new one started (see
+    /// docs/storage.md); a fully acknowledged segment is deleted.
+    pub segment_max_bytes: u32,
     /// Limits on WASM exchanges, for every vhost without an override.
     pub wasm: WasmLimits,
     /// Per-vhost overrides of `wasm` (TOML: `[vhost_limits."/"]`).
@@ -148,6 +151,7 @@ impl Default for Config {
             plugin_poll_ms: 1000,
             wasm_instances_max: 1000,
             consumer_timeout_ms: None,
+            segment_max_bytes: 64 * 1024 * 1024,
             wasm: WasmLimits::default(),
             vhost_limits: BTreeMap::new(),
         }
@@ -202,6 +206,9 @@ pub struct Cli {
     /// [default: 0, off]
     #[arg(long, env = "BOURSE_CONSUMER_TIMEOUT_MS")]
     pub consumer_timeout_ms: Option<u64>,
+    /// Size of a queue's message segment files, in bytes (4096 to 1 GiB) [default: 67108864]
+    #[arg(long, env = "BOURSE_SEGMENT_MAX_BYTES")]
+    pub segment_max_bytes: Option<u32>,
     /// Deadline of one WASM route call, in ms [default: 5]
     #[arg(long, env = "BOURSE_WASM_CALL_DEADLINE_MS")]
     pub wasm_call_deadline_ms: Option<u64>,
@@ -246,6 +253,7 @@ struct FileConfig {
     plugin_poll_ms: Option<u64>,
     wasm_instances_max: Option<u32>,
     consumer_timeout_ms: Option<u64>,
+    segment_max_bytes: Option<u32>,
     // The global WASM limits; `[vhost_limits."NAME"]` tables take the same keys.
     wasm_call_deadline_ms: Option<u64>,
     wasm_setup_deadline_ms: Option<u64>,
@@ -363,6 +371,10 @@ impl Config {
                 .consumer_timeout_ms
                 .or(file.consumer_timeout_ms)
                 .filter(|&ms| ms > 0),
+            segment_max_bytes: cli
+                .segment_max_bytes
+                .or(file.segment_max_bytes)
+                .unwrap_or(defaults.segment_max_bytes),
             wasm,
             vhost_limits: file.vhost_limits,
         };
@@ -399,6 +411,11 @@ impl Config {
         check_wasm_limits("", &self.wasm)?;
         for vhost in self.vhost_limits.keys() {
             check_wasm_limits(vhost, &self.wasm_limits(vhost))?;
+        }
+        if !(4096..=1 << 30).contains(&self.segment_max_bytes) {
+            return Err(ConfigError::Invalid(
+                "segment_max_bytes must be between 4096 and 1073741824".into(),
+            ));
         }
         if self.channel_max == 0 {
             return Err(ConfigError::Invalid(

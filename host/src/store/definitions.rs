@@ -526,9 +526,9 @@ fn encode(def: &Definition) -> Result<Vec<u8>, StoreError> {
 }
 
 fn flags(durable: bool, auto_delete: bool, third: bool) -> u8 {
-    u8::from(durable) * FLAG_DURABLE
-        | u8::from(auto_delete) * FLAG_AUTO_DELETE
-        | u8::from(third) * FLAG_INTERNAL_OR_EXCLUSIVE
+    (u8::from(durable) * FLAG_DURABLE)
+        | (u8::from(auto_delete) * FLAG_AUTO_DELETE)
+        | (u8::from(third) * FLAG_INTERNAL_OR_EXCLUSIVE)
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) -> Result<(), StoreError> {
@@ -583,7 +583,7 @@ impl<'a> Reader<'a> {
         let len = u32::from_be_bytes(*len) as usize;
         let bytes = self.take(len.checked_add(4).ok_or("argument table too long")?)?;
         match parse_field_table(bytes) {
-            Ok((rest, table)) if rest.is_empty() => Ok(table),
+            Ok(([], table)) => Ok(table),
             _ => Err("argument table does not decode"),
         }
     }

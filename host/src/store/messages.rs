@@ -93,6 +93,15 @@ impl Default for StoreOptions {
     }
 }
 
+impl StoreOptions {
+    /// The options set in the broker's [`Config`](crate::Config).
+    pub fn from_config(config: &crate::Config) -> Self {
+        StoreOptions {
+            segment_max_bytes: config.segment_max_bytes,
+        }
+    }
+}
+
 /// Largest segment size accepted: keeps every offset inside a u32 even with a maximal record.
 pub const SEGMENT_MAX_BYTES_LIMIT: u32 = 1 << 30;
 /// Largest record: offsets stay below 2^32 (segment limit + one record).
@@ -467,10 +476,10 @@ impl MessageStore {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.wake_flusher();
         let handle = self.flusher.lock().take();
-        if let Some(handle) = handle {
-            if handle.join().is_err() {
-                self.shared.fail("flusher thread panicked".into());
-            }
+        if let Some(handle) = handle
+            && handle.join().is_err()
+        {
+            self.shared.fail("flusher thread panicked".into());
         }
         self.shared.closed.store(true, Ordering::SeqCst);
         self.shared.notify();
@@ -1232,11 +1241,11 @@ impl QueueState {
     /// Starts a new head segment; the old one is reclaimed now if nothing in it is left.
     fn roll(&mut self) {
         let old = self.head;
-        if let Some(count) = self.segments.get(&old) {
-            if count.acked == count.messages {
-                self.segments.remove(&old);
-                self.reclaim.push(old);
-            }
+        if let Some(count) = self.segments.get(&old)
+            && count.acked == count.messages
+        {
+            self.segments.remove(&old);
+            self.reclaim.push(old);
         }
         self.head = old + 1;
         self.head_len = SEGMENT_HEADER_LEN;
@@ -1356,10 +1365,10 @@ fn round(shared: &Arc<Shared>) -> Result<bool, StoreError> {
 fn empty_trash(shared: &Shared) {
     let trash = std::mem::take(&mut *shared.trash.lock());
     for dir in trash {
-        if let Err(error) = fs::remove_dir_all(&dir) {
-            if error.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %dir.display(), %error, "cannot remove a deleted queue's directory");
-            }
+        if let Err(error) = fs::remove_dir_all(&dir)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), %error, "cannot remove a deleted queue's directory");
         }
     }
 }

@@ -344,6 +344,12 @@ fn scan_segment(
         file.set_len(at as u64)
             .and_then(|()| file.sync_all())
             .map_err(StoreError::io("truncate", &path))?;
+    } else {
+        // What recovery returns counts as durable from now on; after a process crash it may
+        // only be in the page cache, so make it so.
+        File::open(&path)
+            .and_then(|f| f.sync_data())
+            .map_err(StoreError::io("fsync", &path))?;
     }
     let len = at as u32;
     // Offsets at or past the intact end belong to records that are gone; new records will be
@@ -378,6 +384,10 @@ fn read_offsets(path: &Path) -> Result<(Vec<u32>, u64), StoreError> {
         file.set_len(whole as u64)
             .and_then(|()| file.sync_all())
             .map_err(StoreError::io("truncate", path))?;
+    } else if whole > 0 {
+        File::open(path)
+            .and_then(|f| f.sync_data())
+            .map_err(StoreError::io("fsync", path))?;
     }
     let mut offsets: Vec<u32> = data[..whole]
         .chunks_exact(4)
