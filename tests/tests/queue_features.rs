@@ -764,10 +764,31 @@ async fn accepted_arguments_include_hints_and_non_x_arguments() {
         try_declare_queue(&ch, "good", table(&args))
             .await
             .expect("same again");
+        // As in RabbitMQ, integer types do not matter, only values, and a missing x-queue-type
+        // means classic.
+        let mut same: Vec<(&str, AMQPValue)> = args
+            .iter()
+            .filter(|(k, _)| *k != "x-queue-type")
+            .cloned()
+            .collect();
+        for (k, v) in same.iter_mut() {
+            if *k == "x-max-length" {
+                *v = AMQPValue::LongInt(100);
+            }
+        }
+        try_declare_queue(&ch, "good", table(&same))
+            .await
+            .expect("equivalent with other integer types");
+        for (k, v) in same.iter_mut() {
+            if *k == "x-max-length" {
+                *v = int(5);
+            }
+        }
         assert_error(
-            try_declare_queue(&ch, "good", table(&[("x-max-length", int(5))])).await,
+            try_declare_queue(&ch, "good", table(&same)).await,
             406,
-            "inequivalent arg",
+            "inequivalent arg 'x-max-length' for queue 'good' in vhost '/': received the value \
+             '5' of type 'long' but current is the value '100' of type 'short'",
         );
     })
     .await;

@@ -17,8 +17,8 @@ mod args;
 mod dead_letter;
 mod ready;
 
-pub(crate) use args::type_name;
 pub use args::{ArgError, DeadLetterTarget, MAX_PRIORITY, Overflow, QueueArgs};
+pub(crate) use args::{string as string_value, type_name};
 pub use dead_letter::{Death, DeathReason, cc_keys, dead_letter_properties, deaths, is_cycle};
 
 use std::sync::atomic::{AtomicU32, Ordering};
