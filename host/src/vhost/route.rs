@@ -73,7 +73,13 @@ impl VHost {
                         // is still there; otherwise the reply is dropped.
                         if let Some(consumer) = self.replies.lookup(key) {
                             reached = true;
-                            routed.replies.push(consumer);
+                            if !routed
+                                .replies
+                                .iter()
+                                .any(|r| std::ptr::addr_eq(Arc::as_ptr(r), Arc::as_ptr(&consumer)))
+                            {
+                                routed.replies.push(consumer);
+                            }
                         }
                     }
                 }
