@@ -756,3 +756,6 @@ fn rotate_within_priority(consumers: &mut [Arc<Consumer>], index: usize) {
     }
     consumers[index..end].rotate_left(1);
 }
+
+#[cfg(test)]
+mod tests;
