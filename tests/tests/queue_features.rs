@@ -310,11 +310,11 @@ async fn consumers_declares_and_gets_keep_a_queue_alive() {
     bounded(async {
         let broker = TestBroker::start().await;
         let (conn, ch) = new_session(&broker).await;
-        declare_queue(&ch, "leased", &[("x-expires", int(300))]).await;
+        declare_queue(&ch, "leased", &[("x-expires", int(800))]).await;
         // A consumer keeps it alive however long it stays.
         let consumer_ch = within(conn.create_channel()).await.expect("channel");
         let _consumer = consume(&consumer_ch, "leased", "c", FieldTable::default()).await;
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        tokio::time::sleep(Duration::from_millis(1200)).await;
         assert!(
             exists_untouched(&ch, "leased").await,
             "alive with a consumer"
@@ -324,9 +324,9 @@ async fn consumers_declares_and_gets_keep_a_queue_alive() {
             .expect("cancel");
         // Renewing by redeclare and basic.get, each well within the lease.
         for round in 0..4 {
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
             if round % 2 == 0 {
-                declare_queue(&ch, "leased", &[("x-expires", int(300))]).await;
+                declare_queue(&ch, "leased", &[("x-expires", int(800))]).await;
             } else {
                 get(&ch, "leased").await;
             }
@@ -635,7 +635,7 @@ async fn unacked_delivery_past_the_consumer_timeout_closes_the_channel() {
 #[tokio::test]
 async fn acks_within_the_consumer_timeout_keep_the_channel_open() {
     bounded(async {
-        let broker = TestBroker::start_with(|c| c.consumer_timeout_ms = Some(400)).await;
+        let broker = TestBroker::start_with(|c| c.consumer_timeout_ms = Some(1000)).await;
         let (conn, ch) = new_session(&broker).await;
         declare_queue(&ch, "prompt", &[]).await;
         let c_ch = within(conn.create_channel()).await.expect("channel");
