@@ -450,3 +450,48 @@ fn check_wasm_limits(vhost: &str, limits: &WasmLimits) -> Result<(), ConfigError
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_file(toml: &str, args: &[&str]) -> Result<Config, ConfigError> {
+        let path = std::env::temp_dir().join(format!(
+            "bourse-config-test-{}-{}.toml",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::write(&path, toml).expect("write config");
+        let path_arg = path.to_string_lossy().into_owned();
+        let mut argv = vec!["bourse", "--config", path_arg.as_str()];
+        argv.extend_from_slice(args);
+        let result = Config::from_cli(Cli::try_parse_from(argv).expect("flags parse"));
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+
+    #[test]
+    fn file_values_apply_and_flags_override_them() {
+        let config = with_file(
+            "listen = \"127.0.0.1:5999\"\nheartbeat_secs = 5\n",
+            &["--heartbeat-secs", "7"],
+        )
+        .expect("valid config");
+        assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 5999)));
+        assert_eq!(config.heartbeat_secs, 7, "the flag wins over the file");
+        assert_eq!(config.frame_max_bytes, 131_072, "defaults fill the rest");
+    }
+
+    #[test]
+    fn unknown_keys_are_an_error() {
+        let error = with_file("listen_addr = \"127.0.0.1:5999\"\n", &[]).unwrap_err();
+        assert!(matches!(error, ConfigError::Parse { .. }), "{error}");
+        assert!(error.to_string().contains("listen_addr"), "{error}");
+    }
+
+    #[test]
+    fn frame_max_below_the_protocol_minimum_is_refused() {
+        let error = with_file("frame_max_bytes = 1024\n", &[]).unwrap_err();
+        assert!(matches!(error, ConfigError::Invalid(_)), "{error}");
+    }
+}
