@@ -30,6 +30,10 @@ for arg in "$@"; do
     esac
 done
 
+# The plugins always build into their own target dir, whatever CARGO_TARGET_DIR says, so the
+# paths below hold (and the host's debug/release artefacts never mix with wasm ones).
+export CARGO_TARGET_DIR="$here/target"
+
 started=$SECONDS
 step() { printf '==> %s\n' "$*"; }
 
