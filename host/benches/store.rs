@@ -24,6 +24,9 @@ fn bench_dir() -> tempfile::TempDir {
 fn report(label: &str, store: &MessageStore, before: bourse::store::StoreStats) {
     let s = store.stats();
     let msgs = s.appended - before.appended;
+    if msgs == 0 {
+        return; // filtered out
+    }
     let rounds = (s.rounds - before.rounds).max(1);
     let fsyncs = (s.fsyncs - before.fsyncs).max(1);
     eprintln!(

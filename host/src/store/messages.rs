@@ -9,9 +9,10 @@
 //!   system call, no I/O, no waiting on the disk.
 //! - The flusher thread takes every dirty queue's buffer, writes it to the segment files,
 //!   fdatasyncs them, and then publishes the highest ticket issued before it started as
-//!   `synced`. Everything with a ticket at or below [`MessageStore::synced`] is on disk. A
+//!   `synced`. Every append with a ticket at or below [`MessageStore::synced`] is on disk. A
 //!   channel sends the publisher confirm of a message once its ticket (the largest among the
-//!   queues it went to) is synced, watching [`MessageStore::subscribe`].
+//!   queues it went to) is synced, watching [`MessageStore::subscribe`]. Acks and delivery
+//!   marks are written in the same rounds but synced lazily ([`MessageStore::all_synced`]).
 //! - Acknowledgements (and any other removal: expiry, drop-head, dead-lettering, purge) are
 //!   [`QueueStore::ack`]; first deliveries are [`QueueStore::mark_delivered`], so that after a
 //!   crash the message comes back with `redelivered` set. Both are buffered like appends.
@@ -31,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle, Thread};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::basic::parse_properties;
 use bytes::Bytes;
@@ -106,6 +107,10 @@ impl StoreOptions {
 pub const SEGMENT_MAX_BYTES_LIMIT: u32 = 1 << 30;
 /// Largest record: offsets stay below 2^32 (segment limit + one record).
 const MAX_RECORD: usize = 2 << 30;
+/// Longest ack and delivery files stay written but unsynced under continuous publishing.
+pub const SIDE_SYNC_INTERVAL: Duration = Duration::from_millis(100);
+/// Largest write buffer a queue keeps for reuse after a round.
+const SPARE_MAX_BYTES: usize = 1 << 20;
 
 /// A message read back from the store.
 #[derive(Debug, Clone)]
@@ -174,8 +179,10 @@ pub struct StoreStats {
     pub fsyncs: u64,
     /// Bytes written by the flusher.
     pub bytes_written: u64,
-    /// The synced ticket.
+    /// See [`MessageStore::synced`].
     pub synced: Ticket,
+    /// See [`MessageStore::all_synced`].
+    pub all_synced: Ticket,
 }
 
 /// The message store of one vhost. Dropping it (or [`MessageStore::close`]) flushes what was
@@ -200,8 +207,10 @@ struct Shared {
     options: StoreOptions,
     /// Last ticket handed out.
     issued: AtomicU64,
-    /// Last ticket known to be on disk.
+    /// Every append with a ticket up to this is on disk.
     synced: AtomicU64,
+    /// Every write (acks and delivery marks too) with a ticket up to this is on disk.
+    all_synced: AtomicU64,
     synced_tx: watch::Sender<Ticket>,
     /// Blocking waiters on `synced`.
     sync_lock: Mutex<()>,
@@ -250,8 +259,11 @@ impl Shared {
         }
     }
 
-    fn publish(&self, ticket: Ticket) {
-        self.synced.fetch_max(ticket, Ordering::SeqCst);
+    fn publish(&self, appends: Ticket, all: Option<Ticket>) {
+        self.synced.fetch_max(appends, Ordering::SeqCst);
+        if let Some(all) = all {
+            self.all_synced.fetch_max(all, Ordering::SeqCst);
+        }
         self.notify();
     }
 
@@ -303,6 +315,7 @@ impl MessageStore {
             options,
             issued: AtomicU64::new(0),
             synced: AtomicU64::new(0),
+            all_synced: AtomicU64::new(0),
             synced_tx,
             sync_lock: Mutex::new(()),
             sync_cv: Condvar::new(),
@@ -407,9 +420,15 @@ impl MessageStore {
         Ok(QueueStore { inner })
     }
 
-    /// The highest ticket known to be on disk.
+    /// Every append with a ticket at or below this is on disk: confirm those publishes.
     pub fn synced(&self) -> Ticket {
         self.shared.synced.load(Ordering::SeqCst)
+    }
+
+    /// Every write (appends, acks, delivery marks) with a ticket at or below this is on disk.
+    /// Acks and marks lag appends by at most [`SIDE_SYNC_INTERVAL`] under continuous load.
+    pub fn all_synced(&self) -> Ticket {
+        self.shared.all_synced.load(Ordering::SeqCst)
     }
 
     /// The highest ticket handed out.
@@ -429,12 +448,23 @@ impl MessageStore {
         wait_synced(&self.shared, ticket).await
     }
 
-    /// Blocks the calling thread until `ticket` is synced (tools, tests, benchmarks).
+    /// Blocks the calling thread until the append with `ticket` is synced (tools, tests,
+    /// benchmarks).
     pub fn wait_synced_blocking(&self, ticket: Ticket) -> Result<(), StoreError> {
+        self.wait_blocking(&self.shared.synced, ticket)
+    }
+
+    /// Blocks until everything written so far, acks and delivery marks included, is synced
+    /// (a transaction commit, shutdown, tests).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.wait_blocking(&self.shared.all_synced, self.issued())
+    }
+
+    fn wait_blocking(&self, watermark: &AtomicU64, ticket: Ticket) -> Result<(), StoreError> {
         let shared = &self.shared;
         let mut guard = shared.sync_lock.lock();
         loop {
-            if shared.synced.load(Ordering::SeqCst) >= ticket {
+            if watermark.load(Ordering::SeqCst) >= ticket {
                 return Ok(());
             }
             if let Some(reason) = shared.failure() {
@@ -447,11 +477,6 @@ impl MessageStore {
                 .sync_cv
                 .wait_for(&mut guard, Duration::from_millis(50));
         }
-    }
-
-    /// Blocks until everything appended so far is synced.
-    pub fn flush(&self) -> Result<(), StoreError> {
-        self.wait_synced_blocking(self.issued())
     }
 
     /// Why the store stopped accepting writes, if it did.
@@ -468,6 +493,7 @@ impl MessageStore {
             fsyncs: s.fsyncs.load(Ordering::Relaxed),
             bytes_written: s.bytes_written.load(Ordering::Relaxed),
             synced: s.synced.load(Ordering::SeqCst),
+            all_synced: s.all_synced.load(Ordering::SeqCst),
         }
     }
 
@@ -506,8 +532,8 @@ impl MessageStore {
         for queue in queues {
             let work = queue.take_work();
             if let Some(work) = work {
-                let mut syncs = Vec::new();
-                let _ = queue.write(work, &mut syncs, &mut false);
+                let (mut msgs, mut side) = (Unsynced::default(), Unsynced::default());
+                let _ = queue.write(work, &mut msgs, &mut side, &mut false);
             }
         }
     }
@@ -638,7 +664,7 @@ struct FileIo {
     synced: u64,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum FileKind {
     Msgs,
     Acks,
@@ -663,7 +689,7 @@ struct Work {
     reclaim: Vec<u32>,
 }
 
-/// A file written in this round, to fdatasync before publishing.
+/// A written file to fdatasync.
 struct ToSync {
     queue: Arc<QueueInner>,
     segment: u32,
@@ -790,12 +816,14 @@ impl QueueInner {
         })
     }
 
-    /// Flusher: writes one queue's work, noting each written file in `syncs` and whether
-    /// directory entries changed in `dir_changed`. Returns bytes written.
+    /// Flusher: writes one queue's work, noting each written segment file in `msgs` and each
+    /// ack or delivery file in `side`, and whether directory entries changed in
+    /// `dir_changed`. Returns bytes written.
     fn write(
         self: &Arc<Self>,
         work: Work,
-        syncs: &mut Vec<ToSync>,
+        msgs: &mut Unsynced,
+        side: &mut Unsynced,
         dir_changed: &mut bool,
     ) -> Result<u64, StoreError> {
         let mut io = self.io.lock();
@@ -806,7 +834,6 @@ impl QueueInner {
         }
         let mut written = 0u64;
         let mut opened = Vec::new();
-        let mut first = syncs.len();
         for chunk in &work.chunks {
             let seg = io.segments.entry(chunk.segment).or_default();
             let file = match &seg.msgs.handle {
@@ -837,15 +864,7 @@ impl QueueInner {
                 .msgs
                 .len
                 .max(u64::from(chunk.offset) + chunk.data.len() as u64);
-            note_sync(
-                syncs,
-                &mut first,
-                self,
-                chunk.segment,
-                FileKind::Msgs,
-                &file,
-                seg.msgs.len,
-            );
+            msgs.note(self, chunk.segment, FileKind::Msgs, &file, seg.msgs.len);
         }
         for (kind, positions) in [(FileKind::Acks, &work.acks), (FileKind::Dlvr, &work.dlvr)] {
             if positions.is_empty() {
@@ -891,13 +910,13 @@ impl QueueInner {
                     .map_err(StoreError::io("write", &kind.path(&self.dir, id)))?;
                 written += buf.len() as u64;
                 file_io.len += buf.len() as u64;
-                note_sync(syncs, &mut first, self, id, kind, &file, file_io.len);
+                side.note(self, id, kind, &file, file_io.len);
             }
         }
         for id in &work.reclaim {
             io.segments.remove(id);
-            syncs.retain(|s| !(Arc::ptr_eq(&s.queue, self) && s.segment == *id));
-            first = first.min(syncs.len());
+            msgs.forget(self, *id);
+            side.forget(self, *id);
             segment::remove_segment_files(&self.dir, *id)?;
             *dir_changed = true;
         }
@@ -914,7 +933,10 @@ impl QueueInner {
         drop(state);
         let mut spare = Vec::new();
         for chunk in work.chunks {
-            if let Ok(mut chunk) = Arc::try_unwrap(chunk) {
+            // Keep modest buffers for reuse; a burst's large one is freed.
+            if let Ok(mut chunk) = Arc::try_unwrap(chunk)
+                && chunk.data.capacity() <= SPARE_MAX_BYTES
+            {
                 chunk.data.clear();
                 spare.push(chunk.data);
             }
@@ -932,31 +954,69 @@ impl QueueInner {
     }
 }
 
-/// Records that `file` must be synced up to `len`, once per file per round.
-fn note_sync(
-    syncs: &mut Vec<ToSync>,
-    first: &mut usize,
-    queue: &Arc<QueueInner>,
-    segment: u32,
-    kind: FileKind,
-    file: &Arc<File>,
-    len: u64,
-) {
-    // Only this queue's entries (from `first` on) can refer to the same file.
-    if let Some(entry) = syncs[*first..]
-        .iter_mut()
-        .find(|s| s.segment == segment && s.kind == kind)
-    {
-        entry.len = len;
-        return;
+/// Files written and not yet fdatasynced, one entry per file.
+#[derive(Default)]
+struct Unsynced {
+    files: HashMap<(usize, u32, FileKind), ToSync>,
+}
+
+impl Unsynced {
+    /// Records that `file` must be synced up to `len`.
+    fn note(
+        &mut self,
+        queue: &Arc<QueueInner>,
+        segment: u32,
+        kind: FileKind,
+        file: &Arc<File>,
+        len: u64,
+    ) {
+        let key = (Arc::as_ptr(queue) as usize, segment, kind);
+        self.files
+            .entry(key)
+            .and_modify(|entry| entry.len = len)
+            .or_insert_with(|| ToSync {
+                queue: queue.clone(),
+                segment,
+                kind,
+                file: file.clone(),
+                len,
+            });
     }
-    syncs.push(ToSync {
-        queue: queue.clone(),
-        segment,
-        kind,
-        file: file.clone(),
-        len,
-    });
+
+    /// A reclaimed segment's files are gone: nothing to sync.
+    fn forget(&mut self, queue: &Arc<QueueInner>, segment: u32) {
+        let ptr = Arc::as_ptr(queue) as usize;
+        self.files
+            .retain(|&(q, s, _), _| !(q == ptr && s == segment));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// fdatasyncs every file, records the synced lengths, and empties the set. Returns the
+    /// number of fsyncs.
+    fn sync(&mut self) -> Result<u64, StoreError> {
+        for entry in self.files.values() {
+            entry.file.sync_data().map_err(StoreError::io(
+                "fdatasync",
+                &entry.kind.path(&entry.queue.dir, entry.segment),
+            ))?;
+        }
+        let n = self.files.len() as u64;
+        for (_, entry) in self.files.drain() {
+            let mut io = entry.queue.io.lock();
+            if let Some(seg) = io.segments.get_mut(&entry.segment) {
+                let file = match entry.kind {
+                    FileKind::Msgs => &mut seg.msgs,
+                    FileKind::Acks => &mut seg.acks,
+                    FileKind::Dlvr => &mut seg.dlvr,
+                };
+                file.synced = file.synced.max(entry.len);
+            }
+        }
+        Ok(n)
+    }
 }
 
 impl QueueStore {
@@ -1284,12 +1344,16 @@ fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usi
 /// The flusher thread: rounds back to back while there is work (each round's fsync is the
 /// time in which the next batch gathers), sleeping when there is none.
 fn flusher_loop(shared: &Arc<Shared>) {
+    let mut side = SideFiles {
+        unsynced: Unsynced::default(),
+        last_sync: Instant::now(),
+    };
     loop {
         if shared.halt.load(Ordering::SeqCst) {
             return;
         }
         let stopping = shared.stop.load(Ordering::SeqCst);
-        match round(shared) {
+        match round(shared, &mut side) {
             Ok(true) => continue,
             Ok(false) => {}
             Err(error) => {
@@ -1305,20 +1369,26 @@ fn flusher_loop(shared: &Arc<Shared>) {
     }
 }
 
+/// Ack and delivery files written but not yet synced, across rounds.
+struct SideFiles {
+    unsynced: Unsynced,
+    last_sync: Instant,
+}
+
 /// One group commit. Returns whether any queue had work.
-fn round(shared: &Arc<Shared>) -> Result<bool, StoreError> {
+///
+/// Segment files written in the round are fdatasynced before `synced` moves, so confirms
+/// wait for exactly one fsync per touched segment. Ack and delivery files are written every
+/// round (a killed process loses none of them) but fdatasynced only when a round has no
+/// messages to sync, or every [`SIDE_SYNC_INTERVAL`] under continuous load: syncing them in
+/// every round would double the fsyncs a publisher waits for whenever a consumer acks.
+fn round(shared: &Arc<Shared>, side: &mut SideFiles) -> Result<bool, StoreError> {
     // Read the target before taking the dirty list: every ticket up to it was issued after
     // its queue was marked dirty, so its bytes are in a buffer taken now or in an earlier
     // round (see `QueueInner::buffered`).
     let target = shared.issued.load(Ordering::SeqCst);
     let queues = std::mem::take(&mut *shared.dirty.lock());
-    if queues.is_empty() {
-        if target > shared.synced.load(Ordering::SeqCst) {
-            shared.publish(target);
-        }
-        return Ok(false);
-    }
-    let mut syncs = Vec::new();
+    let mut msgs = Unsynced::default();
     let mut dirs = Vec::new();
     let mut written = 0;
     for queue in &queues {
@@ -1326,40 +1396,37 @@ fn round(shared: &Arc<Shared>) -> Result<bool, StoreError> {
             continue;
         };
         let mut dir_changed = false;
-        written += queue.write(work, &mut syncs, &mut dir_changed)?;
+        written += queue.write(work, &mut msgs, &mut side.unsynced, &mut dir_changed)?;
         if dir_changed {
             dirs.push(queue.dir.clone());
         }
     }
-    for entry in &syncs {
-        entry.file.sync_data().map_err(StoreError::io(
-            "fdatasync",
-            &entry.kind.path(&entry.queue.dir, entry.segment),
-        ))?;
-    }
+    let sync_side = !side.unsynced.is_empty()
+        && (msgs.is_empty() || side.last_sync.elapsed() >= SIDE_SYNC_INTERVAL);
+    let mut fsyncs = msgs.sync()?;
     for dir in &dirs {
         if dir.exists() {
             sync_dir(dir)?;
+            fsyncs += 1;
         }
     }
-    for entry in &syncs {
-        let mut io = entry.queue.io.lock();
-        if let Some(seg) = io.segments.get_mut(&entry.segment) {
-            let file = match entry.kind {
-                FileKind::Msgs => &mut seg.msgs,
-                FileKind::Acks => &mut seg.acks,
-                FileKind::Dlvr => &mut seg.dlvr,
-            };
-            file.synced = file.synced.max(entry.len);
-        }
+    if sync_side {
+        fsyncs += side.unsynced.sync()?;
+        side.last_sync = Instant::now();
     }
-    shared.rounds.fetch_add(1, Ordering::Relaxed);
-    shared
-        .fsyncs
-        .fetch_add(syncs.len() as u64 + dirs.len() as u64, Ordering::Relaxed);
+    if !queues.is_empty() {
+        shared.rounds.fetch_add(1, Ordering::Relaxed);
+    }
+    shared.fsyncs.fetch_add(fsyncs, Ordering::Relaxed);
     shared.bytes_written.fetch_add(written, Ordering::Relaxed);
-    shared.publish(target);
-    Ok(true)
+    // Nothing written is left unsynced: every write up to the target is durable.
+    let all = side.unsynced.is_empty().then_some(target);
+    if target > shared.synced.load(Ordering::SeqCst)
+        || all.is_some_and(|t| t > shared.all_synced.load(Ordering::SeqCst))
+    {
+        shared.publish(target, all);
+    }
+    Ok(!queues.is_empty())
 }
 
 fn empty_trash(shared: &Shared) {

@@ -914,6 +914,8 @@ fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     store.write_unsynced();
                 }
                 let synced_ticket = store.synced();
+                let all_synced = store.all_synced();
+                prop_assert!(all_synced <= synced_ticket);
                 let lengths: HashMap<PathBuf, u64> = store.file_lengths().into_iter().collect();
                 drop(stores);
                 drop(store);
@@ -934,7 +936,7 @@ fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
                                 m.position
                             )));
                         };
-                        let synced = |t: Option<Ticket>| t.is_some_and(|t| t <= synced_ticket);
+                        let synced = |t: Option<Ticket>| t.is_some_and(|t| t <= all_synced);
                         prop_assert!(!synced(e.acked), "{}: acked {:?} came back", name, e.pos);
                         if synced(e.delivered) || e.redelivered {
                             prop_assert!(
