@@ -108,7 +108,9 @@ async fn negotiate(
     let start_ok = match expect(reader, config.frame_max_bytes).await? {
         connection::AMQPMethod::StartOk(start_ok) => start_ok,
         _ => {
-            return Err(AmqpError::command_invalid("expected connection.start-ok").on_method(10, 11));
+            return Err(
+                AmqpError::command_invalid("expected connection.start-ok").on_method(10, 11)
+            );
         }
     };
     let user = shared

@@ -179,14 +179,8 @@ impl Connection {
     }
 
     fn flush_confirms(&mut self) {
-        let cx = Session {
-            vhost: &self.vhost,
-            connection_id: self.id,
-            writer: &self.writer,
-            max_message_bytes: self.shared.config.max_message_bytes,
-            user: &self.user,
-        };
-        for channel in self.channels.values_mut() {
+        let (cx, channels) = self.parts();
+        for channel in channels.values_mut() {
             channel.flush_confirms(&cx);
         }
     }
@@ -202,55 +196,47 @@ impl Connection {
             )),
             Frame::Method(0, method) => self.connection_method(method),
             Frame::Method(ch, method) => self.channel_method(ch, method),
-            Frame::Header(ch, header) => {
-                if self.closing.contains_key(&ch) {
-                    return Ok(Outcome::Continue);
-                }
-                let cx = Session {
-                    vhost: &self.vhost,
-                    connection_id: self.id,
-                    writer: &self.writer,
-                    max_message_bytes: self.shared.config.max_message_bytes,
-                    user: &self.user,
-                };
-                let channel = self.channels.get_mut(&ch).ok_or_else(|| {
-                    (
-                        0,
-                        AmqpError::unexpected_frame(format!(
-                            "content header on channel {ch} which is not open"
-                        )),
-                    )
-                })?;
-                channel
-                    .handle_header(&cx, header)
-                    .map_err(|e| (ch, content_error(e)))?;
-                Ok(Outcome::Continue)
-            }
-            Frame::Body(ch, body) => {
-                if self.closing.contains_key(&ch) {
-                    return Ok(Outcome::Continue);
-                }
-                let cx = Session {
-                    vhost: &self.vhost,
-                    connection_id: self.id,
-                    writer: &self.writer,
-                    max_message_bytes: self.shared.config.max_message_bytes,
-                    user: &self.user,
-                };
-                let channel = self.channels.get_mut(&ch).ok_or_else(|| {
-                    (
-                        0,
-                        AmqpError::unexpected_frame(format!(
-                            "content body on channel {ch} which is not open"
-                        )),
-                    )
-                })?;
-                channel
-                    .handle_body(&cx, body)
-                    .map_err(|e| (ch, content_error(e)))?;
-                Ok(Outcome::Continue)
-            }
+            Frame::Header(ch, header) => self.content(ch, "content header", |channel, cx| {
+                channel.handle_header(cx, header)
+            }),
+            Frame::Body(ch, body) => self.content(ch, "content body", |channel, cx| {
+                channel.handle_body(cx, body)
+            }),
         }
+    }
+
+    /// Feeds a content frame to its channel; content for a channel we are closing is dropped.
+    fn content(
+        &mut self,
+        ch: u16,
+        what: &str,
+        feed: impl FnOnce(&mut Channel, &Session<'_>) -> Result<(), AmqpError>,
+    ) -> Result<Outcome, (u16, AmqpError)> {
+        if self.closing.contains_key(&ch) {
+            return Ok(Outcome::Continue);
+        }
+        let (cx, channels) = self.parts();
+        let channel = channels.get_mut(&ch).ok_or_else(|| {
+            (
+                0,
+                AmqpError::unexpected_frame(format!("{what} on channel {ch} which is not open")),
+            )
+        })?;
+        feed(channel, &cx).map_err(|e| (ch, e))?;
+        Ok(Outcome::Continue)
+    }
+
+    /// The channels' shared context and the channel map, borrowed apart so a channel can be
+    /// driven with its connection's context.
+    fn parts(&mut self) -> (Session<'_>, &mut HashMap<u16, Channel>) {
+        let cx = Session {
+            vhost: &self.vhost,
+            connection_id: self.id,
+            writer: &self.writer,
+            max_message_bytes: self.shared.config.max_message_bytes,
+            user: &self.user,
+        };
+        (cx, &mut self.channels)
     }
 
     fn connection_method(&mut self, method: AMQPClass) -> Result<Outcome, (u16, AmqpError)> {
@@ -365,7 +351,8 @@ impl Connection {
                     .on_method(ids.0, ids.1),
             )),
             method => {
-                let Some(channel) = self.channels.get_mut(&ch) else {
+                let (cx, channels) = self.parts();
+                let Some(channel) = channels.get_mut(&ch) else {
                     return Err((
                         0,
                         AmqpError::channel_error(format!(
@@ -384,13 +371,6 @@ impl Connection {
                         .on_method(ids.0, ids.1),
                     ));
                 }
-                let cx = Session {
-                    vhost: &self.vhost,
-                    connection_id: self.id,
-                    writer: &self.writer,
-                    max_message_bytes: self.shared.config.max_message_bytes,
-                    user: &self.user,
-                };
                 channel.handle_method(&cx, method).map_err(|e| (ch, e))?;
                 Ok(Outcome::Continue)
             }
@@ -493,12 +473,6 @@ impl Connection {
         self.vhost.remove_exclusive_queues(self.id);
         self.writer.close();
     }
-}
-
-/// Errors in content frames that the channel reports as 406 keep their code; a missing
-/// publish is the connection-level 505 already.
-fn content_error(error: AmqpError) -> AmqpError {
-    error
 }
 
 /// Writes connection.close for `error`.
