@@ -22,8 +22,8 @@
 //!
 //! Why acks go to a side file per segment (`acks.N`) rather than into the message stream: a
 //! fully acknowledged segment is reclaimed by deleting its files, with no ack elsewhere still
-//! pointing into it; recovery reads a segment's acks before scanning it; and an ack costs 4
-//! bytes. Delivery marks (`dlvr.N`) work the same way.
+//! pointing into it; recovery reads a segment's acks before scanning it; and an ack costs 8
+//! bytes (the offset and its CRC). Delivery marks (`dlvr.N`) work the same way.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -876,9 +876,10 @@ impl QueueInner {
                 if work.reclaim.contains(&pos.segment()) {
                     continue;
                 }
+                let entry = segment::offset_entry(pos.offset());
                 match by_segment.iter_mut().find(|(s, _)| *s == pos.segment()) {
-                    Some((_, buf)) => buf.extend_from_slice(&pos.offset().to_le_bytes()),
-                    None => by_segment.push((pos.segment(), pos.offset().to_le_bytes().to_vec())),
+                    Some((_, buf)) => buf.extend_from_slice(&entry),
+                    None => by_segment.push((pos.segment(), entry.to_vec())),
                 }
             }
             for (id, buf) in by_segment {

@@ -3,8 +3,11 @@
 //! A queue directory holds, per segment id `N` (ten digits, from 1):
 //!
 //! - `msgs.N`: an 8-byte header (`BSEG`, version u32 LE) then framed message records;
-//! - `acks.N`: the offsets (u32 LE) of acknowledged messages of `msgs.N`, in ack order;
-//! - `dlvr.N`: the offsets (u32 LE) of messages of `msgs.N` that were delivered.
+//! - `acks.N`: entries for the acknowledged messages of `msgs.N`, in ack order;
+//! - `dlvr.N`: entries for the messages of `msgs.N` that were delivered.
+//!
+//! An entry is 8 bytes: the record's offset (u32 LE) and the CRC-32 of those 4 bytes (u32 LE),
+//! so a damaged entry is skipped instead of acknowledging (dropping) some other message.
 //!
 //! A message record's payload is `[kind = 1][exchange len u8][exchange][routing key len u8]
 //! [routing key][properties len u32 LE][properties][body]`.
@@ -26,6 +29,16 @@ pub(crate) const SEGMENT_HEADER_LEN: u32 = SEGMENT_HEADER.len() as u32;
 pub(crate) const KIND_MESSAGE: u8 = 1;
 /// Bytes of a message payload besides exchange, routing key, properties and body.
 pub(crate) const MESSAGE_OVERHEAD: usize = 1 + 1 + 1 + 4;
+
+/// Size of one entry of `acks.N` / `dlvr.N`.
+pub(crate) const OFFSET_ENTRY_LEN: usize = 8;
+
+/// The `acks.N` / `dlvr.N` entry for the record at `offset`.
+pub(crate) fn offset_entry(offset: u32) -> [u8; OFFSET_ENTRY_LEN] {
+    let o = offset.to_le_bytes();
+    let c = crc32fast::hash(&o).to_le_bytes();
+    [o[0], o[1], o[2], o[3], c[0], c[1], c[2], c[3]]
+}
 
 /// `msgs.N` in `dir`.
 pub(crate) fn msgs_path(dir: &Path, segment: u32) -> PathBuf {
@@ -366,15 +379,15 @@ fn scan_segment(
     }))
 }
 
-/// Reads an offsets file: sorted, deduplicated offsets and the file's intact length (a torn
-/// last entry is cut off).
+/// Reads an offsets file: its valid offsets, sorted and deduplicated, and the file's length
+/// after a torn last entry is cut off. Entries failing their check are skipped with a warning.
 fn read_offsets(path: &Path) -> Result<(Vec<u32>, u64), StoreError> {
     let data = match fs::read(path) {
         Ok(data) => data,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
         Err(e) => return Err(StoreError::io("read", path)(e)),
     };
-    let whole = data.len() - data.len() % 4;
+    let whole = data.len() - data.len() % OFFSET_ENTRY_LEN;
     if whole != data.len() {
         tracing::warn!(file = %path.display(), offset = whole, bytes_skipped = data.len() - whole, "torn entry at the end of an offsets file cut off");
         let file = OpenOptions::new()
@@ -389,17 +402,29 @@ fn read_offsets(path: &Path) -> Result<(Vec<u32>, u64), StoreError> {
             .and_then(|f| f.sync_data())
             .map_err(StoreError::io("fsync", path))?;
     }
-    let mut offsets: Vec<u32> = data[..whole]
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let mut offsets = Vec::with_capacity(whole / OFFSET_ENTRY_LEN);
+    let mut damaged = 0usize;
+    for (i, entry) in data[..whole].chunks_exact(OFFSET_ENTRY_LEN).enumerate() {
+        let offset = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]);
+        if offset_entry(offset)[..] == entry[..] {
+            offsets.push(offset);
+        } else {
+            if damaged == 0 {
+                tracing::warn!(file = %path.display(), offset = i * OFFSET_ENTRY_LEN, "damaged entry in an offsets file skipped");
+            }
+            damaged += 1;
+        }
+    }
+    if damaged > 1 {
+        tracing::warn!(file = %path.display(), damaged, "damaged entries in an offsets file skipped");
+    }
     offsets.sort_unstable();
     offsets.dedup();
     Ok((offsets, whole as u64))
 }
 
-/// Rewrites an offsets file without the entries at or past `end`, if it has any; returns the
-/// file's length afterwards.
+/// Rewrites an offsets file without the entries at or past `end` (and without damaged ones),
+/// if it has any at or past `end`; returns the file's length afterwards.
 fn drop_stale_offsets(path: &Path, offsets: &[u32], len: u64, end: u32) -> Result<u64, StoreError> {
     if offsets.last().is_none_or(|&last| last < end) {
         return Ok(len);
@@ -407,9 +432,9 @@ fn drop_stale_offsets(path: &Path, offsets: &[u32], len: u64, end: u32) -> Resul
     let kept: Vec<u8> = offsets
         .iter()
         .filter(|&&o| o < end)
-        .flat_map(|o| o.to_le_bytes())
+        .flat_map(|&o| offset_entry(o))
         .collect();
-    tracing::warn!(file = %path.display(), dropped = offsets.len() - kept.len() / 4, "dropping entries that point past the intact end of their segment");
+    tracing::warn!(file = %path.display(), dropped = offsets.len() - kept.len() / OFFSET_ENTRY_LEN, "dropping entries that point past the intact end of their segment");
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);

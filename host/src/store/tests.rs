@@ -373,9 +373,15 @@ fn torn_offsets_files_and_headers_are_repaired() {
         store.flush().unwrap();
         qdir = q.dir().to_owned();
     }
-    // A torn ack entry (2 of 4 bytes) and a next segment whose header was cut short.
+    // A torn ack entry (2 of 8 bytes), a damaged entry that would ack positions[2], and a
+    // next segment whose header was cut short.
     let acks = segment::acks_path(&qdir, 1);
     let mut data = fs::read(&acks).unwrap();
+    assert_eq!(data.len(), segment::OFFSET_ENTRY_LEN);
+    assert_eq!(positions[2].segment(), 1);
+    let mut damaged = segment::offset_entry(positions[2].offset());
+    damaged[6] ^= 1;
+    data.extend_from_slice(&damaged);
     data.extend_from_slice(&[7, 0]);
     fs::write(&acks, data).unwrap();
     let last = positions.last().unwrap().segment();
@@ -383,7 +389,7 @@ fn torn_offsets_files_and_headers_are_repaired() {
     let (store, queues) = open(dir.path(), small());
     let got: Vec<Position> = queues["q"].messages.iter().map(|m| m.position).collect();
     assert_eq!(got, positions[1..]);
-    assert_eq!(fs::metadata(&acks).unwrap().len(), 4);
+    assert_eq!(fs::metadata(&acks).unwrap().len(), 16, "torn entry cut");
     let p = append(&queues["q"].store, 7, 10);
     assert_eq!(p, Position::new(last + 1, 8));
     store.flush().unwrap();
