@@ -3,7 +3,8 @@
 //!
 //! `cargo bench -p bourse --bench store`. Files go to `$BOURSE_BENCH_DIR` (default: the
 //! system temp dir), so point it at the disk under test. Each append scenario prints msgs per
-//! fsync round from the store's counters.
+//! fsync round from the store's counters. `BOURSE_BENCH_RECOVERY_MESSAGES` changes the size of
+//! the recovered queue (default 1,000,000).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -160,16 +161,20 @@ fn fill(dir: &Path, n: usize, size: usize) {
 }
 
 fn recovery(c: &mut Criterion) {
-    const N: usize = 1_000_000;
+    // BOURSE_BENCH_RECOVERY_MESSAGES=4000000 to check that recovery time scales linearly.
+    let n: usize = std::env::var("BOURSE_BENCH_RECOVERY_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let dir = bench_dir();
     let start = Instant::now();
-    fill(dir.path(), N, 16);
-    eprintln!("  filled {N} x 16 B in {:?}", start.elapsed());
+    fill(dir.path(), n, 16);
+    eprintln!("  filled {n} x 16 B in {:?}", start.elapsed());
     let mut group = c.benchmark_group("store_recovery");
     group
         .sample_size(10)
-        .throughput(Throughput::Elements(N as u64));
-    group.bench_function("1M x 16 B messages, one queue", |b| {
+        .throughput(Throughput::Elements(n as u64));
+    group.bench_function(format!("{n} x 16 B messages, one queue"), |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
@@ -177,7 +182,7 @@ fn recovery(c: &mut Criterion) {
                 let (store, queues) =
                     MessageStore::open(dir.path(), StoreOptions::default()).expect("open");
                 total += start.elapsed();
-                assert_eq!(queues[0].messages.len(), N);
+                assert_eq!(queues[0].messages.len(), n);
                 drop(queues);
                 drop(store);
             }

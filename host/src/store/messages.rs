@@ -173,6 +173,9 @@ pub struct RecoveredQueue {
 pub struct StoreStats {
     /// Messages appended since open.
     pub appended: u64,
+    /// Message bytes appended but not yet written to a file (memory held by write buffers;
+    /// counts toward a memory high-watermark).
+    pub buffered_bytes: u64,
     /// Flush rounds that wrote something.
     pub rounds: u64,
     /// fdatasync calls made by the flusher.
@@ -232,6 +235,7 @@ struct Shared {
     /// Tests: ask the flusher to exit at once, dropping what is buffered (a crash).
     halt: AtomicBool,
     appended: AtomicU64,
+    buffered_bytes: AtomicU64,
     rounds: AtomicU64,
     fsyncs: AtomicU64,
     bytes_written: AtomicU64,
@@ -329,6 +333,7 @@ impl MessageStore {
             stop: AtomicBool::new(false),
             halt: AtomicBool::new(false),
             appended: AtomicU64::new(0),
+            buffered_bytes: AtomicU64::new(0),
             rounds: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
@@ -489,6 +494,7 @@ impl MessageStore {
         let s = &self.shared;
         StoreStats {
             appended: s.appended.load(Ordering::Relaxed),
+            buffered_bytes: s.buffered_bytes.load(Ordering::Relaxed),
             rounds: s.rounds.load(Ordering::Relaxed),
             fsyncs: s.fsyncs.load(Ordering::Relaxed),
             bytes_written: s.bytes_written.load(Ordering::Relaxed),
@@ -829,6 +835,10 @@ impl QueueInner {
         let mut io = self.io.lock();
         if io.deleted {
             drop(io);
+            let skipped: u64 = work.chunks.iter().map(|c| message_bytes(c)).sum();
+            self.shared
+                .buffered_bytes
+                .fetch_sub(skipped, Ordering::Relaxed);
             self.state.lock().inflight.clear();
             return Ok(0);
         }
@@ -860,6 +870,9 @@ impl QueueInner {
                     &segment::msgs_path(&self.dir, chunk.segment),
                 ))?;
             written += chunk.data.len() as u64;
+            self.shared
+                .buffered_bytes
+                .fetch_sub(message_bytes(chunk), Ordering::Relaxed);
             seg.msgs.len = seg
                 .msgs
                 .len
@@ -1090,7 +1103,11 @@ impl QueueStore {
             }
             Ok(Position::new(head, offset))
         })?;
-        self.inner.shared.appended.fetch_add(1, Ordering::Relaxed);
+        let shared = &self.inner.shared;
+        shared.appended.fetch_add(1, Ordering::Relaxed);
+        shared
+            .buffered_bytes
+            .fetch_add(size as u64, Ordering::Relaxed);
         Ok((position, ticket))
     }
 
@@ -1242,6 +1259,11 @@ impl QueueStore {
                 return Ok(());
             }
             state.deleted = true;
+            let dropped: u64 = state.pending.iter().map(message_bytes).sum();
+            inner
+                .shared
+                .buffered_bytes
+                .fetch_sub(dropped, Ordering::Relaxed);
             state.pending.clear();
             state.inflight.clear();
             state.acks.clear();
@@ -1326,6 +1348,16 @@ impl QueueState {
             data,
         });
     }
+}
+
+/// Bytes of message records in a chunk (a new segment's header is not a message's).
+fn message_bytes(chunk: &Chunk) -> u64 {
+    let header = if chunk.offset == 0 {
+        SEGMENT_HEADER.len()
+    } else {
+        0
+    };
+    (chunk.data.len() - header) as u64
 }
 
 /// Reads up to `buf.len()` bytes at `offset`, fewer only at the end of the file.

@@ -488,6 +488,30 @@ fn misuse_is_an_error_not_data_loss() {
 }
 
 #[test]
+fn buffered_bytes_count_what_is_not_written_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path(), small());
+    assert_eq!(
+        StoreOptions::from_config(&crate::Config::default()).segment_max_bytes,
+        64 * 1024 * 1024
+    );
+    let q = store.open_queue("q").unwrap();
+    for i in 0..10 {
+        append(&q, i, 1000);
+    }
+    store.flush().unwrap();
+    assert_eq!(store.stats().buffered_bytes, 0);
+    store.halt();
+    for i in 0..10 {
+        append(&q, i, 1000); // rolls over segments: headers are not counted
+    }
+    let buffered = store.stats().buffered_bytes;
+    assert!((10_000..11_000).contains(&buffered), "{buffered}");
+    q.delete().unwrap();
+    assert_eq!(store.stats().buffered_bytes, 0);
+}
+
+#[test]
 fn tickets_are_synced_in_groups_from_many_threads() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = open(dir.path(), StoreOptions::default());
