@@ -13,6 +13,7 @@
 #   --no-build                    use the binaries as they are
 #   --out FILE                    markdown output (default docs/performance.md)
 #   --merge FILE.jsonl            start from an earlier run's results; rows run now replace its rows
+#   --report FILE.jsonl           only regenerate the markdown from a stored run (and its .env)
 #   --quiet-wait S                before each run, wait up to S s for the rest of the machine to
 #                                 use under half a core (default 120; 0 = don't wait)
 # Environment: BOURSE_BIN (default target/release/bourse; setting it skips building bourse),
@@ -35,6 +36,7 @@ drain=10
 build=true
 out="$root/docs/performance.md"
 merge=""
+report_only=""
 quiet_wait=120
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -46,12 +48,22 @@ while [ $# -gt 0 ]; do
         --no-build) build=false; shift ;;
         --out) out="$2"; shift 2 ;;
         --merge) merge="$2"; shift 2 ;;
+        --report) report_only="$2"; shift 2 ;;
         --quiet-wait) quiet_wait="$2"; shift 2 ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 [ "$scenarios" = none ] && scenarios=""
+
+if [ -n "$report_only" ]; then
+    # shellcheck disable=SC1090 # written by an earlier run of this script
+    source "${report_only%.jsonl}.env"
+    export COMPARE_RESULTS="$report_only"
+    python3 bench/report.py "$report_only" bench/performance-notes.md >"$out"
+    echo "wrote $out" >&2
+    exit 0
+fi
 
 bourse_port="${BOURSE_PORT:-5673}"
 rabbit_port="${RABBIT_PORT:-5674}"
@@ -271,5 +283,6 @@ export COMPARE_NPROC="$(nproc)"
 export COMPARE_MEM="$(free -g | awk '/^Mem:/ {print $2 " GiB"}')"
 export COMPARE_KERNEL="$(uname -r)"
 for s in a b c d e f g h i; do export "COMPARE_ARGS_$s=${args[$s]}" "COMPARE_DESC_$s=${desc[$s]}"; done
+declare -px | sed -n 's/^declare -x \(COMPARE_\)/export \1/p' >"bench/results/$stamp.env"
 python3 bench/report.py "$results" bench/performance-notes.md >"$out"
 log "wrote $out"

@@ -122,6 +122,8 @@ def load_table(runs, brokers):
                 target_txt += " — met" if met else " — **not met**"
         elif target:
             target_txt = f"≥ {target}×"
+            if s == "d":
+                target_txt += " with every confirm after a sync (see notes)"
             if b_cpu and r_cpu:
                 target_txt += " — met" if b_cpu / r_cpu >= target else " — **not met**"
         else:
