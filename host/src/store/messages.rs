@@ -1226,11 +1226,13 @@ impl QueueStore {
     fn stored(&self, payload: Vec<u8>, offset: u32) -> Result<StoredMessage, StoreError> {
         let layout =
             segment::decode_message(&payload).map_err(|reason| self.corrupt(offset, reason))?;
-        let text = |range: std::ops::Range<usize>| -> Name {
-            Name::from(std::str::from_utf8(&payload[range]).unwrap_or_default())
+        let text = |range: std::ops::Range<usize>| -> Result<Name, StoreError> {
+            std::str::from_utf8(&payload[range])
+                .map(Name::from)
+                .map_err(|_| self.corrupt(offset, "exchange or routing key is not UTF-8"))
         };
-        let exchange = text(layout.exchange.clone());
-        let routing_key = text(layout.routing_key.clone());
+        let exchange = text(layout.exchange.clone())?;
+        let routing_key = text(layout.routing_key.clone())?;
         let payload = Bytes::from(payload);
         Ok(StoredMessage {
             exchange,

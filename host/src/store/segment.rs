@@ -88,7 +88,9 @@ pub(crate) struct MessageLayout {
     pub(crate) body: Range<usize>,
 }
 
-/// Splits a message payload into its fields, checking every length and that names are UTF-8.
+/// Splits a message payload into its fields, checking every length. Names are not checked for
+/// UTF-8 here (recovery scans millions of records; the CRC already vouches for them): readers
+/// check when they turn them into strings.
 pub(crate) fn decode_message(payload: &[u8]) -> Result<MessageLayout, &'static str> {
     let mut at = 0usize;
     let mut take = |n: Option<usize>| -> Result<Range<usize>, &'static str> {
@@ -116,11 +118,6 @@ pub(crate) fn decode_message(payload: &[u8]) -> Result<MessageLayout, &'static s
     ]);
     let properties = take(Some(props_len as usize))?;
     let body = take(None)?;
-    if std::str::from_utf8(&payload[exchange.clone()]).is_err()
-        || std::str::from_utf8(&payload[routing_key.clone()]).is_err()
-    {
-        return Err("exchange or routing key is not UTF-8");
-    }
     Ok(MessageLayout {
         exchange,
         routing_key,
@@ -197,8 +194,10 @@ pub(crate) fn scan_queue(dir: &Path) -> Result<ScannedQueue, StoreError> {
     let mut segments = Vec::new();
     let mut messages = Vec::new();
     let last = msgs.last().copied();
+    // One read buffer for every segment: fresh 64 MiB buffers cost a page fault per 4 KiB.
+    let mut buf = Vec::new();
     for id in msgs {
-        let Some(seg) = scan_segment(dir, id, &mut messages)? else {
+        let Some(seg) = scan_segment(dir, id, &mut buf, &mut messages)? else {
             changed_dir = true;
             continue;
         };
@@ -268,10 +267,15 @@ fn remove_if_exists(path: &Path) -> Result<(), StoreError> {
 fn scan_segment(
     dir: &Path,
     id: u32,
+    buf: &mut Vec<u8>,
     out: &mut Vec<RecoveredMessage>,
 ) -> Result<Option<RecoveredSegment>, StoreError> {
     let path = msgs_path(dir, id);
-    let data = fs::read(&path).map_err(StoreError::io("read", &path))?;
+    buf.clear();
+    File::open(&path)
+        .and_then(|mut f| io::Read::read_to_end(&mut f, buf))
+        .map_err(StoreError::io("read", &path))?;
+    let data = &buf[..];
     if data.len() < SEGMENT_HEADER.len() && SEGMENT_HEADER.starts_with(&data)
         || data.len() < SEGMENT_HEADER.len() && data.iter().all(|&b| b == 0)
     {
@@ -496,7 +500,6 @@ mod tests {
         assert!(decode_message(&[2, 0, 0, 0, 0, 0, 0]).is_err());
         assert!(decode_message(&[1, 5, b'a']).is_err());
         assert!(decode_message(&[1, 0, 0, 255, 255, 255, 255]).is_err());
-        assert!(decode_message(&[1, 1, 0xff, 0, 0, 0, 0, 0]).is_err());
         assert!(decode_message(&[1, 0, 0, 0, 0, 0, 0]).is_ok());
     }
 }
