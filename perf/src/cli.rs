@@ -141,7 +141,9 @@ pub struct LoadArgs {
     /// Persistent messages (delivery-mode 2).
     #[arg(short = 'f', long)]
     pub persistent: bool,
-    /// Leave queues and exchange in place at the end (default: delete them).
+    /// Reuse existing queues and exchange and leave them in place at the end (default: delete
+    /// and re-declare them at the start, delete them at the end). Pre-fill a queue with
+    /// `-y 0 --keep-topology`, then consume it with `-x 0 --keep-topology`.
     #[arg(long)]
     pub keep_topology: bool,
 }

@@ -142,9 +142,15 @@ fn plan(a: &LoadArgs) -> anyhow::Result<Plan> {
 /// Deletes and re-declares the exchange and queues and binds them.
 async fn declare(conn: &Connection, a: &LoadArgs, p: &Plan) -> anyhow::Result<()> {
     let mut ch = conn.create_channel().await?;
-    // Leftovers of an earlier run may differ in type or durability: delete first. A broker
+    // Leftovers of an earlier run may differ in type or durability: delete first (unless
+    // asked to keep them, e.g. to consume a backlog published by an earlier run). A broker
     // may answer a delete of a missing entity with a channel error; then use a new channel.
-    for q in &p.queues {
+    let queues_to_delete = if a.keep_topology {
+        &[][..]
+    } else {
+        &p.queues[..]
+    };
+    for q in queues_to_delete {
         if ch
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
             .await
@@ -154,10 +160,11 @@ async fn declare(conn: &Connection, a: &LoadArgs, p: &Plan) -> anyhow::Result<()
         }
     }
     if !p.exchange.is_empty() {
-        if ch
-            .exchange_delete(p.exchange.as_str().into(), ExchangeDeleteOptions::default())
-            .await
-            .is_err()
+        if !a.keep_topology
+            && ch
+                .exchange_delete(p.exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await
+                .is_err()
         {
             ch = conn.create_channel().await?;
         }
