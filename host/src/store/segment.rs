@@ -276,7 +276,7 @@ fn scan_segment(
         .and_then(|mut f| io::Read::read_to_end(&mut f, buf))
         .map_err(StoreError::io("read", &path))?;
     let data = &buf[..];
-    if data.len() < SEGMENT_HEADER.len() && SEGMENT_HEADER.starts_with(&data)
+    if data.len() < SEGMENT_HEADER.len() && SEGMENT_HEADER.starts_with(data)
         || data.len() < SEGMENT_HEADER.len() && data.iter().all(|&b| b == 0)
     {
         // Created but its header never fully reached the disk: it held nothing.
@@ -316,7 +316,7 @@ fn scan_segment(
     let mut acked = 0u32;
     let (mut ai, mut di) = (0usize, 0usize);
     let bad = loop {
-        match frame::read_record(&data, at) {
+        match frame::read_record(data, at) {
             Next::End => break None,
             Next::Bad(reason) => break Some(reason),
             Next::Record(payload, next) => {
