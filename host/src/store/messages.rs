@@ -450,7 +450,13 @@ impl MessageStore {
 
     /// Waits until `ticket` is synced; fails if the store failed or closed first.
     pub async fn wait_synced(&self, ticket: Ticket) -> Result<(), StoreError> {
-        wait_synced(&self.shared, ticket).await
+        wait_synced(&self.shared, ticket, |s| &s.synced).await
+    }
+
+    /// Waits until every write up to `ticket`, acks and delivery marks included, is synced
+    /// (a `tx.commit` that acknowledged messages).
+    pub async fn wait_all_synced(&self, ticket: Ticket) -> Result<(), StoreError> {
+        wait_synced(&self.shared, ticket, |s| &s.all_synced).await
     }
 
     /// Blocks the calling thread until the append with `ticket` is synced (tools, tests,
@@ -573,10 +579,17 @@ impl Drop for MessageStore {
     }
 }
 
-async fn wait_synced(shared: &Shared, ticket: Ticket) -> Result<(), StoreError> {
+/// Waits until `watermark(shared)` reaches `ticket`. Every change of either watermark is
+/// announced on the watch channel, so one channel serves both.
+async fn wait_synced(
+    shared: &Shared,
+    ticket: Ticket,
+    watermark: fn(&Shared) -> &AtomicU64,
+) -> Result<(), StoreError> {
     let mut rx = shared.synced_tx.subscribe();
     loop {
-        if *rx.borrow_and_update() >= ticket {
+        rx.borrow_and_update();
+        if watermark(shared).load(Ordering::SeqCst) >= ticket {
             return Ok(());
         }
         if let Some(reason) = shared.failure() {
@@ -1308,7 +1321,7 @@ impl QueueStore {
 
     /// See [`MessageStore::wait_synced`].
     pub async fn wait_synced(&self, ticket: Ticket) -> Result<(), StoreError> {
-        wait_synced(&self.inner.shared, ticket).await
+        wait_synced(&self.inner.shared, ticket, |s| &s.synced).await
     }
 
     /// Segment ids currently holding this queue's messages (tests and metrics).
