@@ -272,6 +272,7 @@ log "raw results: bench/results/$stamp.jsonl"
 
 # --- the report --------------------------------------------------------------------------------
 export COMPARE_STARTED="$started_at" COMPARE_LOAD_BEFORE="$load_before" COMPARE_LOAD_AFTER="$load_after"
+export COMPARE_MERGED="$merge"
 export COMPARE_DURATION="$duration" COMPARE_DRAIN="$drain" COMPARE_RESULTS="bench/results/$stamp.jsonl"
 export COMPARE_BOURSE_COMMIT="${BOURSE_DESC:-}"
 [ -n "$COMPARE_BOURSE_COMMIT" ] || COMPARE_BOURSE_COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- host 2>/dev/null || echo ' (with uncommitted host/ changes)')"

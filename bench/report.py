@@ -242,6 +242,9 @@ def main():
     p("## Machine and run")
     p()
     p(f"- date: {env('COMPARE_STARTED')}")
+    if env("COMPARE_MERGED", ""):
+        p(f"- rows not re-run in this session come from the earlier run `{env('COMPARE_MERGED')}` "
+          "(same machine, same binaries)")
     p(f"- CPU: {env('COMPARE_CPU')}, {env('COMPARE_NPROC')} cores (nproc); memory {env('COMPARE_MEM')}; Linux {env('COMPARE_KERNEL')}")
     p(f"- load average (1, 5, 15 min) before the run: {env('COMPARE_LOAD_BEFORE')}; after: {env('COMPARE_LOAD_AFTER')}")
     p(f"- bourse: {env('COMPARE_BOURSE_COMMIT')}, release build")
