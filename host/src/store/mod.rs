@@ -33,8 +33,8 @@ pub use definitions::{
     ExchangeDefinition, QueueDefinition,
 };
 pub use messages::{
-    MessageStore, Position, QueueStore, RecoveredMessage, RecoveredQueue, StoreOptions, StoreStats,
-    StoredMessage, Ticket,
+    MessageStore, Position, QueueStore, RecoveredMessage, RecoveredQueue, SEGMENT_MAX_BYTES_LIMIT,
+    SIDE_SYNC_INTERVAL, StoreOptions, StoreStats, StoredMessage, Ticket,
 };
 
 /// Why a storage operation failed.
