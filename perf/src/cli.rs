@@ -81,17 +81,18 @@ pub struct LoadArgs {
     /// bourse-perf-<type>.
     #[arg(short = 'e', long)]
     pub exchange: Option<String>,
-    /// Exchange argument KEY=VALUE (string value; repeatable).
+    /// Exchange argument KEY=VALUE (repeatable; a string, or an integer for x- keys).
     #[arg(long = "exchange-arg", value_name = "KEY=VALUE")]
     pub exchange_args: Vec<String>,
 
-    /// Number of queues, named <prefix>0 .. <prefix>Q-1; deleted and re-declared at start.
+    /// Number of queues, named <prefix>0 .. <prefix>Q-1; deleted and re-declared at start
+    /// unless --keep-topology.
     #[arg(short = 'u', long, default_value_t = 1)]
     pub queues: usize,
     /// Queue name prefix.
     #[arg(long, default_value = "bourse-perf-q")]
     pub queue_prefix: String,
-    /// Queue argument KEY=VALUE (string value; repeatable).
+    /// Queue argument KEY=VALUE (repeatable; a string, or an integer for x- keys).
     #[arg(long = "queue-arg", value_name = "KEY=VALUE")]
     pub queue_args: Vec<String>,
     /// Declare the queues durable.
