@@ -68,3 +68,43 @@ pub fn table(pairs: &[String], i: usize) -> anyhow::Result<FieldTable> {
     }
     Ok(table)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_brokers() {
+        for ok in [
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            "amqp://localhost:5673",
+            "amqp://127.0.0.2",
+            "amqp://[::1]:5672",
+        ] {
+            assert!(check_loopback(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "amqp://10.0.0.1:5672",
+            "amqp://example.com",
+            "amqp://192.168.1.2",
+        ] {
+            assert!(check_loopback(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn templates_and_tables() {
+        assert_eq!(expand("perf.k{i}.*", 7), "perf.k7.*");
+        assert_eq!(expand("plain", 7), "plain");
+        let t = table(
+            &["x-max-length=10".into(), "k=v{i}".into(), "n=5".into()],
+            3,
+        )
+        .unwrap();
+        let get = |k: &str| t.inner().get(&ShortString::from(k.to_owned())).cloned();
+        assert_eq!(get("x-max-length"), Some(AMQPValue::LongLongInt(10)));
+        assert_eq!(get("k"), Some(AMQPValue::LongString("v3".into())));
+        assert_eq!(get("n"), Some(AMQPValue::LongString("5".into())));
+        assert!(table(&["novalue".into()], 0).is_err());
+    }
+}

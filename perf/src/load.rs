@@ -807,3 +807,73 @@ fn report_common(a: &LoadArgs, p: &Plan, window: f64, s: &Snapshot) -> Value {
         "timed_out": false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn args(flags: &[&str]) -> LoadArgs {
+        let argv = ["bourse-perf", "load"].iter().chain(flags).copied();
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Load(a) => *a,
+            Command::Idle(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn topic_defaults_give_one_matching_binding_per_key() {
+        let p = plan(&args(&["-t", "topic", "-u", "1", "--bindings", "1000"])).unwrap();
+        assert_eq!(p.exchange, "bourse-perf-topic");
+        assert_eq!(p.bindings.len(), 1000);
+        assert_eq!(p.routing_keys.len(), 1000);
+        assert_eq!(p.bindings[5].1, "perf.k5.*");
+        assert_eq!(p.routing_keys[5].as_str(), "perf.k5.x");
+        assert!(p.bindings.iter().all(|(q, _, _)| *q == 0));
+    }
+
+    #[test]
+    fn fanout_headers_plugin_and_default_exchange() {
+        let p = plan(&args(&["-t", "fanout", "-u", "10"])).unwrap();
+        assert_eq!((p.bindings.len(), p.routing_keys.len()), (10, 1));
+        assert_eq!(p.bindings[9].0, 9);
+
+        let p = plan(&args(&["-t", "headers", "-u", "2"])).unwrap();
+        assert_eq!(p.headers.len(), 2);
+        assert!(
+            p.bindings[1]
+                .2
+                .inner()
+                .contains_key(&ShortString::from("x-match"))
+        );
+
+        let p = plan(&args(&["-t", "x-consistent-hash", "-u", "3"])).unwrap();
+        assert_eq!(p.kind, ExchangeKind::Custom("x-consistent-hash".into()));
+        assert_eq!(p.bindings[2].1, "1");
+        assert_eq!(p.routing_keys.len(), 1000);
+
+        let p = plan(&args(&["-e", "", "-u", "3"])).unwrap();
+        assert!(p.bindings.is_empty());
+        assert_eq!(p.routing_keys[2].as_str(), "bourse-perf-q2");
+        let p = plan(&args(&["-e", "", "-u", "3", "--keys", "5"])).unwrap();
+        assert_eq!(p.routing_keys[4].as_str(), "bourse-perf-q1");
+    }
+
+    #[test]
+    fn consumers_need_queues() {
+        assert!(plan(&args(&["-u", "0"])).is_err());
+        assert!(plan(&args(&["-u", "0", "-y", "0", "--bindings", "0"])).is_ok());
+    }
+
+    #[test]
+    fn body_stamp_round_trips() {
+        let mut body = vec![0u8; 16];
+        stats::stamp(&mut body);
+        assert!(stats::age_us(&body).unwrap() < 1_000_000);
+        let mut short = vec![0u8; 4];
+        stats::stamp(&mut short);
+        assert_eq!(stats::age_us(&short), None);
+    }
+}
