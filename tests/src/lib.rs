@@ -135,3 +135,40 @@ pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> boo
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A connection with one channel in confirm mode.
+pub async fn session(broker: &TestBroker) -> (Connection, Channel) {
+    let (conn, _) = raw::within(broker.channel()).await;
+    let ch = confirm_channel(&conn).await;
+    (conn, ch)
+}
+
+/// A new channel of `conn` in confirm mode (also used again after a channel error).
+pub async fn confirm_channel(conn: &Connection) -> Channel {
+    let ch = raw::within(conn.create_channel())
+        .await
+        .expect("channel opens");
+    raw::within(ch.confirm_select(lapin::options::ConfirmSelectOptions::default()))
+        .await
+        .expect("confirm.select");
+    ch
+}
+
+/// Runs a whole test under one deadline, so a broker that stops answering fails the test
+/// instead of hanging it.
+pub async fn bounded(limit: Duration, test: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(limit, test)
+        .await
+        .unwrap_or_else(|_| panic!("test did not finish within {limit:?}"));
+}
+
+/// A name unique to this process, so tests can also run against a shared broker.
+pub fn uniq(base: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{base}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -7,8 +7,8 @@ use std::time::Duration;
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bourse::exchange::wasm::PluginManager;
 use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::{BasicProperties, Confirmation, ExchangeKind};
 
@@ -119,21 +119,7 @@ pub fn hash64(bytes: &[u8]) -> u64 {
 /// How long to wait for the directory watcher to notice a change.
 pub const WATCH_WAIT: Duration = Duration::from_secs(10);
 
-/// A connection and a channel in confirm mode.
-pub async fn session(broker: &TestBroker) -> (lapin::Connection, lapin::Channel) {
-    let (conn, _) = within(broker.channel()).await;
-    let ch = confirm_channel(&conn).await;
-    (conn, ch)
-}
-
-/// A new channel of `conn` in confirm mode.
-pub async fn confirm_channel(conn: &lapin::Connection) -> lapin::Channel {
-    let ch = within(conn.create_channel()).await.expect("channel opens");
-    within(ch.confirm_select(ConfirmSelectOptions::default()))
-        .await
-        .expect("confirm.select");
-    ch
-}
+pub use crate::{confirm_channel, session};
 
 /// A field table from pairs.
 pub fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {

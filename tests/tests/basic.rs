@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use bourse_tests::{TestBroker, eventually};
+use bourse_tests::{TestBroker, eventually, uniq};
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -23,9 +23,7 @@ const TEST_LIMIT: Duration = Duration::from_secs(30);
 /// Runs a whole test under one deadline, so a broker that stops answering an unwrapped call
 /// fails the test instead of hanging it.
 async fn bounded(test: impl std::future::Future<Output = ()>) {
-    tokio::time::timeout(TEST_LIMIT, test)
-        .await
-        .unwrap_or_else(|_| panic!("test did not finish within {TEST_LIMIT:?}"));
+    bourse_tests::bounded(TEST_LIMIT, test).await;
 }
 /// How long a consumer must stay silent to count as "received nothing more".
 const QUIET: Duration = Duration::from_millis(300);
@@ -69,17 +67,6 @@ async fn next_error_code(events: &mut (impl futures_lite::Stream<Item = Event> +
             None => panic!("event stream ended without an error"),
         }
     }
-}
-
-/// A queue name unique to this process, so the tests can also run against a shared broker.
-fn uniq(base: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{base}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 async fn declare(ch: &Channel, base: &str) -> String {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bourse_tests::TestBroker;
+use bourse_tests::{TestBroker, uniq};
 use futures_lite::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
@@ -19,9 +19,7 @@ const TEST_LIMIT: Duration = Duration::from_secs(60);
 /// Runs a whole test under one deadline, so a broker that stops answering an unwrapped call
 /// fails the test instead of hanging it.
 async fn bounded(test: impl std::future::Future<Output = ()>) {
-    tokio::time::timeout(TEST_LIMIT, test)
-        .await
-        .unwrap_or_else(|_| panic!("test did not finish within {TEST_LIMIT:?}"));
+    bourse_tests::bounded(TEST_LIMIT, test).await;
 }
 const QUIET: Duration = Duration::from_millis(300);
 const PRECONDITION_FAILED: u16 = 406;
@@ -45,16 +43,6 @@ fn assert_code<T: std::fmt::Debug>(res: lapin::Result<T>, code: u16, what: &str)
         Ok(v) => panic!("{what}: expected AMQP error {code}, got Ok({v:?})"),
         Err(e) => assert_eq!(reply_code(&e), Some(code), "{what}: wrong error {e:?}"),
     }
-}
-
-fn uniq(base: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{base}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 async fn declare(ch: &Channel, base: &str) -> String {

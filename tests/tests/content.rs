@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use bourse_tests::TestBroker;
+use bourse_tests::{TestBroker, uniq};
 use futures_lite::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
@@ -22,9 +22,7 @@ const TEST_LIMIT: Duration = Duration::from_secs(120);
 /// Runs a whole test under one deadline, so a broker that stops answering an unwrapped call
 /// fails the test instead of hanging it.
 async fn bounded(test: impl std::future::Future<Output = ()>) {
-    tokio::time::timeout(TEST_LIMIT, test)
-        .await
-        .unwrap_or_else(|_| panic!("test did not finish within {TEST_LIMIT:?}"));
+    bourse_tests::bounded(TEST_LIMIT, test).await;
 }
 const PRECONDITION_FAILED: u16 = 406;
 /// The smallest frame_max lapin will negotiate: amq-protocol's FRAME_MIN_SIZE is 8192, above
@@ -46,16 +44,6 @@ fn reply_code(err: &lapin::Error) -> Option<u16> {
         lapin::ErrorKind::ProtocolError(e) => Some(e.get_id()),
         _ => None,
     }
-}
-
-fn uniq(base: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{base}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 async fn declare(ch: &Channel, base: &str) -> String {

@@ -22,9 +22,7 @@ const TEST_LIMIT: Duration = Duration::from_secs(30);
 const SETTLE: Duration = Duration::from_secs(5);
 
 async fn bounded(test: impl std::future::Future<Output = ()>) {
-    tokio::time::timeout(TEST_LIMIT, test)
-        .await
-        .unwrap_or_else(|_| panic!("test did not finish within {TEST_LIMIT:?}"));
+    bourse_tests::bounded(TEST_LIMIT, test).await;
 }
 
 fn int(n: i64) -> AMQPValue {

@@ -20,9 +20,7 @@ const TEST_LIMIT: Duration = Duration::from_secs(30);
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 async fn bounded(test: impl std::future::Future<Output = ()>) {
-    tokio::time::timeout(TEST_LIMIT, test)
-        .await
-        .unwrap_or_else(|_| panic!("test did not finish within {TEST_LIMIT:?}"));
+    bourse_tests::bounded(TEST_LIMIT, test).await;
 }
 
 async fn consume_replies(ch: &Channel, tag: &str, no_ack: bool) -> Result<Consumer, lapin::Error> {

@@ -8,34 +8,18 @@
 use std::collections::BTreeSet;
 
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString};
-use bourse_tests::TestBroker;
 use bourse_tests::raw::{assert_reply_code, reply_code, within};
+use bourse_tests::{TestBroker, confirm_channel, session};
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeBindOptions,
-    ExchangeDeclareOptions, ExchangeDeleteOptions, ExchangeUnbindOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicGetOptions, BasicPublishOptions, ExchangeBindOptions, ExchangeDeclareOptions,
+    ExchangeDeleteOptions, ExchangeUnbindOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ExchangeKind};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// A connection with one confirm-mode channel.
-async fn session(broker: &TestBroker) -> (Connection, Channel) {
-    let (conn, _) = within(broker.channel()).await;
-    let ch = confirm_channel(&conn).await;
-    (conn, ch)
-}
-
-/// A new channel in confirm mode (used again after a channel error).
-async fn confirm_channel(conn: &Connection) -> Channel {
-    let ch = within(conn.create_channel()).await.expect("channel opens");
-    within(ch.confirm_select(ConfirmSelectOptions::default()))
-        .await
-        .expect("confirm.select");
-    ch
-}
 
 fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
     let mut t = FieldTable::default();

@@ -19,9 +19,7 @@ const TEST_LIMIT: Duration = Duration::from_secs(120);
 /// Runs a whole test under one deadline, so a broker that stops answering an unwrapped call
 /// fails the test instead of hanging it.
 async fn bounded(test: impl std::future::Future<Output = ()>) {
-    tokio::time::timeout(TEST_LIMIT, test)
-        .await
-        .unwrap_or_else(|_| panic!("test did not finish within {TEST_LIMIT:?}"));
+    bourse_tests::bounded(TEST_LIMIT, test).await;
 }
 
 fn workspace() -> PathBuf {

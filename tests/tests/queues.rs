@@ -8,37 +8,20 @@
 use std::time::Duration;
 
 use amq_protocol::types::{AMQPValue, FieldTable};
-use bourse_tests::TestBroker;
 use bourse_tests::raw::{assert_reply_code, reply_code, within};
+use bourse_tests::{TestBroker, confirm_channel, session};
 use futures_lite::StreamExt;
 use lapin::message::BasicGetMessage;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-    QueuePurgeOptions,
+    BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::{BasicProperties, Channel, Connection, Consumer, ExchangeKind, Queue};
 use tokio::time::Instant;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// A connection with one confirm-mode channel.
-async fn session(broker: &TestBroker) -> (Connection, Channel) {
-    let (conn, _) = within(broker.channel()).await;
-    let ch = confirm_channel(&conn).await;
-    (conn, ch)
-}
-
-/// A new channel in confirm mode (used again after a channel error).
-async fn confirm_channel(conn: &Connection) -> Channel {
-    let ch = within(conn.create_channel()).await.expect("channel opens");
-    within(ch.confirm_select(ConfirmSelectOptions::default()))
-        .await
-        .expect("confirm.select");
-    ch
-}
 
 async fn try_declare(
     ch: &Channel,
