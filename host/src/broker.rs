@@ -16,6 +16,7 @@ use crate::auth::UserStore;
 use crate::config::Config;
 use crate::exchange::Registry;
 use crate::exchange::wasm::PluginManager;
+use crate::store::{StoreError, StoreOptions};
 use crate::vhost::VHost;
 
 /// State shared by every connection.
@@ -38,13 +39,21 @@ impl Shared {
         self.vhosts.read().get(name).cloned()
     }
 
-    /// Creates a vhost if it does not exist.
-    pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
-        self.vhosts
-            .write()
-            .entry(name.to_owned())
-            .or_insert_with(|| VHost::new(name, self.registry.clone()))
-            .clone()
+    /// Opens a vhost if it is not open yet: its durable state under the data directory is
+    /// restored (definitions replayed, queued persistent messages recovered).
+    pub fn add_vhost(&self, name: &str) -> Result<Arc<VHost>, StoreError> {
+        let mut vhosts = self.vhosts.write();
+        if let Some(vhost) = vhosts.get(name) {
+            return Ok(vhost.clone());
+        }
+        let vhost = VHost::open(
+            name,
+            self.registry.clone(),
+            &self.config.data_dir,
+            StoreOptions::from_config(&self.config),
+        )?;
+        vhosts.insert(name.to_owned(), vhost.clone());
+        Ok(vhost)
     }
 }
 
@@ -78,7 +87,9 @@ impl Broker {
             next_connection: AtomicU64::new(1),
             config,
         });
-        shared.add_vhost("/");
+        shared
+            .add_vhost("/")
+            .context("cannot open the storage of vhost '/'")?;
         let (stop, stopped) = watch::channel(false);
         let accept = tokio::spawn(accept_loop(shared.clone(), listener, stopped));
         info!(%local_addr, "listening for AMQP connections");
@@ -108,11 +119,17 @@ impl BrokerHandle {
         self.shared.plugins.as_ref()
     }
 
-    /// Stops accepting connections and waits for the accept loop to end.
+    /// Stops accepting connections, waits for the accept loop to end, then writes and syncs
+    /// what the message stores buffered and closes them (later persistent publishes are
+    /// refused). Clients still connected should be closed first.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         if let Some(accept) = self.accept.take() {
             let _ = accept.await;
+        }
+        let vhosts: Vec<Arc<VHost>> = self.shared.vhosts.read().values().cloned().collect();
+        for vhost in vhosts {
+            vhost.close_storage();
         }
     }
 

@@ -12,9 +12,12 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let config = bourse::Config::from_cli(bourse::config::Cli::parse())?;
     let broker = bourse::Broker::start(config).await?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
-        _ = broker.wait() => {}
+        _ = terminate.recv() => tracing::info!("terminated; shutting down"),
     }
+    // Writes and syncs what the message stores buffered.
+    broker.shutdown().await;
     Ok(())
 }

@@ -80,6 +80,9 @@ pub struct QueuedMessage {
     /// When the message expires in this queue (`x-message-ttl` or its `expiration`, whichever
     /// is sooner), fixed when it was enqueued; a requeue keeps it. None: never.
     pub expires_at: Option<Instant>,
+    /// Where the queue's message store holds it (a [`crate::store::Position`] as u64), or 0
+    /// when it is not stored (transient, or the queue is not durable).
+    pub position: u64,
 }
 
 #[cfg(test)]

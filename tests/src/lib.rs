@@ -17,6 +17,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 pub struct TestBroker {
     handle: Option<BrokerHandle>,
     url: String,
+    config: Option<Config>,
     _data_dir: Option<TempDir>,
 }
 
@@ -32,6 +33,7 @@ impl TestBroker {
             return Self {
                 handle: None,
                 url,
+                config: None,
                 _data_dir: None,
             };
         }
@@ -42,13 +44,29 @@ impl TestBroker {
             ..Config::default()
         };
         adjust(&mut config);
-        let handle = Broker::start(config).await.expect("broker starts");
+        let handle = Broker::start(config.clone()).await.expect("broker starts");
         let url = format!("amqp://guest:guest@{}/%2f", handle.local_addr());
         Self {
             handle: Some(handle),
             url,
+            config: Some(config),
             _data_dir: Some(data_dir),
         }
+    }
+
+    /// Stops the in-process broker cleanly (its message stores written, synced and closed)
+    /// and starts a new one on the same data directory, as an operator's restart would; the
+    /// new one listens on another port. Close client connections first.
+    pub async fn restart(&mut self) {
+        let handle = self
+            .handle
+            .take()
+            .expect("restart needs the in-process broker");
+        handle.shutdown().await;
+        let config = self.config.clone().expect("in-process broker has a config");
+        let handle = Broker::start(config).await.expect("broker restarts");
+        self.url = format!("amqp://guest:guest@{}/%2f", handle.local_addr());
+        self.handle = Some(handle);
     }
 
     /// The broker's listening address.

@@ -53,6 +53,8 @@ pub struct Channel {
     pending: Option<PendingPublish>,
     confirms: Option<publish::Confirms>,
     tx: Option<TxState>,
+    /// tx.commit-ok replies held until the store syncs the committed messages (tickets).
+    commits: std::collections::VecDeque<crate::store::Ticket>,
     routed: Routed,
     /// The direct reply-to consumer (basic.consume on `amq.rabbitmq.reply-to`).
     reply: Option<ReplyState>,
@@ -80,6 +82,7 @@ impl Channel {
             pending: None,
             confirms: None,
             tx: None,
+            commits: std::collections::VecDeque::new(),
             routed: Routed::default(),
             reply: None,
         }
@@ -395,8 +398,13 @@ impl Channel {
                 };
                 let result = self.commit(cx, tx);
                 self.tx = Some(TxState::default());
-                result?;
-                self.reply(cx, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+                let ticket = result?;
+                if ticket > cx.vhost.synced() || !self.commits.is_empty() {
+                    // Persistent messages were committed: commit-ok once they are on disk.
+                    self.commits.push_back(ticket);
+                } else {
+                    self.reply(cx, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+                }
                 Ok(())
             }
             tx::AMQPMethod::Rollback(_) => {
@@ -419,16 +427,17 @@ impl Channel {
         }
     }
 
-    fn commit(&mut self, cx: &Session<'_>, tx: TxState) -> Result<(), AmqpError> {
+    fn commit(&mut self, cx: &Session<'_>, tx: TxState) -> Result<crate::store::Ticket, AmqpError> {
+        let mut ticket = 0;
         for publish in tx.publishes {
-            self.route_and_enqueue(cx, publish);
+            ticket = ticket.max(self.route_and_enqueue(cx, publish));
         }
         for (how, tag, multiple) in tx.settlements {
             let taken = self.outlet.take_unacked(tag, multiple)?;
             apply_settlement(how, taken);
         }
         self.kick_consumed_queues();
-        Ok(())
+        Ok(ticket)
     }
 
     /// Resolves the empty queue name to the channel's last declared queue.
@@ -498,19 +507,29 @@ pub(crate) enum Settle {
 fn apply_settlement(how: Settle, taken: Vec<Unacked>) {
     match how {
         Settle::Ack => {
-            // One settle (and one dispatch) per queue, however many tags were named.
-            let mut groups: Vec<(Arc<Queue>, usize)> = Vec::new();
+            // One settle (and one dispatch) per queue, however many tags were named. Store
+            // positions are collected only for stored messages (no allocation otherwise).
+            let mut groups: Vec<(Arc<Queue>, usize, Vec<u64>)> = Vec::new();
             for unacked in taken {
-                match groups
-                    .iter_mut()
-                    .find(|(q, _)| Arc::ptr_eq(q, &unacked.queue))
+                let position = unacked.entry.position;
+                let at = match groups
+                    .iter()
+                    .position(|(q, _, _)| Arc::ptr_eq(q, &unacked.queue))
                 {
-                    Some((_, count)) => *count += 1,
-                    None => groups.push((unacked.queue, 1)),
+                    Some(at) => at,
+                    None => {
+                        groups.push((unacked.queue, 0, Vec::new()));
+                        groups.len() - 1
+                    }
+                };
+                let group = &mut groups[at];
+                group.1 += 1;
+                if position != 0 {
+                    group.2.push(position);
                 }
             }
-            for (queue, count) in groups {
-                queue.settle(count);
+            for (queue, count, positions) in groups {
+                queue.settle(count, &positions);
             }
         }
         // Rejected without requeue: dead-lettered where the queue has a dead-letter exchange.

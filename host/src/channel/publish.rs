@@ -1,11 +1,12 @@
 //! Publishing: assembling content frames into a message, routing it, mandatory returns,
 //! publisher confirms and transactions.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use amq_protocol::frame::WriteContext;
 use amq_protocol::protocol::basic::gen_properties;
-use amq_protocol::protocol::{AMQPClass, BasicProperties, basic};
+use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, tx};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::{Bytes, BytesMut};
 
@@ -14,6 +15,7 @@ use crate::exchange::Name;
 use crate::message::{Message, parse_expiration};
 use crate::protocol::{AmqpError, BASIC_CLASS, ContentHeader, write_content, write_method};
 use crate::queue::Enqueued;
+use crate::store::Ticket;
 use crate::vhost::Exchange;
 use crate::vhost::REPLY_TO_QUEUE;
 
@@ -76,13 +78,24 @@ pub(crate) struct Publish {
     mandatory: bool,
 }
 
-/// Publisher-confirm state: the next tag, and acks not yet written (coalesced into one
-/// `multiple` ack per read batch).
+/// Publisher-confirm state: the next tag, acks not yet written (coalesced into one
+/// `multiple` ack per read batch), and confirms held until the message store has synced the
+/// messages they cover.
 #[derive(Default)]
 pub(crate) struct Confirms {
     next_tag: u64,
     last_sent: u64,
     unsent_ack: Option<u64>,
+    /// (store ticket, tag, ack rather than nack), in tag order. Once something waits, every
+    /// later confirm queues behind it so that a `multiple` ack never covers a waiting tag.
+    waiting: VecDeque<(Ticket, u64, bool)>,
+}
+
+impl Confirms {
+    /// Whether confirms wait for the message store.
+    pub(crate) fn awaiting_sync(&self) -> bool {
+        !self.waiting.is_empty()
+    }
 }
 
 /// A transaction's buffered work.
@@ -263,12 +276,16 @@ impl Channel {
         };
         match &mut self.tx {
             Some(tx) => tx.publishes.push(publish),
-            None => self.route_and_enqueue(cx, publish),
+            None => {
+                self.route_and_enqueue(cx, publish);
+            }
         }
         Ok(())
     }
 
-    pub(super) fn route_and_enqueue(&mut self, cx: &Session<'_>, publish: Publish) {
+    /// Routes and enqueues; returns the store ticket to await before the message counts as
+    /// safely received (0: nothing was stored).
+    pub(super) fn route_and_enqueue(&mut self, cx: &Session<'_>, publish: Publish) -> Ticket {
         let Publish {
             exchange,
             message,
@@ -313,9 +330,14 @@ impl Channel {
             });
         }
         let mut refused = false;
+        let mut ticket = 0;
         for queue in self.routed.queues.drain(..) {
-            // x-overflow reject-publish(-dlx): the queue refused it.
-            refused |= queue.publish(message.clone()) == Enqueued::Rejected;
+            match queue.publish(message.clone()) {
+                // x-overflow reject-publish(-dlx), or the store failed: the queue refused it.
+                Enqueued::Rejected => refused = true,
+                Enqueued::Stored(stored) => ticket = ticket.max(stored),
+                Enqueued::Accepted => {}
+            }
         }
         for reply in self.routed.replies.drain(..) {
             reply.deliver_reply(&message);
@@ -323,40 +345,92 @@ impl Channel {
         if let Some(confirms) = &mut self.confirms {
             confirms.next_tag += 1;
             let tag = confirms.next_tag;
-            if (unroutable && self.routed.router_failed) || refused {
-                // A plugin failed and the message reached no queue, or a queue refused it
-                // (RabbitMQ nacks when any queue rejects): the publisher must know.
+            // A plugin failed and the message reached no queue, or a queue refused it
+            // (RabbitMQ nacks when any queue rejects): the publisher must know.
+            let nack = (unroutable && self.routed.router_failed) || refused;
+            if ticket != 0 || confirms.awaiting_sync() {
+                // Persistent in a durable queue: confirmed once on disk (group commit).
+                let behind = confirms.waiting.back().map_or(0, |w| w.0);
+                confirms.waiting.push_back((ticket.max(behind), tag, !nack));
+            } else if nack {
                 flush_confirms(self.id, confirms, cx);
-                cx.writer.write(|out| {
-                    write_method(
-                        out,
-                        self.id,
-                        AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
-                            delivery_tag: tag,
-                            multiple: false,
-                            requeue: false,
-                        })),
-                    )
-                });
-                confirms.last_sent = tag;
+                send_nack(self.id, confirms, cx, tag);
             } else {
                 confirms.unsent_ack = Some(tag);
             }
         }
+        ticket
     }
 
-    /// Writes the acks coalesced during the last read batch.
+    /// Writes the acks coalesced during the last read batch, and the confirms and tx.commit-ok
+    /// replies that were waiting for the message store to sync.
     pub fn flush_confirms(&mut self, cx: &Session<'_>) {
         if let Some(confirms) = &mut self.confirms {
             flush_confirms(self.id, confirms, cx);
         }
+        if !self.commits.is_empty() {
+            let synced = cx.vhost.synced();
+            while self.commits.front().is_some_and(|&t| t <= synced) {
+                self.commits.pop_front();
+                self.reply(cx, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+            }
+        }
+    }
+
+    /// Whether replies wait for the message store (the connection then watches it).
+    pub fn awaiting_sync(&self) -> bool {
+        !self.commits.is_empty() || self.confirms.as_ref().is_some_and(Confirms::awaiting_sync)
     }
 }
 
+/// Writes the coalesced acks, then the held confirms whose messages the store has synced (all
+/// of them as nacks if the store failed: those messages will never be on disk).
 fn flush_confirms(channel: u16, confirms: &mut Confirms, cx: &Session<'_>) {
-    let Some(tag) = confirms.unsent_ack.take() else {
+    if let Some(tag) = confirms.unsent_ack.take() {
+        send_ack(channel, confirms, cx, tag);
+    }
+    if confirms.waiting.is_empty() {
         return;
-    };
+    }
+    let synced = cx.vhost.synced();
+    let failed = cx.vhost.store_failure().is_some();
+    let mut ack_upto = None;
+    while let Some(&(ticket, tag, ack)) = confirms.waiting.front() {
+        if ticket > synced && !failed {
+            break;
+        }
+        confirms.waiting.pop_front();
+        if ack && (ticket <= synced) {
+            ack_upto = Some(tag);
+        } else {
+            if let Some(upto) = ack_upto.take() {
+                send_ack(channel, confirms, cx, upto);
+            }
+            send_nack(channel, confirms, cx, tag);
+        }
+    }
+    if let Some(upto) = ack_upto {
+        send_ack(channel, confirms, cx, upto);
+    }
+}
+
+fn send_nack(channel: u16, confirms: &mut Confirms, cx: &Session<'_>, tag: u64) {
+    cx.writer.write(|out| {
+        write_method(
+            out,
+            channel,
+            AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
+                delivery_tag: tag,
+                multiple: false,
+                requeue: false,
+            })),
+        )
+    });
+    confirms.last_sent = tag;
+}
+
+/// Acks every tag after the last one sent up to `tag` (one `multiple` ack when several).
+fn send_ack(channel: u16, confirms: &mut Confirms, cx: &Session<'_>, tag: u64) {
     let multiple = tag > confirms.last_sent + 1;
     confirms.last_sent = tag;
     cx.writer.write(|out| {

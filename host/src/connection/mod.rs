@@ -67,6 +67,19 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, id:
     info!(id, %peer, reason, "connection closed");
 }
 
+/// Waits until the message store syncs again (forever without a store).
+async fn store_synced(synced: &mut Option<tokio::sync::watch::Receiver<crate::store::Ticket>>) {
+    match synced {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            rx.borrow_and_update();
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// The read half with its buffer.
 pub(crate) struct Reader {
     socket: OwnedReadHalf,
@@ -131,6 +144,8 @@ impl Connection {
     async fn run(&mut self, reader: &mut Reader) -> &'static str {
         // The peer must send something (a frame or heartbeat) at least every two intervals.
         let silence = self.heartbeat.map(|h| h * 2);
+        // Confirms of persistent messages wait for the message store's group commit.
+        let mut synced = self.vhost.subscribe_synced();
         loop {
             loop {
                 let frame = match parse_frame(&mut reader.buf, self.frame_max) {
@@ -169,6 +184,9 @@ impl Connection {
                     self.close_timed_out_channels();
                     continue;
                 }
+                _ = store_synced(&mut synced), if self.awaiting_sync() => {
+                    continue;
+                }
             };
             match read {
                 Ok(0) => return "client closed the socket",
@@ -176,6 +194,10 @@ impl Connection {
                 Err(_) => return "socket error",
             }
         }
+    }
+
+    fn awaiting_sync(&self) -> bool {
+        self.channels.values().any(Channel::awaiting_sync)
     }
 
     fn flush_confirms(&mut self) {

@@ -33,7 +33,12 @@ use tracing::warn;
 
 use crate::exchange::Name;
 use crate::message::{Message, QueuedMessage};
+use crate::store::{Position, QueueStore, RecoveredMessage, Ticket};
 use ready::Ready;
+
+/// Ready messages a durable FIFO queue keeps in memory; behind them, persistent messages are
+/// paged out (see `ready.rs`).
+pub const IN_MEMORY_MESSAGES: usize = 2048;
 
 /// Identifies a connection, for exclusive queues and exclusive ownership checks.
 pub type ConnectionId = u64;
@@ -115,6 +120,9 @@ pub struct QueueSpec {
 pub enum Enqueued {
     /// Delivered or queued (or dropped because the queue was deleted meanwhile).
     Accepted,
+    /// Accepted and appended to the queue's message store: a publisher confirm must wait
+    /// until the store has synced this ticket.
+    Stored(Ticket),
     /// Refused by `x-overflow` reject-publish or reject-publish-dlx: under publisher confirms
     /// the publisher must get basic.nack.
     Rejected,
@@ -125,6 +133,8 @@ pub struct Queue {
     /// What was declared.
     pub spec: QueueSpec,
     args: QueueArgs,
+    /// Where persistent messages go when the queue is durable.
+    store: Option<QueueStore>,
     me: Weak<Queue>,
     host: OnceLock<Weak<dyn QueueHost>>,
     state: Mutex<QueueState>,
@@ -132,7 +142,6 @@ pub struct Queue {
 
 struct QueueState {
     ready: Ready,
-    next_seq: u64,
     /// Sorted by priority, highest first; registration order among equals (rotated for
     /// round-robin unless single-active-consumer is on).
     consumers: Vec<Arc<Consumer>>,
@@ -176,21 +185,33 @@ impl Queue {
     /// through [`Queue::try_new`], which refuses them.
     pub fn new(spec: QueueSpec) -> Arc<Self> {
         let args = QueueArgs::parse(&spec.arguments).unwrap_or_default();
-        Self::with_args(spec, args)
+        Self::with_args(spec, args, None)
     }
 
     /// Creates an empty queue after validating its declare arguments.
     pub fn try_new(spec: QueueSpec) -> Result<Arc<Self>, ArgError> {
-        let args = QueueArgs::parse(&spec.arguments)?;
-        Ok(Self::with_args(spec, args))
+        Self::try_new_stored(spec, None)
     }
 
-    fn with_args(spec: QueueSpec, args: QueueArgs) -> Arc<Self> {
+    /// [`Queue::try_new`] for a durable queue whose persistent messages go to `store`.
+    pub fn try_new_stored(
+        spec: QueueSpec,
+        store: Option<QueueStore>,
+    ) -> Result<Arc<Self>, ArgError> {
+        let args = QueueArgs::parse(&spec.arguments)?;
+        Ok(Self::with_args(spec, args, store))
+    }
+
+    fn with_args(spec: QueueSpec, args: QueueArgs, store: Option<QueueStore>) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             spec,
             state: Mutex::new(QueueState {
-                ready: Ready::new(args.max_priority),
-                next_seq: 0,
+                ready: Ready::new(
+                    args.max_priority,
+                    store.clone(),
+                    IN_MEMORY_MESSAGES,
+                    args.message_ttl,
+                ),
                 consumers: Vec::new(),
                 active: None,
                 unacked: 0,
@@ -203,6 +224,7 @@ impl Queue {
                 last_used: Instant::now(),
             }),
             args,
+            store,
             me: me.clone(),
             host: OnceLock::new(),
         })
@@ -279,6 +301,7 @@ impl Queue {
                         message,
                         redelivered: false,
                         expires_at: None,
+                        position: 0,
                     };
                     self.discard(&mut state, entry, DeathReason::Maxlen);
                 }
@@ -286,22 +309,40 @@ impl Queue {
                 return Enqueued::Rejected;
             }
         }
-        let seq = state.next_seq;
-        state.next_seq += 1;
+        let mut outcome = Enqueued::Accepted;
+        let mut position = 0;
+        if let Some(store) = &self.store
+            && message.persistent()
+        {
+            match store.append_message(&message) {
+                Ok((at, ticket)) => {
+                    position = at.to_u64();
+                    outcome = Enqueued::Stored(ticket);
+                }
+                Err(error) => {
+                    // Not on disk: the publisher must not get a confirm for it.
+                    warn!(queue = %self.name(), %error, "cannot store a persistent message; refused");
+                    self.finish(state);
+                    return Enqueued::Rejected;
+                }
+            }
+        }
         let mut entry = QueuedMessage {
-            seq,
+            seq: 0,
             message,
             redelivered: false,
             expires_at: None,
+            position,
         };
         let direct = state.ready.is_empty();
         if direct {
             // Straight to a consumer when one can take it: such a message never waits, so no
             // TTL applies (RabbitMQ delivers even x-message-ttl=0 messages this way).
+            entry.seq = state.ready.allocate_seq();
             match self.offer_locked(self, &mut state, entry) {
                 Ok(()) => {
                     self.finish(state);
-                    return Enqueued::Accepted;
+                    return outcome;
                 }
                 Err(back) => entry = back,
             }
@@ -320,7 +361,79 @@ impl Queue {
             self.dispatch_locked(self, &mut state);
         }
         self.finish(state);
-        Enqueued::Accepted
+        outcome
+    }
+
+    /// Queues the messages its store recovered at start-up, in order, with their
+    /// redelivered flags. A FIFO queue keeps them paged out; a priority queue reads them in.
+    pub fn recover(&self, messages: Vec<RecoveredMessage>) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let mut state = self.state.lock();
+        state.expiring = true;
+        for recovered in messages {
+            if state.ready.push_recovered(recovered) {
+                continue;
+            }
+            match store
+                .read(recovered.position)
+                .and_then(|stored| stored.into_message())
+            {
+                Ok(message) => {
+                    let message = Arc::new(message);
+                    let expires_at = self.expiry_of(&message);
+                    state.ready.push_back(QueuedMessage {
+                        seq: 0,
+                        message,
+                        redelivered: recovered.redelivered,
+                        expires_at,
+                        position: recovered.position.to_u64(),
+                    });
+                }
+                Err(error) => {
+                    warn!(queue = %self.name(), %error, "a recovered message cannot be read; dropped");
+                    let _ = store.ack(recovered.position);
+                }
+            }
+        }
+        self.finish(state);
+    }
+
+    /// Ready messages whose body is on disk only (paged out).
+    pub fn paged_count(&self) -> usize {
+        self.state.lock().ready.paged()
+    }
+
+    /// Records in the store that a stored message was handed to a consumer: gone for good
+    /// when the consumer does not ack (`no_ack`), else marked delivered once, so that it comes
+    /// back redelivered after a crash.
+    fn delivered(&self, position: u64, redelivered: bool, no_ack: bool) {
+        let Some(store) = self.store.as_ref().filter(|_| position != 0) else {
+            return;
+        };
+        let position = Position::from_u64(position);
+        let result = if no_ack {
+            store.ack(position)
+        } else if !redelivered {
+            store.mark_delivered(position)
+        } else {
+            return;
+        };
+        if let Err(error) = result {
+            warn!(queue = %self.name(), %error, "cannot record a delivery in the store");
+        }
+    }
+
+    /// Records in the store that a stored message left the queue (acked, expired, dropped,
+    /// dead-lettered, purged).
+    fn forget(&self, position: u64) {
+        let Some(store) = self.store.as_ref().filter(|_| position != 0) else {
+            return;
+        };
+        if let Err(error) = store.ack(Position::from_u64(position)) {
+            warn!(queue = %self.name(), %error, "cannot record a removal in the store");
+        }
     }
 
     /// When a message enqueued now expires: the sooner of the queue's and its own TTL.
@@ -394,10 +507,12 @@ impl Queue {
             if !active.has_credit() {
                 return Err(entry);
             }
+            let (position, redelivered) = (entry.position, entry.redelivered);
             active.outlet.offer(active, me, entry)?;
             if !active.no_ack {
                 state.unacked += 1;
             }
+            self.delivered(position, redelivered, active.no_ack);
             return Ok(());
         }
         let mut index = 0;
@@ -407,11 +522,13 @@ impl Queue {
                 index += 1;
                 continue;
             }
+            let (position, redelivered) = (entry.position, entry.redelivered);
             match consumer.outlet.offer(consumer, me, entry) {
                 Ok(()) => {
                     if !consumer.no_ack {
                         state.unacked += 1;
                     }
+                    self.delivered(position, redelivered, consumer.no_ack);
                     rotate_within_priority(&mut state.consumers, index);
                     return Ok(());
                 }
@@ -444,18 +561,27 @@ impl Queue {
                 _ => break Some(entry),
             }
         };
-        if got.is_some() && !no_ack {
-            state.unacked += 1;
+        if let Some(entry) = &got {
+            if !no_ack {
+                state.unacked += 1;
+            }
+            self.delivered(entry.position, entry.redelivered, no_ack);
         }
         let remaining = state.ready.len();
         self.finish(state);
         got.map(|entry| (entry, remaining))
     }
 
-    /// Settles delivered messages that were acked, then delivers what the freed credit allows.
-    pub fn settle(self: &Arc<Self>, count: usize) {
+    /// Settles delivered messages that were acked (`positions`: the store positions of those
+    /// that were stored), then delivers what the freed credit allows.
+    pub fn settle(self: &Arc<Self>, count: usize, positions: &[u64]) {
         let mut state = self.state.lock();
         state.unacked = state.unacked.saturating_sub(count);
+        if !state.deleted {
+            for &position in positions {
+                self.forget(position);
+            }
+        }
         self.dispatch_locked(self, &mut state);
         self.finish(state);
     }
@@ -561,7 +687,10 @@ impl Queue {
 
     /// Drops all ready messages; returns how many.
     pub fn purge(&self) -> usize {
-        self.state.lock().ready.clear()
+        self.state
+            .lock()
+            .ready
+            .clear(|position| self.forget(position))
     }
 
     /// Marks the queue deleted, drops its messages and tells its consumers. Returns the number
@@ -574,8 +703,16 @@ impl Queue {
             if let Some(timer) = &state.timer {
                 timer.notify_one();
             }
-            (state.ready.clear(), std::mem::take(&mut state.consumers))
+            (
+                state.ready.clear(|_| {}),
+                std::mem::take(&mut state.consumers),
+            )
         };
+        if let Some(store) = &self.store
+            && let Err(error) = store.delete()
+        {
+            warn!(queue = %self.name(), %error, "cannot delete the queue's message store");
+        }
         for consumer in consumers {
             consumer.outlet.cancelled_by_server(&consumer);
         }
@@ -589,6 +726,7 @@ impl Queue {
 
     /// Drops or dead-letters an entry that leaves the queue without being delivered.
     fn discard(&self, state: &mut QueueState, entry: QueuedMessage, reason: DeathReason) {
+        self.forget(entry.position);
         if self.args.dead_letter.is_some() {
             state.dead.push((entry, reason));
         }
@@ -643,6 +781,7 @@ impl Queue {
         let dead_lettering = self.args.dead_letter.is_some();
         let QueueState { ready, dead, .. } = &mut *state;
         ready.take_expired_heads(now, |entry| {
+            self.forget(entry.position);
             if dead_lettering {
                 dead.push((entry, DeathReason::Expired));
             }

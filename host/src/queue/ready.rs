@@ -4,22 +4,36 @@
 //! level and always serves the highest non-empty level first, as RabbitMQ's priority queues do:
 //! a message without a priority counts as 0, one above the maximum counts as the maximum.
 //! Within a level, order is publish order, and a requeued message goes back to its original
-//! place (entries carry their publish sequence number).
+//! place (entries carry a sequence number).
 //!
-//! Everything goes through these methods so that the entries can later be backed by the
-//! message store (bodies paged out) without touching the queue logic.
+//! A FIFO queue with a message store pages: past `in_memory` entries, the messages that are
+//! already on disk (persistent, no expiry) are kept as a 16-byte [`Paged`] index entry in a
+//! tail behind the in-memory head, and read back from the store when they reach the head.
+//! Entries that cannot be paged (transient, or with an expiry) wait in the tail with their
+//! message, in order. Sequence numbers are handed out when an entry enters the in-memory head,
+//! so they always grow in delivery order.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::warn;
 
 use crate::message::QueuedMessage;
+use crate::store::{Position, QueueStore, RecoveredMessage};
+
+/// Entries moved from the paged tail into memory at a time.
+const PAGE_IN_BATCH: usize = 256;
+/// Index entries per chunk of the paged tail (64 KiB chunks: no doubling slack).
+const CHUNK: usize = 4096;
 
 /// Ready messages of one queue.
 pub(crate) struct Ready {
     levels: Levels,
     len: usize,
     bytes: usize,
+    next_seq: u64,
+    pager: Option<Pager>,
 }
 
 enum Levels {
@@ -28,9 +42,90 @@ enum Levels {
     Priority(Box<[VecDeque<QueuedMessage>]>),
 }
 
+/// The paged tail of a FIFO queue.
+struct Pager {
+    store: QueueStore,
+    /// Entries kept in memory before new ones go to the tail.
+    in_memory: usize,
+    /// The queue's `x-message-ttl`: only recovered messages are paged with a TTL, and theirs
+    /// counts from when they are read back.
+    message_ttl: Option<Duration>,
+    tail: PagedList,
+    /// Entries of the tail that kept their message (`Paged::HELD`), in tail order.
+    held: VecDeque<QueuedMessage>,
+}
+
+/// One entry of the paged tail: 16 bytes.
+#[derive(Clone, Copy)]
+struct Paged {
+    position: u64,
+    size: u32,
+    flags: u32,
+}
+
+impl Paged {
+    const REDELIVERED: u32 = 1;
+    /// The message is the next one in `Pager::held`, not on disk.
+    const HELD: u32 = 2;
+}
+
+/// A FIFO of [`Paged`] in fixed-size chunks, so ten million entries cost 160 MB, not the
+/// up-to-double a growing `VecDeque` may reserve.
+#[derive(Default)]
+struct PagedList {
+    chunks: VecDeque<Vec<Paged>>,
+    head: usize,
+    len: usize,
+}
+
+impl PagedList {
+    fn push_back(&mut self, entry: Paged) {
+        match self.chunks.back_mut() {
+            Some(chunk) if chunk.len() < CHUNK => chunk.push(entry),
+            _ => {
+                let mut chunk = Vec::with_capacity(CHUNK);
+                chunk.push(entry);
+                self.chunks.push_back(chunk);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn pop_front(&mut self) -> Option<Paged> {
+        let chunk = self.chunks.front()?;
+        let entry = *chunk.get(self.head)?;
+        self.head += 1;
+        if self.head == chunk.len() {
+            self.chunks.pop_front();
+            self.head = 0;
+        }
+        self.len -= 1;
+        Some(entry)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = Paged> + '_ {
+        let head = std::mem::take(&mut self.head);
+        self.len = 0;
+        std::mem::take(&mut self.chunks)
+            .into_iter()
+            .enumerate()
+            .flat_map(move |(i, chunk)| chunk.into_iter().skip(if i == 0 { head } else { 0 }))
+    }
+}
+
 impl Ready {
-    /// An empty list; `max_priority` above 0 makes it a priority queue.
-    pub(crate) fn new(max_priority: Option<u8>) -> Self {
+    /// An empty list; `max_priority` above 0 makes it a priority queue. A FIFO queue with a
+    /// `store` pages once it holds more than `in_memory` entries.
+    pub(crate) fn new(
+        max_priority: Option<u8>,
+        store: Option<QueueStore>,
+        in_memory: usize,
+        message_ttl: Option<Duration>,
+    ) -> Self {
         let levels = match max_priority {
             Some(max) if max > 0 => Levels::Priority(
                 (0..=max as usize)
@@ -40,10 +135,22 @@ impl Ready {
             ),
             _ => Levels::Fifo(VecDeque::new()),
         };
+        let pager = match (&levels, store) {
+            (Levels::Fifo(_), Some(store)) => Some(Pager {
+                store,
+                in_memory: in_memory.max(1),
+                message_ttl,
+                tail: PagedList::default(),
+                held: VecDeque::new(),
+            }),
+            _ => None,
+        };
         Self {
             levels,
             len: 0,
             bytes: 0,
+            next_seq: 0,
+            pager,
         }
     }
 
@@ -61,6 +168,25 @@ impl Ready {
         self.bytes
     }
 
+    /// Ready messages whose body is on disk only.
+    pub(crate) fn paged(&self) -> usize {
+        self.pager.as_ref().map_or(0, |p| p.tail.len - p.held.len())
+    }
+
+    /// A sequence number for a message delivered without entering the list.
+    pub(crate) fn allocate_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    fn in_memory(&self) -> usize {
+        match &self.levels {
+            Levels::Fifo(fifo) => fifo.len(),
+            Levels::Priority(_) => self.len,
+        }
+    }
+
     fn level_mut(&mut self, entry: &QueuedMessage) -> &mut VecDeque<QueuedMessage> {
         match &mut self.levels {
             Levels::Fifo(fifo) => fifo,
@@ -72,31 +198,78 @@ impl Ready {
         }
     }
 
-    fn added(&mut self, entry: &QueuedMessage) {
+    fn added(&mut self, size: usize) {
         self.len += 1;
-        self.bytes += entry.message.size();
+        self.bytes += size;
     }
 
-    fn removed(&mut self, entry: &QueuedMessage) {
+    fn removed(&mut self, size: usize) {
         self.len -= 1;
-        self.bytes -= entry.message.size();
+        self.bytes -= size;
     }
 
-    /// Appends a newly published message behind the others of its priority.
-    pub(crate) fn push_back(&mut self, entry: QueuedMessage) {
-        self.added(&entry);
+    /// Appends a newly published message behind the others of its priority. Its sequence
+    /// number is assigned here (or when it leaves the paged tail).
+    pub(crate) fn push_back(&mut self, mut entry: QueuedMessage) {
+        self.added(entry.message.size());
+        let in_memory = self.in_memory();
+        if let Some(pager) = &mut self.pager
+            && (!pager.tail.is_empty() || in_memory >= pager.in_memory)
+        {
+            let mut flags = if entry.redelivered {
+                Paged::REDELIVERED
+            } else {
+                0
+            };
+            let size = entry.message.size() as u32;
+            let position = if entry.position == 0 || entry.expires_at.is_some() {
+                flags |= Paged::HELD;
+                pager.held.push_back(entry);
+                0
+            } else {
+                // The entry (and with it the message) is dropped here: the body lives on in
+                // the store only.
+                entry.position
+            };
+            pager.tail.push_back(Paged {
+                position,
+                size,
+                flags,
+            });
+            return;
+        }
+        entry.seq = self.allocate_seq();
         self.level_mut(&entry).push_back(entry);
+    }
+
+    /// Queues a message found in the store at recovery, behind the others.
+    pub(crate) fn push_recovered(&mut self, recovered: RecoveredMessage) -> bool {
+        let Some(pager) = &mut self.pager else {
+            return false;
+        };
+        pager.tail.push_back(Paged {
+            position: recovered.position.to_u64(),
+            size: recovered.body_len,
+            flags: if recovered.redelivered {
+                Paged::REDELIVERED
+            } else {
+                0
+            },
+        });
+        self.added(recovered.body_len as usize);
+        self.refill();
+        true
     }
 
     /// Puts back an entry just taken with [`Ready::pop_front`] (no consumer could take it).
     pub(crate) fn push_front(&mut self, entry: QueuedMessage) {
-        self.added(&entry);
+        self.added(entry.message.size());
         self.level_mut(&entry).push_front(entry);
     }
 
     /// Puts a requeued entry back at its original position within its priority.
     pub(crate) fn insert_by_seq(&mut self, entry: QueuedMessage) {
-        self.added(&entry);
+        self.added(entry.message.size());
         let level = self.level_mut(&entry);
         let at = level.partition_point(|m| m.seq < entry.seq);
         level.insert(at, entry);
@@ -104,19 +277,104 @@ impl Ready {
 
     /// Takes the next message to deliver: the oldest of the highest non-empty priority.
     pub(crate) fn pop_front(&mut self) -> Option<QueuedMessage> {
+        self.refill();
         let entry = match &mut self.levels {
             Levels::Fifo(fifo) => fifo.pop_front(),
             Levels::Priority(levels) => levels.iter_mut().rev().find_map(VecDeque::pop_front),
         }?;
-        self.removed(&entry);
+        self.removed(entry.message.size());
         Some(entry)
     }
 
-    /// Drops every entry; returns how many there were.
-    pub(crate) fn clear(&mut self) -> usize {
+    /// When the in-memory head ran empty, moves the next entries of the paged tail into it,
+    /// reading paged messages back from the store. A message that cannot be read is reported,
+    /// removed from the store and skipped.
+    fn refill(&mut self) {
+        let Levels::Fifo(fifo) = &mut self.levels else {
+            return;
+        };
+        let Some(pager) = &mut self.pager else {
+            return;
+        };
+        if !fifo.is_empty() {
+            return;
+        }
+        while fifo.len() < PAGE_IN_BATCH {
+            let Some(paged) = pager.tail.pop_front() else {
+                break;
+            };
+            let redelivered = paged.flags & Paged::REDELIVERED != 0;
+            let entry = if paged.flags & Paged::HELD != 0 {
+                match pager.held.pop_front() {
+                    Some(entry) => entry,
+                    None => {
+                        self.len -= 1;
+                        self.bytes -= paged.size as usize;
+                        continue;
+                    }
+                }
+            } else {
+                let position = Position::from_u64(paged.position);
+                match pager
+                    .store
+                    .read(position)
+                    .and_then(|stored| stored.into_message())
+                {
+                    Ok(message) => {
+                        let own = message.ttl_ms().map(Duration::from_millis);
+                        let ttl = match (pager.message_ttl, own) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
+                        QueuedMessage {
+                            seq: 0,
+                            message: std::sync::Arc::new(message),
+                            redelivered,
+                            expires_at: ttl.and_then(|ttl| Instant::now().checked_add(ttl)),
+                            position: paged.position,
+                        }
+                    }
+                    Err(error) => {
+                        warn!(queue = pager.store.name(), %error, "a paged message cannot be read back; dropped");
+                        let _ = pager.store.ack(position);
+                        self.len -= 1;
+                        self.bytes -= paged.size as usize;
+                        continue;
+                    }
+                }
+            };
+            let mut entry = entry;
+            entry.seq = self.next_seq;
+            self.next_seq += 1;
+            fifo.push_back(entry);
+        }
+    }
+
+    /// Drops every entry; returns how many there were. `gone` sees the store position of
+    /// each one that had one.
+    pub(crate) fn clear(&mut self, mut gone: impl FnMut(u64)) -> usize {
+        let mut forget = |level: &mut VecDeque<QueuedMessage>| {
+            for entry in level.drain(..) {
+                if entry.position != 0 {
+                    gone(entry.position);
+                }
+            }
+        };
         match &mut self.levels {
-            Levels::Fifo(fifo) => fifo.clear(),
-            Levels::Priority(levels) => levels.iter_mut().for_each(VecDeque::clear),
+            Levels::Fifo(fifo) => forget(fifo),
+            Levels::Priority(levels) => levels.iter_mut().for_each(forget),
+        }
+        if let Some(pager) = &mut self.pager {
+            for entry in pager.held.drain(..) {
+                if entry.position != 0 {
+                    gone(entry.position);
+                }
+            }
+            for paged in pager.tail.drain() {
+                if paged.flags & Paged::HELD == 0 {
+                    gone(paged.position);
+                }
+            }
         }
         let count = self.len;
         self.len = 0;
@@ -127,22 +385,28 @@ impl Ready {
     /// Removes the expired entries at the head of each priority level (RabbitMQ expires only
     /// from the head: a message behind a longer-lived one waits until it reaches the front).
     pub(crate) fn take_expired_heads(&mut self, now: Instant, mut out: impl FnMut(QueuedMessage)) {
-        let mut removed = Vec::new();
-        let mut take = |level: &mut VecDeque<QueuedMessage>| {
-            while level
-                .front()
-                .is_some_and(|m| m.expires_at.is_some_and(|at| at <= now))
-            {
-                removed.extend(level.pop_front());
+        loop {
+            self.refill();
+            let mut removed = Vec::new();
+            let mut take = |level: &mut VecDeque<QueuedMessage>| {
+                while level
+                    .front()
+                    .is_some_and(|m| m.expires_at.is_some_and(|at| at <= now))
+                {
+                    removed.extend(level.pop_front());
+                }
+            };
+            match &mut self.levels {
+                Levels::Fifo(fifo) => take(fifo),
+                Levels::Priority(levels) => levels.iter_mut().rev().for_each(take),
             }
-        };
-        match &mut self.levels {
-            Levels::Fifo(fifo) => take(fifo),
-            Levels::Priority(levels) => levels.iter_mut().rev().for_each(take),
-        }
-        for entry in removed {
-            self.removed(&entry);
-            out(entry);
+            if removed.is_empty() {
+                return;
+            }
+            for entry in removed {
+                self.removed(entry.message.size());
+                out(entry);
+            }
         }
     }
 
@@ -185,6 +449,7 @@ mod tests {
             }),
             redelivered: false,
             expires_at: None,
+            position: 0,
         }
     }
 
@@ -194,7 +459,7 @@ mod tests {
 
     #[test]
     fn fifo_keeps_publish_order_and_requeue_position() {
-        let mut ready = Ready::new(None);
+        let mut ready = Ready::new(None, None, 0, None);
         for seq in 0..4 {
             ready.push_back(entry(seq, Some(9), "ab"));
         }
@@ -209,7 +474,7 @@ mod tests {
 
     #[test]
     fn higher_priorities_first_fifo_within_a_priority() {
-        let mut ready = Ready::new(Some(5));
+        let mut ready = Ready::new(Some(5), None, 0, None);
         let published = [
             (0, None),
             (1, Some(5)),
@@ -227,7 +492,7 @@ mod tests {
 
     #[test]
     fn requeue_returns_to_original_place_within_its_priority() {
-        let mut ready = Ready::new(Some(3));
+        let mut ready = Ready::new(Some(3), None, 0, None);
         for (seq, priority) in [(0, Some(3)), (1, Some(1)), (2, Some(3)), (3, Some(1))] {
             ready.push_back(entry(seq, priority, "x"));
         }
@@ -244,7 +509,7 @@ mod tests {
         let now = Instant::now();
         let past = now - std::time::Duration::from_millis(1);
         let future = now + std::time::Duration::from_secs(60);
-        let mut ready = Ready::new(Some(1));
+        let mut ready = Ready::new(Some(1), None, 0, None);
         let mut push = |seq, priority, expires_at| {
             let mut e = entry(seq, priority, "x");
             e.expires_at = expires_at;

@@ -185,6 +185,7 @@ fn rejected_and_expired_messages_are_dead_lettered_with_the_routing_key() {
         message: message("fresh"),
         redelivered: false,
         expires_at: None,
+        position: 0,
     };
     q.reject([entry]);
     assert_eq!(q.unacked_count(), 0);

@@ -3,6 +3,7 @@
 //! Topology changes arrive as typed commands from the channel layer (never frames); each is
 //! validated and applied under the topology write lock. Publishing takes the read lock only.
 
+mod durable;
 mod exchange;
 mod reply_to;
 mod route;
@@ -12,6 +13,7 @@ pub use reply_to::{REPLY_TO_PREFIX, REPLY_TO_QUEUE, ReplyConsumer};
 pub use route::Routed;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Weak};
 
 use amq_protocol::types::{AMQPValue, FieldTable};
@@ -21,7 +23,11 @@ use tracing::debug;
 use crate::exchange::{Binding, Destination, Name, Registry};
 use crate::message::Message;
 use crate::protocol::AmqpError;
-use crate::queue::{ConnectionId, DeathReason, Queue, QueueHost, QueueSpec};
+use crate::queue::{ConnectionId, DeathReason, Queue, QueueArgs, QueueHost, QueueSpec};
+use crate::store::{Definition, StoreError, StoreOptions};
+use durable::{
+    Durable, binding_definition, exchange_definition, queue_definition, queue_is_durable,
+};
 use reply_to::ReplyRegistry;
 
 /// The exchanges every vhost starts with, and their types.
@@ -44,12 +50,16 @@ pub struct VHost {
     replies: ReplyRegistry,
     /// This vhost, for its queues (dead-lettering, `x-expires`).
     me: Weak<VHost>,
+    /// The definitions log and message store; None for a vhost kept in memory only.
+    durable: Option<Durable>,
 }
 
 #[derive(Default)]
 struct Topology {
     exchanges: HashMap<Name, Arc<Exchange>>,
     queues: HashMap<Name, Arc<Queue>>,
+    /// Durable exchanges removed by the last change, to be logged as deleted.
+    dropped: Vec<Name>,
 }
 
 /// The result of a queue declaration.
@@ -61,18 +71,34 @@ pub struct DeclaredQueue {
 }
 
 impl VHost {
-    /// Creates a vhost with the pre-declared exchanges.
+    /// Creates a vhost kept in memory only, with the pre-declared exchanges.
     pub fn new(name: &str, registry: Registry) -> Arc<Self> {
-        Arc::new_cyclic(|me| Self::build(name, registry, me.clone()))
+        Arc::new_cyclic(|me| Self::build(name, registry, me.clone(), None))
     }
 
-    fn build(name: &str, registry: Registry, me: Weak<VHost>) -> Self {
+    /// Opens a vhost whose durable objects and persistent messages live under `data_dir`:
+    /// replays its definitions log and recovers its queued messages (`docs/storage.md`).
+    /// WASM exchange types must be registered before, or their exchanges are not restored.
+    pub fn open(
+        name: &str,
+        registry: Registry,
+        data_dir: &Path,
+        options: StoreOptions,
+    ) -> Result<Arc<Self>, StoreError> {
+        let (durable, restore) = Durable::open(data_dir, name, options)?;
+        let vhost = Arc::new_cyclic(|me| Self::build(name, registry, me.clone(), Some(durable)));
+        vhost.restore(restore);
+        Ok(vhost)
+    }
+
+    fn build(name: &str, registry: Registry, me: Weak<VHost>, durable: Option<Durable>) -> Self {
         let vhost = Self {
             name: Name::from(name),
             registry,
             topology: RwLock::new(Topology::default()),
             replies: ReplyRegistry::default(),
             me,
+            durable,
         };
         {
             let mut topology = vhost.topology.write();
@@ -164,6 +190,9 @@ impl VHost {
         let router = ty
             .create_in(&self.name, &spec.name, &spec.arguments)
             .map_err(|e| AmqpError::precondition_failed(format!("invalid arguments: {e}")))?;
+        if spec.durable {
+            self.log(&exchange_definition(&spec))?;
+        }
         topology
             .exchanges
             .insert(spec.name.clone(), Arc::new(Exchange::new(spec, router)));
@@ -190,7 +219,7 @@ impl VHost {
             )));
         }
         topology.remove_exchange(name);
-        Ok(())
+        self.log_dropped(&mut topology)
     }
 
     /// queue.declare (non-passive) for `owner`.
@@ -238,12 +267,21 @@ impl VHost {
             )));
         }
         let name = spec.name.clone();
-        let queue = Queue::try_new(spec).map_err(|e| {
+        let invalid = |e: crate::queue::ArgError| {
             AmqpError::precondition_failed(format!(
                 "invalid arg '{}' for queue '{name}' in vhost '{}': {}",
                 e.key, self.name, e.detail
             ))
-        })?;
+        };
+        QueueArgs::parse(&spec.arguments).map_err(invalid)?;
+        let store = match &self.durable {
+            Some(durable) if queue_is_durable(&spec) => {
+                durable.log(&queue_definition(&spec))?;
+                Some(durable.open_queue(&name)?)
+            }
+            _ => None,
+        };
+        let queue = Queue::try_new_stored(spec, store).map_err(invalid)?;
         let host: Weak<dyn QueueHost> = self.me.clone();
         queue.attach(host);
         topology.queues.insert(queue.name().clone(), queue.clone());
@@ -281,19 +319,34 @@ impl VHost {
                 )));
             }
             topology.remove_queue(name);
+            self.log_queue_removed(&mut topology, &queue)?;
             queue
         };
         Ok(queue.delete())
+    }
+
+    /// Logs the deletion of `queue` (if durable) and of the exchanges it auto-deleted.
+    fn log_queue_removed(&self, topology: &mut Topology, queue: &Queue) -> Result<(), AmqpError> {
+        if queue_is_durable(&queue.spec) {
+            self.log(&Definition::DeleteQueue {
+                name: queue.name().to_string(),
+            })?;
+        }
+        self.log_dropped(topology)
     }
 
     /// Deletes a queue without checks (auto-delete, exclusive owner gone).
     pub fn remove_queue(&self, queue: &Arc<Queue>) {
         let removed = {
             let mut topology = self.topology.write();
-            match topology.queues.get(queue.name()) {
+            let removed = match topology.queues.get(queue.name()) {
                 Some(q) if Arc::ptr_eq(q, queue) => topology.remove_queue(queue.name()),
                 _ => false,
+            };
+            if removed && let Err(error) = self.log_queue_removed(&mut topology, queue) {
+                tracing::error!(vhost = %self.name, queue = %queue.name(), %error, "queue deletion not logged");
             }
+            removed
         };
         if removed {
             queue.delete();
@@ -320,7 +373,18 @@ impl VHost {
         let topology = self.topology.write();
         let exchange = self.bindable_source(&topology, source)?;
         topology.check_destination(&binding.destination, &self.name)?;
-        exchange.bind(binding)
+        let logged = (self.durable.is_some()
+            && topology.binding_is_durable(&exchange, &binding.destination))
+        .then(|| binding_definition(source, &binding));
+        let undo = logged.as_ref().map(|_| binding.clone());
+        exchange.bind(binding)?;
+        if let (Some(definition), Some(undo)) = (logged, undo)
+            && let Err(error) = self.log(&Definition::Bind(definition))
+        {
+            exchange.unbind(&undo);
+            return Err(error);
+        }
+        Ok(())
     }
 
     /// queue.unbind / exchange.unbind. Unbinding a binding that does not exist is not an
@@ -329,10 +393,16 @@ impl VHost {
         let mut topology = self.topology.write();
         let exchange = self.bindable_source(&topology, source)?;
         topology.check_destination(&binding.destination, &self.name)?;
-        if exchange.unbind(binding) && exchange.spec.auto_delete && !exchange.has_bindings() {
-            topology.remove_exchange(&exchange.spec.name);
+        let durable = topology.binding_is_durable(&exchange, &binding.destination);
+        if exchange.unbind(binding) {
+            if durable {
+                self.log(&Definition::Unbind(binding_definition(source, binding)))?;
+            }
+            if exchange.spec.auto_delete && !exchange.has_bindings() {
+                topology.remove_exchange(&exchange.spec.name);
+            }
         }
-        Ok(())
+        self.log_dropped(&mut topology)
     }
 
     fn bindable_source(
@@ -520,7 +590,10 @@ impl Topology {
     }
 
     fn remove_exchange(&mut self, name: &str) {
-        if self.exchanges.remove(name).is_some() {
+        if let Some(exchange) = self.exchanges.remove(name) {
+            if exchange.spec.durable {
+                self.dropped.push(exchange.spec.name.clone());
+            }
             self.drop_bindings_to(&Destination::Exchange(Name::from(name)));
         }
     }

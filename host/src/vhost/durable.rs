@@ -1,0 +1,312 @@
+//! A vhost's storage: its definitions log and message store, what is written to them when the
+//! topology changes, and the restore at start-up (see `docs/storage.md`).
+//!
+//! Durable objects are logged; transient ones never are. A binding is durable when both ends
+//! are (RabbitMQ's rule), and a durable queue stops being exclusive-capable: exclusive queues
+//! die with their connection, so they are never logged even when declared durable.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::{Exchange, ExchangeSpec, Topology, VHost};
+use crate::exchange::{Binding, Destination, Name};
+use crate::protocol::AmqpError;
+use crate::queue::{Queue, QueueHost, QueueSpec};
+use crate::store::{
+    BindingDefinition, Definition, DefinitionsLog, DestinationKind, ExchangeDefinition,
+    MessageStore, QueueDefinition, QueueStore, RecoveredQueue, StoreError, StoreOptions, Ticket,
+};
+
+/// The storage of one vhost.
+pub(super) struct Durable {
+    definitions: Mutex<DefinitionsLog>,
+    pub(super) messages: MessageStore,
+}
+
+/// What the stores returned at open, to be applied once the vhost exists.
+pub(super) struct Restore {
+    definitions: Vec<Definition>,
+    recovered: Vec<RecoveredQueue>,
+}
+
+impl Durable {
+    /// Opens (creating if needed) the vhost's directory under `data_dir`, replays its
+    /// definitions log and recovers its message store.
+    pub(super) fn open(
+        data_dir: &Path,
+        vhost: &str,
+        options: StoreOptions,
+    ) -> Result<(Durable, Restore), StoreError> {
+        let dir = crate::store::prepare_vhost_dir(data_dir, vhost)?;
+        let (log, _commands) = DefinitionsLog::open(&dir)?;
+        let definitions = log.snapshot();
+        let (messages, recovered) = MessageStore::open(&dir, options)?;
+        Ok((
+            Durable {
+                definitions: Mutex::new(log),
+                messages,
+            },
+            Restore {
+                definitions,
+                recovered,
+            },
+        ))
+    }
+
+    /// Appends one command to the definitions log (fsynced before it returns).
+    pub(super) fn log(&self, definition: &Definition) -> Result<(), AmqpError> {
+        self.definitions
+            .lock()
+            .append(definition)
+            .map_err(|e| AmqpError::internal(format!("cannot write the definitions log: {e}")))
+    }
+
+    /// The store of a newly declared durable queue.
+    pub(super) fn open_queue(&self, name: &str) -> Result<QueueStore, AmqpError> {
+        self.messages
+            .open_queue(name)
+            .map_err(|e| AmqpError::internal(format!("cannot create the queue's store: {e}")))
+    }
+}
+
+/// Whether a queue is kept in the definitions log.
+pub(super) fn queue_is_durable(spec: &QueueSpec) -> bool {
+    spec.durable && spec.exclusive_owner.is_none()
+}
+
+pub(super) fn exchange_definition(spec: &ExchangeSpec) -> Definition {
+    Definition::DeclareExchange(ExchangeDefinition {
+        name: spec.name.to_string(),
+        kind: spec.kind.to_string(),
+        durable: true,
+        auto_delete: spec.auto_delete,
+        internal: spec.internal,
+        arguments: spec.arguments.clone(),
+    })
+}
+
+pub(super) fn queue_definition(spec: &QueueSpec) -> Definition {
+    Definition::DeclareQueue(QueueDefinition {
+        name: spec.name.to_string(),
+        durable: true,
+        auto_delete: spec.auto_delete,
+        exclusive: false,
+        arguments: spec.arguments.clone(),
+    })
+}
+
+pub(super) fn binding_definition(source: &str, binding: &Binding) -> BindingDefinition {
+    let (destination_kind, destination) = match &binding.destination {
+        Destination::Queue(name) => (DestinationKind::Queue, name),
+        Destination::Exchange(name) => (DestinationKind::Exchange, name),
+    };
+    BindingDefinition {
+        source: source.to_owned(),
+        destination_kind,
+        destination: destination.to_string(),
+        routing_key: binding.routing_key.to_string(),
+        arguments: binding.arguments.clone(),
+    }
+}
+
+impl Topology {
+    /// Whether a binding from `source` to `destination` is kept: both ends durable.
+    pub(super) fn binding_is_durable(&self, source: &Exchange, destination: &Destination) -> bool {
+        source.spec.durable
+            && match destination {
+                Destination::Queue(name) => self
+                    .queues
+                    .get(name)
+                    .is_some_and(|q| queue_is_durable(&q.spec)),
+                Destination::Exchange(name) => {
+                    self.exchanges.get(name).is_some_and(|x| x.spec.durable)
+                }
+            }
+    }
+}
+
+impl VHost {
+    /// The highest ticket the message store has synced; every ticket when there is no store.
+    pub fn synced(&self) -> Ticket {
+        self.durable
+            .as_ref()
+            .map_or(Ticket::MAX, |d| d.messages.synced())
+    }
+
+    /// Notified whenever the message store syncs (None without a store).
+    pub fn subscribe_synced(&self) -> Option<watch::Receiver<Ticket>> {
+        self.durable.as_ref().map(|d| d.messages.subscribe())
+    }
+
+    /// Why the message store stopped accepting writes, if it did.
+    pub fn store_failure(&self) -> Option<String> {
+        self.durable.as_ref().and_then(|d| d.messages.failure())
+    }
+
+    /// Writes and syncs the message store's buffers and stops it (broker shutdown).
+    pub fn close_storage(&self) {
+        if let Some(durable) = &self.durable {
+            durable.messages.close();
+        }
+    }
+
+    /// Whether the vhost keeps durable objects and persistent messages on disk.
+    pub fn is_durable(&self) -> bool {
+        self.durable.is_some()
+    }
+
+    /// Writes a topology command when the vhost has storage.
+    pub(super) fn log(&self, definition: &Definition) -> Result<(), AmqpError> {
+        match &self.durable {
+            Some(durable) => durable.log(definition),
+            None => Ok(()),
+        }
+    }
+
+    /// Logs the deletion of the durable exchanges that a topology change removed (directly or
+    /// by auto-delete).
+    pub(super) fn log_dropped(&self, topology: &mut Topology) -> Result<(), AmqpError> {
+        let dropped = std::mem::take(&mut topology.dropped);
+        for name in dropped {
+            self.log(&Definition::DeleteExchange {
+                name: name.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the durable topology and queued messages found at open. An object that cannot
+    /// be rebuilt (an exchange type no longer loaded, invalid arguments) is reported and
+    /// skipped; it stays in the log, so it returns once the cause is fixed.
+    pub(super) fn restore(self: &Arc<Self>, restore: Restore) {
+        let Some(durable) = &self.durable else {
+            return;
+        };
+        let mut recovered: HashMap<String, RecoveredQueue> = restore
+            .recovered
+            .into_iter()
+            .map(|q| (q.name.clone(), q))
+            .collect();
+        let mut pending_messages = Vec::new();
+        let (mut exchanges, mut queues, mut bindings) = (0, 0, 0);
+        let mut topology = self.topology.write();
+        for definition in restore.definitions {
+            match definition {
+                Definition::DeclareExchange(def) => {
+                    match self.restore_exchange(&mut topology, def) {
+                        Ok(()) => exchanges += 1,
+                        Err(error) => warn!(vhost = %self.name, %error, "exchange not restored"),
+                    }
+                }
+                Definition::DeclareQueue(def) => {
+                    let found = recovered.remove(&def.name);
+                    let store = match found.as_ref() {
+                        Some(q) => Ok(q.store.clone()),
+                        None => durable.messages.open_queue(&def.name),
+                    };
+                    let spec = QueueSpec {
+                        name: Name::from(def.name.as_str()),
+                        durable: true,
+                        exclusive_owner: None,
+                        auto_delete: def.auto_delete,
+                        arguments: def.arguments,
+                    };
+                    let queue = store.map_err(|e| e.to_string()).and_then(|store| {
+                        Queue::try_new_stored(spec, Some(store))
+                            .map_err(|e| format!("invalid arg '{}': {}", e.key, e.detail))
+                    });
+                    match queue {
+                        Ok(queue) => {
+                            let host: std::sync::Weak<dyn QueueHost> = self.me.clone();
+                            queue.attach(host);
+                            topology.queues.insert(queue.name().clone(), queue.clone());
+                            if let Some(found) = found {
+                                pending_messages.push((queue, found.messages));
+                            }
+                            queues += 1;
+                        }
+                        Err(error) => {
+                            warn!(vhost = %self.name, queue = %def.name, %error, "queue not restored")
+                        }
+                    }
+                }
+                Definition::Bind(def) => match self.restore_binding(&topology, def) {
+                    Ok(()) => bindings += 1,
+                    Err(error) => warn!(vhost = %self.name, %error, "binding not restored"),
+                },
+                // A snapshot holds declarations and bindings only.
+                Definition::DeleteExchange { .. }
+                | Definition::DeleteQueue { .. }
+                | Definition::Unbind(_) => {}
+            }
+        }
+        drop(topology);
+        let mut messages = 0;
+        for (queue, found) in pending_messages {
+            messages += found.len();
+            queue.recover(found);
+        }
+        // Queue directories the log no longer declares: deleted just before a crash.
+        for (name, orphan) in recovered {
+            warn!(vhost = %self.name, queue = %name, "removing the messages of a queue that no longer exists");
+            if let Err(error) = orphan.store.delete() {
+                warn!(vhost = %self.name, queue = %name, %error, "cannot remove an orphaned queue store");
+            }
+        }
+        info!(vhost = %self.name, exchanges, queues, bindings, messages, "durable state restored");
+    }
+
+    fn restore_exchange(
+        &self,
+        topology: &mut Topology,
+        def: ExchangeDefinition,
+    ) -> Result<(), String> {
+        let ty = self
+            .registry
+            .get(&def.kind)
+            .ok_or_else(|| format!("exchange '{}': type '{}' is not loaded", def.name, def.kind))?;
+        let spec = ExchangeSpec {
+            name: Name::from(def.name.as_str()),
+            kind: Name::from(def.kind.as_str()),
+            durable: true,
+            auto_delete: def.auto_delete,
+            internal: def.internal,
+            arguments: def.arguments,
+        };
+        let router = ty
+            .create_in(&self.name, &spec.name, &spec.arguments)
+            .map_err(|e| format!("exchange '{}': {e}", def.name))?;
+        topology
+            .exchanges
+            .insert(spec.name.clone(), Arc::new(Exchange::new(spec, router)));
+        Ok(())
+    }
+
+    fn restore_binding(&self, topology: &Topology, def: BindingDefinition) -> Result<(), String> {
+        let source = topology
+            .exchanges
+            .get(def.source.as_str())
+            .ok_or_else(|| format!("binding from '{}': no such exchange", def.source))?;
+        let destination = match def.destination_kind {
+            DestinationKind::Queue => Destination::Queue(Name::from(def.destination.as_str())),
+            DestinationKind::Exchange => {
+                Destination::Exchange(Name::from(def.destination.as_str()))
+            }
+        };
+        topology
+            .check_destination(&destination, &self.name)
+            .map_err(|e| e.to_string())?;
+        source
+            .bind(Binding {
+                destination,
+                routing_key: Name::from(def.routing_key.as_str()),
+                arguments: def.arguments,
+            })
+            .map_err(|e| format!("binding from '{}': {e}", def.source))
+    }
+}
