@@ -527,3 +527,160 @@ mod tests {
         assert_eq!(drain(&mut ready), [1, 2, 4]);
     }
 }
+
+#[cfg(test)]
+mod paging_tests {
+    use std::sync::Arc;
+
+    use amq_protocol::protocol::BasicProperties;
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::exchange::Name;
+    use crate::message::Message;
+    use crate::store::{MessageStore, StoreOptions};
+
+    fn message(body: &str, persistent: bool) -> Arc<Message> {
+        let mut properties = BasicProperties::default();
+        if persistent {
+            properties = properties.with_delivery_mode(2);
+        }
+        let raw_properties = crate::channel::encode_properties(&properties).expect("encodes");
+        Arc::new(Message {
+            exchange: Name::from(""),
+            routing_key: Name::from("q"),
+            properties,
+            raw_properties,
+            body: Bytes::from(body.to_owned()),
+        })
+    }
+
+    /// A FIFO list paging after `in_memory` entries, and its queue store.
+    fn paged_ready(in_memory: usize) -> (tempfile::TempDir, MessageStore, QueueStore, Ready) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, _) = MessageStore::open(dir.path(), StoreOptions::default()).expect("store");
+        let queue = store.open_queue("q").expect("queue store");
+        let ready = Ready::new(None, Some(queue.clone()), in_memory, None);
+        (dir, store, queue, ready)
+    }
+
+    /// Publishes like a queue does: persistent messages are appended to the store first.
+    fn publish(ready: &mut Ready, store: &QueueStore, body: &str, persistent: bool) {
+        let message = message(body, persistent);
+        let position = if persistent {
+            store.append_message(&message).expect("append").0.to_u64()
+        } else {
+            0
+        };
+        ready.push_back(QueuedMessage {
+            seq: 0,
+            message,
+            redelivered: false,
+            expires_at: None,
+            position,
+        });
+    }
+
+    fn body(entry: &QueuedMessage) -> String {
+        String::from_utf8_lossy(&entry.message.body).into_owned()
+    }
+
+    #[test]
+    fn entries_beyond_the_window_are_paged_and_come_back_in_order() {
+        let (_dir, _store, queue, mut ready) = paged_ready(4);
+        for i in 0..20 {
+            // Every fifth is transient: it waits in the tail with its message.
+            publish(&mut ready, &queue, &format!("m{i:02}"), i % 5 != 4);
+        }
+        assert_eq!(ready.len(), 20);
+        assert_eq!(ready.bytes(), 60);
+        assert_eq!(ready.paged(), 12, "16 in the tail, 4 of them transient");
+        let mut seen = Vec::new();
+        let mut seqs = Vec::new();
+        while let Some(entry) = ready.pop_front() {
+            seqs.push(entry.seq);
+            seen.push(body(&entry));
+        }
+        let expected: Vec<String> = (0..20).map(|i| format!("m{i:02}")).collect();
+        assert_eq!(seen, expected);
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs grow: {seqs:?}");
+        assert_eq!((ready.len(), ready.bytes(), ready.paged()), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_requeued_entry_goes_back_before_the_paged_tail() {
+        let (_dir, _store, queue, mut ready) = paged_ready(2);
+        for i in 0..6 {
+            publish(&mut ready, &queue, &format!("m{i}"), true);
+        }
+        let first = ready.pop_front().expect("m0");
+        let second = ready.pop_front().expect("m1");
+        let third = ready.pop_front().expect("m2, paged in");
+        assert_eq!(body(&third), "m2");
+        ready.insert_by_seq(third);
+        ready.insert_by_seq(first);
+        ready.push_front(second);
+        let order: Vec<String> = std::iter::from_fn(|| ready.pop_front())
+            .map(|e| body(&e))
+            .collect();
+        assert_eq!(order, ["m1", "m0", "m2", "m3", "m4", "m5"]);
+    }
+
+    #[test]
+    fn clear_reports_every_stored_position_once() {
+        let (_dir, _store, queue, mut ready) = paged_ready(3);
+        for i in 0..10 {
+            publish(&mut ready, &queue, &format!("m{i}"), i != 7);
+        }
+        let mut positions = Vec::new();
+        assert_eq!(ready.clear(|p| positions.push(p)), 10);
+        positions.sort_unstable();
+        positions.dedup();
+        assert_eq!(positions.len(), 9, "the nine persistent messages");
+        assert_eq!((ready.len(), ready.bytes(), ready.paged()), (0, 0, 0));
+    }
+
+    #[test]
+    fn recovered_messages_are_read_back_with_their_flags() {
+        let (_dir, _store, queue, mut ready) = paged_ready(8);
+        let mut recovered = Vec::new();
+        for i in 0..3 {
+            let (position, _) = queue
+                .append_message(&message(&format!("r{i}"), true))
+                .expect("append");
+            recovered.push(RecoveredMessage {
+                position,
+                body_len: 2,
+                redelivered: i == 1,
+            });
+        }
+        for r in recovered {
+            assert!(ready.push_recovered(r));
+        }
+        let got: Vec<(String, bool)> = std::iter::from_fn(|| ready.pop_front())
+            .map(|e| (body(&e), e.redelivered))
+            .collect();
+        let expected = [("r0", false), ("r1", true), ("r2", false)];
+        let expected: Vec<(String, bool)> =
+            expected.iter().map(|(b, r)| (b.to_string(), *r)).collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn the_paged_tail_is_sixteen_bytes_an_entry() {
+        assert_eq!(std::mem::size_of::<Paged>(), 16);
+        let mut list = PagedList::default();
+        for i in 0..(CHUNK as u64 * 2 + 5) {
+            list.push_back(Paged {
+                position: i + 1,
+                size: 0,
+                flags: 0,
+            });
+        }
+        assert_eq!(list.chunks.len(), 3);
+        for i in 0..(CHUNK as u64 * 2 + 5) {
+            assert_eq!(list.pop_front().map(|p| p.position), Some(i + 1));
+        }
+        assert!(list.pop_front().is_none() && list.is_empty());
+    }
+}
