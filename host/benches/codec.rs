@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use amq_protocol::protocol::{AMQPClass, BasicProperties, basic};
-use bourse::protocol::{parse_frame, write_content, write_method};
+use bourse::protocol::{Deliver, parse_frame, write_content, write_deliver, write_method};
 use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -62,16 +62,16 @@ fn encode(c: &mut Criterion) {
     group.bench_function("deliver_16b", |b| {
         b.iter(|| {
             out.clear();
-            write_method(
+            write_deliver(
                 &mut out,
                 1,
-                AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
-                    consumer_tag: "amq.ctag-abcdefghijklmnopqrstuv".into(),
+                Deliver {
+                    consumer_tag: "amq.ctag-abcdefghijklmnopqrstuv",
                     delivery_tag: 42,
                     redelivered: false,
-                    exchange: "amq.direct".into(),
-                    routing_key: "orders.eu".into(),
-                })),
+                    exchange: "amq.direct",
+                    routing_key: "orders.eu",
+                },
             );
             write_content(&mut out, 1, &raw, &body, 131_072);
             black_box(out.len());

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::connection::Writer;
 use crate::exchange::Name;
 use crate::message::{Message, QueuedMessage};
-use crate::protocol::{AmqpError, write_content, write_method};
+use crate::protocol::{AmqpError, Deliver, write_content, write_deliver, write_method};
 use crate::queue::{Consumer, Outlet, Queue};
 use crate::vhost::ReplyConsumer;
 
@@ -119,16 +119,16 @@ impl ChannelOutlet {
         let delivery_tag = state.next_tag;
         let frame_max = self.writer.frame_max();
         self.writer.write(|out| {
-            write_method(
+            write_deliver(
                 out,
                 self.channel,
-                AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
-                    consumer_tag: tag.into(),
+                Deliver {
+                    consumer_tag: tag,
                     delivery_tag,
                     redelivered: false,
-                    exchange: message.exchange.as_ref().into(),
-                    routing_key: message.routing_key.as_ref().into(),
-                })),
+                    exchange: &message.exchange,
+                    routing_key: &message.routing_key,
+                },
             );
             write_content(
                 out,
@@ -360,16 +360,16 @@ impl Outlet for ChannelOutlet {
         let message = &entry.message;
         let frame_max = self.writer.frame_max();
         let written = self.writer.write_unless_congested(queue, |out| {
-            write_method(
+            write_deliver(
                 out,
                 self.channel,
-                AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
-                    consumer_tag: consumer.tag.as_ref().into(),
+                Deliver {
+                    consumer_tag: &consumer.tag,
                     delivery_tag: tag,
                     redelivered: entry.redelivered,
-                    exchange: message.exchange.as_ref().into(),
-                    routing_key: message.routing_key.as_ref().into(),
-                })),
+                    exchange: &message.exchange,
+                    routing_key: &message.routing_key,
+                },
             );
             write_content(
                 out,

@@ -13,7 +13,9 @@ mod write;
 
 pub use error::{AmqpError, ReplyCode};
 pub use frame::{ContentHeader, Frame, PROTOCOL_HEADER, parse_frame};
-pub use write::{FRAME_OVERHEAD, write_content, write_heartbeat, write_method};
+pub use write::{
+    Deliver, FRAME_OVERHEAD, write_content, write_deliver, write_heartbeat, write_method,
+};
 
 /// The content class of `basic` (the only class with content in 0-9-1).
 pub const BASIC_CLASS: u16 = 60;
