@@ -16,6 +16,7 @@ use crate::auth::UserStore;
 use crate::config::Config;
 use crate::exchange::Registry;
 use crate::exchange::wasm::PluginManager;
+use crate::memory::MemoryMonitor;
 use crate::vhost::VHost;
 
 /// State shared by every connection.
@@ -28,6 +29,8 @@ pub struct Shared {
     pub registry: Registry,
     /// WASM exchange-type plugins (when a plugin directory is configured).
     pub plugins: Option<PluginManager>,
+    /// The memory high-watermark alarm (docs/memory.md).
+    pub memory: MemoryMonitor,
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     next_connection: AtomicU64,
 }
@@ -70,10 +73,12 @@ impl Broker {
         let local_addr = listener.local_addr()?;
         let registry = Registry::with_builtins();
         let plugins = start_plugins(&config, &registry).await;
+        let memory = MemoryMonitor::start(&config);
         let shared = Arc::new(Shared {
             users: UserStore::new(&config.users, config.guest_loopback_only),
             registry,
             plugins,
+            memory,
             vhosts: RwLock::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
             config,
@@ -106,6 +111,17 @@ impl BrokerHandle {
     /// was started with a plugin directory.
     pub fn plugins(&self) -> Option<&PluginManager> {
         self.shared.plugins.as_ref()
+    }
+
+    /// Changes the memory high watermark, in bytes; the alarm is re-evaluated before this
+    /// returns.
+    pub fn set_memory_high_watermark_bytes(&self, bytes: u64) {
+        self.shared.memory.set_watermark_bytes(bytes);
+    }
+
+    /// Whether the memory alarm is on (publishing connections are blocked).
+    pub fn memory_alarm(&self) -> bool {
+        self.shared.memory.is_alarmed()
     }
 
     /// Stops accepting connections and waits for the accept loop to end.
