@@ -16,7 +16,6 @@ use crate::auth::UserStore;
 use crate::config::Config;
 use crate::exchange::Registry;
 use crate::exchange::wasm::PluginManager;
-use crate::memory::MemoryMonitor;
 use crate::vhost::VHost;
 
 /// State shared by every connection.
@@ -30,7 +29,7 @@ pub struct Shared {
     /// WASM exchange-type plugins (when a plugin directory is configured).
     pub plugins: Option<PluginManager>,
     /// The memory high-watermark alarm (docs/memory.md).
-    pub memory: MemoryMonitor,
+    pub memory: crate::memory::MemoryMonitor,
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     next_connection: AtomicU64,
 }
@@ -73,7 +72,7 @@ impl Broker {
         let local_addr = listener.local_addr()?;
         let registry = Registry::with_builtins();
         let plugins = start_plugins(&config, &registry).await;
-        let memory = MemoryMonitor::start(&config);
+        let memory = crate::memory::MemoryMonitor::start(&config);
         let shared = Arc::new(Shared {
             users: UserStore::new(&config.users, config.guest_loopback_only),
             registry,
@@ -102,17 +101,6 @@ impl BrokerHandle {
         self.local_addr
     }
 
-    /// The broker's shared state.
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
-    /// The WASM plugin manager (load, replace, rollback, remove, status), when the broker
-    /// was started with a plugin directory.
-    pub fn plugins(&self) -> Option<&PluginManager> {
-        self.shared.plugins.as_ref()
-    }
-
     /// Changes the memory high watermark, in bytes; the alarm is re-evaluated before this
     /// returns.
     pub fn set_memory_high_watermark_bytes(&self, bytes: u64) {
@@ -122,6 +110,17 @@ impl BrokerHandle {
     /// Whether the memory alarm is on (publishing connections are blocked).
     pub fn memory_alarm(&self) -> bool {
         self.shared.memory.is_alarmed()
+    }
+
+    /// The broker's shared state.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The WASM plugin manager (load, replace, rollback, remove, status), when the broker
+    /// was started with a plugin directory.
+    pub fn plugins(&self) -> Option<&PluginManager> {
+        self.shared.plugins.as_ref()
     }
 
     /// Stops accepting connections and waits for the accept loop to end.

@@ -195,41 +195,6 @@ impl Connection {
         }
     }
 
-    /// Stops reading until the memory alarm clears, as RabbitMQ blocks a publishing
-    /// connection: the socket is left unread (TCP back-pressure stops the client), the
-    /// client's heartbeats are not checked (it may be blocked on a full socket), and ours keep
-    /// going out from the writer task. Consumer timeouts still close their channels.
-    async fn block_while_memory_alarm(&mut self) {
-        let mut alarm = self.shared.memory.subscribe();
-        if !*alarm.borrow_and_update() {
-            return;
-        }
-        debug!(id = self.id, "memory alarm: connection blocked");
-        if self.blocked_notifications {
-            self.send_connection_method(connection::AMQPMethod::Blocked(connection::Blocked {
-                reason: "low on memory".into(),
-            }));
-        }
-        loop {
-            tokio::select! {
-                // Cannot fail: `self.shared` keeps the sender alive.
-                _ = alarm.wait_for(|alarmed| !alarmed) => break,
-                _ = self.wake.notified() => self.close_timed_out_channels(),
-            }
-        }
-        debug!(id = self.id, "memory alarm cleared: connection resumes");
-        if self.blocked_notifications {
-            self.send_connection_method(connection::AMQPMethod::Unblocked(
-                connection::Unblocked {},
-            ));
-        }
-    }
-
-    fn send_connection_method(&self, method: connection::AMQPMethod) {
-        self.writer
-            .write(|out| write_method(out, 0, AMQPClass::Connection(method)));
-    }
-
     fn flush_confirms(&mut self) {
         let (cx, channels) = self.parts();
         for channel in channels.values_mut() {
@@ -459,6 +424,41 @@ impl Connection {
             warn!(id = self.id, channel = ch, error = %error, "consumer timeout");
             self.close_channel_with(ch, error);
         }
+    }
+
+    /// Stops reading until the memory alarm clears, as RabbitMQ blocks a publishing
+    /// connection: the socket is left unread (TCP back-pressure stops the client), the
+    /// client's heartbeats are not checked (it may be blocked on a full socket), and ours keep
+    /// going out from the writer task. Consumer timeouts still close their channels.
+    async fn block_while_memory_alarm(&mut self) {
+        let mut alarm = self.shared.memory.subscribe();
+        if !*alarm.borrow_and_update() {
+            return;
+        }
+        debug!(id = self.id, "memory alarm: connection blocked");
+        if self.blocked_notifications {
+            self.send_connection_method(connection::AMQPMethod::Blocked(connection::Blocked {
+                reason: "low on memory".into(),
+            }));
+        }
+        loop {
+            tokio::select! {
+                // Cannot fail: `self.shared` keeps the sender alive.
+                _ = alarm.wait_for(|alarmed| !alarmed) => break,
+                _ = self.wake.notified() => self.close_timed_out_channels(),
+            }
+        }
+        debug!(id = self.id, "memory alarm cleared: connection resumes");
+        if self.blocked_notifications {
+            self.send_connection_method(connection::AMQPMethod::Unblocked(
+                connection::Unblocked {},
+            ));
+        }
+    }
+
+    fn send_connection_method(&self, method: connection::AMQPMethod) {
+        self.writer
+            .write(|out| write_method(out, 0, AMQPClass::Connection(method)));
     }
 
     /// Closes one channel because of a soft error.
