@@ -29,6 +29,8 @@ pub struct Shared {
     pub registry: Registry,
     /// WASM exchange-type plugins (when a plugin directory is configured).
     pub plugins: Option<PluginManager>,
+    /// The memory high-watermark alarm (docs/memory.md).
+    pub memory: crate::memory::MemoryMonitor,
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     next_connection: AtomicU64,
 }
@@ -79,10 +81,12 @@ impl Broker {
         let local_addr = listener.local_addr()?;
         let registry = Registry::with_builtins();
         let plugins = start_plugins(&config, &registry).await;
+        let memory = crate::memory::MemoryMonitor::start(&config);
         let shared = Arc::new(Shared {
             users: UserStore::new(&config.users, config.guest_loopback_only),
             registry,
             plugins,
+            memory,
             vhosts: RwLock::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
             config,
@@ -106,6 +110,17 @@ impl BrokerHandle {
     /// The address the listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Changes the memory high watermark, in bytes; the alarm is re-evaluated before this
+    /// returns.
+    pub fn set_memory_high_watermark_bytes(&self, bytes: u64) {
+        self.shared.memory.set_watermark_bytes(bytes);
+    }
+
+    /// Whether the memory alarm is on (publishing connections are blocked).
+    pub fn memory_alarm(&self) -> bool {
+        self.shared.memory.is_alarmed()
     }
 
     /// The broker's shared state.

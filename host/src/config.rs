@@ -48,6 +48,13 @@ pub struct Config {
     pub wasm: WasmLimits,
     /// Per-vhost overrides of `wasm` (TOML: `[vhost_limits."/"]`).
     pub vhost_limits: BTreeMap<String, WasmLimitOverrides>,
+    /// Memory high watermark as a fraction of total memory (RabbitMQ's
+    /// `vm_memory_high_watermark.relative`): above it, publishing connections are blocked
+    /// (docs/memory.md).
+    pub memory_high_watermark: f64,
+    /// Memory high watermark in bytes (RabbitMQ's `vm_memory_high_watermark.absolute`);
+    /// overrides `memory_high_watermark` when set.
+    pub memory_high_watermark_bytes: Option<u64>,
 }
 
 /// What one WASM exchange may consume. Every call runs under a deadline; every instance under
@@ -154,6 +161,8 @@ impl Default for Config {
             segment_max_bytes: 64 * 1024 * 1024,
             wasm: WasmLimits::default(),
             vhost_limits: BTreeMap::new(),
+            memory_high_watermark: 0.4,
+            memory_high_watermark_bytes: None,
         }
     }
 }
@@ -233,6 +242,12 @@ pub struct Cli {
     /// Cached routing decisions per cacheable WASM exchange; 0 disables [default: 16384]
     #[arg(long, env = "BOURSE_WASM_ROUTE_CACHE_ENTRIES")]
     pub wasm_route_cache_entries: Option<u32>,
+    /// Block publishers above this fraction of total memory, in (0, 1] [default: 0.4]
+    #[arg(long, env = "BOURSE_MEMORY_HIGH_WATERMARK", value_name = "FRACTION")]
+    pub memory_high_watermark: Option<f64>,
+    /// Block publishers above this resident memory, in bytes; overrides the fraction
+    #[arg(long, env = "BOURSE_MEMORY_HIGH_WATERMARK_BYTES")]
+    pub memory_high_watermark_bytes: Option<u64>,
 }
 
 /// The TOML file: the same keys as the flags, all optional, unknown keys rejected.
@@ -265,6 +280,8 @@ struct FileConfig {
     wasm_route_cache_entries: Option<u32>,
     #[serde(default)]
     vhost_limits: BTreeMap<String, WasmLimitOverrides>,
+    memory_high_watermark: Option<f64>,
+    memory_high_watermark_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -377,6 +394,13 @@ impl Config {
                 .unwrap_or(defaults.segment_max_bytes),
             wasm,
             vhost_limits: file.vhost_limits,
+            memory_high_watermark: cli
+                .memory_high_watermark
+                .or(file.memory_high_watermark)
+                .unwrap_or(defaults.memory_high_watermark),
+            memory_high_watermark_bytes: cli
+                .memory_high_watermark_bytes
+                .or(file.memory_high_watermark_bytes),
         };
         config.check()?;
         Ok(config)
@@ -420,6 +444,18 @@ impl Config {
         if self.channel_max == 0 {
             return Err(ConfigError::Invalid(
                 "channel_max must be at least 1".into(),
+            ));
+        }
+        // Written so that NaN fails too.
+        if !(self.memory_high_watermark > 0.0 && self.memory_high_watermark <= 1.0) {
+            return Err(ConfigError::Invalid(format!(
+                "memory_high_watermark must be a fraction of total memory in (0, 1], not {}",
+                self.memory_high_watermark
+            )));
+        }
+        if self.memory_high_watermark_bytes == Some(0) {
+            return Err(ConfigError::Invalid(
+                "memory_high_watermark_bytes must be at least 1".into(),
             ));
         }
         Ok(())
@@ -493,5 +529,83 @@ mod tests {
     fn frame_max_below_the_protocol_minimum_is_refused() {
         let error = with_file("frame_max_bytes = 1024\n", &[]).unwrap_err();
         assert!(matches!(error, ConfigError::Invalid(_)), "{error}");
+    }
+
+    #[test]
+    fn memory_watermark_defaults_to_forty_percent_without_bytes() {
+        let config = with_file("", &[]).expect("valid config");
+        assert_eq!(config.memory_high_watermark, 0.4);
+        assert_eq!(config.memory_high_watermark_bytes, None);
+    }
+
+    #[test]
+    fn memory_watermark_keys_come_from_the_file_and_flags_override_them() {
+        let config = with_file(
+            "memory_high_watermark = 0.5\nmemory_high_watermark_bytes = 1073741824\n",
+            &[],
+        )
+        .expect("valid config");
+        assert_eq!(config.memory_high_watermark, 0.5);
+        assert_eq!(config.memory_high_watermark_bytes, Some(1 << 30));
+
+        let config = with_file(
+            "memory_high_watermark = 0.5\nmemory_high_watermark_bytes = 1073741824\n",
+            &[
+                "--memory-high-watermark",
+                "0.25",
+                "--memory-high-watermark-bytes",
+                "4096",
+            ],
+        )
+        .expect("valid config");
+        assert_eq!(config.memory_high_watermark, 0.25, "the flag wins");
+        assert_eq!(
+            config.memory_high_watermark_bytes,
+            Some(4096),
+            "the flag wins"
+        );
+
+        // A whole number is a valid TOML value for the fraction.
+        let config = with_file("memory_high_watermark = 1\n", &[]).expect("valid config");
+        assert_eq!(config.memory_high_watermark, 1.0);
+    }
+
+    #[test]
+    fn memory_watermark_out_of_range_is_refused() {
+        for toml in [
+            "memory_high_watermark = 0.0\n",
+            "memory_high_watermark = -0.1\n",
+            "memory_high_watermark = 1.01\n",
+            "memory_high_watermark = nan\n",
+            "memory_high_watermark_bytes = 0\n",
+        ] {
+            match with_file(toml, &[]) {
+                Err(ConfigError::Invalid(text)) => {
+                    assert!(text.contains("memory_high_watermark"), "{toml}: {text}")
+                }
+                other => panic!("{toml}: expected Invalid, got {other:?}"),
+            }
+        }
+        let error = with_file("memory_high_watermark_bytes = -1\n", &[]).unwrap_err();
+        assert!(matches!(error, ConfigError::Parse { .. }), "{error}");
+    }
+
+    #[test]
+    fn memory_watermark_flags_read_their_environment_variables() {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        for (id, env) in [
+            ("memory_high_watermark", "BOURSE_MEMORY_HIGH_WATERMARK"),
+            (
+                "memory_high_watermark_bytes",
+                "BOURSE_MEMORY_HIGH_WATERMARK_BYTES",
+            ),
+        ] {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .unwrap_or_else(|| panic!("no flag {id}"));
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(env), "{id}");
+        }
     }
 }

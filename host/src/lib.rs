@@ -10,6 +10,7 @@
 //! - [`queue`]: messages, consumers and dispatch.
 //! - [`protocol`]: pure wire encoding and decoding on top of amq-protocol.
 //! - [`auth`]: users and SASL.
+//! - [`memory`]: the memory high-watermark alarm that blocks publishers.
 
 pub mod auth;
 pub mod broker;
@@ -17,6 +18,7 @@ pub mod channel;
 pub mod config;
 pub mod connection;
 pub mod exchange;
+pub mod memory;
 pub mod message;
 pub mod protocol;
 pub mod queue;

@@ -11,8 +11,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
-use amq_protocol::protocol::{AMQPClass, basic, channel, connection};
+use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, WriteContext, gen_frame, parse_frame};
+use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, channel, connection};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -73,6 +73,9 @@ pub struct Handshake {
     pub frame_max: Option<u32>,
     /// heartbeat for tune-ok; `None` echoes the server's value.
     pub heartbeat: Option<u16>,
+    /// Announce the `connection.blocked` capability in start-ok (lapin and the RabbitMQ
+    /// clients do), asking for connection.blocked / connection.unblocked notifications.
+    pub connection_blocked: bool,
 }
 
 impl Default for Handshake {
@@ -85,6 +88,7 @@ impl Default for Handshake {
             channel_max: None,
             frame_max: None,
             heartbeat: None,
+            connection_blocked: false,
         }
     }
 }
@@ -203,6 +207,9 @@ impl RawClient {
             AMQPValue::Boolean(true),
         );
         capabilities.insert("consumer_cancel_notify".into(), AMQPValue::Boolean(true));
+        if hs.connection_blocked {
+            capabilities.insert("connection.blocked".into(), AMQPValue::Boolean(true));
+        }
         let mut client_properties = FieldTable::default();
         client_properties.insert("product".into(), AMQPValue::LongString("bourse-raw".into()));
         client_properties.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
@@ -257,6 +264,31 @@ impl RawClient {
     /// Encodes and writes one method frame.
     pub async fn send_method(&mut self, channel: u16, method: AMQPClass) -> std::io::Result<()> {
         self.send_frame(&AMQPFrame::Method(channel, method)).await
+    }
+
+    /// Publishes `body` (one body frame, so at most frame_max - 8 bytes) on `channel` with
+    /// default properties.
+    pub async fn publish(
+        &mut self,
+        channel: u16,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+    ) -> std::io::Result<()> {
+        let header = AMQPContentHeader {
+            class_id: 60,
+            body_size: body.len() as u64,
+            properties: BasicProperties::default(),
+        };
+        let mut bytes = encode_frame(&AMQPFrame::Method(
+            channel,
+            basic_publish(exchange, routing_key),
+        ));
+        bytes.extend(encode_frame(&AMQPFrame::Header(channel, header)));
+        if !body.is_empty() {
+            bytes.extend(encode_frame(&AMQPFrame::Body(channel, body.to_vec())));
+        }
+        self.send_bytes(&bytes).await
     }
 
     /// Writes a heartbeat frame on channel 0.

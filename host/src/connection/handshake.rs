@@ -28,6 +28,9 @@ pub(crate) struct Negotiated {
     pub frame_max: u32,
     pub channel_max: u16,
     pub heartbeat: Option<Duration>,
+    /// The client announced the `connection.blocked` capability: it is told when the memory
+    /// alarm blocks it and when it resumes.
+    pub blocked_notifications: bool,
 }
 
 /// Runs the handshake; starts the writer task once the protocol header is accepted. `None`
@@ -113,6 +116,7 @@ async fn negotiate(
             );
         }
     };
+    let blocked_notifications = has_capability(&start_ok.client_properties, "connection.blocked");
     let user = shared
         .users
         .authenticate(
@@ -187,7 +191,19 @@ async fn negotiate(
         frame_max,
         channel_max,
         heartbeat,
+        blocked_notifications,
     })
+}
+
+/// Whether client-properties announce `capability` (`capabilities` table, value `true`).
+fn has_capability(client_properties: &FieldTable, capability: &str) -> bool {
+    match client_properties.inner().get("capabilities") {
+        Some(AMQPValue::FieldTable(capabilities)) => matches!(
+            capabilities.inner().get(capability),
+            Some(AMQPValue::Boolean(true))
+        ),
+        _ => false,
+    }
 }
 
 /// Reads the next connection-class method on channel 0, skipping heartbeats.

@@ -4,6 +4,9 @@
 //! channels and enforces heartbeats; a writer task ([`Writer`]) flushes coalesced frames. All
 //! errors funnel through [`Connection::fail`], which applies the one mapping from an
 //! [`AmqpError`] to channel.close or connection.close.
+//!
+//! While the memory alarm is on, a connection that has published stops reading (RabbitMQ's
+//! "blocked" state) until it clears; see [`Connection::block_while_memory_alarm`].
 
 mod handshake;
 mod writer;
@@ -15,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amq_protocol::protocol::{AMQPClass, channel, connection};
+use amq_protocol::protocol::{AMQPClass, basic, channel, connection};
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -60,7 +63,9 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, id:
         heartbeat: negotiated.heartbeat,
         channels: HashMap::new(),
         closing: HashMap::new(),
-        alarm: Arc::new(tokio::sync::Notify::new()),
+        wake: Arc::new(tokio::sync::Notify::new()),
+        published: false,
+        blocked_notifications: negotiated.blocked_notifications,
     };
     let reason = connection.run(&mut reader).await;
     connection.shutdown();
@@ -130,8 +135,14 @@ struct Connection {
     channels: HashMap<u16, Channel>,
     /// Channels we closed, waiting for the client's channel.close-ok.
     closing: HashMap<u16, ()>,
-    /// Raised by a channel whose consumer timeout fired (see `close_timed_out_channels`).
-    alarm: Arc<tokio::sync::Notify>,
+    /// Interrupts a read: raised by a channel whose consumer timeout fired (see
+    /// `close_timed_out_channels`) and, once the connection has published, by the memory
+    /// monitor when its alarm sets.
+    wake: Arc<tokio::sync::Notify>,
+    /// A basic.publish was received: the memory alarm blocks this connection.
+    published: bool,
+    /// The client asked for connection.blocked / connection.unblocked.
+    blocked_notifications: bool,
 }
 
 /// What ended the main loop.
@@ -147,6 +158,11 @@ impl Connection {
         // Confirms of persistent messages wait for the message store's group commit.
         let mut synced = self.vhost.subscribe_synced();
         loop {
+            // Before the frames of the next read batch: one atomic load, and only for
+            // connections that publish.
+            if self.published && self.shared.memory.is_alarmed() {
+                self.block_while_memory_alarm().await;
+            }
             loop {
                 let frame = match parse_frame(&mut reader.buf, self.frame_max) {
                     Ok(Some(frame)) => frame,
@@ -171,7 +187,8 @@ impl Connection {
                     None => Some(reader.fill().await),
                 }
             };
-            // Reading is cancel-safe: a channel's consumer timeout may interrupt it.
+            // Reading is cancel-safe: a channel's consumer timeout or the memory alarm may
+            // interrupt it.
             let read = tokio::select! {
                 read = fill => match read {
                     Some(read) => read,
@@ -180,7 +197,7 @@ impl Connection {
                         return "missed heartbeats";
                     }
                 },
-                _ = self.alarm.notified() => {
+                _ = self.wake.notified() => {
                     self.close_timed_out_channels();
                     continue;
                 }
@@ -343,7 +360,7 @@ impl Connection {
                 }
                 let channel = Channel::new(ch, self.writer.clone());
                 if let Some(ms) = self.shared.config.consumer_timeout_ms {
-                    channel.set_consumer_timeout(Duration::from_millis(ms), self.alarm.clone());
+                    channel.set_consumer_timeout(Duration::from_millis(ms), self.wake.clone());
                 }
                 self.channels.insert(ch, channel);
                 self.writer.write(|out| {
@@ -373,6 +390,14 @@ impl Connection {
                     .on_method(ids.0, ids.1),
             )),
             method => {
+                if !self.published
+                    && matches!(method, AMQPClass::Basic(basic::AMQPMethod::Publish(_)))
+                {
+                    // From now on the memory alarm blocks this connection; be woken when it
+                    // sets, so an idle publisher is blocked (and told) at once.
+                    self.published = true;
+                    self.shared.memory.wake_on_alarm(&self.wake);
+                }
                 let (cx, channels) = self.parts();
                 let Some(channel) = channels.get_mut(&ch) else {
                     return Err((
@@ -421,6 +446,41 @@ impl Connection {
             warn!(id = self.id, channel = ch, error = %error, "consumer timeout");
             self.close_channel_with(ch, error);
         }
+    }
+
+    /// Stops reading until the memory alarm clears, as RabbitMQ blocks a publishing
+    /// connection: the socket is left unread (TCP back-pressure stops the client), the
+    /// client's heartbeats are not checked (it may be blocked on a full socket), and ours keep
+    /// going out from the writer task. Consumer timeouts still close their channels.
+    async fn block_while_memory_alarm(&mut self) {
+        let mut alarm = self.shared.memory.subscribe();
+        if !*alarm.borrow_and_update() {
+            return;
+        }
+        debug!(id = self.id, "memory alarm: connection blocked");
+        if self.blocked_notifications {
+            self.send_connection_method(connection::AMQPMethod::Blocked(connection::Blocked {
+                reason: "low on memory".into(),
+            }));
+        }
+        loop {
+            tokio::select! {
+                // Cannot fail: `self.shared` keeps the sender alive.
+                _ = alarm.wait_for(|alarmed| !alarmed) => break,
+                _ = self.wake.notified() => self.close_timed_out_channels(),
+            }
+        }
+        debug!(id = self.id, "memory alarm cleared: connection resumes");
+        if self.blocked_notifications {
+            self.send_connection_method(connection::AMQPMethod::Unblocked(
+                connection::Unblocked {},
+            ));
+        }
+    }
+
+    fn send_connection_method(&self, method: connection::AMQPMethod) {
+        self.writer
+            .write(|out| write_method(out, 0, AMQPClass::Connection(method)));
     }
 
     /// Closes one channel because of a soft error.
