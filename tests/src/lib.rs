@@ -1,9 +1,11 @@
 //! Shared harness for the integration tests: starts a bourse broker in-process on 127.0.0.1:0
-//! and connects real AMQP clients to it.
+//! and connects real AMQP clients to it ([`process`] runs the real binary instead, for tests that
+//! kill it).
 //!
 //! Set `BOURSE_TEST_AMQP_URL` (e.g. `amqp://guest:guest@127.0.0.1:5673/%2f`) to run the same
 //! scenarios against another broker, such as RabbitMQ, and compare behaviour.
 
+pub mod process;
 pub mod raw;
 pub mod wasm;
 
