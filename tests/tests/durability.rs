@@ -486,3 +486,34 @@ async fn wasm_exchanges_and_their_plugin_arguments_survive_a_restart() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_dead_lettered_persistent_message_moves_between_durable_queues() {
+    bounded(async {
+        let mut broker = TestBroker::start().await;
+        let (conn, ch) = session(&broker).await;
+        declare_queue(&ch, "dead", true, FieldTable::default()).await;
+        let args = table(&[
+            ("x-dead-letter-exchange", text("")),
+            ("x-dead-letter-routing-key", text("dead")),
+        ]);
+        declare_queue(&ch, "work-dl", true, args).await;
+        for body in ["rejected", "kept"] {
+            send(&ch, "", "work-dl", body, persistent()).await;
+        }
+        let got = within(ch.basic_get("work-dl".into(), BasicGetOptions { no_ack: false }))
+            .await
+            .expect("get")
+            .expect("a message");
+        within(got.delivery.acker.reject(lapin::options::BasicRejectOptions { requeue: false }))
+            .await
+            .expect("reject");
+        // The reject has been handled once a later synchronous method returns.
+        assert!(queue_exists(&ch, "dead").await);
+
+        let (_conn, ch) = restart(&mut broker, conn).await;
+        assert_eq!(bodies(&ch, "work-dl").await, ["kept"]);
+        assert_eq!(bodies(&ch, "dead").await, ["rejected"]);
+    })
+    .await;
+}

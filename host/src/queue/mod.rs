@@ -724,11 +724,13 @@ impl Queue {
         self.state.lock().deleted
     }
 
-    /// Drops or dead-letters an entry that leaves the queue without being delivered.
+    /// Drops or dead-letters an entry that leaves the queue without being delivered. A stored
+    /// message to dead-letter stays in the store until it was republished (at-least-once).
     fn discard(&self, state: &mut QueueState, entry: QueuedMessage, reason: DeathReason) {
-        self.forget(entry.position);
         if self.args.dead_letter.is_some() {
             state.dead.push((entry, reason));
+        } else {
+            self.forget(entry.position);
         }
     }
 
@@ -781,9 +783,10 @@ impl Queue {
         let dead_lettering = self.args.dead_letter.is_some();
         let QueueState { ready, dead, .. } = &mut *state;
         ready.take_expired_heads(now, |entry| {
-            self.forget(entry.position);
             if dead_lettering {
                 dead.push((entry, DeathReason::Expired));
+            } else {
+                self.forget(entry.position);
             }
         });
         let mut next = if state.expiring {
@@ -813,53 +816,70 @@ impl Queue {
     }
 
     /// Republishes dropped messages through the dead-letter exchange, as RabbitMQ does: new
-    /// properties with the `x-death` record, exchange and routing key replaced.
+    /// properties with the `x-death` record, exchange and routing key replaced. A stored
+    /// message is removed from this queue's store only after it was republished (and so
+    /// appended, with an earlier ticket, to the stores of durable target queues): a crash in
+    /// between may dead-letter it twice, never lose it.
     fn dead_letter(&self, dead: Vec<(QueuedMessage, DeathReason)>) {
-        let Some(target) = &self.args.dead_letter else {
-            return;
-        };
-        let Some(host) = self.host.get().and_then(Weak::upgrade) else {
-            return;
-        };
         let time_secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        for (entry, reason) in dead {
-            let original = &entry.message;
-            let death = Death {
-                queue: self.name(),
-                reason,
-                exchange: &original.exchange,
-                routing_key: &original.routing_key,
-                time_secs,
-                replaces_routing_keys: target.routing_key.is_some(),
-            };
-            let properties = dead_letter_properties(&original.properties, &death);
-            let raw_properties = match crate::channel::encode_properties(&properties) {
-                Ok(raw) => raw,
-                Err(error) => {
-                    warn!(queue = %self.name(), %error, "cannot encode a dead-lettered message; dropped");
-                    continue;
-                }
-            };
-            let keys: Vec<String> = match &target.routing_key {
-                Some(key) => vec![key.to_string()],
-                None => {
-                    let mut keys = vec![original.routing_key.to_string()];
-                    keys.extend(cc_keys(original.properties.headers().as_ref()));
-                    keys
-                }
-            };
-            let message = Arc::new(Message {
-                exchange: target.exchange.clone(),
-                routing_key: Name::from(keys[0].as_str()),
-                properties,
-                raw_properties,
-                body: original.body.clone(),
-            });
-            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            host.dead_letter(&target.exchange, &keys, message, reason);
+        let host = self.host.get().and_then(Weak::upgrade);
+        let stored = dead.iter().any(|(entry, _)| entry.position != 0);
+        for (entry, reason) in &dead {
+            if let (Some(target), Some(host)) = (&self.args.dead_letter, &host) {
+                self.republish_dead(host.as_ref(), target, entry, *reason, time_secs);
+            }
         }
+        if stored && !self.is_deleted() {
+            for (entry, _) in &dead {
+                self.forget(entry.position);
+            }
+        }
+    }
+
+    fn republish_dead(
+        &self,
+        host: &dyn QueueHost,
+        target: &DeadLetterTarget,
+        entry: &QueuedMessage,
+        reason: DeathReason,
+        time_secs: u64,
+    ) {
+        let original = &entry.message;
+        let death = Death {
+            queue: self.name(),
+            reason,
+            exchange: &original.exchange,
+            routing_key: &original.routing_key,
+            time_secs,
+            replaces_routing_keys: target.routing_key.is_some(),
+        };
+        let properties = dead_letter_properties(&original.properties, &death);
+        let raw_properties = match crate::channel::encode_properties(&properties) {
+            Ok(raw) => raw,
+            Err(error) => {
+                warn!(queue = %self.name(), %error, "cannot encode a dead-lettered message; dropped");
+                return;
+            }
+        };
+        let keys: Vec<String> = match &target.routing_key {
+            Some(key) => vec![key.to_string()],
+            None => {
+                let mut keys = vec![original.routing_key.to_string()];
+                keys.extend(cc_keys(original.properties.headers().as_ref()));
+                keys
+            }
+        };
+        let message = Arc::new(Message {
+            exchange: target.exchange.clone(),
+            routing_key: Name::from(keys[0].as_str()),
+            properties,
+            raw_properties,
+            body: original.body.clone(),
+        });
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        host.dead_letter(&target.exchange, &keys, message, reason);
     }
 }
 
