@@ -470,7 +470,7 @@ impl Channel {
     pub fn handle_header(
         &mut self,
         cx: &Session<'_>,
-        header: ContentHeader,
+        header: Box<ContentHeader>,
     ) -> Result<(), AmqpError> {
         self.content_header(cx, header)
     }

@@ -24,7 +24,7 @@ pub(crate) struct PendingPublish {
     exchange: Arc<Exchange>,
     routing_key: Name,
     mandatory: bool,
-    header: Option<ContentHeader>,
+    header: Option<Box<ContentHeader>>,
     body: Body,
 }
 
@@ -134,7 +134,7 @@ impl Channel {
     pub(super) fn content_header(
         &mut self,
         cx: &Session<'_>,
-        header: ContentHeader,
+        header: Box<ContentHeader>,
     ) -> Result<(), AmqpError> {
         let Some(pending) = &mut self.pending else {
             return Err(AmqpError::unexpected_frame(format!(
@@ -210,7 +210,7 @@ impl Channel {
             mut properties,
             mut raw_properties,
             ..
-        } = header;
+        } = *header;
         // RabbitMQ's order: direct reply-to, then user_id, then expiration.
         if properties
             .reply_to()
