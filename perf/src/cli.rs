@@ -4,7 +4,7 @@
 //! consumers, `-s` size, `-z` time, `-C` count, `-q` prefetch, `-c` confirm, `-r` rate, `-f`
 //! persistent, `-a` autoack, `-u` queues, `-t` exchange type, `-e` exchange).
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
 #[command(name = "bourse-perf", version, about, long_about = None)]
@@ -42,10 +42,35 @@ pub struct Common {
     pub timeout_secs: Option<f64>,
 }
 
+/// The AMQP client the publishers and consumers use.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// lapin: a full client library (about a core per 150-250k msg/s).
+    Lapin,
+    /// Frames written and parsed directly on tokio TCP (amq-protocol codecs): pre-encoded
+    /// publishes written in batches, deliveries parsed in place from a big read buffer. One
+    /// connection per publisher and per consumer; topology is still declared with lapin.
+    Raw,
+}
+
+impl Client {
+    pub fn name(self) -> &'static str {
+        match self {
+            Client::Lapin => "lapin",
+            Client::Raw => "raw",
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct LoadArgs {
     #[command(flatten)]
     pub common: Common,
+
+    /// Client for the publishers and consumers: lapin, or raw (a lean frame-level client, so
+    /// that the broker rather than the tool limits msg/s).
+    #[arg(long, value_enum, default_value_t = Client::Lapin)]
+    pub client: Client,
 
     /// Number of publishers (each on its own channel).
     #[arg(short = 'x', long, default_value_t = 1)]
@@ -54,7 +79,8 @@ pub struct LoadArgs {
     #[arg(short = 'y', long, default_value_t = 1)]
     pub consumers: usize,
     /// Connections shared by all publishers and consumers, round-robin; 0 = one per publisher
-    /// and one per consumer, as rabbitmq-perf-test does.
+    /// and one per consumer, as rabbitmq-perf-test does. lapin only: the raw client always opens
+    /// one per publisher and one per consumer.
     #[arg(long, default_value_t = 0)]
     pub connections: usize,
     /// Body size in bytes; the first 8 carry the send time (no latency below 8 bytes).
@@ -136,7 +162,8 @@ pub struct LoadArgs {
     #[arg(short = 'c', long, default_value_t = 0)]
     pub confirm: usize,
     /// Without confirms: publishes handed to the client library but not yet written, per
-    /// publisher (keeps the socket busy without queueing unboundedly in the client).
+    /// publisher (keeps the socket busy without queueing unboundedly in the client). lapin
+    /// only: the raw client writes batches of up to 128 KiB and waits for each write.
     #[arg(long, default_value_t = 256)]
     pub write_window: usize,
     /// Persistent messages (delivery-mode 2).

@@ -11,6 +11,9 @@
 //!    counts in the window divided by its length;
 //! 4. drain: consumers run on until nothing arrives for a second or `--drain-secs` is up, so the
 //!    totals and latencies include the backlog; then everything is deleted and closed.
+//!
+//! Publishers and consumers are lapin's (here) or, with `--client raw`, the lean frame-level
+//! ones of `raw`; set-up, the timeline and the report are the same for both.
 
 use std::{
     sync::{
@@ -21,7 +24,11 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use futures::{FutureExt, StreamExt, future::join_all, stream::FuturesUnordered};
+use futures::{
+    FutureExt, StreamExt,
+    future::{BoxFuture, join_all},
+    stream::FuturesUnordered,
+};
 use hdrhistogram::Histogram;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ExchangeKind,
@@ -37,24 +44,25 @@ use tokio::{sync::Notify, task::JoinSet};
 
 use crate::{
     amqp::{self, expand, table},
-    cli::LoadArgs,
+    cli::{Client, LoadArgs},
     procfs::{self, Process},
+    raw::{RawConsumer, RawPublisher},
     stats::{self, Snapshot, Stats, new_histogram},
 };
 
 /// The routing resolved from the flags and the per-type defaults.
 #[derive(Debug)]
-struct Plan {
-    exchange: String,
+pub(crate) struct Plan {
+    pub(crate) exchange: String,
     kind: ExchangeKind,
     exchange_args: FieldTable,
     queues: Vec<String>,
     queue_args: FieldTable,
     /// (queue index, binding key, binding arguments)
     bindings: Vec<(usize, String, FieldTable)>,
-    routing_keys: Vec<ShortString>,
+    pub(crate) routing_keys: Vec<ShortString>,
     /// Message headers per routing-key index (empty when no --header).
-    headers: Vec<FieldTable>,
+    pub(crate) headers: Vec<FieldTable>,
 }
 
 fn plan(a: &LoadArgs) -> anyhow::Result<Plan> {
@@ -228,7 +236,7 @@ async fn delete(conn: &Connection, p: &Plan) -> anyhow::Result<()> {
 
 /// A stop signal that is cheap to poll per message and can also be awaited.
 #[derive(Debug, Default)]
-struct Stop {
+pub(crate) struct Stop {
     flag: AtomicBool,
     notify: Notify,
 }
@@ -238,10 +246,10 @@ impl Stop {
         self.flag.store(true, Ordering::SeqCst);
         self.notify.notify_waiters();
     }
-    fn is_set(&self) -> bool {
+    pub(crate) fn is_set(&self) -> bool {
         self.flag.load(Ordering::Relaxed)
     }
-    async fn wait(&self) {
+    pub(crate) async fn wait(&self) {
         let notified = self.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
@@ -544,6 +552,10 @@ pub async fn run(args: LoadArgs, stats: Arc<Stats>) -> anyhow::Result<Value> {
     if a.producers + a.consumers == 0 {
         bail!("nothing to do: no publishers and no consumers");
     }
+    let raw = a.client == Client::Raw;
+    if raw && a.connections != 0 {
+        bail!("--client raw opens one connection per publisher and per consumer: no --connections");
+    }
     let p = Arc::new(plan(&a)?);
     let broker = a.common.broker_pid.map(Process::new).transpose()?;
     let uri = a.common.uri.as_str();
@@ -552,7 +564,9 @@ pub async fn run(args: LoadArgs, stats: Arc<Stats>) -> anyhow::Result<Value> {
     declare(&setup, &a, &p).await?;
 
     // Workers' connections, opened a few at a time.
-    let n_conns = if a.connections == 0 {
+    let n_conns = if raw {
+        0
+    } else if a.connections == 0 {
         a.producers + a.consumers
     } else {
         a.connections
@@ -575,12 +589,25 @@ pub async fn run(args: LoadArgs, stats: Arc<Stats>) -> anyhow::Result<Value> {
     let consumers_stop = Arc::new(Stop::default());
     let mut consumers = JoinSet::new();
     for c in 0..a.consumers {
+        let queue = &p.queues[c % p.queues.len()];
+        if raw {
+            let consumer = RawConsumer::open(
+                uri,
+                c,
+                queue,
+                a.clone(),
+                stats.clone(),
+                consumers_stop.clone(),
+            )
+            .await?;
+            consumers.spawn(consumer.run());
+            continue;
+        }
         let ch = conn_of(a.producers + c).create_channel().await?;
         if a.prefetch > 0 {
             ch.basic_qos(a.prefetch, BasicQosOptions { global: false })
                 .await?;
         }
-        let queue = &p.queues[c % p.queues.len()];
         let consumer = ch
             .basic_consume(
                 queue.as_str().into(),
@@ -605,20 +632,28 @@ pub async fn run(args: LoadArgs, stats: Arc<Stats>) -> anyhow::Result<Value> {
             .run(),
         );
     }
-    let mut publishers = Vec::with_capacity(a.producers);
+    // Each publisher as a future not yet started: all begin together at t0.
+    let mut publishers: Vec<BoxFuture<'static, ()>> = Vec::with_capacity(a.producers);
     for i in 0..a.producers {
+        if raw {
+            let publisher =
+                RawPublisher::open(uri, i, &p, a.clone(), stats.clone(), stop.clone()).await?;
+            publishers.push(publisher.run().boxed());
+            continue;
+        }
         let ch = conn_of(i).create_channel().await?;
         if a.confirm > 0 {
             ch.confirm_select(ConfirmSelectOptions::default()).await?;
         }
-        publishers.push(Publisher {
+        let publisher = Publisher {
             index: i,
             ch,
             plan: p.clone(),
             args: a.clone(),
             stats: stats.clone(),
             stop: stop.clone(),
-        });
+        };
+        publishers.push(publisher.run().boxed());
     }
 
     // t0
@@ -637,7 +672,7 @@ pub async fn run(args: LoadArgs, stats: Arc<Stats>) -> anyhow::Result<Value> {
     let t0 = Instant::now();
     let mut pub_tasks = JoinSet::new();
     for publisher in publishers {
-        pub_tasks.spawn(publisher.run());
+        pub_tasks.spawn(publisher);
     }
 
     let all_published = async {
@@ -777,6 +812,7 @@ fn report_common(a: &LoadArgs, p: &Plan, window: f64, s: &Snapshot) -> Value {
         "mode": "load",
         "label": a.common.label,
         "params": {
+            "client": a.client.name(),
             "producers": a.producers,
             "consumers": a.consumers,
             "connections": if a.connections == 0 { a.producers + a.consumers } else { a.connections },

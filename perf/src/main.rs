@@ -9,13 +9,14 @@
 //!
 //! Modules: `cli` (flags), `load` (publishers, consumers, report), `idle` (memory per idle
 //! connection or queue), `procfs` (broker CPU and RSS), `stats` (counters, latency), `amqp`
-//! (connect, argument tables).
+//! (connect, argument tables), `raw` (`--client raw`: publishers and consumers on raw frames).
 
 mod amqp;
 mod cli;
 mod idle;
 mod load;
 mod procfs;
+mod raw;
 mod stats;
 
 use std::{process::ExitCode, sync::Arc, time::Duration};

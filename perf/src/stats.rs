@@ -89,6 +89,10 @@ pub fn stamp(body: &mut [u8]) {
 /// Reads the send time of a body and returns its age in microseconds.
 pub fn age_us(body: &[u8]) -> Option<u64> {
     let head: [u8; 8] = body.get(..8)?.try_into().ok()?;
-    let sent = u64::from_le_bytes(head);
-    Some(now_ns().saturating_sub(sent) / 1000)
+    Some(age_us_since(u64::from_le_bytes(head)))
+}
+
+/// The age in microseconds of a send time read from a body.
+pub fn age_us_since(sent_ns: u64) -> u64 {
+    now_ns().saturating_sub(sent_ns) / 1000
 }
