@@ -505,9 +505,13 @@ async fn a_dead_lettered_persistent_message_moves_between_durable_queues() {
             .await
             .expect("get")
             .expect("a message");
-        within(got.delivery.acker.reject(lapin::options::BasicRejectOptions { requeue: false }))
-            .await
-            .expect("reject");
+        within(
+            got.delivery
+                .acker
+                .reject(lapin::options::BasicRejectOptions { requeue: false }),
+        )
+        .await
+        .expect("reject");
         // The reject has been handled once a later synchronous method returns.
         assert!(queue_exists(&ch, "dead").await);
 
