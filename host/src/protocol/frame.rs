@@ -4,7 +4,7 @@ use amq_protocol::frame::parsing::parse_content_header;
 use amq_protocol::protocol::{AMQPClass, BasicProperties, parse_class};
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::AmqpError;
+use super::{AmqpError, fast};
 
 /// The only protocol header this broker speaks: `AMQP 0-9-1`.
 pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
@@ -79,28 +79,45 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, 
             buf[total - 1]
         )));
     }
+    if kind == FRAME_METHOD {
+        // Methods are decoded in place: nothing of the frame outlives this call.
+        let payload = &buf[FRAME_HEADER_LEN..FRAME_HEADER_LEN + size];
+        let decoded = match fast::method(payload) {
+            Some(method) => Ok(Some(Frame::Method(channel, method))),
+            None => match parse_class(payload) {
+                Ok((_, method)) => Ok(Some(Frame::Method(channel, method))),
+                Err(_) => Err(method_decode_error(payload)),
+            },
+        };
+        buf.advance(total);
+        return decoded;
+    }
     let mut frame = buf.split_to(total);
     frame.advance(FRAME_HEADER_LEN);
     frame.truncate(size);
     let payload = frame.freeze();
     match kind {
-        FRAME_METHOD => match parse_class(&payload[..]) {
-            Ok((_, method)) => Ok(Some(Frame::Method(channel, method))),
-            Err(_) => Err(method_decode_error(&payload)),
-        },
-        FRAME_HEADER => match parse_content_header(&payload[..]) {
-            Ok((_, header)) => Ok(Some(Frame::Header(
+        FRAME_HEADER => {
+            let (class_id, body_size, properties) = match fast::content_header(&payload) {
+                Some(decoded) => decoded,
+                None => match parse_content_header(&payload[..]) {
+                    Ok((_, header)) => (header.class_id, header.body_size, header.properties),
+                    Err(_) => {
+                        return Err(AmqpError::frame_error("malformed content header frame"));
+                    }
+                },
+            };
+            Ok(Some(Frame::Header(
                 channel,
                 Box::new(ContentHeader {
-                    class_id: header.class_id,
-                    body_size: header.body_size,
-                    properties: header.properties,
+                    class_id,
+                    body_size,
+                    properties,
                     // class (2) + weight (2) + body size (8) precede the properties.
                     raw_properties: payload.slice(12..),
                 }),
-            ))),
-            Err(_) => Err(AmqpError::frame_error("malformed content header frame")),
-        },
+            )))
+        }
         FRAME_BODY => Ok(Some(Frame::Body(channel, payload))),
         _ => Ok(Some(Frame::Heartbeat(channel))),
     }

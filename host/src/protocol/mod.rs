@@ -8,6 +8,7 @@
 //! are forwarded byte for byte.
 
 mod error;
+mod fast;
 mod frame;
 mod write;
 
