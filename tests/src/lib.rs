@@ -6,6 +6,7 @@
 //! scenarios against another broker, such as RabbitMQ, and compare behaviour.
 
 pub mod basic;
+pub mod connection;
 pub mod exchanges;
 pub mod process;
 pub mod raw;
