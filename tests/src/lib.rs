@@ -7,6 +7,7 @@
 
 pub mod basic;
 pub mod connection;
+pub mod crash;
 pub mod exchanges;
 pub mod process;
 pub mod raw;
