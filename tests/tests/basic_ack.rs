@@ -297,24 +297,13 @@ async fn recover_ok_precedes_redeliveries_on_the_wire() {
     bounded(async {
         use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
         use amq_protocol::protocol::{AMQPClass, basic, queue};
-        use bourse_tests::raw::{RawClient, basic_publish};
+        use bourse_tests::raw::{RawClient, basic_publish, queue_declare};
 
         let broker = TestBroker::start().await;
         let (mut raw, _) = RawClient::open(broker.addr()).await;
         raw.open_channel(1).await;
         let q = uniq("raw-recover");
-        let declare = queue::Declare {
-            queue: q.as_str().into(),
-            passive: false,
-            durable: false,
-            exclusive: false,
-            auto_delete: false,
-            nowait: false,
-            arguments: FieldTable::default(),
-        };
-        raw.send_method(1, AMQPClass::Queue(queue::AMQPMethod::Declare(declare)))
-            .await
-            .unwrap();
+        raw.send_method(1, queue_declare(&q)).await.unwrap();
         match raw.recv_method().await.expect("queue.declare-ok") {
             (1, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_))) => {}
             other => panic!("expected queue.declare-ok, got {other:?}"),
