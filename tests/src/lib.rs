@@ -5,6 +5,10 @@
 //! Set `BOURSE_TEST_AMQP_URL` (e.g. `amqp://guest:guest@127.0.0.1:5673/%2f`) to run the same
 //! scenarios against another broker, such as RabbitMQ, and compare behaviour.
 
+pub mod basic;
+pub mod connection;
+pub mod crash;
+pub mod exchanges;
 pub mod process;
 pub mod raw;
 pub mod wasm;

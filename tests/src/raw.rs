@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, WriteContext, gen_frame, parse_frame};
-use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, channel, connection};
+use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, channel, connection, queue};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -514,6 +514,19 @@ pub fn basic_publish(exchange: &str, routing_key: &str) -> AMQPClass {
         routing_key: routing_key.into(),
         mandatory: false,
         immediate: false,
+    }))
+}
+
+/// A queue.declare for `name` with default flags.
+pub fn queue_declare(name: &str) -> AMQPClass {
+    AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+        queue: name.into(),
+        passive: false,
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        nowait: false,
+        arguments: FieldTable::default(),
     }))
 }
 

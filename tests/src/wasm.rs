@@ -4,12 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use amq_protocol::types::FieldTable;
 use bourse::exchange::wasm::PluginManager;
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions};
 use lapin::{BasicProperties, Confirmation, ExchangeKind};
 
 use crate::raw::{reply_code, within};
@@ -119,21 +116,8 @@ pub fn hash64(bytes: &[u8]) -> u64 {
 /// How long to wait for the directory watcher to notice a change.
 pub const WATCH_WAIT: Duration = Duration::from_secs(10);
 
+pub use crate::exchanges::{queue, queue_on, table, text, try_bind};
 pub use crate::{confirm_channel, session};
-
-/// A field table from pairs.
-pub fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in entries {
-        t.insert((*k).into(), v.clone());
-    }
-    t
-}
-
-/// A long-string field value.
-pub fn text(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s))
-}
 
 /// exchange.declare of a plugin type.
 pub async fn try_declare(
@@ -156,43 +140,6 @@ pub async fn declare(ch: &lapin::Channel, name: &str, kind: &str, args: FieldTab
     try_declare(ch, name, kind, args)
         .await
         .unwrap_or_else(|e| panic!("declare {name} of type {kind}: {e}"));
-}
-
-/// queue.declare (non-durable), which must succeed.
-pub async fn queue(ch: &lapin::Channel, name: &str) {
-    within(ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    ))
-    .await
-    .unwrap_or_else(|e| panic!("declare queue {name}: {e}"));
-}
-
-/// queue.bind.
-pub async fn try_bind(
-    ch: &lapin::Channel,
-    queue: &str,
-    exchange: &str,
-    key: &str,
-    args: FieldTable,
-) -> Result<(), lapin::Error> {
-    within(ch.queue_bind(
-        queue.into(),
-        exchange.into(),
-        key.into(),
-        QueueBindOptions::default(),
-        args,
-    ))
-    .await
-}
-
-/// Declares `queue` and binds it to `exchange` with `key`; both must succeed.
-pub async fn queue_on(ch: &lapin::Channel, queue_name: &str, exchange: &str, key: &str) {
-    queue(ch, queue_name).await;
-    try_bind(ch, queue_name, exchange, key, FieldTable::default())
-        .await
-        .unwrap_or_else(|e| panic!("bind {queue_name} to {exchange} with {key:?}: {e}"));
 }
 
 /// Publishes and waits for the confirm.

@@ -15,8 +15,10 @@
 //! intact records before it. Nothing here knows about frames, channels or queue semantics.
 
 mod definitions;
+mod flusher;
 mod frame;
 mod messages;
+mod queue_store;
 mod segment;
 
 #[cfg(test)]
@@ -33,9 +35,10 @@ pub use definitions::{
     ExchangeDefinition, QueueDefinition,
 };
 pub use messages::{
-    MessageStore, Position, QueueStore, RecoveredMessage, RecoveredQueue, SEGMENT_MAX_BYTES_LIMIT,
+    MessageStore, Position, RecoveredMessage, RecoveredQueue, SEGMENT_MAX_BYTES_LIMIT,
     SIDE_SYNC_INTERVAL, StoreOptions, StoreStats, StoredMessage, Ticket,
 };
+pub use queue_store::QueueStore;
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
