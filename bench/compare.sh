@@ -16,6 +16,8 @@
 #   --report FILE.jsonl           only regenerate the markdown from a stored run (and its .env)
 #   --quiet-wait S                before each run, wait up to S s for the rest of the machine to
 #                                 use under half a core (default 120; 0 = don't wait)
+#   --client raw|lapin            bourse-perf's client for the load scenarios (default raw: a
+#                                 lean frame-level client, so the tool is not the bottleneck)
 # Environment: BOURSE_BIN (default target/release/bourse; setting it skips building bourse),
 #   BOURSE_DESC (what that binary is, for the report; default: this tree's commit),
 #   PERF_BIN (default target/release/bourse-perf), BOURSE_PORT (5673), RABBIT_PORT (5674),
@@ -38,6 +40,7 @@ out="$root/docs/performance.md"
 merge=""
 report_only=""
 quiet_wait=120
+client=raw
 while [ $# -gt 0 ]; do
     case "$1" in
         --brokers) brokers="$2"; shift 2 ;;
@@ -50,7 +53,8 @@ while [ $# -gt 0 ]; do
         --merge) merge="$2"; shift 2 ;;
         --report) report_only="$2"; shift 2 ;;
         --quiet-wait) quiet_wait="$2"; shift 2 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        --client) client="$2"; shift 2 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -84,6 +88,7 @@ args[f]="-x 1 -y 1 -s 16 -a -t topic -u 1 --bindings 1000"; desc[f]="topic, 1,00
 args[g]="-x 100 -y 100 -s 16 -a -u 100";               desc[g]="100 publishers, 100 consumers, 100 queues"
 args[h]="-x 1 -y 1 -s 16 -a -r 1000";                  desc[h]="latency at a fixed 1,000 msg/s"
 args[i]="-x 1 -y 1 -s 16 -a -t x-consistent-hash -u 1"; desc[i]="WASM x-consistent-hash (vs a)"
+for s in "${!args[@]}"; do args[$s]="${args[$s]} --client $client"; done
 
 # --- build and install -------------------------------------------------------------------------
 if $build; then
