@@ -12,7 +12,7 @@ pub use exchange::{Exchange, ExchangeSpec};
 pub use reply_to::{REPLY_TO_PREFIX, REPLY_TO_QUEUE, ReplyConsumer};
 pub use route::Routed;
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Weak};
 

@@ -8,7 +8,7 @@
 //! may share a key and destination (they differ in their arguments, which direct ignores), so
 //! each destination is counted: unbinding one of them keeps the destination routed.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use amq_protocol::types::FieldTable;
 

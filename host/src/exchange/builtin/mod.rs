@@ -24,7 +24,7 @@ mod fanout;
 mod headers;
 mod topic;
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 pub use direct::Direct;
@@ -98,7 +98,7 @@ impl DestinationSet {
             if self.entries.len() <= INDEX_ABOVE / 2 {
                 // Small again: drop the index and its memory (the hysteresis avoids rebuilding
                 // it on every bind/unbind around the threshold).
-                self.index = HashMap::new();
+                self.index = HashMap::default();
             } else if let Some((moved, _)) = self.entries.get(i) {
                 self.index.insert(moved.clone(), i);
             }
