@@ -85,7 +85,7 @@ args[c]="-x 1 -y 1 -s 16 -q 100 -c 1000";              desc[c]="manual ack, pref
 args[d]="-x 1 -y 1 -s 1024 -q 100 -c 1000 -f --durable"; desc[d]="persistent 1 KiB, durable queue, confirms"
 args[e]="-x 1 -y 10 -s 16 -a -t fanout -u 10";         desc[e]="fanout to 10 queues, 10 consumers"
 args[f]="-x 1 -y 1 -s 16 -a -t topic -u 1 --bindings 1000"; desc[f]="topic, 1,000 wildcard bindings"
-args[g]="-x 100 -y 100 -s 16 -a -u 100";               desc[g]="100 publishers, 100 consumers, 100 queues"
+args[g]="-x 100 -y 100 -s 16 -a -u 100 -c 200";        desc[g]="100 publishers, 100 consumers, 100 queues (confirm window 200 each)"
 args[h]="-x 1 -y 1 -s 16 -a -r 1000";                  desc[h]="latency at a fixed 1,000 msg/s"
 args[i]="-x 1 -y 1 -s 16 -a -t x-consistent-hash -u 1"; desc[i]="WASM x-consistent-hash (vs a)"
 for s in "${!args[@]}"; do args[$s]="${args[$s]} --client $client"; done

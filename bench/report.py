@@ -88,7 +88,7 @@ def notes_for(s, r):
         notes.append(f"{r['errors']} errors ({sample})")
     expected = FANOUT.get(s, 1) * r.get("sent_total", 0)
     backlog = expected - r.get("received_total", 0)
-    if r["params"]["consumers"] > 0 and backlog > 0:
+    if r.get("params", {}).get("consumers", 0) > 0 and backlog > 0:
         notes.append(f"{backlog:,} not delivered by the end of the drain")
     window = r.get("window_s") or 1
     other = r.get("other_cpu_s")
