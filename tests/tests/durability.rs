@@ -70,6 +70,35 @@ async fn send(ch: &Channel, exchange: &str, key: &str, body: &str, props: BasicP
     }
 }
 
+/// Publishes `total` messages `{prefix}{i:05}` to `queue` without waiting between them, then
+/// checks every confirm is an ack.
+async fn publish_pipelined(
+    ch: &Channel,
+    queue: &str,
+    total: usize,
+    prefix: &str,
+    properties: impl Fn(usize) -> BasicProperties,
+) {
+    let mut confirms = Vec::with_capacity(total);
+    for i in 0..total {
+        let body = format!("{prefix}{i:05}");
+        confirms.push(
+            within(ch.basic_publish(
+                "".into(),
+                queue.into(),
+                Default::default(),
+                body.as_bytes(),
+                properties(i),
+            ))
+            .await
+            .expect("publish"),
+        );
+    }
+    for confirm in confirms {
+        assert!(within(confirm).await.expect("confirm").is_ack());
+    }
+}
+
 /// Closes the client, restarts the broker and opens a new session.
 async fn restart(broker: &mut TestBroker, conn: Connection) -> (Connection, Channel) {
     within(conn.close(200, "restart".into()))
@@ -338,30 +367,15 @@ async fn a_long_queue_pages_out_and_delivers_everything_in_order() {
         let (conn, ch) = session(&broker).await;
         declare_queue(&ch, "long", true, FieldTable::default()).await;
         let total = 6_000;
-        let mut confirms = Vec::new();
-        for i in 0..total {
-            // Every tenth message is transient: it waits in memory among the paged ones.
-            let props = if i % 10 == 9 {
+        // Every tenth message is transient: it waits in memory among the paged ones.
+        publish_pipelined(&ch, "long", total, "m", |i| {
+            if i % 10 == 9 {
                 BasicProperties::default()
             } else {
                 persistent()
-            };
-            let body = format!("m{i:05}");
-            confirms.push(
-                within(ch.basic_publish(
-                    "".into(),
-                    "long".into(),
-                    Default::default(),
-                    body.as_bytes(),
-                    props,
-                ))
-                .await
-                .expect("publish"),
-            );
-        }
-        for confirm in confirms {
-            assert!(within(confirm).await.expect("confirm").is_ack());
-        }
+            }
+        })
+        .await;
         let queue = broker
             .handle()
             .expect("in-process")
@@ -413,23 +427,7 @@ async fn paged_messages_recover_after_a_restart() {
         let (conn, ch) = session(&broker).await;
         declare_queue(&ch, "big", true, FieldTable::default()).await;
         let total = 5_000;
-        let mut confirms = Vec::new();
-        for i in 0..total {
-            confirms.push(
-                within(ch.basic_publish(
-                    "".into(),
-                    "big".into(),
-                    Default::default(),
-                    format!("b{i:05}").as_bytes(),
-                    persistent(),
-                ))
-                .await
-                .expect("publish"),
-            );
-        }
-        for confirm in confirms {
-            assert!(within(confirm).await.expect("confirm").is_ack());
-        }
+        publish_pipelined(&ch, "big", total, "b", |_| persistent()).await;
         let (_conn, ch) = restart(&mut broker, conn).await;
         let got = bodies(&ch, "big").await;
         let expected: Vec<String> = (0..total).map(|i| format!("b{i:05}")).collect();
