@@ -11,11 +11,14 @@
 //! queue lock and republished through the [`QueueHost`] (the vhost) after it is released, so a
 //! queue lock is never held while another queue's is taken. Expiry — of messages at the head
 //! and of the queue itself (`x-expires`) — runs on one tokio timer task per queue, started the
-//! first time something can expire and woken only when an earlier deadline appears.
+//! first time something can expire and woken only when an earlier deadline appears
+//! (`timer.rs`). A durable queue's calls into its message store are all in `stored.rs`.
 
 mod args;
 mod dead_letter;
 mod ready;
+mod stored;
+mod timer;
 
 pub use args::{ArgError, DeadLetterTarget, MAX_PRIORITY, Overflow, QueueArgs};
 pub(crate) use args::{string as string_value, type_name};
@@ -33,7 +36,7 @@ use tracing::warn;
 
 use crate::exchange::Name;
 use crate::message::{Message, QueuedMessage};
-use crate::store::{Position, QueueStore, RecoveredMessage, Ticket};
+use crate::store::{QueueStore, Ticket};
 use ready::Ready;
 
 /// Ready messages a durable FIFO queue keeps in memory; behind them, persistent messages are
@@ -172,12 +175,6 @@ pub enum ConsumeError {
     ExclusiveInUse,
     /// The queue was deleted meanwhile.
     Deleted,
-}
-
-/// What the timer task should do next.
-enum Tick {
-    Stop,
-    Sleep(Option<Instant>),
 }
 
 impl Queue {
@@ -362,78 +359,6 @@ impl Queue {
         }
         self.finish(state);
         outcome
-    }
-
-    /// Queues the messages its store recovered at start-up, in order, with their
-    /// redelivered flags. A FIFO queue keeps them paged out; a priority queue reads them in.
-    pub fn recover(&self, messages: Vec<RecoveredMessage>) {
-        let Some(store) = &self.store else {
-            return;
-        };
-        let mut state = self.state.lock();
-        state.expiring = true;
-        for recovered in messages {
-            if state.ready.push_recovered(recovered) {
-                continue;
-            }
-            match store
-                .read(recovered.position)
-                .and_then(|stored| stored.into_message())
-            {
-                Ok(message) => {
-                    let message = Arc::new(message);
-                    let expires_at = self.expiry_of(&message);
-                    state.ready.push_back(QueuedMessage {
-                        seq: 0,
-                        message,
-                        redelivered: recovered.redelivered,
-                        expires_at,
-                        position: recovered.position.to_u64(),
-                    });
-                }
-                Err(error) => {
-                    warn!(queue = %self.name(), %error, "a recovered message cannot be read; dropped");
-                    let _ = store.ack(recovered.position);
-                }
-            }
-        }
-        self.finish(state);
-    }
-
-    /// Ready messages whose body is on disk only (paged out).
-    pub fn paged_count(&self) -> usize {
-        self.state.lock().ready.paged()
-    }
-
-    /// Records in the store that a stored message was handed to a consumer: gone for good
-    /// when the consumer does not ack (`no_ack`), else marked delivered once, so that it comes
-    /// back redelivered after a crash.
-    fn delivered(&self, position: u64, redelivered: bool, no_ack: bool) {
-        let Some(store) = self.store.as_ref().filter(|_| position != 0) else {
-            return;
-        };
-        let position = Position::from_u64(position);
-        let result = if no_ack {
-            store.ack(position)
-        } else if !redelivered {
-            store.mark_delivered(position)
-        } else {
-            return;
-        };
-        if let Err(error) = result {
-            warn!(queue = %self.name(), %error, "cannot record a delivery in the store");
-        }
-    }
-
-    /// Records in the store that a stored message left the queue (acked, expired, dropped,
-    /// dead-lettered, purged).
-    fn forget(&self, position: u64) {
-        let Some(store) = self.store.as_ref().filter(|_| position != 0) else {
-            return;
-        };
-        if let Err(error) = store.ack(Position::from_u64(position)) {
-            warn!(queue = %self.name(), %error, "cannot record a removal in the store");
-        }
     }
 
     /// When a message enqueued now expires: the sooner of the queue's and its own TTL.
@@ -753,68 +678,6 @@ impl Queue {
         }
     }
 
-    /// Makes sure the timer task wakes by `at`, starting it if needed.
-    fn arm(&self, state: &mut QueueState, at: Instant) {
-        if state.armed.is_some_and(|armed| armed <= at) {
-            return;
-        }
-        state.armed = Some(at);
-        match &state.timer {
-            Some(wake) => wake.notify_one(),
-            None => {
-                // Without a runtime (plain unit tests) nothing expires on its own.
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    let wake = Arc::new(Notify::new());
-                    state.timer = Some(wake.clone());
-                    runtime.spawn(run_timer(self.me.clone(), wake));
-                }
-            }
-        }
-    }
-
-    /// The timer's work: expire messages at the head, expire the queue if unused, and say
-    /// when to look again.
-    fn housekeep(&self) -> Tick {
-        let mut state = self.state.lock();
-        if state.deleted {
-            return Tick::Stop;
-        }
-        let now = Instant::now();
-        let dead_lettering = self.args.dead_letter.is_some();
-        let QueueState { ready, dead, .. } = &mut *state;
-        ready.take_expired_heads(now, |entry| {
-            if dead_lettering {
-                dead.push((entry, DeathReason::Expired));
-            } else {
-                self.forget(entry.position);
-            }
-        });
-        let mut next = if state.expiring {
-            state.ready.next_expiry()
-        } else {
-            None
-        };
-        let mut expired = false;
-        if let Some(expires) = self.args.expires
-            && state.consumers.is_empty()
-        {
-            match state.last_used.checked_add(expires) {
-                Some(at) if at <= now => expired = true,
-                Some(at) => next = Some(next.map_or(at, |n| n.min(at))),
-                None => {}
-            }
-        }
-        state.armed = next;
-        self.finish(state);
-        if expired {
-            match (self.host.get().and_then(Weak::upgrade), self.me.upgrade()) {
-                (Some(host), Some(me)) => host.queue_expired(&me),
-                _ => return Tick::Stop,
-            }
-        }
-        Tick::Sleep(next)
-    }
-
     /// Republishes dropped messages through the dead-letter exchange, as RabbitMQ does: new
     /// properties with the `x-death` record, exchange and routing key replaced. A stored
     /// message is removed from this queue's store only after it was republished (and so
@@ -880,29 +743,6 @@ impl Queue {
         });
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         host.dead_letter(&target.exchange, &keys, message, reason);
-    }
-}
-
-/// One task per queue that has something to expire: sleeps until the earliest deadline (or a
-/// wake-up for an earlier one) and lets the queue do its housekeeping.
-async fn run_timer(queue: Weak<Queue>, wake: Arc<Notify>) {
-    loop {
-        let next = match queue.upgrade() {
-            Some(queue) => match queue.housekeep() {
-                Tick::Stop => return,
-                Tick::Sleep(next) => next,
-            },
-            None => return,
-        };
-        match next {
-            Some(at) => {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(at) => {}
-                    _ = wake.notified() => {}
-                }
-            }
-            None => wake.notified().await,
-        }
     }
 }
 
