@@ -12,7 +12,7 @@
 //! 4. drain: consumers run on until nothing arrives for a second or `--drain-secs` is up, so the
 //!    totals and latencies include the backlog; then everything is deleted and closed.
 //!
-//! Publishers and consumers are lapin's (here) or, with `--client raw`, the lean frame-level
+//! Publishers and consumers are lapin's (`lapin_client`) or, with `--client raw`, the lean frame-level
 //! ones of `raw`; set-up, the timeline and the report are the same for both.
 
 use std::{
@@ -25,17 +25,15 @@ use std::{
 
 use anyhow::{Context, bail};
 use futures::{
-    FutureExt, StreamExt,
+    FutureExt,
     future::{BoxFuture, join_all},
-    stream::FuturesUnordered,
 };
 use hdrhistogram::Histogram;
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ExchangeKind,
+    Connection, ExchangeKind,
     options::{
-        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-        QueueDeclareOptions, QueueDeleteOptions,
+        BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+        ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
     types::{FieldTable, ShortString},
 };
@@ -45,9 +43,10 @@ use tokio::{sync::Notify, task::JoinSet};
 use crate::{
     amqp::{self, expand, table},
     cli::{Client, LoadArgs},
+    lapin_client::{ConsumerTask, Publisher},
     procfs::{self, Process},
     raw::{RawConsumer, RawPublisher},
-    stats::{self, Snapshot, Stats, new_histogram},
+    stats::{Snapshot, Stats, new_histogram},
 };
 
 /// The routing resolved from the flags and the per-type defaults.
@@ -257,216 +256,6 @@ impl Stop {
             return;
         }
         notified.await;
-    }
-}
-
-enum Outcome {
-    Written,
-    Acked,
-    Nacked,
-    Failed(lapin::Error),
-}
-
-async fn publish_one(
-    ch: &Channel,
-    exchange: ShortString,
-    key: ShortString,
-    body: Vec<u8>,
-    props: BasicProperties,
-    confirm: bool,
-) -> Outcome {
-    let pending = match ch
-        .basic_publish(exchange, key, BasicPublishOptions::default(), &body, props)
-        .await
-    {
-        Ok(p) => p,
-        Err(e) => return Outcome::Failed(e),
-    };
-    if !confirm {
-        return Outcome::Written;
-    }
-    match pending.await {
-        Ok(Confirmation::Nack(_)) => Outcome::Nacked,
-        Ok(_) => Outcome::Acked,
-        Err(e) => Outcome::Failed(e),
-    }
-}
-
-struct Publisher {
-    index: usize,
-    ch: Channel,
-    plan: Arc<Plan>,
-    args: Arc<LoadArgs>,
-    stats: Arc<Stats>,
-    stop: Arc<Stop>,
-}
-
-impl Publisher {
-    fn record(&self, o: Outcome) -> bool {
-        match o {
-            Outcome::Written => {}
-            Outcome::Acked => {
-                self.stats.confirmed.fetch_add(1, Ordering::Relaxed);
-            }
-            Outcome::Nacked => {
-                self.stats.nacked.fetch_add(1, Ordering::Relaxed);
-            }
-            Outcome::Failed(e) => {
-                self.stats
-                    .error(format_args!("publisher {}: {e}", self.index));
-                return false;
-            }
-        }
-        true
-    }
-
-    async fn run(self) {
-        let a = &*self.args;
-        let confirm = a.confirm > 0;
-        let window = if confirm {
-            a.confirm
-        } else {
-            a.write_window.max(1)
-        };
-        let exchange = ShortString::from(self.plan.exchange.clone());
-        let keys = &self.plan.routing_keys;
-        let base = BasicProperties::default().with_delivery_mode(if a.persistent { 2 } else { 1 });
-        let mut inflight = FuturesUnordered::new();
-        let start = Instant::now();
-        let mut m: u64 = 0;
-        let mut healthy = true;
-        'publish: while healthy && !self.stop.is_set() && (a.count == 0 || m < a.count) {
-            if a.rate > 0.0 {
-                let due = start + Duration::from_secs_f64(m as f64 / a.rate);
-                while Instant::now() < due {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(due.into()) => {}
-                        Some(o) = inflight.next(), if !inflight.is_empty() => healthy &= self.record(o),
-                        _ = self.stop.wait() => break 'publish,
-                    }
-                }
-            }
-            while inflight.len() >= window {
-                tokio::select! {
-                    Some(o) = inflight.next() => healthy &= self.record(o),
-                    _ = self.stop.wait() => break 'publish,
-                }
-            }
-            let k = (self.index + m as usize) % keys.len();
-            let mut props = base.clone();
-            if let Some(h) = self.plan.headers.get(k) {
-                props = props.with_headers(h.clone());
-            }
-            let mut body = vec![0u8; a.size];
-            stats::stamp(&mut body);
-            inflight.push(publish_one(
-                &self.ch,
-                exchange.clone(),
-                keys[k].clone(),
-                body,
-                props,
-                confirm,
-            ));
-            self.stats.sent.fetch_add(1, Ordering::Relaxed);
-            m += 1;
-            // Poll once so the new publish hands its frames to the connection now; collect
-            // whatever else has completed meanwhile.
-            while let Some(Some(o)) = inflight.next().now_or_never() {
-                healthy &= self.record(o);
-            }
-        }
-        // Let outstanding writes and confirms finish, bounded.
-        let drain = async {
-            while let Some(o) = inflight.next().await {
-                self.record(o);
-            }
-        };
-        if tokio::time::timeout(Duration::from_secs(10), drain)
-            .await
-            .is_err()
-        {
-            self.stats.error(format_args!(
-                "publisher {}: {} publishes or confirms still outstanding 10 s after stopping",
-                self.index,
-                inflight.len()
-            ));
-        }
-    }
-}
-
-struct ConsumerTask {
-    index: usize,
-    ch: Channel,
-    consumer: lapin::Consumer,
-    args: Arc<LoadArgs>,
-    stats: Arc<Stats>,
-    stop: Arc<Stop>,
-}
-
-impl ConsumerTask {
-    async fn run(mut self) -> Histogram<u64> {
-        let mut hist = new_histogram();
-        let autoack = self.args.autoack;
-        let mut every = self.args.multi_ack.max(1) as u64;
-        if self.args.prefetch > 0 {
-            every = every.min(self.args.prefetch as u64);
-        }
-        let mut unacked = 0u64;
-        let mut last_tag = 0u64;
-        loop {
-            let delivery = tokio::select! {
-                biased;
-                _ = self.stop.wait() => break,
-                d = self.consumer.next() => d,
-            };
-            match delivery {
-                Some(Ok(d)) => {
-                    if let Some(us) = stats::age_us(&d.data) {
-                        hist.saturating_record(us.max(1));
-                    }
-                    self.stats.received.fetch_add(1, Ordering::Relaxed);
-                    if !autoack {
-                        unacked += 1;
-                        last_tag = d.delivery_tag;
-                        if unacked >= every {
-                            self.ack(last_tag, every > 1);
-                            unacked = 0;
-                        }
-                    }
-                }
-                Some(Err(e)) => {
-                    self.stats
-                        .error(format_args!("consumer {}: {e}", self.index));
-                    break;
-                }
-                None => {
-                    if !self.stop.is_set() {
-                        self.stats.error(format_args!(
-                            "consumer {}: cancelled by the broker",
-                            self.index
-                        ));
-                    }
-                    break;
-                }
-            }
-        }
-        if unacked > 0 {
-            self.ack(last_tag, true);
-        }
-        hist
-    }
-
-    /// Sends basic.ack without waiting for the write: the connection's own task writes it, and
-    /// a failure closes the channel, which the delivery stream reports.
-    fn ack(&self, tag: u64, multiple: bool) {
-        let sent = self
-            .ch
-            .basic_ack(tag, BasicAckOptions { multiple })
-            .now_or_never();
-        if let Some(Err(e)) = sent {
-            self.stats
-                .error(format_args!("consumer {}: ack: {e}", self.index));
-        }
     }
 }
 
@@ -850,6 +639,7 @@ mod tests {
 
     use super::*;
     use crate::cli::{Cli, Command};
+    use crate::stats;
 
     fn args(flags: &[&str]) -> LoadArgs {
         let argv = ["bourse-perf", "load"].iter().chain(flags).copied();

@@ -14,6 +14,7 @@
 mod amqp;
 mod cli;
 mod idle;
+mod lapin_client;
 mod load;
 mod procfs;
 mod raw;
