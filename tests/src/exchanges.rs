@@ -38,6 +38,27 @@ pub async fn try_declare(
     within(ch.exchange_declare(name.into(), kind, options, args)).await
 }
 
+/// Whether exchange `name` exists, checked with a passive declare on a throwaway channel.
+pub async fn exchange_exists(conn: &lapin::Connection, name: &str) -> bool {
+    let ch = within(conn.create_channel()).await.expect("channel opens");
+    let res = try_declare(
+        &ch,
+        name,
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await;
+    match res {
+        Ok(()) => true,
+        Err(e) if crate::raw::reply_code(&e) == Some(404) => false,
+        Err(e) => panic!("passive declare of {name}: {e}"),
+    }
+}
+
 /// exchange.declare with default options, which must succeed.
 pub async fn declare(ch: &Channel, name: &str, kind: ExchangeKind) {
     try_declare(

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use bourse_tests::exchanges::exchange_exists;
 use bourse_tests::raw::within;
 use bourse_tests::wasm::{PluginBroker, bodies, publish, table, text};
 use bourse_tests::{TestBroker, session};
@@ -45,22 +46,6 @@ async fn queue_exists(ch: &Channel, name: &str) -> bool {
     within(ch.queue_declare(name.into(), options, FieldTable::default()))
         .await
         .is_ok()
-}
-
-async fn exchange_exists(conn: &Connection, name: &str) -> bool {
-    let ch = within(conn.create_channel()).await.expect("channel");
-    let options = ExchangeDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    within(ch.exchange_declare(
-        name.into(),
-        ExchangeKind::Direct,
-        options,
-        FieldTable::default(),
-    ))
-    .await
-    .is_ok()
 }
 
 async fn send(ch: &Channel, exchange: &str, key: &str, body: &str, props: BasicProperties) {

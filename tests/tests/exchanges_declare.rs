@@ -7,15 +7,15 @@
 
 use amq_protocol::types::FieldTable;
 use bourse_tests::exchanges::{
-    bind_exchange, bind_queue, bodies, declare, publish, publish_headers, queue, queue_on, table,
-    text, try_declare, try_publish,
+    bind_exchange, bind_queue, bodies, declare, exchange_exists, publish, publish_headers, queue,
+    queue_on, table, text, try_declare, try_publish,
 };
 use bourse_tests::raw::{assert_reply_code, reply_code, within};
 use bourse_tests::{TestBroker, confirm_channel, session};
 use lapin::options::{
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeleteOptions,
 };
-use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
+use lapin::{BasicProperties, Channel, ExchangeKind};
 
 async fn unbind_queue(ch: &Channel, queue: &str, exchange: &str, key: &str) {
     within(ch.queue_unbind(
@@ -26,27 +26,6 @@ async fn unbind_queue(ch: &Channel, queue: &str, exchange: &str, key: &str) {
     ))
     .await
     .unwrap_or_else(|e| panic!("unbind {queue} from {exchange}: {e}"));
-}
-
-/// Whether exchange `name` exists, checked with a passive declare on a throwaway channel.
-async fn exchange_exists(conn: &Connection, name: &str) -> bool {
-    let ch = within(conn.create_channel()).await.expect("channel opens");
-    let res = try_declare(
-        &ch,
-        name,
-        ExchangeKind::Direct,
-        ExchangeDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await;
-    match res {
-        Ok(()) => true,
-        Err(e) if reply_code(&e) == Some(404) => false,
-        Err(e) => panic!("passive declare of {name}: {e}"),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
