@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use amq_protocol::types::parsing::parse_field_table;
 use amq_protocol::types::{AMQPValue, FieldTable};
 use parking_lot::RwLock;
 
@@ -110,8 +109,9 @@ fn parse_amqplain(response: &[u8]) -> Result<(String, String), AuthError> {
     let mut table_bytes = Vec::with_capacity(response.len() + 4);
     table_bytes.extend_from_slice(&(response.len() as u32).to_be_bytes());
     table_bytes.extend_from_slice(response);
-    let (_, table): (_, FieldTable) =
-        parse_field_table(&table_bytes[..]).map_err(|_| AuthError::Malformed("AMQPLAIN"))?;
+    // Decoded with the nesting bound: this table comes before the peer has logged in.
+    let table: FieldTable = crate::protocol::decode_table(&table_bytes, "AMQPLAIN response")
+        .map_err(|_| AuthError::Malformed("AMQPLAIN"))?;
     let field = |key: &str| match table.inner().get(key) {
         Some(AMQPValue::LongString(s)) => Ok(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         Some(AMQPValue::ShortString(s)) => Ok(s.as_str().to_owned()),

@@ -20,6 +20,9 @@ use crate::vhost::VHost;
 
 /// A client must finish the handshake within this time (RabbitMQ's handshake_timeout).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest frame accepted before connection.tune-ok has fixed frame_max, as RabbitMQ 4.1+:
+/// a peer that has not logged in may not make the broker buffer and parse 128 KiB frames.
+pub(crate) const HANDSHAKE_FRAME_MAX: u32 = 8192;
 
 /// What the handshake settled.
 pub(crate) struct Negotiated {
@@ -73,7 +76,7 @@ pub(crate) async fn run(
             // Give the client a moment to read the close before the socket goes.
             let _ = tokio::time::timeout(
                 Duration::from_secs(1),
-                reader.next_frame(shared.config.frame_max_bytes),
+                reader.next_frame(HANDSHAKE_FRAME_MAX),
             )
             .await;
             writer.close();
@@ -108,7 +111,7 @@ async fn negotiate(
             })),
         )
     });
-    let start_ok = match expect(reader, config.frame_max_bytes).await? {
+    let start_ok = match expect(reader, HANDSHAKE_FRAME_MAX).await? {
         connection::AMQPMethod::StartOk(start_ok) => start_ok,
         _ => {
             return Err(
@@ -141,7 +144,7 @@ async fn negotiate(
             })),
         )
     });
-    let tune_ok = match expect(reader, config.frame_max_bytes).await? {
+    let tune_ok = match expect(reader, HANDSHAKE_FRAME_MAX).await? {
         connection::AMQPMethod::TuneOk(tune_ok) => tune_ok,
         _ => {
             return Err(AmqpError::command_invalid("expected connection.tune-ok").on_method(10, 31));

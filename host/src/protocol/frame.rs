@@ -1,10 +1,9 @@
 //! Frame decoding: check that a whole frame is buffered, then parse it.
 
-use amq_protocol::frame::parsing::parse_content_header;
 use amq_protocol::protocol::{AMQPClass, BasicProperties, parse_class};
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::{AmqpError, fast};
+use super::{AmqpError, fast, table};
 
 /// The only protocol header this broker speaks: `AMQP 0-9-1`.
 pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
@@ -84,9 +83,11 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, 
         let payload = &buf[FRAME_HEADER_LEN..FRAME_HEADER_LEN + size];
         let decoded = match fast::method(payload) {
             Some(method) => Ok(Some(Frame::Method(channel, method))),
-            None => match parse_class(payload) {
-                Ok((_, method)) => Ok(Some(Frame::Method(channel, method))),
-                Err(_) => Err(method_decode_error(payload)),
+            // amq-protocol's table parser recurses: check the nesting first.
+            None => match table::check_method(payload).map(|()| parse_class(payload)) {
+                Ok(Ok((_, method))) => Ok(Some(Frame::Method(channel, method))),
+                Ok(Err(_)) => Err(method_decode_error(payload)),
+                Err(too_deep) => Err(too_deep),
             },
         };
         buf.advance(total);
@@ -100,12 +101,7 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, 
         FRAME_HEADER => {
             let (class_id, body_size, properties) = match fast::content_header(&payload) {
                 Some(decoded) => decoded,
-                None => match parse_content_header(&payload[..]) {
-                    Ok((_, header)) => (header.class_id, header.body_size, header.properties),
-                    Err(_) => {
-                        return Err(AmqpError::frame_error("malformed content header frame"));
-                    }
-                },
+                None => content_header(&payload)?,
             };
             Ok(Some(Frame::Header(
                 channel,
@@ -121,6 +117,20 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, 
         FRAME_BODY => Ok(Some(Frame::Body(channel, payload))),
         _ => Ok(Some(Frame::Heartbeat(channel))),
     }
+}
+
+/// A content header payload through amq-protocol's property parser, headers checked first.
+fn content_header(payload: &[u8]) -> Result<(u16, u64, BasicProperties), AmqpError> {
+    // class (2), weight (2), body size (8), then the property flags and values.
+    let (Some(class), Some(size), Some(raw)) =
+        (payload.get(..2), payload.get(4..12), payload.get(12..))
+    else {
+        return Err(AmqpError::frame_error("malformed content header frame"));
+    };
+    let class_id = u16::from_be_bytes([class[0], class[1]]);
+    let body_size = u64::from_be_bytes(size.try_into().expect("8 bytes"));
+    let properties = table::decode_properties(raw)?;
+    Ok((class_id, body_size, properties))
 }
 
 /// A method frame that failed to decode: an unknown class is a command the broker does not

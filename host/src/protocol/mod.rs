@@ -10,10 +10,14 @@
 mod error;
 mod fast;
 mod frame;
+mod table;
 mod write;
 
 pub use error::{AmqpError, ReplyCode};
 pub use frame::{ContentHeader, Frame, PROTOCOL_HEADER, parse_frame};
+pub use table::{
+    MAX_FIELD_DEPTH, TooDeep, check_properties, check_table, decode_properties, decode_table,
+};
 pub use write::{
     Deliver, FRAME_OVERHEAD, write_content, write_deliver, write_heartbeat, write_method,
 };

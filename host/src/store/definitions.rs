@@ -582,6 +582,9 @@ impl<'a> Reader<'a> {
         };
         let len = u32::from_be_bytes(*len) as usize;
         let bytes = self.take(len.checked_add(4).ok_or("argument table too long")?)?;
+        if crate::protocol::check_table(bytes).is_err() {
+            return Err("argument table nests too deep");
+        }
         match parse_field_table(bytes) {
             Ok(([], table)) => Ok(table),
             _ => Err("argument table does not decode"),

@@ -39,7 +39,6 @@ use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::Duration;
 
-use amq_protocol::protocol::basic::parse_properties;
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::watch;
@@ -136,8 +135,9 @@ pub struct StoredMessage {
 impl StoredMessage {
     /// Rebuilds the broker's [`Message`], decoding the properties from their raw bytes.
     pub fn into_message(self) -> Result<Message, StoreError> {
-        let properties = match parse_properties(&self.raw_properties[..]) {
-            Ok((_, properties)) => properties,
+        // Bounded like a peer's: the data directory is not trusted to be well formed.
+        let properties = match crate::protocol::decode_properties(&self.raw_properties) {
+            Ok(properties) => properties,
             Err(_) => {
                 return Err(StoreError::Invalid(
                     "stored message properties do not decode".into(),
