@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use anyhow::Context;
 use parking_lot::RwLock;
@@ -33,12 +33,25 @@ pub struct Shared {
     pub memory: crate::memory::MemoryMonitor,
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     next_connection: AtomicU64,
+    /// Connections past connection.open, against `limits.connection_max`.
+    pub(crate) connections: Arc<AtomicU32>,
+    /// What each user has open, against its `[user_limits]` (one entry per user who logged in).
+    user_usage: parking_lot::Mutex<HashMap<String, Arc<crate::limits::UserUsage>>>,
 }
 
 impl Shared {
     /// Looks up a vhost.
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
         self.vhosts.read().get(name).cloned()
+    }
+
+    /// The connection and channel counters of `user`.
+    pub(crate) fn user_usage(&self, user: &str) -> Arc<crate::limits::UserUsage> {
+        self.user_usage
+            .lock()
+            .entry(user.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// Opens a vhost if it is not open yet: its durable state under the data directory is
@@ -54,6 +67,7 @@ impl Shared {
             &self.config.data_dir,
             StoreOptions::from_config(&self.config),
         )?;
+        vhost.set_limits(self.config.vhost_limits_for(name));
         vhosts.insert(name.to_owned(), vhost.clone());
         Ok(vhost)
     }
@@ -89,6 +103,8 @@ impl Broker {
             memory,
             vhosts: RwLock::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
+            connections: Arc::new(AtomicU32::new(0)),
+            user_usage: Default::default(),
             config,
         });
         shared

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::limits::{Limits, MAX_MESSAGE_BYTES_CEILING, UserLimits, VhostLimits};
+
 /// Broker settings after flags, environment and file have been merged.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -25,8 +27,14 @@ pub struct Config {
     pub channel_max: u16,
     /// Heartbeat interval offered in connection.tune (0 disables).
     pub heartbeat_secs: u16,
-    /// Largest message body accepted; above it the channel is closed with 406.
+    /// Largest message body accepted; above it the channel is closed with 406. At most
+    /// [`MAX_MESSAGE_BYTES_CEILING`] (512 MiB, RabbitMQ's ceiling).
     pub max_message_bytes: u64,
+    /// Limits on what clients may create (docs/limits.md); `limits.vhost` is the default of
+    /// every vhost, which `vhost_limits` overrides.
+    pub limits: Limits,
+    /// Per-user limits (TOML: `[user_limits."alice"]`).
+    pub user_limits: BTreeMap<String, UserLimits>,
     /// Users created at start-up (name, password). Empty means the default `guest`/`guest`.
     pub users: Vec<(String, String)>,
     /// Whether `guest` may only log in from a loopback address (RabbitMQ's default).
@@ -46,8 +54,8 @@ pub struct Config {
     pub segment_max_bytes: u32,
     /// Limits on WASM exchanges, for every vhost without an override.
     pub wasm: WasmLimits,
-    /// Per-vhost overrides of `wasm` (TOML: `[vhost_limits."/"]`).
-    pub vhost_limits: BTreeMap<String, WasmLimitOverrides>,
+    /// Per-vhost overrides of `wasm` and `limits.vhost` (TOML: `[vhost_limits."/"]`).
+    pub vhost_limits: BTreeMap<String, VhostLimitOverrides>,
     /// Memory high watermark as a fraction of total memory (RabbitMQ's
     /// `vm_memory_high_watermark.relative`): above it, publishing connections are blocked
     /// (docs/memory.md).
@@ -94,10 +102,19 @@ impl Default for WasmLimits {
     }
 }
 
-/// A per-vhost override of some [`WasmLimits`]; unset keys keep the global value.
+/// A per-vhost override of some [`WasmLimits`] and [`VhostLimits`]; unset keys keep the
+/// global value.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WasmLimitOverrides {
+pub struct VhostLimitOverrides {
+    /// See [`VhostLimits::max_connections`].
+    pub max_connections: Option<u32>,
+    /// See [`VhostLimits::max_queues`].
+    pub max_queues: Option<u32>,
+    /// See [`VhostLimits::max_exchanges`].
+    pub max_exchanges: Option<u32>,
+    /// See [`VhostLimits::max_bindings`].
+    pub max_bindings: Option<u32>,
     /// See [`WasmLimits::call_deadline_ms`].
     pub wasm_call_deadline_ms: Option<u64>,
     /// See [`WasmLimits::setup_deadline_ms`].
@@ -116,8 +133,18 @@ pub struct WasmLimitOverrides {
     pub wasm_route_cache_entries: Option<u32>,
 }
 
-impl WasmLimitOverrides {
-    /// `base` with these overrides applied.
+impl VhostLimitOverrides {
+    /// `base` with these overrides of vhost limits applied.
+    pub fn apply_vhost(&self, base: &VhostLimits) -> VhostLimits {
+        VhostLimits {
+            max_connections: self.max_connections.unwrap_or(base.max_connections),
+            max_queues: self.max_queues.unwrap_or(base.max_queues),
+            max_exchanges: self.max_exchanges.unwrap_or(base.max_exchanges),
+            max_bindings: self.max_bindings.unwrap_or(base.max_bindings),
+        }
+    }
+
+    /// `base` with these overrides of WASM limits applied.
     pub fn apply(&self, base: &WasmLimits) -> WasmLimits {
         WasmLimits {
             call_deadline_ms: self.wasm_call_deadline_ms.unwrap_or(base.call_deadline_ms),
@@ -152,6 +179,8 @@ impl Default for Config {
             channel_max: 2047,
             heartbeat_secs: 60,
             max_message_bytes: 128 * 1024 * 1024,
+            limits: Limits::default(),
+            user_limits: BTreeMap::new(),
             users: Vec::new(),
             guest_loopback_only: true,
             wasm_cache_dir: None,
@@ -199,9 +228,34 @@ pub struct Cli {
     /// Heartbeat interval proposed to clients, in seconds; 0 disables [default: 60]
     #[arg(long, env = "BOURSE_HEARTBEAT_SECS")]
     pub heartbeat_secs: Option<u16>,
-    /// Largest message body accepted, in bytes [default: 134217728]
+    /// Largest message body accepted, in bytes, at most 536870912 [default: 134217728]
     #[arg(long, env = "BOURSE_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<u64>,
+    /// Connections open at once on the broker [default: 65536]
+    #[arg(long, env = "BOURSE_CONNECTION_MAX")]
+    pub connection_max: Option<u32>,
+    /// Consumers on one channel [default: 65536]
+    #[arg(long, env = "BOURSE_CONSUMER_MAX_PER_CHANNEL")]
+    pub consumer_max_per_channel: Option<u32>,
+    /// Body bytes one transaction may buffer before tx.commit [default: 268435456]
+    #[arg(long, env = "BOURSE_TX_MAX_BYTES")]
+    pub tx_max_bytes: Option<u64>,
+    /// Bytes of still-arriving message bodies one connection may hold [default: 268435456]
+    #[arg(long, env = "BOURSE_CONNECTION_CONTENT_MAX_BYTES")]
+    pub connection_content_max_bytes: Option<u64>,
+    /// Connections open to one vhost, unless its [vhost_limits] entry says otherwise
+    /// [default: 4294967295, unlimited]
+    #[arg(long, env = "BOURSE_VHOST_MAX_CONNECTIONS")]
+    pub vhost_max_connections: Option<u32>,
+    /// Queues in one vhost [default: 100000]
+    #[arg(long, env = "BOURSE_VHOST_MAX_QUEUES")]
+    pub vhost_max_queues: Option<u32>,
+    /// Exchanges declared in one vhost, besides the pre-declared ones [default: 10000]
+    #[arg(long, env = "BOURSE_VHOST_MAX_EXCHANGES")]
+    pub vhost_max_exchanges: Option<u32>,
+    /// Bindings in one vhost [default: 1000000]
+    #[arg(long, env = "BOURSE_VHOST_MAX_BINDINGS")]
+    pub vhost_max_bindings: Option<u32>,
     /// Cache of compiled WASM plugins [default: <data-dir>/wasm-cache]
     #[arg(long, env = "BOURSE_WASM_CACHE_DIR", value_name = "DIR")]
     pub wasm_cache_dir: Option<PathBuf>,
@@ -261,6 +315,16 @@ struct FileConfig {
     channel_max: Option<u16>,
     heartbeat_secs: Option<u16>,
     max_message_bytes: Option<u64>,
+    connection_max: Option<u32>,
+    consumer_max_per_channel: Option<u32>,
+    tx_max_bytes: Option<u64>,
+    connection_content_max_bytes: Option<u64>,
+    vhost_max_connections: Option<u32>,
+    vhost_max_queues: Option<u32>,
+    vhost_max_exchanges: Option<u32>,
+    vhost_max_bindings: Option<u32>,
+    #[serde(default)]
+    user_limits: BTreeMap<String, UserLimits>,
     guest_loopback_only: Option<bool>,
     #[serde(default)]
     users: Vec<UserEntry>,
@@ -279,7 +343,7 @@ struct FileConfig {
     wasm_failures_max: Option<u32>,
     wasm_route_cache_entries: Option<u32>,
     #[serde(default)]
-    vhost_limits: BTreeMap<String, WasmLimitOverrides>,
+    vhost_limits: BTreeMap<String, VhostLimitOverrides>,
     memory_high_watermark: Option<f64>,
     memory_high_watermark_bytes: Option<u64>,
 }
@@ -328,7 +392,7 @@ impl Config {
             .into_iter()
             .map(|u| (u.name, u.password))
             .collect();
-        let wasm = WasmLimitOverrides {
+        let wasm = VhostLimitOverrides {
             wasm_call_deadline_ms: cli.wasm_call_deadline_ms,
             wasm_setup_deadline_ms: cli.wasm_setup_deadline_ms,
             wasm_memory_max_bytes: cli.wasm_memory_max_bytes,
@@ -337,9 +401,10 @@ impl Config {
             wasm_state_entries_max: cli.wasm_state_entries_max,
             wasm_failures_max: cli.wasm_failures_max,
             wasm_route_cache_entries: cli.wasm_route_cache_entries,
+            ..Default::default()
         }
         .apply(
-            &WasmLimitOverrides {
+            &VhostLimitOverrides {
                 wasm_call_deadline_ms: file.wasm_call_deadline_ms,
                 wasm_setup_deadline_ms: file.wasm_setup_deadline_ms,
                 wasm_memory_max_bytes: file.wasm_memory_max_bytes,
@@ -348,9 +413,47 @@ impl Config {
                 wasm_state_entries_max: file.wasm_state_entries_max,
                 wasm_failures_max: file.wasm_failures_max,
                 wasm_route_cache_entries: file.wasm_route_cache_entries,
+                ..Default::default()
             }
             .apply(&defaults.wasm),
         );
+        let base = defaults.limits;
+        let limits = Limits {
+            connection_max: cli
+                .connection_max
+                .or(file.connection_max)
+                .unwrap_or(base.connection_max),
+            consumer_max_per_channel: cli
+                .consumer_max_per_channel
+                .or(file.consumer_max_per_channel)
+                .unwrap_or(base.consumer_max_per_channel),
+            tx_max_bytes: cli
+                .tx_max_bytes
+                .or(file.tx_max_bytes)
+                .unwrap_or(base.tx_max_bytes),
+            connection_content_max_bytes: cli
+                .connection_content_max_bytes
+                .or(file.connection_content_max_bytes)
+                .unwrap_or(base.connection_content_max_bytes),
+            vhost: VhostLimits {
+                max_connections: cli
+                    .vhost_max_connections
+                    .or(file.vhost_max_connections)
+                    .unwrap_or(base.vhost.max_connections),
+                max_queues: cli
+                    .vhost_max_queues
+                    .or(file.vhost_max_queues)
+                    .unwrap_or(base.vhost.max_queues),
+                max_exchanges: cli
+                    .vhost_max_exchanges
+                    .or(file.vhost_max_exchanges)
+                    .unwrap_or(base.vhost.max_exchanges),
+                max_bindings: cli
+                    .vhost_max_bindings
+                    .or(file.vhost_max_bindings)
+                    .unwrap_or(base.vhost.max_bindings),
+            },
+        };
         let config = Config {
             listen: cli.listen.or(file.listen).unwrap_or(defaults.listen),
             data_dir: cli.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
@@ -371,6 +474,8 @@ impl Config {
                 .max_message_bytes
                 .or(file.max_message_bytes)
                 .unwrap_or(defaults.max_message_bytes),
+            limits,
+            user_limits: file.user_limits,
             users,
             guest_loopback_only: file
                 .guest_loopback_only
@@ -425,8 +530,26 @@ impl Config {
         }
     }
 
+    /// The limits in force in `vhost`: its `[vhost_limits]` entry over the global ones.
+    pub fn vhost_limits_for(&self, vhost: &str) -> VhostLimits {
+        match self.vhost_limits.get(vhost) {
+            Some(overrides) => overrides.apply_vhost(&self.limits.vhost),
+            None => self.limits.vhost,
+        }
+    }
+
+    /// The limits of user `name` (none unless `[user_limits]` names it).
+    pub fn user_limits_for(&self, name: &str) -> UserLimits {
+        self.user_limits.get(name).copied().unwrap_or_default()
+    }
+
     /// Rejects values no client could work with.
     pub fn check(&self) -> Result<(), ConfigError> {
+        if self.max_message_bytes > MAX_MESSAGE_BYTES_CEILING {
+            return Err(ConfigError::Invalid(format!(
+                "max_message_bytes must be at most {MAX_MESSAGE_BYTES_CEILING} (512 MiB)"
+            )));
+        }
         if self.frame_max_bytes < FRAME_MIN_SIZE {
             return Err(ConfigError::Invalid(format!(
                 "frame_max_bytes must be at least {FRAME_MIN_SIZE}"

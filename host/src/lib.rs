@@ -11,6 +11,7 @@
 //! - [`protocol`]: pure wire encoding and decoding on top of amq-protocol.
 //! - [`auth`]: users and SASL.
 //! - [`memory`]: the memory high-watermark alarm that blocks publishers.
+//! - [`limits`]: limits on what clients may create, and their counters.
 
 pub mod auth;
 pub mod broker;
@@ -18,6 +19,7 @@ pub mod channel;
 pub mod config;
 pub mod connection;
 pub mod exchange;
+pub mod limits;
 pub mod memory;
 pub mod message;
 pub mod protocol;

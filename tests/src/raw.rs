@@ -249,6 +249,12 @@ impl RawClient {
         }
     }
 
+    /// The socket, for tests that read and write it from separate tasks (what was read into
+    /// this client's buffer and not parsed yet is dropped).
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
     /// Writes raw bytes.
     pub async fn send_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(bytes).await?;

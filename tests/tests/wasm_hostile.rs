@@ -162,7 +162,7 @@ async fn the_deadline_follows_the_per_vhost_limit() {
     let broker = PluginBroker::start_with(&["x-loop"], |cfg| {
         cfg.vhost_limits.insert(
             "/".into(),
-            bourse::config::WasmLimitOverrides {
+            bourse::config::VhostLimitOverrides {
                 wasm_call_deadline_ms: Some(40),
                 ..Default::default()
             },

@@ -39,6 +39,10 @@ pub struct Session<'a> {
     pub max_message_bytes: u64,
     /// The authenticated user (checked against the user_id property).
     pub user: &'a str,
+    /// The broker-wide limits (consumers per channel, transaction size).
+    pub limits: &'a crate::limits::Limits,
+    /// Bodies still arriving on the connection's channels.
+    pub content: &'a Arc<crate::limits::ContentBudget>,
 }
 
 /// An open channel.
@@ -58,6 +62,8 @@ pub struct Channel {
     routed: Routed,
     /// The direct reply-to consumer (basic.consume on `amq.rabbitmq.reply-to`).
     reply: Option<ReplyState>,
+    /// The channel's place in its user's channel count, given back when it is dropped.
+    slot: Option<crate::limits::Held>,
 }
 
 /// A channel's direct reply-to consumer.
@@ -85,7 +91,13 @@ impl Channel {
             commits: std::collections::VecDeque::new(),
             routed: Routed::default(),
             reply: None,
+            slot: None,
         }
+    }
+
+    /// Keeps the channel's place in its user's channel count until the channel is dropped.
+    pub fn hold(&mut self, slot: crate::limits::Held) {
+        self.slot = Some(slot);
     }
 
     /// Enables the delivery acknowledgement timeout (RabbitMQ's `consumer_timeout`): `alarm`
@@ -219,8 +231,9 @@ impl Channel {
                 }
                 Ok(())
             }
-            B::Ack(ack) => self.settle(Settle::Ack, ack.delivery_tag, ack.multiple),
+            B::Ack(ack) => self.settle(cx, Settle::Ack, ack.delivery_tag, ack.multiple),
             B::Nack(nack) => self.settle(
+                cx,
                 Settle::Reject {
                     requeue: nack.requeue,
                 },
@@ -228,6 +241,7 @@ impl Channel {
                 nack.multiple,
             ),
             B::Reject(reject) => self.settle(
+                cx,
                 Settle::Reject {
                     requeue: reject.requeue,
                 },
@@ -254,6 +268,12 @@ impl Channel {
     fn consume(&mut self, cx: &Session<'_>, consume: basic::Consume) -> Result<(), AmqpError> {
         if consume.queue.as_str() == REPLY_TO_QUEUE {
             return self.consume_replies(cx, consume);
+        }
+        let max = cx.limits.consumer_max_per_channel;
+        if self.consumers.len() >= max as usize {
+            return Err(AmqpError::not_allowed(format!(
+                "reached maximum ({max}) of consumers per channel"
+            )));
         }
         let name = self.queue_name(consume.queue.as_str())?;
         let queue = cx.vhost.queue_for(&name, cx.connection_id)?;
@@ -364,8 +384,15 @@ impl Channel {
         Ok(())
     }
 
-    fn settle(&mut self, how: Settle, tag: u64, multiple: bool) -> Result<(), AmqpError> {
+    fn settle(
+        &mut self,
+        cx: &Session<'_>,
+        how: Settle,
+        tag: u64,
+        multiple: bool,
+    ) -> Result<(), AmqpError> {
         if let Some(tx) = &mut self.tx {
+            tx.account(publish::TX_SETTLEMENT_BYTES, cx.limits.tx_max_bytes)?;
             tx.settlements.push((how, tag, multiple));
             return Ok(());
         }

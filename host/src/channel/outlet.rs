@@ -109,16 +109,16 @@ impl ChannelOutlet {
         )))
     }
 
-    /// Sends a direct reply-to delivery to the reply consumer `tag` (no ack expected).
-    pub fn deliver_reply(&self, tag: &str, message: &Message) {
+    /// Sends a direct reply-to delivery to the reply consumer `tag` (no ack expected), unless
+    /// the connection is congested or the channel closed; returns whether it was sent.
+    pub fn deliver_reply(&self, tag: &str, message: &Message) -> bool {
         let mut state = self.state.lock();
         if state.closed {
-            return;
+            return false;
         }
-        state.next_tag += 1;
-        let delivery_tag = state.next_tag;
+        let delivery_tag = state.next_tag + 1;
         let frame_max = self.writer.frame_max();
-        self.writer.write(|out| {
+        let sent = self.writer.write_if_room(|out| {
             write_deliver(
                 out,
                 self.channel,
@@ -138,6 +138,15 @@ impl ChannelOutlet {
                 frame_max,
             );
         });
+        if sent.is_some() {
+            state.next_tag = delivery_tag;
+        }
+        sent.is_some()
+    }
+
+    /// Whether the connection would take a delivery now (not congested, not closing).
+    pub fn has_room(&self) -> bool {
+        !self.writer.is_congested() && !self.writer.is_closing()
     }
 
     /// Sets the channel-wide prefetch (basic.qos global=true).
@@ -330,8 +339,12 @@ pub struct ReplyTarget {
 }
 
 impl ReplyConsumer for ReplyTarget {
-    fn deliver_reply(&self, message: &Arc<Message>) {
-        self.outlet.deliver_reply(&self.tag, message);
+    fn deliver_reply(&self, message: &Arc<Message>) -> bool {
+        self.outlet.deliver_reply(&self.tag, message)
+    }
+
+    fn has_room(&self) -> bool {
+        self.outlet.has_room()
     }
 }
 

@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::{Channel, Session, Settle};
 use crate::exchange::Name;
+use crate::limits::Reservation;
 use crate::message::{Message, parse_expiration};
 use crate::protocol::{AmqpError, BASIC_CLASS, ContentHeader, write_content, write_method};
 use crate::queue::Enqueued;
@@ -26,6 +27,9 @@ pub(crate) struct PendingPublish {
     mandatory: bool,
     header: Option<Box<ContentHeader>>,
     body: Body,
+    /// A body spanning several frames holds its bytes against the connection's
+    /// `connection_content_max_bytes` until it completes or the channel closes.
+    reserved: Option<Reservation>,
 }
 
 /// Body frames received so far: most bodies fit one frame and are kept without copying.
@@ -48,7 +52,10 @@ impl Body {
         *self = match std::mem::replace(self, Body::Empty) {
             Body::Empty => Body::One(chunk),
             Body::One(first) => {
-                let mut all = BytesMut::with_capacity(total as usize);
+                // Grown as frames arrive, never allocated at the announced size up front: a
+                // header may announce 512 MiB and send one frame.
+                let received = first.len() + chunk.len();
+                let mut all = BytesMut::with_capacity((received * 2).min(total as usize));
                 all.extend_from_slice(&first);
                 all.extend_from_slice(&chunk);
                 Body::Many(all)
@@ -103,6 +110,25 @@ impl Confirms {
 pub(crate) struct TxState {
     pub(crate) publishes: Vec<Publish>,
     pub(crate) settlements: Vec<(Settle, u64, bool)>,
+    /// What the buffered work holds, against `tx_max_bytes`: bodies and properties, and a
+    /// fixed cost per settlement.
+    pub(crate) bytes: u64,
+}
+
+/// What one buffered basic.ack/nack/reject counts against `tx_max_bytes`.
+pub(crate) const TX_SETTLEMENT_BYTES: u64 = 32;
+
+impl TxState {
+    /// Accounts `bytes` more buffered work, refusing what would cross `max` (406).
+    pub(crate) fn account(&mut self, bytes: u64, max: u64) -> Result<(), AmqpError> {
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.bytes > max {
+            return Err(AmqpError::precondition_failed(format!(
+                "transaction buffers more than tx_max_bytes ({max}) bytes; it is discarded"
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Channel {
@@ -127,6 +153,7 @@ impl Channel {
             mandatory: publish.mandatory,
             header: None,
             body: Body::Empty,
+            reserved: None,
         });
         Ok(())
     }
@@ -174,6 +201,7 @@ impl Channel {
         let Some(PendingPublish {
             header: Some(header),
             body,
+            reserved,
             ..
         }) = &mut self.pending
         else {
@@ -188,8 +216,14 @@ impl Channel {
                 "content body longer than announced",
             ));
         }
+        let completes = body.len() as u64 + chunk.len() as u64 == expected;
+        if !completes || !matches!(body, Body::Empty) {
+            reserved
+                .get_or_insert_with(|| cx.content.reserve())
+                .grow(chunk.len() as u64)?;
+        }
         body.push(chunk, expected);
-        if body.len() as u64 == expected {
+        if completes {
             return self.finish_publish(cx);
         }
         Ok(())
@@ -202,6 +236,7 @@ impl Channel {
             mandatory,
             header: Some(header),
             body,
+            reserved: _,
         }) = self.pending.take()
         else {
             return Ok(());
@@ -275,7 +310,11 @@ impl Channel {
             mandatory,
         };
         match &mut self.tx {
-            Some(tx) => tx.publishes.push(publish),
+            Some(tx) => {
+                let size = publish.message.body.len() + publish.message.raw_properties.len();
+                tx.account(size as u64, cx.limits.tx_max_bytes)?;
+                tx.publishes.push(publish);
+            }
             None => {
                 self.route_and_enqueue(cx, publish);
             }
@@ -340,7 +379,8 @@ impl Channel {
             }
         }
         for reply in self.routed.replies.drain(..) {
-            reply.deliver_reply(&message);
+            // Congested since routing: dropped like a reply to a requester that is gone.
+            let _ = reply.deliver_reply(&message);
         }
         if let Some(confirms) = &mut self.confirms {
             confirms.next_tag += 1;

@@ -14,6 +14,7 @@ use super::{Reader, Writer, send_connection_close};
 use crate::auth::{AuthError, MECHANISMS};
 use crate::broker::Shared;
 use crate::config::FRAME_MIN_SIZE;
+use crate::limits::{Held, Slot, UserLimits, UserUsage};
 use crate::protocol::{AmqpError, Frame, PROTOCOL_HEADER, write_method};
 use crate::queue::ConnectionId;
 use crate::vhost::VHost;
@@ -34,6 +35,11 @@ pub(crate) struct Negotiated {
     /// The client announced the `connection.blocked` capability: it is told when the memory
     /// alarm blocks it and when it resumes.
     pub blocked_notifications: bool,
+    /// The connection's places in the broker's, the vhost's and the user's connection counts.
+    pub slots: (Slot, Slot, Held),
+    /// The user's counters and limits, for channel.open.
+    pub user_usage: Arc<UserUsage>,
+    pub user_limits: UserLimits,
 }
 
 /// Runs the handshake; starts the writer task once the protocol header is accepted. `None`
@@ -181,6 +187,22 @@ async fn negotiate(
     let vhost = shared.vhost(open.virtual_host.as_str()).ok_or_else(|| {
         AmqpError::not_allowed(format!("vhost {} not found", open.virtual_host)).on_method(10, 40)
     })?;
+    // RabbitMQ's order: the node's limit, the vhost's, then the user's.
+    let connection_max = config.limits.connection_max;
+    let broker_slot = Slot::take(&shared.connections, connection_max).ok_or_else(|| {
+        AmqpError::not_allowed(format!(
+            "connection refused: node connection limit ({connection_max}) is reached"
+        ))
+        .on_method(10, 40)
+    })?;
+    let vhost_slot = vhost
+        .open_connection(&user.name)
+        .map_err(|e| e.on_method(10, 40))?;
+    let user_usage = shared.user_usage(&user.name);
+    let user_limits = config.user_limits_for(&user.name);
+    let user_slot = user_usage
+        .open_connection(&user.name, &user_limits)
+        .map_err(|e| e.on_method(10, 40))?;
     writer.write(|out| {
         write_method(
             out,
@@ -195,6 +217,9 @@ async fn negotiate(
         channel_max,
         heartbeat,
         blocked_notifications,
+        slots: (broker_slot, vhost_slot, user_slot),
+        user_usage,
+        user_limits,
     })
 }
 

@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::broker::Shared;
 use crate::channel::{Channel, Session};
+use crate::limits::{ContentBudget, Held, Slot, UserLimits, UserUsage};
 use crate::protocol::{AmqpError, Frame, parse_frame, write_method};
 use crate::queue::ConnectionId;
 use crate::vhost::VHost;
@@ -55,6 +56,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, id:
         None => return,
     };
     info!(id, %peer, user = %negotiated.user, vhost = %negotiated.vhost.name, "connection opened");
+    let shared_limits = shared.config.limits.clone();
     let mut connection = Connection {
         id,
         shared,
@@ -69,6 +71,10 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, id:
         wake: Arc::new(tokio::sync::Notify::new()),
         published: false,
         blocked_notifications: negotiated.blocked_notifications,
+        content: ContentBudget::new(shared_limits.connection_content_max_bytes),
+        _slots: negotiated.slots,
+        user_usage: negotiated.user_usage,
+        user_limits: negotiated.user_limits,
     };
     let reason = connection.run(&mut reader).await;
     connection.shutdown();
@@ -146,6 +152,15 @@ struct Connection {
     published: bool,
     /// The client asked for connection.blocked / connection.unblocked.
     blocked_notifications: bool,
+    /// Bodies of messages still arriving on any channel, against
+    /// `connection_content_max_bytes`.
+    content: Arc<ContentBudget>,
+    /// This connection's places in the broker's, vhost's and user's counts, given back when
+    /// the connection ends.
+    _slots: (Slot, Slot, Held),
+    /// The user's counters and limits (channels over all its connections).
+    user_usage: Arc<UserUsage>,
+    user_limits: UserLimits,
 }
 
 /// What ended the main loop.
@@ -166,9 +181,14 @@ impl Connection {
             if self.published && self.shared.memory.is_alarmed() {
                 self.block_while_memory_alarm().await;
             }
+            if self.writer.is_congested() {
+                self.pause_while_congested().await;
+            }
             let mut turn = 0;
             let more_buffered = loop {
-                if turn == FRAMES_PER_TURN {
+                // A client that does not read what it asks for (basic.get, basic.return) is
+                // not read either until its replies drain: the writer's one congestion rule.
+                if turn == FRAMES_PER_TURN || self.writer.is_congested() {
                     break true;
                 }
                 turn += 1;
@@ -292,6 +312,8 @@ impl Connection {
             connection_id: self.id,
             writer: &self.writer,
             max_message_bytes: self.shared.config.max_message_bytes,
+            limits: &self.shared.config.limits,
+            content: &self.content,
             user: &self.user,
         };
         (cx, &mut self.channels)
@@ -377,7 +399,12 @@ impl Connection {
                         .on_method(ids.0, ids.1),
                     ));
                 }
-                let channel = Channel::new(ch, self.writer.clone());
+                let slot = self
+                    .user_usage
+                    .open_channel(&self.user, &self.user_limits)
+                    .map_err(|e| (0, e.on_method(ids.0, ids.1)))?;
+                let mut channel = Channel::new(ch, self.writer.clone());
+                channel.hold(slot);
                 if let Some(ms) = self.shared.config.consumer_timeout_ms {
                     channel.set_consumer_timeout(Duration::from_millis(ms), self.wake.clone());
                 }
@@ -494,6 +521,19 @@ impl Connection {
             self.send_connection_method(connection::AMQPMethod::Unblocked(
                 connection::Unblocked {},
             ));
+        }
+    }
+
+    /// Stops reading until the writer has drained below its congestion threshold: what this
+    /// connection asks for comes back through its own socket, so a peer that does not read
+    /// cannot make the broker buffer without bound. Consumer timeouts still close channels.
+    async fn pause_while_congested(&mut self) {
+        debug!(id = self.id, "writer congested: reading paused");
+        loop {
+            tokio::select! {
+                _ = self.writer.drained() => break,
+                _ = self.wake.notified() => self.close_timed_out_channels(),
+            }
         }
     }
 

@@ -1,7 +1,13 @@
 //! The outgoing side of a connection: one shared buffer that any task appends frames to, and
 //! one writer task that flushes it to the socket, many frames per write.
+//!
+//! One congestion rule bounds the buffer: above [`CONGESTED_BYTES`] unsent bytes nothing that
+//! carries a message is added. Queues stop delivering ([`Writer::write_unless_congested`]),
+//! direct reply-to replies are dropped ([`Writer::write_if_room`]), and the connection's own
+//! reader stops reading requests (basic.get, publishes that come back as basic.return) until
+//! the writer has drained ([`Writer::drained`]). Only small control frames pass regardless.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -16,7 +22,7 @@ use crate::queue::Queue;
 
 /// Above this many buffered bytes the connection counts as congested: queues stop
 /// delivering to it until the writer catches up.
-const CONGESTED_BYTES: usize = 1 << 20;
+pub const CONGESTED_BYTES: usize = 1 << 20;
 /// A flushed buffer larger than this is released rather than kept for reuse.
 const KEEP_BUFFER_BYTES: usize = 256 << 10;
 
@@ -25,6 +31,13 @@ const KEEP_BUFFER_BYTES: usize = 256 << 10;
 pub struct Writer {
     state: Mutex<WriterState>,
     wake: Notify,
+    /// Raised whenever the writer task takes the buffer, for a reader waiting for the
+    /// congestion to clear.
+    drained: Notify,
+    /// The buffer holds at least [`CONGESTED_BYTES`]: set by the write that crosses it, cleared
+    /// when the writer task takes the buffer. Read per frame by the connection's reader, so an
+    /// atomic rather than the lock.
+    congested: AtomicBool,
     frame_max: AtomicU32,
     /// Heartbeat interval in seconds (0 = none), fixed by tune-ok after the task started.
     heartbeat_secs: AtomicU32,
@@ -44,6 +57,8 @@ impl Writer {
         Arc::new(Self {
             state: Mutex::new(WriterState::default()),
             wake: Notify::new(),
+            drained: Notify::new(),
+            congested: AtomicBool::new(false),
             frame_max: AtomicU32::new(frame_max),
             heartbeat_secs: AtomicU32::new(0),
         })
@@ -69,10 +84,18 @@ impl Writer {
     pub fn write<R>(&self, write: impl FnOnce(&mut Vec<u8>) -> R) -> R {
         let result = {
             let mut state = self.state.lock();
-            write(&mut state.buf)
+            let result = write(&mut state.buf);
+            self.note_size(state.buf.len());
+            result
         };
         self.wake.notify_one();
         result
+    }
+
+    fn note_size(&self, buffered: usize) {
+        if buffered >= CONGESTED_BYTES {
+            self.congested.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Appends frames unless the connection is congested or closing; a congested connection
@@ -97,10 +120,49 @@ impl Writer {
                 }
                 return None;
             }
-            write(&mut state.buf)
+            let result = write(&mut state.buf);
+            self.note_size(state.buf.len());
+            result
         };
         self.wake.notify_one();
         Some(result)
+    }
+
+    /// Appends frames unless the connection is congested or closing (a direct reply-to
+    /// delivery, which has no queue to wait in).
+    pub fn write_if_room<R>(&self, write: impl FnOnce(&mut Vec<u8>) -> R) -> Option<R> {
+        let result = {
+            let mut state = self.state.lock();
+            if state.closing || state.buf.len() >= CONGESTED_BYTES {
+                return None;
+            }
+            let result = write(&mut state.buf);
+            self.note_size(state.buf.len());
+            result
+        };
+        self.wake.notify_one();
+        Some(result)
+    }
+
+    /// Whether at least [`CONGESTED_BYTES`] wait unsent.
+    pub fn is_congested(&self) -> bool {
+        self.congested.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the buffer is below [`CONGESTED_BYTES`] (or the writer closes).
+    pub async fn drained(&self) {
+        loop {
+            let flushed = self.drained.notified();
+            tokio::pin!(flushed);
+            flushed.as_mut().enable();
+            {
+                let state = self.state.lock();
+                if state.closing || state.buf.len() < CONGESTED_BYTES {
+                    return;
+                }
+            }
+            flushed.await;
+        }
     }
 
     /// Flushes what is buffered, then closes the socket.
@@ -115,16 +177,22 @@ impl Writer {
         let mut spare: Vec<u8> = Vec::new();
         let mut last_write = Instant::now();
         loop {
-            let (closing, waiting) = {
+            let (closing, waiting, was_congested) = {
                 let mut state = self.state.lock();
                 std::mem::swap(&mut state.buf, &mut spare);
+                // Cleared under the lock: the next write that crosses the threshold sets it.
+                let was_congested = self.congested.swap(false, Ordering::Relaxed);
                 let waiting = if state.waiting.is_empty() {
                     Vec::new()
                 } else {
                     std::mem::take(&mut state.waiting)
                 };
-                (state.closing, waiting)
+                (state.closing, waiting, was_congested)
             };
+            // The buffer was just taken: a reader paused on congestion may go on.
+            if was_congested {
+                self.drained.notify_waiters();
+            }
             if !spare.is_empty() {
                 if socket.write_all(&spare).await.is_err() {
                     break;
@@ -168,6 +236,7 @@ impl Writer {
         }
         let _ = socket.shutdown().await;
         self.state.lock().closing = true;
+        self.drained.notify_waiters();
     }
 
     /// Whether the writer has stopped (socket closed or close requested).

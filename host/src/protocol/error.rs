@@ -175,6 +175,10 @@ impl AmqpError {
     pub fn unexpected_frame(detail: impl fmt::Display) -> Self {
         Self::new(ReplyCode::UnexpectedFrame, detail)
     }
+    /// 506 RESOURCE_ERROR.
+    pub fn resource_error(detail: impl fmt::Display) -> Self {
+        Self::new(ReplyCode::ResourceError, detail)
+    }
     /// 530 NOT_ALLOWED.
     pub fn not_allowed(detail: impl fmt::Display) -> Self {
         Self::new(ReplyCode::NotAllowed, detail)

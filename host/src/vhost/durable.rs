@@ -245,6 +245,7 @@ impl VHost {
                 | Definition::Unbind(_) => {}
             }
         }
+        topology.bindings = topology.exchanges.values().map(|x| x.binding_count()).sum();
         drop(topology);
         let mut messages = 0;
         for (queue, found) in pending_messages {
@@ -307,6 +308,7 @@ impl VHost {
                 routing_key: Name::from(def.routing_key.as_str()),
                 arguments: def.arguments,
             })
+            .map(|_| ())
             .map_err(|e| format!("binding from '{}': {e}", def.source))
     }
 }

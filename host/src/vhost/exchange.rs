@@ -90,11 +90,11 @@ impl Exchange {
         Ok(())
     }
 
-    /// Adds a binding after the router accepted it; binding twice is a no-op.
-    pub fn bind(&self, binding: Binding) -> Result<(), AmqpError> {
+    /// Adds a binding after the router accepted it; returns false (a no-op) when it exists.
+    pub fn bind(&self, binding: Binding) -> Result<bool, AmqpError> {
         let mut bindings = self.bindings.lock();
         if bindings.iter().any(|b| b.same_as(&binding)) {
-            return Ok(());
+            return Ok(false);
         }
         let mut router = self.router.write();
         router
@@ -102,7 +102,17 @@ impl Exchange {
             .map_err(|e| AmqpError::precondition_failed(format!("invalid binding: {e}")))?;
         router.add_binding(&binding);
         bindings.push(binding);
-        Ok(())
+        Ok(true)
+    }
+
+    /// Whether an identical binding exists.
+    pub fn has_binding(&self, binding: &Binding) -> bool {
+        self.bindings.lock().iter().any(|b| b.same_as(binding))
+    }
+
+    /// How many bindings this exchange has.
+    pub fn binding_count(&self) -> usize {
+        self.bindings.lock().len()
     }
 
     /// Removes a binding; returns whether it existed.
@@ -116,8 +126,8 @@ impl Exchange {
         true
     }
 
-    /// Removes every binding to `destination`; returns whether any existed.
-    pub fn unbind_destination(&self, destination: &Destination) -> bool {
+    /// Removes every binding to `destination`; returns how many existed.
+    pub fn unbind_destination(&self, destination: &Destination) -> usize {
         let mut bindings = self.bindings.lock();
         let before = bindings.len();
         let mut router = None;
@@ -131,7 +141,7 @@ impl Exchange {
                 true
             }
         });
-        bindings.len() != before
+        before - bindings.len()
     }
 
     /// Whether the exchange has any binding.

@@ -14,6 +14,7 @@ pub use route::Routed;
 
 use foldhash::HashMap;
 use std::path::Path;
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Weak};
 
 use amq_protocol::types::{AMQPValue, FieldTable};
@@ -21,6 +22,7 @@ use parking_lot::RwLock;
 use tracing::debug;
 
 use crate::exchange::{Binding, Destination, Name, Registry};
+use crate::limits::{Slot, VhostLimits};
 use crate::message::Message;
 use crate::protocol::AmqpError;
 use crate::queue::{ConnectionId, DeathReason, Queue, QueueArgs, QueueHost, QueueSpec};
@@ -52,12 +54,18 @@ pub struct VHost {
     me: Weak<VHost>,
     /// The definitions log and message store; None for a vhost kept in memory only.
     durable: Option<Durable>,
+    /// What clients may create here (docs/limits.md); changeable at run time.
+    limits: RwLock<VhostLimits>,
+    /// Connections open to this vhost, against `limits.max_connections`.
+    connections: Arc<AtomicU32>,
 }
 
 #[derive(Default)]
 struct Topology {
     exchanges: HashMap<Name, Arc<Exchange>>,
     queues: HashMap<Name, Arc<Queue>>,
+    /// Bindings of all exchanges together, against `VhostLimits::max_bindings`.
+    bindings: usize,
     /// Durable exchanges removed by the last change, to be logged as deleted.
     dropped: Vec<Name>,
 }
@@ -99,6 +107,8 @@ impl VHost {
             replies: ReplyRegistry::default(),
             me,
             durable,
+            limits: RwLock::new(VhostLimits::default()),
+            connections: Arc::new(AtomicU32::new(0)),
         };
         {
             let mut topology = vhost.topology.write();
@@ -124,6 +134,26 @@ impl VHost {
             }
         }
         vhost
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> VhostLimits {
+        *self.limits.read()
+    }
+
+    /// Changes the limits; what exists beyond a lowered limit stays, new objects are refused.
+    pub fn set_limits(&self, limits: VhostLimits) {
+        *self.limits.write() = limits;
+    }
+
+    /// Takes a connection slot for `user` (connection.open), or refuses it with 530.
+    pub fn open_connection(&self, user: &str) -> Result<Slot, AmqpError> {
+        let limits = self.limits();
+        Slot::take(&self.connections, limits.max_connections).ok_or_else(|| {
+            limits
+                .check_connections(&self.name, user, limits.max_connections)
+                .expect_err("the limit is reached")
+        })
     }
 
     fn not_found_exchange(&self, name: &str) -> AmqpError {
@@ -178,6 +208,11 @@ impl VHost {
         if let Some(existing) = topology.exchanges.get(&spec.name) {
             return existing.check_equivalent(&spec, &self.name);
         }
+        self.limits().check_exchanges(
+            &self.name,
+            &spec.name,
+            topology.exchanges.len().saturating_sub(PREDECLARED.len()),
+        )?;
         if let Some(ae) = spec.arguments.inner().get("alternate-exchange")
             && !matches!(ae, AMQPValue::LongString(_) | AMQPValue::ShortString(_))
         {
@@ -255,6 +290,8 @@ impl VHost {
                 created: false,
             });
         }
+        self.limits()
+            .check_queues(&self.name, &spec.name, topology.queues.len())?;
         // rabbit_channel checks the dead-letter exchange's type before the other arguments.
         if let Some(dlx) = spec.arguments.inner().get("x-dead-letter-exchange")
             && !matches!(dlx, AMQPValue::LongString(_) | AMQPValue::ShortString(_))
@@ -370,18 +407,27 @@ impl VHost {
 
     /// queue.bind / exchange.bind.
     pub fn bind(&self, source: &str, binding: Binding) -> Result<(), AmqpError> {
-        let topology = self.topology.write();
+        let mut topology = self.topology.write();
         let exchange = self.bindable_source(&topology, source)?;
         topology.check_destination(&binding.destination, &self.name)?;
+        if exchange.has_binding(&binding) {
+            return Ok(());
+        }
+        self.limits()
+            .check_bindings(&self.name, source, topology.bindings)?;
         let logged = (self.durable.is_some()
             && topology.binding_is_durable(&exchange, &binding.destination))
         .then(|| binding_definition(source, &binding));
         let undo = logged.as_ref().map(|_| binding.clone());
-        exchange.bind(binding)?;
+        if !exchange.bind(binding)? {
+            return Ok(());
+        }
+        topology.bindings += 1;
         if let (Some(definition), Some(undo)) = (logged, undo)
             && let Err(error) = self.log(&Definition::Bind(definition))
         {
             exchange.unbind(&undo);
+            topology.bindings -= 1;
             return Err(error);
         }
         Ok(())
@@ -395,6 +441,7 @@ impl VHost {
         topology.check_destination(&binding.destination, &self.name)?;
         let durable = topology.binding_is_durable(&exchange, &binding.destination);
         if exchange.unbind(binding) {
+            topology.bindings -= 1;
             if durable {
                 self.log(&Definition::Unbind(binding_definition(source, binding)))?;
             }
@@ -591,6 +638,7 @@ impl Topology {
 
     fn remove_exchange(&mut self, name: &str) {
         if let Some(exchange) = self.exchanges.remove(name) {
+            self.bindings -= exchange.binding_count();
             if exchange.spec.durable {
                 self.dropped.push(exchange.spec.name.clone());
             }
@@ -612,10 +660,9 @@ impl Topology {
     fn drop_bindings_to(&mut self, destination: &Destination) {
         let mut emptied = Vec::new();
         for exchange in self.exchanges.values() {
-            if exchange.unbind_destination(destination)
-                && exchange.spec.auto_delete
-                && !exchange.has_bindings()
-            {
+            let removed = exchange.unbind_destination(destination);
+            self.bindings -= removed;
+            if removed > 0 && exchange.spec.auto_delete && !exchange.has_bindings() {
                 emptied.push(exchange.spec.name.clone());
             }
         }

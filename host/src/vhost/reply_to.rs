@@ -22,8 +22,14 @@ pub const REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
 
 /// A channel's reply consumer, as routing sees it.
 pub trait ReplyConsumer: Send + Sync {
-    /// Delivers a reply (basic.deliver with the reply consumer's tag).
-    fn deliver_reply(&self, message: &Arc<Message>);
+    /// Delivers a reply (basic.deliver with the reply consumer's tag); false if it was
+    /// dropped because the requester's connection is congested or closing.
+    fn deliver_reply(&self, message: &Arc<Message>) -> bool;
+
+    /// Whether a reply would be taken now: the requester's connection is open and not
+    /// congested. A reply that would not is dropped (returned if mandatory) rather than
+    /// buffered without bound for a requester that does not read.
+    fn has_room(&self) -> bool;
 }
 
 /// The reply consumers of one vhost, by suffix.

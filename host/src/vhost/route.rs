@@ -71,7 +71,9 @@ impl VHost {
                     } else if key.starts_with(REPLY_TO_PREFIX) {
                         // A direct reply-to name: straight to the requester's channel, if it
                         // is still there; otherwise the reply is dropped.
-                        if let Some(consumer) = self.replies.lookup(key) {
+                        if let Some(consumer) = self.replies.lookup(key)
+                            && consumer.has_room()
+                        {
                             reached = true;
                             if !routed
                                 .replies

@@ -25,7 +25,7 @@ use super::WasmError;
 use super::host::ExchangeCtx;
 use super::router::{BuildError, RouterCore, WasmRouter};
 use super::runtime::PluginVersion;
-use crate::config::{WasmLimitOverrides, WasmLimits};
+use crate::config::{VhostLimitOverrides, WasmLimits};
 use crate::exchange::{ExchangeType, Invalid, Router};
 
 /// The limits that apply where, and where compiled artifacts are cached.
@@ -34,7 +34,7 @@ pub struct Settings {
     /// Limits for vhosts without an override.
     pub global: WasmLimits,
     /// Per-vhost overrides.
-    pub per_vhost: BTreeMap<String, WasmLimitOverrides>,
+    pub per_vhost: BTreeMap<String, VhostLimitOverrides>,
     /// The artifact cache directory (`None`: no disk cache).
     pub cache_dir: Option<PathBuf>,
 }
