@@ -505,3 +505,30 @@ pub fn encode_properties(properties: &BasicProperties) -> Result<Bytes, AmqpErro
         .map(|ctx| Bytes::from(ctx.into_inner().0))
         .map_err(|e| AmqpError::internal(format!("cannot encode properties: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Body;
+    use bytes::Bytes;
+
+    #[test]
+    fn a_body_grows_with_its_frames_not_with_its_announced_size() {
+        // A header may announce 512 MiB and send two small frames: nothing near that size is
+        // allocated.
+        let announced = 512 << 20;
+        let mut body = Body::Empty;
+        body.push(Bytes::from_static(&[1; 100]), announced);
+        body.push(Bytes::from_static(&[2; 100]), announced);
+        let Body::Many(all) = &body else {
+            panic!("two frames are gathered into one buffer");
+        };
+        assert!(all.capacity() < 4096, "capacity {}", all.capacity());
+        for _ in 0..100 {
+            body.push(Bytes::from_static(&[3; 1000]), announced);
+        }
+        assert_eq!(body.len(), 200 + 100 * 1000);
+        let bytes = body.into_bytes();
+        assert_eq!(&bytes[..100], &[1; 100]);
+        assert_eq!(&bytes[200..1200], &[3; 1000]);
+    }
+}
