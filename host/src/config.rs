@@ -115,6 +115,9 @@ pub struct VhostLimitOverrides {
     pub max_exchanges: Option<u32>,
     /// See [`VhostLimits::max_bindings`].
     pub max_bindings: Option<u32>,
+    /// WASM exchanges (one instance each) the vhost may have; default `wasm_instances_max`,
+    /// the broker's whole pool.
+    pub wasm_instances_max: Option<u32>,
     /// See [`WasmLimits::call_deadline_ms`].
     pub wasm_call_deadline_ms: Option<u64>,
     /// See [`WasmLimits::setup_deadline_ms`].

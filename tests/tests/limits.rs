@@ -350,3 +350,39 @@ fn max_message_bytes_above_512_mib_is_refused_at_start_up() {
     let error = config.check().unwrap_err().to_string();
     assert!(error.contains("max_message_bytes"), "{error}");
 }
+
+#[tokio::test]
+async fn wasm_instances_max_bounds_one_vhosts_wasm_exchanges() {
+    use bourse_tests::wasm::{PluginBroker, try_declare};
+    let plugins = PluginBroker::start_with(&["x-modulus-hash"], |cfg| {
+        cfg.vhost_limits.insert(
+            "/".into(),
+            bourse::config::VhostLimitOverrides {
+                wasm_instances_max: Some(2),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let (conn, ch) = plugins.broker.channel().await;
+    for name in ["w1", "w2"] {
+        try_declare(&ch, name, "x-modulus-hash", FieldTable::default())
+            .await
+            .expect("under the limit");
+    }
+    match try_declare(&ch, "w3", "x-modulus-hash", FieldTable::default()).await {
+        Err(e) => {
+            assert_eq!(bourse_tests::raw::reply_code(&e), Some(406), "{e:?}");
+            assert!(e.to_string().contains("wasm_instances_max"), "{e}");
+        }
+        Ok(()) => panic!("a third WASM exchange was declared"),
+    }
+    // Deleting one gives its instance back.
+    let ch = within(conn.create_channel()).await.expect("channel");
+    within(ch.exchange_delete("w1".into(), Default::default()))
+        .await
+        .expect("delete");
+    try_declare(&ch, "w3", "x-modulus-hash", FieldTable::default())
+        .await
+        .expect("room after the delete");
+}

@@ -87,6 +87,8 @@ impl PluginManager {
             global: config.wasm.clone(),
             per_vhost: config.vhost_limits.clone(),
             cache_dir: Some(runtime::cache_dir(config)),
+            vhost_instances_max: config.wasm_instances_max,
+            instances: Default::default(),
         });
         Ok(Self {
             inner: Arc::new(Inner {

@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Weak};
 
 use amq_protocol::types::FieldTable as AmqpTable;
@@ -27,6 +28,7 @@ use super::router::{BuildError, RouterCore, WasmRouter};
 use super::runtime::PluginVersion;
 use crate::config::{VhostLimitOverrides, WasmLimits};
 use crate::exchange::{ExchangeType, Invalid, Router};
+use crate::limits::Slot;
 
 /// The limits that apply where, and where compiled artifacts are cached.
 #[derive(Debug, Clone)]
@@ -37,9 +39,35 @@ pub struct Settings {
     pub per_vhost: BTreeMap<String, VhostLimitOverrides>,
     /// The artifact cache directory (`None`: no disk cache).
     pub cache_dir: Option<PathBuf>,
+    /// WASM exchanges one vhost may have, unless its `[vhost_limits]` entry sets
+    /// `wasm_instances_max` (the broker's pool size: `wasm_instances_max`).
+    pub vhost_instances_max: u32,
+    /// WASM exchanges alive per vhost, over every plugin type.
+    pub instances: Arc<Mutex<HashMap<String, Arc<AtomicU32>>>>,
 }
 
 impl Settings {
+    /// Takes an instance slot in `vhost` for a new exchange, or refuses it: one tenant's
+    /// exchanges cannot take the whole broker's pool of instances.
+    fn instance_slot(&self, vhost: &str) -> Result<Slot, Invalid> {
+        let max = self
+            .per_vhost
+            .get(vhost)
+            .and_then(|o| o.wasm_instances_max)
+            .unwrap_or(self.vhost_instances_max);
+        let counter = self
+            .instances
+            .lock()
+            .entry(vhost.to_owned())
+            .or_default()
+            .clone();
+        Slot::take(&counter, max).ok_or_else(|| {
+            Invalid(format!(
+                "vhost '{vhost}' has {max} WASM exchanges, its limit (wasm_instances_max)"
+            ))
+        })
+    }
+
     /// The limits in force in `vhost`.
     pub fn limits(&self, vhost: &str) -> WasmLimits {
         match self.per_vhost.get(vhost) {
@@ -184,6 +212,7 @@ impl ExchangeType for WasmExchangeType {
         exchange: &str,
         arguments: &AmqpTable,
     ) -> Result<Box<dyn Router>, Invalid> {
+        let slot = self.settings.instance_slot(vhost)?;
         let limits = self.settings.limits(vhost);
         let ctx = ExchangeCtx::new(vhost, exchange, &self.name, limits);
         // Holding the type's lock: a swap cannot miss this exchange.
@@ -195,6 +224,6 @@ impl ExchangeType for WasmExchangeType {
             })?;
         inner.live.retain(|w| w.strong_count() > 0);
         inner.live.push(Arc::downgrade(&core));
-        Ok(Box::new(WasmRouter::new(core)))
+        Ok(Box::new(WasmRouter::new(core, slot)))
     }
 }

@@ -26,6 +26,7 @@ use super::runtime::PluginVersion;
 use super::v0_1::{HeaderSelection, InputFields, Inputs};
 use super::{GLOBAL, counters::Counter};
 use crate::exchange::{Binding, Destination, Invalid, RouteError, Router, RoutingInput};
+use crate::limits::Slot;
 
 /// Counters of one exchange.
 #[derive(Debug, Default)]
@@ -438,12 +439,14 @@ fn cache_key<'m>(
 /// What the vhost holds: a handle on the shared core.
 pub struct WasmRouter {
     core: Arc<RouterCore>,
+    /// The exchange's place in its vhost's `wasm_instances_max`, given back when it goes.
+    _slot: Slot,
 }
 
 impl WasmRouter {
-    /// Wraps a core.
-    pub fn new(core: Arc<RouterCore>) -> Self {
-        Self { core }
+    /// Wraps a core holding `slot`.
+    pub fn new(core: Arc<RouterCore>, slot: Slot) -> Self {
+        Self { core, _slot: slot }
     }
 }
 
