@@ -33,6 +33,9 @@ pub struct Shared {
     pub memory: crate::memory::MemoryMonitor,
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     next_connection: AtomicU64,
+    /// Raised by [`BrokerHandle::shutdown`]: every connection closes with 320. Each connection
+    /// task holds a receiver until it ends, so the sender sees when all are gone.
+    pub(crate) closing: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -58,6 +61,9 @@ impl Shared {
         Ok(vhost)
     }
 }
+
+/// How long [`BrokerHandle::shutdown`] waits for client connections to close.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The broker, as a library: `Broker::start` binds the listener and serves in the background.
 pub struct Broker;
@@ -89,6 +95,7 @@ impl Broker {
             memory,
             vhosts: RwLock::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
+            closing: watch::Sender::new(false),
             config,
         });
         shared
@@ -134,13 +141,31 @@ impl BrokerHandle {
         self.shared.plugins.as_ref()
     }
 
-    /// Stops accepting connections, waits for the accept loop to end, then writes and syncs
-    /// what the message stores buffered and closes them (later persistent publishes are
-    /// refused). Clients still connected should be closed first.
+    /// Shuts the broker down gracefully, within about [`SHUTDOWN_GRACE`] plus the final sync:
+    /// stops accepting connections, closes every open connection with 320 CONNECTION_FORCED
+    /// (RabbitMQ's "broker forced connection closure with reason 'shutdown'"), waits up to
+    /// [`SHUTDOWN_GRACE`] for them to end (close-ok, or their own close-ok timeout), then
+    /// writes and syncs what the message stores buffered and closes them (later persistent
+    /// publishes are refused). Connections still open after the grace period are left to be
+    /// dropped with the runtime; their confirmed messages are already synced.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         if let Some(accept) = self.accept.take() {
             let _ = accept.await;
+        }
+        self.shared.closing.send_replace(true);
+        let open = self.shared.closing.receiver_count();
+        if open > 0 {
+            info!(connections = open, "closing client connections");
+            if tokio::time::timeout(SHUTDOWN_GRACE, self.shared.closing.closed())
+                .await
+                .is_err()
+            {
+                warn!(
+                    connections = self.shared.closing.receiver_count(),
+                    "connections still open after the shutdown grace period"
+                );
+            }
         }
         let vhosts: Vec<Arc<VHost>> = self.shared.vhosts.read().values().cloned().collect();
         for vhost in vhosts {
