@@ -37,6 +37,9 @@ pub struct Shared {
     pub(crate) connections: Arc<AtomicU32>,
     /// What each user has open, against its `[user_limits]` (one entry per user who logged in).
     user_usage: parking_lot::Mutex<HashMap<String, Arc<crate::limits::UserUsage>>>,
+    /// Raised by [`BrokerHandle::shutdown`]: every connection closes with 320. Each connection
+    /// task holds a receiver until it ends, so the sender sees when all are gone.
+    pub(crate) closing: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -73,6 +76,9 @@ impl Shared {
     }
 }
 
+/// How long [`BrokerHandle::shutdown`] waits for client connections to close.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The broker, as a library: `Broker::start` binds the listener and serves in the background.
 pub struct Broker;
 
@@ -105,6 +111,7 @@ impl Broker {
             next_connection: AtomicU64::new(1),
             connections: Arc::new(AtomicU32::new(0)),
             user_usage: Default::default(),
+            closing: watch::Sender::new(false),
             config,
         });
         shared
@@ -150,13 +157,31 @@ impl BrokerHandle {
         self.shared.plugins.as_ref()
     }
 
-    /// Stops accepting connections, waits for the accept loop to end, then writes and syncs
-    /// what the message stores buffered and closes them (later persistent publishes are
-    /// refused). Clients still connected should be closed first.
+    /// Shuts the broker down gracefully, within about [`SHUTDOWN_GRACE`] plus the final sync:
+    /// stops accepting connections, closes every open connection with 320 CONNECTION_FORCED
+    /// (RabbitMQ's "broker forced connection closure with reason 'shutdown'"), waits up to
+    /// [`SHUTDOWN_GRACE`] for them to end (close-ok, or their own close-ok timeout), then
+    /// writes and syncs what the message stores buffered and closes them (later persistent
+    /// publishes are refused). Connections still open after the grace period are left to be
+    /// dropped with the runtime; their confirmed messages are already synced.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         if let Some(accept) = self.accept.take() {
             let _ = accept.await;
+        }
+        self.shared.closing.send_replace(true);
+        let open = self.shared.closing.receiver_count();
+        if open > 0 {
+            info!(connections = open, "closing client connections");
+            if tokio::time::timeout(SHUTDOWN_GRACE, self.shared.closing.closed())
+                .await
+                .is_err()
+            {
+                warn!(
+                    connections = self.shared.closing.receiver_count(),
+                    "connections still open after the shutdown grace period"
+                );
+            }
         }
         let vhosts: Vec<Arc<VHost>> = self.shared.vhosts.read().values().cloned().collect();
         for vhost in vhosts {

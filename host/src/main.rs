@@ -17,7 +17,9 @@ async fn main() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
         _ = terminate.recv() => tracing::info!("terminated; shutting down"),
     }
-    // Writes and syncs what the message stores buffered.
+    // Closes client connections with 320 (bounded by SHUTDOWN_GRACE), then writes, syncs and
+    // closes the message stores.
     broker.shutdown().await;
+    tracing::info!("shutdown complete");
     Ok(())
 }

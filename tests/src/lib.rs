@@ -75,6 +75,18 @@ impl TestBroker {
         self.handle = Some(handle);
     }
 
+    /// Shuts the in-process broker down as SIGTERM would ([`BrokerHandle::shutdown`]: open
+    /// connections get connection.close 320) and returns how long that took.
+    pub async fn shutdown(&mut self) -> Duration {
+        let handle = self
+            .handle
+            .take()
+            .expect("shutdown needs the in-process broker");
+        let started = tokio::time::Instant::now();
+        handle.shutdown().await;
+        started.elapsed()
+    }
+
     /// The broker's listening address.
     pub fn addr(&self) -> SocketAddr {
         match &self.handle {

@@ -140,6 +140,36 @@ impl BrokerProcess {
         child.wait().expect("reap the killed broker");
     }
 
+    /// Sends SIGTERM, as an operator's `kill` or a service manager would, and waits up to
+    /// `limit` for the process to exit. Returns its exit status and how long it took; panics
+    /// with the log's tail if it is still running at `limit` (it is then killed).
+    pub async fn terminate(&mut self, limit: Duration) -> (ExitStatus, Duration) {
+        let mut child = self
+            .child
+            .take()
+            .expect("terminate: the broker is not running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill -TERM");
+        assert!(status.success(), "kill -TERM failed: {status}");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the broker") {
+                return (status, started.elapsed());
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the broker did not exit within {limit:?} of SIGTERM\n{}",
+                    self.log_tail()
+                );
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Whether the child process is still alive.
     pub fn is_running(&mut self) -> bool {
         self.child

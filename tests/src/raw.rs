@@ -124,6 +124,12 @@ pub struct RawClient {
 }
 
 impl RawClient {
+    /// The socket and the bytes already read but not decoded, for a test that must see the
+    /// socket's own errors (a reset, which [`RawClient`]'s reads treat as a close).
+    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
+        (self.stream, self.buf)
+    }
+
     /// Opens a TCP connection without sending anything.
     pub async fn connect(addr: SocketAddr) -> Self {
         let stream = timeout(RECV_TIMEOUT, TcpStream::connect(addr))

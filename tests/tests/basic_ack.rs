@@ -289,6 +289,52 @@ async fn unacked_messages_of_closed_connection_are_requeued() {
     .await;
 }
 
+/// basic.recover and basic.recover-async with requeue=false (redeliver to the same consumer
+/// only) are not implemented by RabbitMQ either: 540 NOT_IMPLEMENTED closes the connection,
+/// and the unacked message is requeued with it rather than lost.
+#[tokio::test]
+async fn recover_without_requeue_is_not_implemented() {
+    bounded(async {
+        use amq_protocol::protocol::{AMQPClass, basic};
+        use bourse_tests::raw::RawClient;
+
+        let broker = TestBroker::start().await;
+        let recovers = [
+            AMQPClass::Basic(basic::AMQPMethod::Recover(basic::Recover {
+                requeue: false,
+            })),
+            AMQPClass::Basic(basic::AMQPMethod::RecoverAsync(basic::RecoverAsync {
+                requeue: false,
+            })),
+        ];
+        for (i, recover) in recovers.into_iter().enumerate() {
+            let (conn, ch) = broker.channel().await;
+            let q = declare(&ch, "recover-no-requeue").await;
+            publish(&ch, "", &q, b"kept").await;
+            wait_ready(&ch, &q, 1).await;
+            let (mut raw, _) = RawClient::open(broker.addr()).await;
+            raw.open_channel(1).await;
+            let get = basic::Get {
+                queue: q.as_str().into(),
+                no_ack: false,
+            };
+            raw.send_method(1, AMQPClass::Basic(basic::AMQPMethod::Get(get)))
+                .await
+                .unwrap();
+            raw.send_method(1, recover).await.unwrap();
+            let reason = raw.expect_connection_close_code(540).await;
+            assert_eq!(
+                reason.text, "NOT_IMPLEMENTED - requeue=false",
+                "recover #{i}"
+            );
+            assert_eq!(reason.class_id, 60, "recover #{i}: {reason:?}");
+            wait_ready(&ch, &q, 1).await;
+            drop(conn);
+        }
+    })
+    .await;
+}
+
 /// On the wire, basic.recover-ok comes before the redeliveries, as in RabbitMQ (the channel
 /// replies, then the queues redeliver). lapin relies on this: it drops the deliveries it has
 /// buffered when recover-ok arrives.

@@ -20,6 +20,37 @@ const NOT_ALLOWED: u16 = 530;
 // ---------------------------------------------------------------------------------------------
 // qos
 
+/// basic.qos with a non-zero prefetch-size: RabbitMQ does not implement byte-based prefetch
+/// and answers 540 NOT_IMPLEMENTED "prefetch_size!=0 (N)" (a connection error). lapin cannot
+/// send the field (amq-protocol drops it), so the frame is written by hand.
+#[tokio::test]
+async fn qos_with_prefetch_size_is_not_implemented() {
+    bounded(async {
+        use bourse_tests::raw::{RawClient, raw_frame};
+        let broker = TestBroker::start().await;
+        let (mut raw, _) = RawClient::open(broker.addr()).await;
+        raw.open_channel(1).await;
+        // basic.qos: class 60, method 10, prefetch-size 1000, prefetch-count 5, global false.
+        let mut payload = vec![0, 60, 0, 10];
+        payload.extend_from_slice(&1000u32.to_be_bytes());
+        payload.extend_from_slice(&5u16.to_be_bytes());
+        payload.push(0);
+        raw.send_bytes(&raw_frame(1, 1, &payload, 0xCE))
+            .await
+            .unwrap();
+        let reason = raw.expect_connection_close_code(540).await;
+        assert_eq!(reason.text, "NOT_IMPLEMENTED - prefetch_size!=0 (1000)");
+        assert_eq!((reason.class_id, reason.method_id), (60, 10));
+
+        // prefetch-size 0 is the ordinary case: qos-ok.
+        let (_conn, ch) = broker.channel().await;
+        ch.basic_qos(5, BasicQosOptions::default())
+            .await
+            .expect("qos with prefetch-size 0");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn qos_per_consumer_prefetch_limits_each_consumer() {
     bounded(async {
@@ -432,6 +463,70 @@ async fn basic_get_reports_message_count_and_empty() {
         let (_c2, ch2) = broker.channel().await;
         tokio::time::sleep(QUIET).await;
         assert_eq!(ready_count(&ch2, &q).await, 0);
+    })
+    .await;
+}
+
+/// `x-priority` accepts every AMQP integer type whole, as RabbitMQ does (its integers are
+/// unbounded): a long beyond i32 is not truncated. Truncating i64::MAX `as i32` gave -1, which
+/// ranked the "highest" consumer below one at priority 0; i64::MIN became 0 and tied.
+#[tokio::test]
+async fn consumer_priorities_beyond_i32_keep_their_order() {
+    bounded(async {
+        let broker = TestBroker::start().await;
+        let conn = broker.connect().await;
+        let q = {
+            let ch = conn.create_channel().await.unwrap();
+            declare(&ch, "prio-wide").await
+        };
+        let priorities = [
+            ("zero", AMQPValue::LongInt(0)),
+            ("max-long", AMQPValue::LongLongInt(i64::MAX)),
+            ("min-long", AMQPValue::LongLongInt(i64::MIN)),
+            ("max-uint", AMQPValue::LongUInt(u32::MAX)),
+        ];
+        let mut consumers = Vec::new();
+        for (tag, priority) in priorities {
+            let ch = conn.create_channel().await.unwrap();
+            ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
+            let mut args = FieldTable::default();
+            args.insert("x-priority".into(), priority);
+            let consumer = consume_with(&ch, &q, tag, BasicConsumeOptions::default(), args).await;
+            consumers.push((tag, ch, consumer));
+        }
+        let ch = conn.create_channel().await.unwrap();
+        publish_n(&ch, &q, "m", 4).await;
+        let mut got = Vec::new();
+        for (tag, _, consumer) in &mut consumers {
+            for d in drain(consumer).await {
+                got.push((String::from_utf8_lossy(&d.data).into_owned(), *tag));
+            }
+        }
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("m0".to_owned(), "max-long"),
+                ("m1".to_owned(), "max-uint"),
+                ("m2".to_owned(), "zero"),
+                ("m3".to_owned(), "min-long"),
+            ],
+            "one message each (prefetch 1), highest priority first"
+        );
+
+        // A timestamp is not an integer argument (RabbitMQ's ?INTEGER_ARG_TYPES): 406.
+        let ch = conn.create_channel().await.unwrap();
+        let mut args = FieldTable::default();
+        args.insert("x-priority".into(), AMQPValue::Timestamp(5));
+        let res = ch
+            .basic_consume(
+                q.as_str().into(),
+                "ts".into(),
+                BasicConsumeOptions::default(),
+                args,
+            )
+            .await;
+        assert_code(res, 406, "x-priority as a timestamp");
     })
     .await;
 }

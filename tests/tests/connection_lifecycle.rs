@@ -20,6 +20,89 @@ use lapin::options::{
 // ---------------------------------------------------------------------------------------------
 // Connection and channel lifecycle
 
+/// A client that pipelines publishes, connection.close and then more frames it still had in
+/// flight, in one write: RabbitMQ answers close-ok and keeps reading (discarding) until the
+/// client closes its side, so the client sees close-ok and then a clean end of stream. Closing
+/// the socket with those bytes unread makes the kernel send a reset instead.
+#[tokio::test]
+async fn close_ok_then_clean_eof_for_a_client_that_floods_then_closes() {
+    use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
+    use bourse_tests::raw::{basic_publish, encode_frame};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let broker = TestBroker::start().await;
+    let (mut raw, _) = RawClient::open(broker.addr()).await;
+    raw.open_channel(1).await;
+    let mut publish = encode_frame(&AMQPFrame::Method(1, basic_publish("", "nowhere")));
+    let header = AMQPContentHeader {
+        class_id: 60,
+        body_size: 1000,
+        properties: BasicProperties::default(),
+    };
+    publish.extend(encode_frame(&AMQPFrame::Header(1, header)));
+    publish.extend(encode_frame(&AMQPFrame::Body(1, vec![b'x'; 1000])));
+    let close = connection::Close {
+        reply_code: 200,
+        reply_text: "bye".into(),
+        class_id: 0,
+        method_id: 0,
+    };
+    let mut pipeline = publish.repeat(500);
+    pipeline.extend(encode_frame(&AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::Close(close)),
+    )));
+    // 4 MB still in flight after the close: more than the broker's read buffer holds.
+    pipeline.extend(publish.repeat(4000));
+
+    let (stream, _) = raw.into_parts();
+    let (mut read, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let written = write.write_all(&pipeline).await;
+        (write, written)
+    });
+    let mut received = Vec::new();
+    let outcome = within(async {
+        let mut chunk = vec![0u8; 64 << 10];
+        loop {
+            match read.read(&mut chunk).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await;
+    let close_ok = encode_frame(&AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+    ));
+    assert!(
+        outcome.is_ok(),
+        "expected a clean end of stream after close-ok, got {outcome:?} after {} bytes",
+        received.len()
+    );
+    assert!(
+        received.ends_with(&close_ok),
+        "the last frame before end of stream is close-ok ({} bytes received)",
+        received.len()
+    );
+    let (mut write, written) = within(writer).await.expect("writer task");
+    assert!(written.is_ok(), "the pipeline was written: {written:?}");
+    // A broker that closed with those bytes unread has reset the connection by now, and the
+    // client's next writes fail; one that drains takes them until the client closes its side.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let heartbeat = encode_frame(&AMQPFrame::Heartbeat);
+        let sent = write.write_all(&heartbeat).await;
+        assert!(
+            sent.is_ok(),
+            "the broker reset the connection instead of draining it: {sent:?}"
+        );
+    }
+    let _ = write.shutdown().await;
+}
+
 #[tokio::test]
 async fn connection_close_is_answered_with_close_ok() {
     let broker = TestBroker::start().await;

@@ -556,3 +556,164 @@ async fn missing_dead_letter_exchange_drops_the_message() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hostile arguments and headers
+
+/// Routing keys are AMQP short strings in bourse (basic.publish and the message store): an
+/// `x-dead-letter-routing-key` over 255 bytes could never be stored with a dead-lettered
+/// message, so queue.declare refuses it with 406; 255 bytes is fine.
+#[tokio::test]
+async fn dead_letter_routing_key_over_255_bytes_is_refused_at_declare() {
+    bounded(async {
+        let broker = TestBroker::start().await;
+        let (conn, ch) = session(&broker).await;
+        let long = "k".repeat(256);
+        let res = within(ch.queue_declare(
+            "dlrk-long".into(),
+            QueueDeclareOptions::default(),
+            table(&[
+                ("x-dead-letter-exchange", ltext("")),
+                ("x-dead-letter-routing-key", ltext(&long)),
+            ]),
+        ))
+        .await;
+        match res {
+            Ok(q) => panic!("declared {q:?} with a 256-byte dead-letter routing key"),
+            Err(e) => assert_eq!(bourse_tests::raw::reply_code(&e), Some(406), "{e}"),
+        }
+        let ch = bourse_tests::confirm_channel(&conn).await;
+        declare_queue(
+            &ch,
+            "dlrk-255",
+            &[
+                ("x-dead-letter-exchange", ltext("")),
+                ("x-dead-letter-routing-key", ltext(&"k".repeat(255))),
+            ],
+        )
+        .await;
+    })
+    .await;
+}
+
+/// An `x-death` count published by a client, of any integer type, is counted on saturating:
+/// i64::MAX stays i64::MAX (no overflow panic, no wrap to a negative count).
+#[tokio::test]
+async fn client_supplied_x_death_counts_saturate() {
+    bounded(async {
+        let broker = TestBroker::start().await;
+        let (_conn, ch) = session(&broker).await;
+        declare_queue(&ch, "sat-dead", &[]).await;
+        declare_queue(
+            &ch,
+            "sat",
+            &[
+                ("x-dead-letter-exchange", ltext("")),
+                ("x-dead-letter-routing-key", ltext("sat-dead")),
+            ],
+        )
+        .await;
+        let counts = [
+            (int(i64::MAX), i64::MAX),
+            (AMQPValue::LongUInt(u32::MAX), i64::from(u32::MAX) + 1),
+            (AMQPValue::LongInt(i32::MAX), i64::from(i32::MAX) + 1),
+            (AMQPValue::ShortShortUInt(u8::MAX), i64::from(u8::MAX) + 1),
+            (int(i64::MIN), i64::MIN + 1),
+        ];
+        for (count, expected) in counts {
+            let mut death = FieldTable::default();
+            death.insert("queue".into(), ltext("sat"));
+            death.insert("reason".into(), ltext("rejected"));
+            death.insert("count".into(), count.clone());
+            let mut headers = FieldTable::default();
+            headers.insert(
+                "x-death".into(),
+                AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(death)])),
+            );
+            let props = BasicProperties::default().with_headers(headers);
+            send(&ch, "", "sat", "m", props).await;
+            let got = within(ch.basic_get("sat".into(), BasicGetOptions { no_ack: false }))
+                .await
+                .expect("basic.get")
+                .expect("the message is in the queue");
+            within(got.delivery.reject(BasicRejectOptions { requeue: false }))
+                .await
+                .expect("reject");
+            let dead = get_eventually(&ch, "sat-dead").await;
+            let entries = deaths(&dead);
+            assert_eq!(
+                entries[0].get("count"),
+                Some(&int(expected)),
+                "count {count:?}"
+            );
+        }
+    })
+    .await;
+}
+
+/// A message leaves its source queue's store only when every dead-letter target accepted it.
+/// Here the target is full with `x-overflow` reject-publish: the rejected persistent message
+/// keeps its copy in the durable source queue's store and is back there after a restart.
+#[tokio::test]
+async fn a_refused_dead_letter_keeps_the_source_copy() {
+    bounded(async {
+        let mut broker = TestBroker::start().await;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        {
+            let (_conn, ch) = session(&broker).await;
+            within(ch.queue_declare(
+                "dl-full".into(),
+                durable,
+                table(&[
+                    ("x-max-length", int(1)),
+                    ("x-overflow", ltext("reject-publish")),
+                ]),
+            ))
+            .await
+            .expect("declare the target");
+            within(ch.queue_declare(
+                "dl-src".into(),
+                durable,
+                table(&[
+                    ("x-dead-letter-exchange", ltext("")),
+                    ("x-dead-letter-routing-key", ltext("dl-full")),
+                ]),
+            ))
+            .await
+            .expect("declare the source");
+            let persistent = BasicProperties::default().with_delivery_mode(2);
+            send(&ch, "", "dl-full", "filler", persistent.clone()).await;
+            send(&ch, "", "dl-src", "precious", persistent).await;
+            let got = within(ch.basic_get("dl-src".into(), BasicGetOptions { no_ack: false }))
+                .await
+                .expect("basic.get")
+                .expect("the message is in the source");
+            within(got.delivery.reject(BasicRejectOptions { requeue: false }))
+                .await
+                .expect("reject");
+            // The target refused it: it still holds only the filler.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let q = within(ch.queue_declare(
+                "dl-full".into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            ))
+            .await
+            .expect("passive declare");
+            assert_eq!(q.message_count(), 1);
+        }
+        broker.restart().await;
+        let (_conn, ch) = session(&broker).await;
+        let back = get(&ch, "dl-src").await.unwrap_or_else(|| {
+            panic!("the refused dead-letter is gone from its source queue after a restart")
+        });
+        assert_eq!(back.delivery.data, b"precious");
+    })
+    .await;
+}

@@ -271,3 +271,71 @@ async fn direct_reply_to_capability_is_advertised() {
         Some(&AMQPValue::Boolean(true))
     );
 }
+
+/// Reply-to names act as capabilities: whoever knows one can send to that channel. They come
+/// from the OS CSPRNG in the format clients expect: `amq.rabbitmq.reply-to.` then two
+/// 22-character URL-safe base64 words joined by a dot; `amq.gen-` queue names and `amq.ctag-`
+/// consumer tags use one such word. This checks uniqueness, length and alphabet; no test can
+/// show the names are unpredictable (a seeded generator passes it too): that rests on the code
+/// using the OS generator.
+#[tokio::test]
+async fn generated_names_are_unique_and_well_formed() {
+    fn is_word(s: &str) -> bool {
+        s.len() == 22
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }
+    bounded(async {
+        let broker = TestBroker::start().await;
+        let (_server_conn, server) = session(&broker).await;
+        declare(&server, "rpc-names", false).await.expect("declare");
+        let mut requests = consume(&server, "rpc-names").await;
+        let (client_conn, _) = session(&broker).await;
+        let mut names = std::collections::HashSet::new();
+        let mut channels = Vec::new();
+        for _ in 0..50 {
+            let ch = confirm_channel(&client_conn).await;
+            let replies = consume_replies(&ch, "", true)
+                .await
+                .expect("consume replies");
+            match publish(&ch, "", "rpc-names", b"?", request(REPLY_TO), false).await {
+                Confirmation::Ack(None) => {}
+                other => panic!("request: {other:?}"),
+            }
+            let req = next(&mut requests).await;
+            within(req.acker.ack(BasicAckOptions::default()))
+                .await
+                .expect("ack");
+            let name = req
+                .properties
+                .reply_to()
+                .as_ref()
+                .expect("reply_to")
+                .to_string();
+            let suffix = name
+                .strip_prefix("amq.rabbitmq.reply-to.")
+                .unwrap_or_else(|| panic!("reply-to prefix: {name}"));
+            let words: Vec<&str> = suffix.split('.').collect();
+            assert!(
+                words.len() == 2 && words.iter().all(|w| is_word(w)),
+                "reply-to name format: {name}"
+            );
+            assert!(names.insert(name.clone()), "reply-to name repeated: {name}");
+            channels.push((ch, replies));
+        }
+        for _ in 0..50 {
+            let q = declare(&server, "", false)
+                .await
+                .expect("server-named queue");
+            let name = q.name().as_str().to_owned();
+            let word = name.strip_prefix("amq.gen-").expect("amq.gen- prefix");
+            assert!(is_word(word), "queue name format: {name}");
+            assert!(names.insert(name.clone()), "queue name repeated: {name}");
+            let tag = consume(&server, &name).await.tag().as_str().to_owned();
+            let word = tag.strip_prefix("amq.ctag-").expect("amq.ctag- prefix");
+            assert!(is_word(word), "consumer tag format: {tag}");
+            assert!(names.insert(tag.clone()), "consumer tag repeated: {tag}");
+        }
+    })
+    .await;
+}

@@ -183,8 +183,10 @@ async fn redeclare_compares_only_the_alternate_exchange_argument() {
     assert_reply_code(res, 406);
 }
 
+/// RabbitMQ 3.13+ (`rabbit_exchange:check_type`): an unknown type is 406 PRECONDITION_FAILED,
+/// a channel error; the connection and its other channels carry on.
 #[tokio::test]
-async fn unknown_exchange_type_is_command_invalid_connection_error() {
+async fn unknown_exchange_type_is_precondition_failed_channel_error() {
     let broker = TestBroker::start().await;
     let (conn, ch) = session(&broker).await;
     let res = try_declare(
@@ -195,14 +197,47 @@ async fn unknown_exchange_type_is_command_invalid_connection_error() {
         FieldTable::default(),
     )
     .await;
-    assert_reply_code(res, 503);
+    assert_reply_code(res, 406);
+    let ch2 = confirm_channel(&conn).await;
     assert!(
-        within(conn.create_channel()).await.is_err(),
-        "503 closes the whole connection"
+        !exchange_exists(&conn, "x").await,
+        "the exchange was not created"
     );
-    // Other connections are unaffected and the exchange was not created.
-    let (conn2, _) = session(&broker).await;
-    assert!(!exchange_exists(&conn2, "x").await);
+    declare(&ch2, "after", ExchangeKind::Fanout).await;
+}
+
+/// The exact reply on the wire: channel.close 406 with RabbitMQ's text, then the channel can be
+/// opened again on the same connection.
+#[tokio::test]
+async fn unknown_exchange_type_reply_text_is_rabbitmqs() {
+    use amq_protocol::protocol::{AMQPClass, exchange};
+    use bourse_tests::raw::RawClient;
+    let broker = TestBroker::start().await;
+    let (mut raw, _) = RawClient::open(broker.addr()).await;
+    raw.open_channel(1).await;
+    let declare = exchange::Declare {
+        exchange: "e".into(),
+        kind: "x-foo".into(),
+        passive: false,
+        durable: false,
+        auto_delete: false,
+        internal: false,
+        nowait: false,
+        arguments: FieldTable::default(),
+    };
+    raw.send_method(
+        1,
+        AMQPClass::Exchange(exchange::AMQPMethod::Declare(declare)),
+    )
+    .await
+    .unwrap();
+    let reason = raw.expect_channel_close(1).await;
+    assert_eq!(reason.code, 406, "{reason:?}");
+    assert_eq!(
+        reason.text,
+        "PRECONDITION_FAILED - unknown exchange type 'x-foo'"
+    );
+    assert_eq!((reason.class_id, reason.method_id), (40, 10));
 }
 
 #[tokio::test]
@@ -457,6 +492,61 @@ async fn declaring_amq_prefixed_exchange_is_access_refused() {
     assert!(!exchange_exists(&conn, "amq.custom").await);
 }
 
+/// RabbitMQ looks the name up before checking the reserved prefix: redeclaring a pre-declared
+/// `amq.*` exchange with its own type and flags (durable, not auto-delete, not internal) is
+/// declare-ok, passive or not; other flags are 406 as for any exchange.
+#[tokio::test]
+async fn redeclaring_predeclared_amq_exchanges_is_ok() {
+    let broker = TestBroker::start().await;
+    let (conn, _) = session(&broker).await;
+    let kinds = [
+        ("amq.direct", ExchangeKind::Direct),
+        ("amq.fanout", ExchangeKind::Fanout),
+        ("amq.topic", ExchangeKind::Topic),
+        ("amq.headers", ExchangeKind::Headers),
+        ("amq.match", ExchangeKind::Headers),
+    ];
+    for (name, kind) in kinds {
+        let ch = confirm_channel(&conn).await;
+        for passive in [false, true] {
+            let options = ExchangeDeclareOptions {
+                durable: true,
+                passive,
+                ..Default::default()
+            };
+            try_declare(&ch, name, kind.clone(), options, FieldTable::default())
+                .await
+                .unwrap_or_else(|e| panic!("redeclare {name} (passive {passive}): {e}"));
+        }
+        let transient = ExchangeDeclareOptions::default();
+        let res = try_declare(&ch, name, kind.clone(), transient, FieldTable::default()).await;
+        match res {
+            Ok(()) => panic!("{name} redeclared non-durable"),
+            Err(e) => assert_eq!(reply_code(&e), Some(406), "{name} non-durable: {e}"),
+        }
+        let ch = confirm_channel(&conn).await;
+        let other = if name == "amq.fanout" {
+            ExchangeKind::Direct
+        } else {
+            ExchangeKind::Fanout
+        };
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let res = try_declare(&ch, name, other, durable, FieldTable::default()).await;
+        match res {
+            Ok(()) => panic!("{name} redeclared with another type"),
+            Err(e) => assert_eq!(reply_code(&e), Some(406), "{name} other type: {e}"),
+        }
+    }
+    // The exchanges still route.
+    let ch = confirm_channel(&conn).await;
+    queue_on(&ch, "q-amq", "amq.direct", "k").await;
+    publish(&ch, "amq.direct", "k", "still routes").await;
+    assert_eq!(bodies(&ch, "q-amq").await, ["still routes"]);
+}
+
 #[tokio::test]
 async fn deleting_predeclared_exchanges_is_access_refused() {
     let broker = TestBroker::start().await;
@@ -500,4 +590,45 @@ async fn binding_to_default_exchange_is_access_refused() {
     let res =
         within(ch.queue_unbind("q".into(), "".into(), "q".into(), FieldTable::default())).await;
     assert_reply_code(res, 403);
+}
+
+/// Unbinding is idempotent in current RabbitMQ: a binding, a queue or an exchange that no longer
+/// exists still gets unbind-ok (queue.unbind and exchange.unbind alike).
+#[tokio::test]
+async fn unbind_of_missing_binding_queue_or_exchange_is_ok() {
+    let broker = TestBroker::start().await;
+    let (conn, ch) = session(&broker).await;
+    declare(&ch, "src", ExchangeKind::Direct).await;
+    queue(&ch, "q").await;
+    // A binding that was never made.
+    unbind_queue(&ch, "q", "src", "never-bound").await;
+    // A queue that does not exist, from an exchange that exists.
+    unbind_queue(&ch, "no-such-queue", "src", "k").await;
+    // An exchange that does not exist.
+    unbind_queue(&ch, "q", "no-such-exchange", "k").await;
+    // Both gone after a binding existed.
+    bind_queue(&ch, "q", "src", "k", FieldTable::default()).await;
+    within(ch.queue_delete("q".into(), QueueDeleteOptions::default()))
+        .await
+        .expect("queue.delete");
+    within(ch.exchange_delete("src".into(), ExchangeDeleteOptions::default()))
+        .await
+        .expect("exchange.delete");
+    unbind_queue(&ch, "q", "src", "k").await;
+    // exchange.unbind with a missing destination, source, or binding.
+    declare(&ch, "dst", ExchangeKind::Fanout).await;
+    for (destination, source) in [("dst", "gone"), ("gone", "dst"), ("dst", "amq.direct")] {
+        within(ch.exchange_unbind(
+            destination.into(),
+            source.into(),
+            "k".into(),
+            Default::default(),
+            FieldTable::default(),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("exchange.unbind {destination} from {source}: {e}"));
+    }
+    // The channel is still open: every unbind was answered with unbind-ok.
+    assert!(exchange_exists(&conn, "dst").await);
+    declare(&ch, "still-open", ExchangeKind::Fanout).await;
 }

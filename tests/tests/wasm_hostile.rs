@@ -228,5 +228,5 @@ async fn unusable_files_are_refused_at_load_and_the_broker_starts() {
     publish_acked(&ch, "r", "abc", "m").await;
     assert_eq!(bodies(&ch, "q").await, ["m"]);
     let err = try_declare(&ch, "w", "x-wrong-major", FieldTable::default()).await;
-    assert_error(err, 503, "x-wrong-major");
+    assert_error(err, 406, "x-wrong-major");
 }

@@ -1,6 +1,7 @@
 //! WASM exchange types end to end: every plugin of `plugins/` (the real components built by
 //! `plugins/build.sh`) routes as its README says, through lapin and an in-process broker; an
-//! unknown type is 503; arguments and bindings the plugin rejects are 406 with its text.
+//! unknown type is 406 (a channel error, as RabbitMQ 3.13+); arguments and bindings the plugin
+//! rejects are 406 with its text.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -344,13 +345,13 @@ async fn header_expr_evaluates_typed_headers() {
 }
 
 #[tokio::test]
-async fn unknown_type_is_503_and_plugin_rejections_are_406_with_its_text() {
+async fn unknown_type_and_plugin_rejections_are_406() {
     let broker = PluginBroker::start(&["x-consistent-hash"]).await;
     {
-        // 503 is a connection error: this connection closes.
+        // 406 closes only the channel (RabbitMQ 3.13+ `rabbit_exchange:check_type`).
         let (_conn, ch) = session(&broker.broker).await;
         let err = try_declare(&ch, "nope", "x-no-such-type", FieldTable::default()).await;
-        assert_error(err, 503, "x-no-such-type");
+        assert_error(err, 406, "unknown exchange type 'x-no-such-type'");
     }
     let (conn, ch) = session(&broker.broker).await;
     let args = table(&[

@@ -210,7 +210,7 @@ async fn the_directory_watcher_adds_replaces_and_removes_plugins() {
     publish_acked(&ch, "e", "b", "regex again").await;
     assert_eq!(bodies(&ch, "q-ae").await, ["regex again"]);
 
-    // Removed: no new declares (503), existing exchanges keep routing.
+    // Removed: no new declares (406), existing exchanges keep routing.
     std::fs::remove_file(broker.dir.path.join("x-regex.wasm")).expect("remove");
     assert!(
         eventually(WATCH_WAIT, || {
@@ -224,7 +224,7 @@ async fn the_directory_watcher_adds_replaces_and_removes_plugins() {
     {
         let (_conn, ch) = session(&broker.broker).await;
         let err = try_declare(&ch, "e2", "x-regex", FieldTable::default()).await;
-        assert_error(err, 503, "x-regex");
+        assert_error(err, 406, "x-regex");
     }
 
     // Back again: declarable, and the live exchange follows the file.

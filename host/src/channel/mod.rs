@@ -189,6 +189,8 @@ impl Channel {
         match method {
             B::Publish(publish) => self.start_publish(cx, publish),
             B::Qos(qos) => {
+                // A non-zero prefetch-size was refused (540) while decoding: amq-protocol drops
+                // the field (`protocol::frame::check_unsupported`).
                 if qos.global {
                     self.outlet.set_global_prefetch(qos.prefetch_count.into());
                     self.kick_consumed_queues();
@@ -248,6 +250,12 @@ impl Channel {
                 reject.delivery_tag,
                 false,
             ),
+            B::Recover(basic::Recover { requeue: false })
+            | B::RecoverAsync(basic::RecoverAsync { requeue: false }) => {
+                // Redelivering to the original consumer only is not implemented by RabbitMQ
+                // either: 540 closes the connection.
+                Err(AmqpError::not_implemented("requeue=false"))
+            }
             B::Recover(_) | B::RecoverAsync(_) => {
                 // Both forms requeue every unacked message, as RabbitMQ does. recover-ok goes
                 // out first: clients expect the redeliveries after it.
@@ -278,7 +286,7 @@ impl Channel {
         let name = self.queue_name(consume.queue.as_str())?;
         let queue = cx.vhost.queue_for(&name, cx.connection_id)?;
         let tag: Name = if consume.consumer_tag.as_str().is_empty() {
-            Name::from(format!("amq.ctag-{}", random_suffix()))
+            Name::from(format!("amq.ctag-{}", random_suffix()?))
         } else {
             Name::from(consume.consumer_tag.as_str())
         };
@@ -289,9 +297,13 @@ impl Channel {
         }
         let priority = match consume.arguments.inner().get("x-priority") {
             None => 0,
+            // RabbitMQ accepts the integer field types (not timestamps) and keeps the value.
             Some(value) => int_value(value).ok_or_else(|| {
-                AmqpError::precondition_failed("invalid arg 'x-priority': expected an integer")
-            })? as i32,
+                AmqpError::precondition_failed(format!(
+                    "invalid arg 'x-priority' for consumer '{tag}': expected an integer, got {}",
+                    crate::queue::type_name(value)
+                ))
+            })?,
         };
         let consumer = Arc::new(Consumer {
             tag: tag.clone(),
@@ -358,7 +370,7 @@ impl Channel {
             return Err(AmqpError::precondition_failed("reply consumer already set"));
         }
         let tag: Name = if given.is_empty() {
-            Name::from(format!("amq.ctag-{}", random_suffix()))
+            Name::from(format!("amq.ctag-{}", random_suffix()?))
         } else {
             Name::from(given)
         };
@@ -367,7 +379,7 @@ impl Channel {
             outlet: self.outlet.clone(),
         });
         let weak: Weak<dyn ReplyConsumer> = Arc::downgrade(&target) as Weak<ReplyTarget>;
-        let name = cx.vhost.register_reply_consumer(weak);
+        let name = cx.vhost.register_reply_consumer(weak)?;
         self.reply = Some(ReplyState {
             tag: tag.clone(),
             name,
@@ -588,7 +600,8 @@ fn requeue_grouped(unacked: Vec<Unacked>) {
     }
 }
 
-/// Reads an integer argument of any AMQP integer type.
+/// Reads an integer argument of any AMQP integer type (RabbitMQ's `?INTEGER_ARG_TYPES`:
+/// a timestamp is not one).
 pub(crate) fn int_value(value: &AMQPValue) -> Option<i64> {
     Some(match value {
         AMQPValue::ShortShortInt(v) => (*v).into(),
@@ -598,15 +611,22 @@ pub(crate) fn int_value(value: &AMQPValue) -> Option<i64> {
         AMQPValue::LongInt(v) => (*v).into(),
         AMQPValue::LongUInt(v) => (*v).into(),
         AMQPValue::LongLongInt(v) => *v,
-        AMQPValue::Timestamp(v) => i64::try_from(*v).ok()?,
         _ => return None,
     })
 }
 
-/// 22 URL-safe random characters, as RabbitMQ uses for generated names.
-pub(crate) fn random_suffix() -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    (0..22)
-        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
-        .collect()
+/// 22 URL-safe random characters (132 bits), as RabbitMQ uses for generated names: consumer
+/// tags, `amq.gen-*` queues and direct reply-to names. Reply-to names are capabilities (whoever
+/// knows one can send to that channel), so the bits come from the operating system's CSPRNG,
+/// never from a seeded generator; 541 INTERNAL_ERROR in the unlikely case the OS refuses.
+pub(crate) fn random_suffix() -> Result<String, AmqpError> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bytes = [0u8; 22];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| AmqpError::internal(format!("no random bytes for a name: {e}")))?;
+    // 64 symbols: the low six bits of a uniform byte pick one uniformly.
+    Ok(bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(b & 63)] as char)
+        .collect())
 }

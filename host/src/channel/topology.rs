@@ -101,7 +101,7 @@ impl Channel {
                     queue
                 } else {
                     let name = match declare.queue.as_str() {
-                        "" => Name::from(format!("amq.gen-{}", random_suffix())),
+                        "" => Name::from(format!("amq.gen-{}", random_suffix()?)),
                         given if given.starts_with("amq.") && cx.vhost.queue(given).is_err() => {
                             return Err(AmqpError::access_refused(format!(
                                 "queue name '{given}' contains reserved prefix 'amq.*'"
@@ -148,7 +148,11 @@ impl Channel {
             }
             Q::Unbind(unbind) => {
                 let name = self.queue_name(unbind.queue.as_str())?;
-                cx.vhost.queue_for(&name, cx.connection_id)?;
+                // A queue that is gone has no bindings left: unbind-ok (see `VHost::unbind`).
+                match cx.vhost.queue_for(&name, cx.connection_id) {
+                    Err(e) if e.code != crate::protocol::ReplyCode::NotFound => return Err(e),
+                    _ => {}
+                }
                 let binding = Binding {
                     destination: Destination::Queue(name),
                     routing_key: Name::from(unbind.routing_key.as_str()),

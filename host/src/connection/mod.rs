@@ -37,12 +37,17 @@ use crate::vhost::VHost;
 const FRAMES_PER_TURN: usize = 1024;
 /// How long a closing connection waits for the peer's close-ok.
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a closed connection keeps reading (and discarding) until the client closes its
+/// side of the socket.
+const CLOSE_LINGER: Duration = Duration::from_secs(3);
 /// Bytes requested per socket read when the buffer is empty; grows while reads fill it.
 const READ_CHUNK_MIN: usize = 4096;
 const READ_CHUNK_MAX: usize = 256 << 10;
 
 /// Serves one accepted socket until it closes.
 pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, id: ConnectionId) {
+    // Held until this task ends: broker shutdown waits for every receiver to go.
+    let mut closing = shared.closing.subscribe();
     let _ = socket.set_nodelay(true);
     let (read, write) = socket.into_split();
     let writer = Writer::new(shared.config.frame_max_bytes);
@@ -76,10 +81,21 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, id:
         user_usage: negotiated.user_usage,
         user_limits: negotiated.user_limits,
     };
-    let reason = connection.run(&mut reader).await;
+    let reason = connection.run(&mut reader, &mut closing).await;
     connection.shutdown();
+    if !matches!(reason, CLIENT_EOF | SOCKET_ERROR) {
+        // As RabbitMQ: after close-ok, read and discard until the client closes its side.
+        // Closing with unread bytes in the receive buffer would make the kernel answer with a
+        // reset, and the client could lose our close-ok.
+        reader.discard_until_eof(CLOSE_LINGER).await;
+    }
     info!(id, %peer, reason, "connection closed");
 }
+
+/// Why a connection ended when the client closed the socket first, or the socket failed:
+/// nothing is left to drain.
+const CLIENT_EOF: &str = "client closed the socket";
+const SOCKET_ERROR: &str = "socket error";
 
 /// Waits until the message store syncs again (forever without a store).
 async fn store_synced(synced: &mut Option<tokio::sync::watch::Receiver<crate::store::Ticket>>) {
@@ -102,6 +118,21 @@ pub(crate) struct Reader {
 }
 
 impl Reader {
+    /// Reads and drops whatever arrives until end of stream, a read error or `limit`. Memory
+    /// stays bounded: the buffer is cleared before every read.
+    async fn discard_until_eof(&mut self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                self.buf.clear();
+                match self.fill().await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+    }
+
     /// Reads more bytes; `Ok(0)` is end of stream.
     async fn fill(&mut self) -> std::io::Result<usize> {
         if self.buf.capacity() - self.buf.len() < self.chunk / 2 {
@@ -170,7 +201,11 @@ enum Outcome {
 }
 
 impl Connection {
-    async fn run(&mut self, reader: &mut Reader) -> &'static str {
+    async fn run(
+        &mut self,
+        reader: &mut Reader,
+        closing: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> &'static str {
         // The peer must send something (a frame or heartbeat) at least every two intervals.
         let silence = self.heartbeat.map(|h| h * 2);
         // Confirms of persistent messages wait for the message store's group commit.
@@ -243,11 +278,21 @@ impl Connection {
                 _ = store_synced(&mut synced), if self.awaiting_sync() => {
                     continue;
                 }
+                // Cannot fail: `self.shared` keeps the sender alive. The guard `wait_for`
+                // returns is dropped inside: it must not live across the close below.
+                () = async { drop(closing.wait_for(|closing| *closing).await) } => {
+                    self.flush_confirms();
+                    let error = AmqpError::new(
+                        crate::protocol::ReplyCode::ConnectionForced,
+                        "broker forced connection closure with reason 'shutdown'",
+                    );
+                    return self.fail_connection(reader, 0, error).await;
+                }
             };
             match read {
-                Ok(0) => return "client closed the socket",
+                Ok(0) => return CLIENT_EOF,
                 Ok(_) => {}
-                Err(_) => return "socket error",
+                Err(_) => return SOCKET_ERROR,
             }
         }
     }

@@ -81,6 +81,10 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, 
     if kind == FRAME_METHOD {
         // Methods are decoded in place: nothing of the frame outlives this call.
         let payload = &buf[FRAME_HEADER_LEN..FRAME_HEADER_LEN + size];
+        if let Err(unsupported) = check_unsupported(payload) {
+            buf.advance(total);
+            return Err(unsupported);
+        }
         let decoded = match fast::method(payload) {
             Some(method) => Ok(Some(Frame::Method(channel, method))),
             // amq-protocol's table parser recurses: check the nesting first.
@@ -117,6 +121,21 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, 
         FRAME_BODY => Ok(Some(Frame::Body(channel, payload))),
         _ => Ok(Some(Frame::Heartbeat(channel))),
     }
+}
+
+/// Refuses what the decoded method could not show: amq-protocol's `basic.qos` has no
+/// prefetch-size (RabbitMQ ignores byte-based prefetch), so a client asking for one would be
+/// silently given none. RabbitMQ answers 540 NOT_IMPLEMENTED "prefetch_size!=0 (N)".
+fn check_unsupported(payload: &[u8]) -> Result<(), AmqpError> {
+    // class 60 (basic), method 10 (qos), then prefetch-size (long), prefetch-count, global.
+    if let Some([0, 60, 0, 10, a, b, c, d]) = payload.get(..8)
+        && let size @ 1.. = u32::from_be_bytes([*a, *b, *c, *d])
+    {
+        return Err(
+            AmqpError::not_implemented(format!("prefetch_size!=0 ({size})")).on_method(60, 10),
+        );
+    }
+    Ok(())
 }
 
 /// A content header payload through amq-protocol's property parser, headers checked first.

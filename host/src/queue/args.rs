@@ -171,6 +171,14 @@ impl QueueArgs {
         if let Some(value) = get("x-dead-letter-routing-key") {
             let key = string(value)
                 .ok_or_else(|| err("x-dead-letter-routing-key", unacceptable(value)))?;
+            // Routing keys are AMQP short strings in bourse (basic.publish, the message
+            // store): a longer one could never be stored with a dead-lettered message.
+            if key.len() > 255 {
+                return Err(err(
+                    "x-dead-letter-routing-key",
+                    format!("{{routing_key_too_long,{}}}", key.len()),
+                ));
+            }
             match &mut args.dead_letter {
                 Some(target) => target.routing_key = Some(Name::from(key)),
                 None => {

@@ -175,9 +175,14 @@ fn update_deaths(
     let first = existing.iter().find(|e| is_match(e));
     match first {
         Some(AMQPValue::FieldTable(table)) => {
-            let count = count_of(table).unwrap_or(matches as i64);
+            // The count may come from a client (a republished message): saturate rather
+            // than overflow, so i64::MAX stays i64::MAX.
+            let count = count_of(table).unwrap_or(i64::try_from(matches).unwrap_or(i64::MAX));
             let mut updated = table.inner().clone();
-            updated.insert(key("count"), AMQPValue::LongLongInt(count + 1));
+            updated.insert(
+                key("count"),
+                AMQPValue::LongLongInt(count.saturating_add(1)),
+            );
             out.push(AMQPValue::FieldTable(updated.into()));
         }
         _ => {
@@ -368,6 +373,40 @@ mod tests {
             header(&out, "x-first-death-queue").is_none(),
             "RabbitMQ sets x-first-death-* only when there was no x-death"
         );
+    }
+
+    /// A client may publish any `x-death` count, of any integer type: the next death
+    /// saturates at i64::MAX instead of overflowing (a panic in debug builds, a wrap to a
+    /// negative count in release).
+    #[test]
+    fn client_supplied_counts_saturate() {
+        let counts = [
+            (AMQPValue::LongLongInt(i64::MAX), i64::MAX),
+            (AMQPValue::LongLongInt(i64::MAX - 1), i64::MAX),
+            (AMQPValue::LongLongInt(i64::MIN), i64::MIN + 1),
+            (AMQPValue::LongUInt(u32::MAX), i64::from(u32::MAX) + 1),
+            (AMQPValue::LongInt(i32::MAX), i64::from(i32::MAX) + 1),
+            (AMQPValue::ShortUInt(u16::MAX), i64::from(u16::MAX) + 1),
+            (AMQPValue::ShortShortInt(i8::MIN), i64::from(i8::MIN) + 1),
+        ];
+        for (count, expected) in counts {
+            let mut record = FieldTable::default();
+            record.insert(key("queue"), text("q"));
+            record.insert(key("reason"), text("rejected"));
+            record.insert(key("count"), count.clone());
+            let mut headers = FieldTable::default();
+            headers.insert(
+                key("x-death"),
+                AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(record)])),
+            );
+            let props = BasicProperties::default().with_headers(headers);
+            let out = dead_letter_properties(&props, &death("q", DeathReason::Rejected, "x"));
+            assert_eq!(
+                entry(&out, 0).get("count"),
+                Some(&AMQPValue::LongLongInt(expected)),
+                "count {count:?}"
+            );
+        }
     }
 
     #[test]

@@ -65,14 +65,16 @@ pub trait Outlet: Send + Sync {
 pub trait QueueHost: Send + Sync {
     /// Publishes a dead-lettered `message` to `exchange` with `routing_keys`. The host drops it
     /// when the exchange does not exist, and drops it for each target queue where RabbitMQ's
-    /// cycle rule applies (see [`is_cycle`]; never for `reason` rejected).
+    /// cycle rule applies (see [`is_cycle`]; never for `reason` rejected). Returns false when
+    /// a target queue refused it (its store could not take it, or its `x-overflow`
+    /// reject-publish): the source then keeps its stored copy.
     fn dead_letter(
         &self,
         exchange: &str,
         routing_keys: &[&str],
         message: Arc<Message>,
         reason: DeathReason,
-    );
+    ) -> bool;
 
     /// `queue` was unused for its `x-expires`: delete it.
     fn queue_expired(&self, queue: &Arc<Queue>);
@@ -88,8 +90,10 @@ pub struct Consumer {
     pub no_ack: bool,
     /// Whether this consumer holds the queue exclusively.
     pub exclusive: bool,
-    /// `x-priority`: higher priorities are served first while they have credit.
-    pub priority: i32,
+    /// `x-priority`: higher priorities are served first while they have credit. Any AMQP
+    /// integer is accepted whole, as RabbitMQ does (its integers are unbounded): i64 holds
+    /// every value a field table can carry, so none is truncated.
+    pub priority: i64,
     /// Per-consumer prefetch limit (0 = unlimited), from basic.qos global=false.
     pub prefetch: u32,
     /// Deliveries to this consumer not yet acknowledged.
@@ -680,23 +684,34 @@ impl Queue {
 
     /// Republishes dropped messages through the dead-letter exchange, as RabbitMQ does: new
     /// properties with the `x-death` record, exchange and routing key replaced. A stored
-    /// message is removed from this queue's store only after it was republished (and so
-    /// appended, with an earlier ticket, to the stores of durable target queues): a crash in
-    /// between may dead-letter it twice, never lose it.
+    /// message is removed from this queue's store only after every target queue accepted it
+    /// (and so appended it, with an earlier ticket, to its own store): a crash in between may
+    /// dead-letter it twice, never lose it. A message a target refused (its store failed or is
+    /// closing, or its `x-overflow` is reject-publish) keeps its stored copy here, so it comes
+    /// back in this queue at the next start instead of vanishing; it is logged.
     fn dead_letter(&self, dead: Vec<(QueuedMessage, DeathReason)>) {
         let time_secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let host = self.host.get().and_then(Weak::upgrade);
-        let stored = dead.iter().any(|(entry, _)| entry.position != 0);
+        let mut settled = Vec::with_capacity(dead.len());
         for (entry, reason) in &dead {
-            if let (Some(target), Some(host)) = (&self.args.dead_letter, &host) {
-                self.republish_dead(host.as_ref(), target, entry, *reason, time_secs);
+            let accepted = match (&self.args.dead_letter, &host) {
+                (Some(target), Some(host)) => {
+                    self.republish_dead(host.as_ref(), target, entry, *reason, time_secs)
+                }
+                _ => true,
+            };
+            if !accepted && entry.position != 0 {
+                warn!(queue = %self.name(), "a dead-letter target refused a stored message; its copy stays in this queue's store");
             }
+            settled.push(accepted);
         }
-        if stored && !self.is_deleted() {
-            for (entry, _) in &dead {
-                self.forget(entry.position);
+        if !self.is_deleted() {
+            for ((entry, _), accepted) in dead.iter().zip(settled) {
+                if accepted && entry.position != 0 {
+                    self.forget(entry.position);
+                }
             }
         }
     }
@@ -708,7 +723,7 @@ impl Queue {
         entry: &QueuedMessage,
         reason: DeathReason,
         time_secs: u64,
-    ) {
+    ) -> bool {
         let original = &entry.message;
         let death = Death {
             queue: self.name(),
@@ -722,8 +737,8 @@ impl Queue {
         let raw_properties = match crate::channel::encode_properties(&properties) {
             Ok(raw) => raw,
             Err(error) => {
-                warn!(queue = %self.name(), %error, "cannot encode a dead-lettered message; dropped");
-                return;
+                warn!(queue = %self.name(), %error, "cannot encode a dead-lettered message; kept");
+                return false;
             }
         };
         let keys: Vec<String> = match &target.routing_key {
@@ -742,7 +757,7 @@ impl Queue {
             body: original.body.clone(),
         });
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        host.dead_letter(&target.exchange, &keys, message, reason);
+        host.dead_letter(&target.exchange, &keys, message, reason)
     }
 }
 

@@ -52,7 +52,7 @@ impl QueueHost for Host {
         routing_keys: &[&str],
         message: Arc<Message>,
         reason: DeathReason,
-    ) {
+    ) -> bool {
         self.dead.lock().push((
             exchange.to_owned(),
             routing_keys.iter().map(|k| k.to_string()).collect(),
@@ -60,6 +60,7 @@ impl QueueHost for Host {
             reason,
             deaths(&message.properties).len(),
         ));
+        true
     }
 
     fn queue_expired(&self, _queue: &Arc<Queue>) {}
@@ -97,7 +98,7 @@ fn message(body: &str) -> Arc<Message> {
     })
 }
 
-fn consumer(tag: &str, priority: i32, outlet: &Arc<Recorder>) -> Arc<Consumer> {
+fn consumer(tag: &str, priority: i64, outlet: &Arc<Recorder>) -> Arc<Consumer> {
     Arc::new(Consumer {
         tag: Name::from(tag),
         outlet: outlet.clone(),

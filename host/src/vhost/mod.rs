@@ -194,19 +194,22 @@ impl VHost {
     /// exchange.declare (non-passive): creates the exchange or checks the existing one is
     /// equivalent.
     pub fn declare_exchange(&self, spec: ExchangeSpec) -> Result<(), AmqpError> {
+        // RabbitMQ (rabbit_exchange:check_type, 3.13+) checks the type before anything else;
+        // an unknown type is a soft error there: 406 closes only the channel.
+        let ty = self.registry.get(&spec.kind).ok_or_else(|| {
+            AmqpError::precondition_failed(format!("unknown exchange type '{}'", spec.kind))
+        })?;
+        let mut topology = self.topology.write();
+        // An existing exchange, pre-declared `amq.*` ones included, is only compared: RabbitMQ
+        // looks the name up first and refuses the reserved prefix only when creating.
+        if let Some(existing) = topology.exchanges.get(&spec.name) {
+            return existing.check_equivalent(&spec, &self.name);
+        }
         if spec.name.starts_with("amq.") {
             return Err(AmqpError::access_refused(format!(
                 "exchange name '{}' contains reserved prefix 'amq.*'",
                 spec.name
             )));
-        }
-        // RabbitMQ checks the type before equivalence: an unknown type is 503 either way.
-        let ty = self.registry.get(&spec.kind).ok_or_else(|| {
-            AmqpError::command_invalid(format!("invalid exchange type '{}'", spec.kind))
-        })?;
-        let mut topology = self.topology.write();
-        if let Some(existing) = topology.exchanges.get(&spec.name) {
-            return existing.check_equivalent(&spec, &self.name);
         }
         self.limits().check_exchanges(
             &self.name,
@@ -433,12 +436,22 @@ impl VHost {
         Ok(())
     }
 
-    /// queue.unbind / exchange.unbind. Unbinding a binding that does not exist is not an
-    /// error (RabbitMQ 3.x), but a missing source or destination is.
+    /// queue.unbind / exchange.unbind. Unbinding is idempotent as in current RabbitMQ: when
+    /// the source, the destination or the binding no longer exists the answer is unbind-ok.
+    /// Only the default exchange is refused (403), as for bind.
     pub fn unbind(&self, source: &str, binding: &Binding) -> Result<(), AmqpError> {
         let mut topology = self.topology.write();
-        let exchange = self.bindable_source(&topology, source)?;
-        topology.check_destination(&binding.destination, &self.name)?;
+        let exchange = match self.bindable_source(&topology, source) {
+            Ok(exchange) => exchange,
+            Err(e) if e.code == crate::protocol::ReplyCode::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if topology
+            .check_destination(&binding.destination, &self.name)
+            .is_err()
+        {
+            return Ok(());
+        }
         let durable = topology.binding_is_durable(&exchange, &binding.destination);
         if exchange.unbind(binding) {
             topology.bindings -= 1;
@@ -473,16 +486,23 @@ impl VHost {
 
 impl VHost {
     /// Registers a direct reply-to consumer; returns the reply-to name that leads to it.
-    pub fn register_reply_consumer(&self, consumer: Weak<dyn ReplyConsumer>) -> Name {
-        // 22 random characters for the channel, like a consumer tag: unguessable enough that
-        // a client cannot aim replies at another connection's requests.
-        let suffix = format!(
-            "{}.{}",
-            crate::channel::random_suffix(),
-            crate::channel::random_suffix()
-        );
-        self.replies.register(&suffix, consumer);
-        Name::from(format!("{REPLY_TO_PREFIX}{suffix}"))
+    pub fn register_reply_consumer(
+        &self,
+        consumer: Weak<dyn ReplyConsumer>,
+    ) -> Result<Name, AmqpError> {
+        // Two 22-character CSPRNG suffixes (264 bits): the name is the only thing that lets a
+        // client aim replies at a channel, so it must not be guessable from other names. A
+        // collision is astronomically unlikely; it is still refused rather than overwriting.
+        loop {
+            let suffix = format!(
+                "{}.{}",
+                crate::channel::random_suffix()?,
+                crate::channel::random_suffix()?
+            );
+            if self.replies.register(&suffix, consumer.clone()) {
+                return Ok(Name::from(format!("{REPLY_TO_PREFIX}{suffix}")));
+            }
+        }
     }
 
     /// Forgets a reply consumer (cancelled, or its channel closed).
@@ -506,24 +526,31 @@ impl QueueHost for VHost {
         routing_keys: &[&str],
         message: Arc<Message>,
         reason: DeathReason,
-    ) {
+    ) -> bool {
         // A dead-letter exchange that does not exist drops the message (RabbitMQ).
         let Ok(exchange) = self.exchange(exchange) else {
-            return;
+            return true;
         };
         let mut routed = Routed::default();
         self.route(&exchange, &message, routing_keys, &mut routed);
         let deaths = crate::queue::deaths(&message.properties);
+        let mut accepted = true;
         for queue in routed.queues.drain(..) {
             if reason != DeathReason::Rejected && crate::queue::is_cycle(queue.name(), deaths) {
                 debug!(vhost = %self.name, queue = %queue.name(), "dead-letter cycle: message dropped");
                 continue;
             }
-            queue.publish(message.clone());
+            if matches!(
+                queue.publish(message.clone()),
+                crate::queue::Enqueued::Rejected
+            ) {
+                accepted = false;
+            }
         }
         for reply in routed.replies.drain(..) {
             reply.deliver_reply(&message);
         }
+        accepted
     }
 
     fn queue_expired(&self, queue: &Arc<Queue>) {

@@ -39,8 +39,20 @@ pub(crate) struct ReplyRegistry {
 }
 
 impl ReplyRegistry {
-    pub(crate) fn register(&self, suffix: &str, consumer: Weak<dyn ReplyConsumer>) {
-        self.consumers.lock().insert(suffix.into(), consumer);
+    /// Registers `consumer` under `suffix` unless a live consumer already holds it.
+    pub(crate) fn register(&self, suffix: &str, consumer: Weak<dyn ReplyConsumer>) -> bool {
+        use std::collections::hash_map::Entry;
+        match self.consumers.lock().entry(suffix.into()) {
+            Entry::Occupied(held) if held.get().strong_count() > 0 => false,
+            Entry::Occupied(mut stale) => {
+                stale.insert(consumer);
+                true
+            }
+            Entry::Vacant(free) => {
+                free.insert(consumer);
+                true
+            }
+        }
     }
 
     pub(crate) fn unregister(&self, suffix: &str) {

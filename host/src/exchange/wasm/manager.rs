@@ -8,7 +8,7 @@
 //! compile, link or describe itself is logged with the reason and skipped; the broker runs on.
 //!
 //! Removing a type (its file deleted, or `remove`) unregisters it: declaring a new exchange of
-//! it fails with 503 as for any unknown type, while exchanges already declared keep routing on
+//! it fails with 406 as for any unknown type, while exchanges already declared keep routing on
 //! their instances (deleting a file must not break live traffic). If a file providing the type
 //! comes back, those exchanges are hot-reloaded onto it.
 
@@ -137,7 +137,7 @@ impl PluginManager {
         self.status_of(name)
     }
 
-    /// Unregisters a type: new declares of it get 503, existing exchanges keep routing.
+    /// Unregisters a type: new declares of it get 406, existing exchanges keep routing.
     pub fn remove(&self, name: &str) -> Result<(), WasmError> {
         let _op = self.inner.ops.lock();
         self.remove_locked(name)
