@@ -105,35 +105,33 @@ impl Writer {
         queue: &Arc<Queue>,
         write: impl FnOnce(&mut Vec<u8>) -> R,
     ) -> Option<R> {
+        self.write_with_room(write, |waiting| {
+            if !waiting.iter().any(|w| w.as_ptr() == Arc::as_ptr(queue)) {
+                waiting.push(Arc::downgrade(queue));
+            }
+        })
+    }
+
+    /// Appends frames unless the connection is congested or closing (a direct reply-to
+    /// delivery, which has no queue to wait in).
+    pub fn write_if_room<R>(&self, write: impl FnOnce(&mut Vec<u8>) -> R) -> Option<R> {
+        self.write_with_room(write, |_| {})
+    }
+
+    /// The congestion rule: `write` runs only below [`CONGESTED_BYTES`] on an open writer;
+    /// `congested` is told about the queues waiting for a drain otherwise.
+    fn write_with_room<R>(
+        &self,
+        write: impl FnOnce(&mut Vec<u8>) -> R,
+        congested: impl FnOnce(&mut Vec<Weak<Queue>>),
+    ) -> Option<R> {
         let result = {
             let mut state = self.state.lock();
             if state.closing {
                 return None;
             }
             if state.buf.len() >= CONGESTED_BYTES {
-                if !state
-                    .waiting
-                    .iter()
-                    .any(|w| w.as_ptr() == Arc::as_ptr(queue))
-                {
-                    state.waiting.push(Arc::downgrade(queue));
-                }
-                return None;
-            }
-            let result = write(&mut state.buf);
-            self.note_size(state.buf.len());
-            result
-        };
-        self.wake.notify_one();
-        Some(result)
-    }
-
-    /// Appends frames unless the connection is congested or closing (a direct reply-to
-    /// delivery, which has no queue to wait in).
-    pub fn write_if_room<R>(&self, write: impl FnOnce(&mut Vec<u8>) -> R) -> Option<R> {
-        let result = {
-            let mut state = self.state.lock();
-            if state.closing || state.buf.len() >= CONGESTED_BYTES {
+                congested(&mut state.waiting);
                 return None;
             }
             let result = write(&mut state.buf);
