@@ -4,6 +4,8 @@
 //! - [`runtime`]: one `Engine` (epoch interruption, pooling allocator) and its epoch ticker;
 //!   components compiled once, artifacts cached on disk by content hash and engine
 //!   compatibility; version check; pre-linked `InstancePre`s.
+//! - [`cache`]: the artifact cache: a directory only the broker's user can write, and a keyed
+//!   MAC on every artifact, checked before it is deserialized.
 //! - [`host`]: the imports (`logging`, `clock`, `state`) and WASI 0.2 with an empty context,
 //!   linked so that nothing can block the routing thread.
 //! - [`instance`]: one instance in its own store; every call under a deadline and caps.
@@ -19,6 +21,7 @@
 //! by one plugin version; nothing a plugin does can panic the broker or stall it beyond the
 //! call deadline.
 
+pub mod cache;
 mod counters;
 pub mod host;
 pub mod instance;

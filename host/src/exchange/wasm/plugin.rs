@@ -14,7 +14,6 @@
 //! entirely by the old or entirely by the new version.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 
 use amq_protocol::types::FieldTable as AmqpTable;
@@ -22,6 +21,7 @@ use parking_lot::Mutex;
 use tracing::info;
 
 use super::WasmError;
+use super::cache::ArtifactCache;
 use super::host::ExchangeCtx;
 use super::router::{BuildError, RouterCore, WasmRouter};
 use super::runtime::PluginVersion;
@@ -35,8 +35,8 @@ pub struct Settings {
     pub global: WasmLimits,
     /// Per-vhost overrides.
     pub per_vhost: BTreeMap<String, WasmLimitOverrides>,
-    /// The artifact cache directory (`None`: no disk cache).
-    pub cache_dir: Option<PathBuf>,
+    /// The compiled-artifact cache (`None`: no disk cache, or one that could not be trusted).
+    pub cache: Option<Arc<ArtifactCache>>,
 }
 
 impl Settings {
