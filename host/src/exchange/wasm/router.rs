@@ -31,7 +31,7 @@ use tracing::{Level, error, warn};
 use super::host::ExchangeCtx;
 use super::instance::{CallError, Instance, thread_cpu_ns};
 use super::output::{ROUTE_IDS_TIMED, Throttle, WARN_INTERVAL, route_ids_max};
-use super::runtime::PluginVersion;
+use super::runtime::{EPOCH_TICK, PluginVersion};
 use super::v0_1::{HeaderSelection, InputFields, Inputs};
 use super::{GLOBAL, counters::Counter};
 use crate::exchange::{Binding, Destination, Invalid, RouteError, Router, RoutingInput};
@@ -354,9 +354,10 @@ impl RouterCore {
             return Ok(());
         }
         let mut instance = self.take_ready(state).map_err(RouteError)?;
-        let started = Instant::now();
+        // The engine's tick counter, not `Instant::now()`: two atomic loads per call.
+        let ticks_before = state.version.runtime().ticks();
         let result = instance.route(message, &state.inputs);
-        let called = started.elapsed();
+        let ticks_after = state.version.runtime().ticks();
         if result.is_ok() {
             state.instance = Some(instance);
         }
@@ -386,6 +387,11 @@ impl RouterCore {
                 }
                 if let Some(cpu_before) = timed {
                     let host = Duration::from_nanos(thread_cpu_ns().saturating_sub(cpu_before));
+                    // At least this long in the plugin (ticks seen, less one for a call that
+                    // merely straddled a tick).
+                    let called = EPOCH_TICK
+                        * u32::try_from(ticks_after.saturating_sub(ticks_before).saturating_sub(1))
+                            .unwrap_or(u32::MAX);
                     let deadline_ms = self.ctx.limits.call_deadline_ms;
                     if called + host > Duration::from_millis(deadline_ms) {
                         out.truncate(start);

@@ -8,7 +8,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -47,6 +47,8 @@ pub struct Runtime {
     /// `Engine::precompile_compatibility_hash`, hashed to a file-name-friendly string.
     compatibility: String,
     stop_ticker: Arc<AtomicBool>,
+    /// Epoch ticks so far: a coarse clock the router reads for nothing on every call.
+    ticks: Arc<AtomicU64>,
 }
 
 impl Drop for Runtime {
@@ -110,12 +112,15 @@ impl Runtime {
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.clone();
         let stop = stop_ticker.clone();
+        let ticks = Arc::new(AtomicU64::new(0));
+        let ticked = ticks.clone();
         std::thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
                     ticker_engine.increment_epoch();
+                    ticked.fetch_add(1, Ordering::Relaxed);
                 }
             })
             .map_err(|e| WasmError::Engine(format!("cannot start the epoch ticker: {e}")))?;
@@ -125,12 +130,18 @@ impl Runtime {
             settings,
             compatibility,
             stop_ticker,
+            ticks,
         })
     }
 
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Epoch ticks ([`EPOCH_TICK`]) since the engine started.
+    pub fn ticks(&self) -> u64 {
+        self.ticks.load(Ordering::Relaxed)
     }
 
     /// The settings the engine was built with.
