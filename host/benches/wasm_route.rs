@@ -210,7 +210,7 @@ fn bench_call(c: &mut Criterion) {
         .prepare(
             &bytes,
             "bench",
-            Some(&runtime::cache_dir(&config)),
+            bourse::exchange::wasm::cache::ArtifactCache::for_config(&config).as_ref(),
             &config.wasm,
         )
         .expect("prepare");

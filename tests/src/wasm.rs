@@ -45,6 +45,26 @@ pub fn plugin_bytes(name: &str) -> Vec<u8> {
     })
 }
 
+/// The compile cache the WASM tests share: `<workspace>/target/wasm-test-cache`.
+pub fn test_cache_dir() -> PathBuf {
+    workspace().join("target").join("wasm-test-cache")
+}
+
+/// Puts the tests' shared cache key (created once, next to the shared cache) into `data_dir`,
+/// where a broker looks for it, so that brokers of different tests trust each other's cached
+/// artifacts. A broker given another key would recompile everything, which is correct but slow.
+pub fn seed_cache_key(data_dir: &Path) {
+    use bourse::exchange::wasm::cache::{ArtifactCache, KEY_FILE};
+    let shared = workspace().join("target").join("wasm-test-cache.key");
+    // Creates the directory (0700) and the key (0600) the first time.
+    if let Err(e) = ArtifactCache::open(&test_cache_dir(), &shared) {
+        panic!("the tests' compile cache is unusable: {e}");
+    }
+    std::fs::create_dir_all(data_dir).expect("data dir");
+    // `fs::copy` keeps the 0600 mode.
+    std::fs::copy(&shared, data_dir.join(KEY_FILE)).expect("copy the cache key");
+}
+
 /// A broker started with a plugin directory of its own.
 pub struct PluginBroker {
     /// The broker.
@@ -56,7 +76,8 @@ pub struct PluginBroker {
 impl PluginBroker {
     /// Starts a broker whose plugin directory holds copies of `plugins` (names without
     /// `.wasm`), polled every 100 ms. Compiled artifacts are cached across tests under the
-    /// target directory, so only the first test run pays for compiling.
+    /// target directory, with one MAC key for all tests (copied into each broker's data
+    /// directory), so only the first test run pays for compiling.
     pub async fn start(plugins: &[&str]) -> Self {
         Self::start_with(plugins, |_| {}).await
     }
@@ -71,7 +92,8 @@ impl PluginBroker {
         let plugin_dir = dir.path.clone();
         let broker = TestBroker::start_with(|cfg| {
             cfg.plugin_dir = Some(plugin_dir);
-            cfg.wasm_cache_dir = Some(workspace().join("target").join("wasm-test-cache"));
+            cfg.wasm_cache_dir = Some(test_cache_dir());
+            seed_cache_key(&cfg.data_dir);
             cfg.plugin_poll_ms = 100;
             adjust(cfg);
         })

@@ -3,7 +3,10 @@
 //! a nack when it reached no queue, the alternate exchange when there is one); the instance is
 //! replaced; after repeated failures the exchange is marked failed; the broker and other
 //! exchanges keep working. Files that are not usable components are refused at load with a
-//! clear reason and the broker starts anyway.
+//! clear reason and the broker starts anyway. A plugin flooding the host (`x-noisy`: 1 MiB
+//! error texts and log lines, 400,000 binding ids) reaches the log cut to 1 KiB, has its
+//! oversized answer treated as a failed call, and once its exchange is marked failed costs one
+//! warning per 10 s, not one per message (checked on the broker's captured log).
 //!
 //! Each test prints how long the cut-off took (publish to confirm, which includes replacing
 //! the instance), next to a publish through a healthy plugin exchange.
@@ -229,4 +232,213 @@ async fn unusable_files_are_refused_at_load_and_the_broker_starts() {
     assert_eq!(bodies(&ch, "q").await, ["m"]);
     let err = try_declare(&ch, "w", "x-wrong-major", FieldTable::default()).await;
     assert_error(err, 406, "x-wrong-major");
+}
+
+/// The broker's log, captured for the whole test binary (tests tell their lines apart by
+/// exchange name), at debug level.
+mod log {
+    use std::io::Write;
+    use std::sync::{Mutex, MutexGuard, Once};
+
+    static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+    fn buffer() -> MutexGuard<'static, Vec<u8>> {
+        LOG.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    struct Sink;
+
+    impl Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            buffer().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Starts capturing (once per process).
+    pub fn capture() {
+        static INIT: Once = Once::new();
+        INIT.call_once(|| {
+            let _ = tracing_subscriber::fmt()
+                .with_max_level(tracing_subscriber::filter::LevelFilter::DEBUG)
+                .with_ansi(false)
+                .with_writer(|| Sink)
+                .try_init();
+        });
+    }
+
+    /// The captured lines containing every one of `needles`.
+    pub fn lines(needles: &[&str]) -> Vec<String> {
+        String::from_utf8_lossy(&buffer())
+            .lines()
+            .filter(|line| needles.iter().all(|n| line.contains(n)))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The first `n` characters of `line`, for printing.
+    pub fn head(line: &str, n: usize) -> String {
+        line.chars().take(n).collect()
+    }
+}
+
+#[tokio::test]
+async fn plugin_texts_and_log_lines_are_cut_to_1_kib() {
+    log::capture();
+    // Taking 4 MiB of output costs a debug build of the host ~20 ms, and host functions run
+    // on the plugin's deadline: give it room, this test is about sizes.
+    let broker =
+        PluginBroker::start_with(&["x-noisy"], |cfg| cfg.wasm.call_deadline_ms = 500).await;
+    let (_conn, ch) = session(&broker.broker).await;
+    declare(&ch, "noisy-text", "x-noisy", FieldTable::default()).await;
+    queue_on(&ch, "noisy-text-q", "noisy-text", "k").await;
+
+    // Three 1 MiB lines through `logging.log` and one on stdout, then a normal answer.
+    let started = Instant::now();
+    publish_acked(&ch, "noisy-text", "log", "logged").await;
+    println!(
+        "4 MiB of log output taken in {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    assert_eq!(bodies(&ch, "noisy-text-q").await, ["logged"]);
+    // The plugin's own `err` answer, 1 MiB long: unroutable, not a failure.
+    let confirmation = publish(
+        &ch,
+        "noisy-text",
+        "error",
+        b"x",
+        BasicProperties::default(),
+        false,
+    )
+    .await;
+    assert!(
+        matches!(confirmation, Confirmation::Nack(None)),
+        "{confirmation:?}"
+    );
+
+    let logged = log::lines(&["noisy-text", "noisy log"]);
+    let stdout = log::lines(&["noisy-text", "noisy stdout"]);
+    let errors = log::lines(&["noisy-text", "noisy error"]);
+    assert_eq!(logged.len(), 3, "{logged:?}");
+    assert_eq!(stdout.len(), 1, "{stdout:?}");
+    assert!(!errors.is_empty());
+    for line in logged.iter().chain(&stdout).chain(&errors) {
+        println!("{} bytes: {}", line.len(), log::head(line, 160));
+        assert!(
+            line.len() < 2048,
+            "a {} byte line reached the log",
+            line.len()
+        );
+        assert!(
+            line.contains("bytes cut]"),
+            "no cut marker: {}",
+            log::head(line, 200)
+        );
+    }
+    let x = &broker
+        .plugins()
+        .status_of("x-noisy")
+        .expect("loaded")
+        .exchanges[0];
+    assert_eq!((x.failures, x.plugin_errors), (0, 1), "{x:?}");
+}
+
+#[tokio::test]
+async fn a_route_answer_of_400000_ids_is_a_failed_call() {
+    let broker = PluginBroker::start(&["x-noisy"]).await;
+    let (_conn, ch) = session(&broker.broker).await;
+    declare(&ch, "noisy-ids", "x-noisy", FieldTable::default()).await;
+    queue_on(&ch, "noisy-ids-q", "noisy-ids", "k").await;
+
+    let started = Instant::now();
+    let confirmation = publish(
+        &ch,
+        "noisy-ids",
+        "ids",
+        b"x",
+        BasicProperties::default(),
+        false,
+    )
+    .await;
+    println!(
+        "400,000 ids (all of a bound id): {confirmation:?} after {:.2} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    assert!(
+        matches!(confirmation, Confirmation::Nack(None)),
+        "{confirmation:?}"
+    );
+    assert!(bodies(&ch, "noisy-ids-q").await.is_empty());
+    let x = &broker
+        .plugins()
+        .status_of("x-noisy")
+        .expect("loaded")
+        .exchanges[0];
+    assert_eq!((x.oversized, x.failures, x.replaced), (1, 1, 1), "{x:?}");
+
+    // The replacement instance routes normally.
+    publish_acked(&ch, "noisy-ids", "k", "fine").await;
+    assert_eq!(bodies(&ch, "noisy-ids-q").await, ["fine"]);
+}
+
+#[tokio::test]
+async fn warnings_of_a_failed_exchange_are_rate_limited() {
+    log::capture();
+    let broker = PluginBroker::start(&["x-noisy"]).await;
+    let (_conn, ch) = session(&broker.broker).await;
+    declare(&ch, "noisy-failed", "x-noisy", FieldTable::default()).await;
+    queue_on(&ch, "noisy-failed-q", "noisy-failed", "k").await;
+    // failures_max (5) failed calls mark the exchange failed.
+    for _ in 0..5 {
+        publish(
+            &ch,
+            "noisy-failed",
+            "ids",
+            b"x",
+            BasicProperties::default(),
+            false,
+        )
+        .await;
+    }
+    let x = &broker
+        .plugins()
+        .status_of("x-noisy")
+        .expect("loaded")
+        .exchanges[0];
+    assert!(x.failed.is_some(), "{x:?}");
+    for _ in 0..50 {
+        let confirmation = publish(
+            &ch,
+            "noisy-failed",
+            "k",
+            b"x",
+            BasicProperties::default(),
+            false,
+        )
+        .await;
+        assert!(matches!(confirmation, Confirmation::Nack(None)));
+    }
+    let warnings = log::lines(&["noisy-failed", " WARN "]);
+    let errors = log::lines(&["noisy-failed", " ERROR "]);
+    for line in warnings.iter().chain(&errors) {
+        println!("{}", log::head(line, 240));
+    }
+    let x = &broker
+        .plugins()
+        .status_of("x-noisy")
+        .expect("loaded")
+        .exchanges[0];
+    println!(
+        "55 failed messages: {} warnings, {} errors, {} held back",
+        warnings.len(),
+        errors.len(),
+        x.warnings_suppressed
+    );
+    assert!(warnings.len() <= 2, "{} warnings", warnings.len());
+    assert_eq!(errors.len(), 1, "the exchange is marked failed once");
+    assert!(x.warnings_suppressed >= 50, "{x:?}");
 }

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use tracing::warn;
+use tracing::debug;
 
 use super::reply_to::REPLY_TO_PREFIX;
 use super::{Exchange, ReplyConsumer, VHost};
@@ -96,7 +96,9 @@ impl VHost {
                         body: &message.body,
                     };
                     if let Err(error) = router.route(&input, &mut routed.destinations) {
-                        warn!(exchange = %x.spec.name, vhost = %self.name, %error, "router failed; message unroutable by this exchange");
+                        // Debug only: a router logs its own failures, rate-limited per
+                        // exchange (a failed WASM exchange refuses every message).
+                        debug!(exchange = %x.spec.name, vhost = %self.name, %error, "router failed; message unroutable by this exchange");
                         routed.router_failed = true;
                         routed.destinations.clear();
                         break;

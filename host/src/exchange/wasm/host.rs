@@ -1,8 +1,9 @@
 //! What the host gives a plugin: the `logging`, `clock` and `state` imports, and WASI 0.2
 //! linked with nothing behind it.
 //!
-//! Everything here is bounded: log lines are truncated and rate-limited per exchange (the rest
-//! is dropped and counted), the state store caps key and value sizes and its entry count.
+//! Everything here is bounded: log lines are cut to 1 KiB (with a marker, see `output.rs`) and
+//! rate-limited per exchange (the rest is dropped and counted), the state store caps key and
+//! value sizes and its entry count.
 //!
 //! WASI is linked *without blocking*. wasmtime-wasi's synchronous bindings wait for I/O by
 //! entering a Tokio runtime (`Handle::block_on`), which panics on a Tokio worker thread, and
@@ -42,8 +43,8 @@ use super::v0_1::{clock, logging, state};
 use crate::config::WasmLimits;
 use crate::exchange::Name;
 
-/// Longest log line kept, in bytes (longer ones are cut at a character boundary).
-pub const LOG_LINE_MAX_BYTES: usize = 1024;
+/// Longest log line kept, in bytes (longer ones are cut at a character boundary and marked).
+pub const LOG_LINE_MAX_BYTES: usize = super::output::TEXT_MAX_BYTES;
 /// Longest `state` key, in bytes.
 pub const STATE_KEY_MAX_BYTES: usize = 256;
 /// Longest `state` value, in bytes.
@@ -95,7 +96,7 @@ impl ExchangeCtx {
                 None => return,
             }
         };
-        let text = truncate(text, LOG_LINE_MAX_BYTES);
+        let text = super::output::bounded_to(text, LOG_LINE_MAX_BYTES);
         if dropped_before > 0 {
             event!(Level::WARN, exchange = %self.exchange, vhost = %self.vhost,
                 plugin = %self.plugin, dropped = dropped_before, "plugin log lines dropped (rate limit)");
@@ -150,17 +151,6 @@ impl LogBudget {
             None
         }
     }
-}
-
-fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 /// The store data of one instance.
@@ -634,6 +624,7 @@ impl StdoutStream for LogSink {
             ctx: self.ctx.clone(),
             level: self.level,
             line: Vec::new(),
+            cut: 0,
         })
     }
 
@@ -643,19 +634,29 @@ impl StdoutStream for LogSink {
     }
 }
 
-/// One open stdout/stderr stream: buffers a partial line (up to the line cap).
+/// One open stdout/stderr stream: buffers a partial line (up to the line cap; the rest of the
+/// line is counted, not kept).
 struct LogStream {
     ctx: Arc<ExchangeCtx>,
     level: Level,
     line: Vec<u8>,
+    cut: usize,
 }
 
 impl LogStream {
     fn emit(&mut self) {
-        if !self.line.is_empty() {
+        if !self.line.is_empty() || self.cut > 0 {
             let text = String::from_utf8_lossy(&self.line);
-            self.ctx.log(self.level, text.trim_end_matches('\r'));
+            let text = text.trim_end_matches('\r');
+            if self.cut > 0 {
+                let cut = self.cut;
+                self.ctx
+                    .log(self.level, &format!("{text}…[{cut} bytes cut]"));
+            } else {
+                self.ctx.log(self.level, text);
+            }
             self.line.clear();
+            self.cut = 0;
         }
     }
 }
@@ -667,13 +668,24 @@ impl Pollable for LogStream {
 
 impl OutputStream for LogStream {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        // The time spent here counts against the plugin's deadline: a chunk without a newline
+        // (most of a long line) is found with core's memchr, not a byte-by-byte loop.
+        if !bytes.contains(&b'\n') {
+            let room = LOG_LINE_MAX_BYTES.saturating_sub(self.line.len());
+            let kept = bytes.len().min(room);
+            self.line.extend_from_slice(&bytes[..kept]);
+            self.cut = self.cut.saturating_add(bytes.len() - kept);
+            return Ok(());
+        }
         for chunk in bytes.split_inclusive(|b| *b == b'\n') {
             let (text, ends_line) = match chunk.split_last() {
                 Some((b'\n', text)) => (text, true),
                 _ => (chunk, false),
             };
             let room = LOG_LINE_MAX_BYTES.saturating_sub(self.line.len());
-            self.line.extend_from_slice(&text[..text.len().min(room)]);
+            let kept = text.len().min(room);
+            self.line.extend_from_slice(&text[..kept]);
+            self.cut = self.cut.saturating_add(text.len() - kept);
             if ends_line {
                 self.emit();
             }
@@ -714,12 +726,6 @@ mod tests {
         assert_eq!(budget.dropped, 50);
         budget.last -= std::time::Duration::from_millis(500);
         assert_eq!(budget.take(), Some(50));
-    }
-
-    #[test]
-    fn truncation_respects_char_boundaries() {
-        assert_eq!(truncate("héllo", 2), "h");
-        assert_eq!(truncate("hello", 10), "hello");
     }
 
     #[test]

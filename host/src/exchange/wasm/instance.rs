@@ -2,7 +2,8 @@
 //!
 //! Each call sets the store's epoch deadline, runs with the store's memory and table caps, and
 //! is wrapped in `catch_unwind` (a panicking host function must not take the broker down). Any
-//! failure leaves the instance unusable: the caller drops it and builds a fresh one.
+//! failure leaves the instance unusable: the caller drops it and builds a fresh one. Texts a
+//! call returns (error strings, description fields) come back cut to 1 KiB (`output.rs`).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use amq_protocol::types::FieldTable as AmqpTable;
 use wasmtime::{Store, UpdateDeadline};
 
 use super::host::{CapHit, ExchangeCtx, HostState};
+use super::output::{HEADER_NAMES_MAX, bounded_owned};
 use super::v0_1::{
     Binding, Bindings, BindingsPre, Description, FlatTable, HeaderSelection, InputFields, Inputs,
     Message,
@@ -78,9 +80,17 @@ impl Instance {
     pub fn describe(&mut self) -> Result<Description, CallError> {
         let deadline = self.setup_deadline();
         let router = self.bindings.bourse_exchange_router();
-        guarded(&mut self.store, deadline, |store| {
+        let mut description = guarded(&mut self.store, deadline, |store| {
             router.call_describe(store)
-        })
+        })?;
+        for text in [
+            &mut description.name,
+            &mut description.version,
+            &mut description.summary,
+        ] {
+            *text = bounded_owned(std::mem::take(text));
+        }
+        Ok(description)
     }
 
     /// `validate(arguments)`.
@@ -93,6 +103,7 @@ impl Instance {
                 router.call_validate(store, args)
             })
         })
+        .map(|answer| answer.map_err(bounded_owned))
     }
 
     /// `init(exchange, arguments)`.
@@ -104,10 +115,21 @@ impl Instance {
         let deadline = self.setup_deadline();
         let router = self.bindings.bourse_exchange_router();
         let flat = FlatTable::all(arguments);
-        flat.with(|args| {
+        let answer = flat.with(|args| {
             guarded(&mut self.store, deadline, |store| {
                 router.call_init(store, exchange, args)
             })
+        })?;
+        Ok(match answer {
+            Ok(Inputs {
+                headers: HeaderSelection::Named(names),
+                ..
+            }) if names.len() > HEADER_NAMES_MAX => Err(format!(
+                "init selected {} header names; at most {HEADER_NAMES_MAX} are allowed",
+                names.len()
+            )),
+            Ok(inputs) => Ok(inputs),
+            Err(text) => Err(bounded_owned(text)),
         })
     }
 
@@ -130,6 +152,7 @@ impl Instance {
                 router.call_validate_binding(store, binding)
             })
         })
+        .map(|answer| answer.map_err(bounded_owned))
     }
 
     /// `add-binding(binding)` with id `id`.
@@ -183,22 +206,24 @@ impl Instance {
         let body = (inputs.fields.contains(InputFields::BODY)
             && input.body.len() <= BODY_MAX_BYTES)
             .then_some(input.body);
-        headers.with(|headers| {
-            let message = Message {
-                exchange: input.exchange,
-                routing_key,
-                // The vhost routes once per routing key (publish key, then each CC/BCC key),
-                // so each call carries exactly one key.
-                cc: &[],
-                properties,
-                headers,
-                body_size: input.body.len() as u64,
-                body,
-            };
-            guarded(&mut self.store, deadline, |store| {
-                router.call_route(store, message)
+        headers
+            .with(|headers| {
+                let message = Message {
+                    exchange: input.exchange,
+                    routing_key,
+                    // The vhost routes once per routing key (publish key, then each CC/BCC key),
+                    // so each call carries exactly one key.
+                    cc: &[],
+                    properties,
+                    headers,
+                    body_size: input.body.len() as u64,
+                    body,
+                };
+                guarded(&mut self.store, deadline, |store| {
+                    router.call_route(store, message)
+                })
             })
-        })
+            .map(|answer| answer.map_err(bounded_owned))
     }
 
     /// The exchange context this instance serves.
@@ -239,7 +264,8 @@ fn past_deadline(
 /// However starved a thread is, a call ends this long (plus 20 deadlines) after its deadline.
 const OVERRUN_MAX: Duration = Duration::from_millis(200);
 
-fn thread_cpu_ns() -> u64 {
+/// CPU time of the calling thread, in nanoseconds (a system call: not for every message).
+pub fn thread_cpu_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     (t.tv_sec as u64)
         .saturating_mul(1_000_000_000)

@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 use tracing::{error, info, warn};
 
+use super::cache::ArtifactCache;
 use super::plugin::{Settings, WasmExchangeType};
 use super::runtime::{self, PluginVersion, Runtime};
 use super::{ExchangeStatus, PluginStatus, VersionStatus, WasmError};
@@ -86,7 +87,7 @@ impl PluginManager {
         let settings = Arc::new(Settings {
             global: config.wasm.clone(),
             per_vhost: config.vhost_limits.clone(),
-            cache_dir: Some(runtime::cache_dir(config)),
+            cache: ArtifactCache::for_config(config).map(Arc::new),
             vhost_instances_max: config.wasm_instances_max,
             instances: Default::default(),
         });
@@ -209,7 +210,7 @@ impl PluginManager {
         self.inner.runtime.prepare(
             bytes,
             &origin.display().to_string(),
-            self.inner.settings.cache_dir.as_deref(),
+            self.inner.settings.cache.as_deref(),
             &self.inner.settings.global,
         )
     }

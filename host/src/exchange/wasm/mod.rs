@@ -4,9 +4,13 @@
 //! - [`runtime`]: one `Engine` (epoch interruption, pooling allocator) and its epoch ticker;
 //!   components compiled once, artifacts cached on disk by content hash and engine
 //!   compatibility; version check; pre-linked `InstancePre`s.
+//! - [`cache`]: the artifact cache: a directory only the broker's user can write, and a keyed
+//!   MAC on every artifact, checked before it is deserialized.
 //! - [`host`]: the imports (`logging`, `clock`, `state`) and WASI 0.2 with an empty context,
 //!   linked so that nothing can block the routing thread.
 //! - [`instance`]: one instance in its own store; every call under a deadline and caps.
+//! - [`output`]: bounds on what a plugin can make the host say or do: texts cut to 1 KiB,
+//!   the cap on ids per `route` answer, the per-exchange warning throttle.
 //! - [`router`]: the [`Router`](crate::exchange::Router) of one exchange: one long-lived
 //!   instance behind a mutex, binding ids, the decision cache, failure handling.
 //! - [`plugin`]: the [`ExchangeType`](crate::exchange::ExchangeType) of one plugin, and the
@@ -19,10 +23,12 @@
 //! by one plugin version; nothing a plugin does can panic the broker or stall it beyond the
 //! call deadline.
 
+pub mod cache;
 mod counters;
 pub mod host;
 pub mod instance;
 pub mod manager;
+pub mod output;
 pub mod plugin;
 pub mod router;
 pub mod runtime;
@@ -187,6 +193,9 @@ pub struct ExchangeStatus {
     pub traps: u64,
     /// Unknown binding ids returned by `route`.
     pub unknown_ids: u64,
+    /// `route` answers over the id cap, or whose processing by the host ran past the deadline
+    /// (each also a failure).
+    pub oversized: u64,
     /// `route` answers of `err(text)`.
     pub plugin_errors: u64,
     /// Instances replaced after failures.
@@ -195,6 +204,8 @@ pub struct ExchangeStatus {
     pub reloads: u64,
     /// Plugin log lines dropped by the rate limit and not yet reported.
     pub log_lines_dropped: u64,
+    /// Per-message warnings of this exchange held back by its throttle and not yet reported.
+    pub warnings_suppressed: u64,
     /// Entries in its state store.
     pub state_entries: usize,
 }

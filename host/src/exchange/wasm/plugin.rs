@@ -14,7 +14,6 @@
 //! entirely by the old or entirely by the new version.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Weak};
 
@@ -23,6 +22,7 @@ use parking_lot::Mutex;
 use tracing::info;
 
 use super::WasmError;
+use super::cache::ArtifactCache;
 use super::host::ExchangeCtx;
 use super::router::{BuildError, RouterCore, WasmRouter};
 use super::runtime::PluginVersion;
@@ -37,8 +37,8 @@ pub struct Settings {
     pub global: WasmLimits,
     /// Per-vhost overrides.
     pub per_vhost: BTreeMap<String, VhostLimitOverrides>,
-    /// The artifact cache directory (`None`: no disk cache).
-    pub cache_dir: Option<PathBuf>,
+    /// The compiled-artifact cache (`None`: no disk cache, or one that could not be trusted).
+    pub cache: Option<Arc<ArtifactCache>>,
     /// WASM exchanges one vhost may have, unless its `[vhost_limits]` entry sets
     /// `wasm_instances_max` (the broker's pool size: `wasm_instances_max`).
     pub vhost_instances_max: u32,

@@ -10,19 +10,28 @@
 //! After `failures_max` consecutive failures the exchange is marked failed: every message is
 //! unroutable through it, without entering the plugin, until a new version of the plugin is
 //! loaded (or rolled back to).
+//!
+//! What a plugin answers is bounded (`output.rs`): a `route` answer with more ids than the cap
+//! is a failed call, and so is a large answer whose processing by the host takes the call past
+//! its deadline. Per-message warnings (a failed call, a message refused by a failed exchange)
+//! go through one throttle per exchange: one line per 10 s, with the count of lines held back;
+//! the line marking the exchange failed is always logged. The decision cache is bounded in
+//! bytes as well as in entries.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use amq_protocol::types::FieldTable as AmqpTable;
 use parking_lot::{Mutex, MutexGuard};
 use tracing::{Level, error, warn};
 
 use super::host::ExchangeCtx;
-use super::instance::{CallError, Instance};
-use super::runtime::PluginVersion;
+use super::instance::{CallError, Instance, thread_cpu_ns};
+use super::output::{ROUTE_IDS_TIMED, Throttle, WARN_INTERVAL, route_ids_max};
+use super::runtime::{EPOCH_TICK, PluginVersion};
 use super::v0_1::{HeaderSelection, InputFields, Inputs};
 use super::{GLOBAL, counters::Counter};
 use crate::exchange::{Binding, Destination, Invalid, RouteError, Router, RoutingInput};
@@ -45,6 +54,8 @@ pub struct ExchangeStats {
     pub traps: AtomicU64,
     /// Binding ids returned by `route` that were not bound.
     pub unknown_ids: AtomicU64,
+    /// `route` answers over the id cap, or whose processing ran past the deadline.
+    pub oversized: AtomicU64,
     /// `route` answers of `err(text)`.
     pub plugin_errors: AtomicU64,
     /// Instances replaced after a failure.
@@ -67,6 +78,12 @@ pub struct RouterCore {
 /// Routing decisions by serialised inputs.
 type DecisionCache = HashMap<Box<[u8]>, Box<[Destination]>>;
 
+/// Most bytes (keys and destinations, estimated) one exchange's decision cache holds; it is
+/// cleared when full, like when it reaches its entry limit.
+pub const ROUTE_CACHE_BYTES_MAX: usize = 4 << 20;
+/// Decisions larger than this (key and destinations) are not cached.
+pub const ROUTE_CACHE_ENTRY_BYTES_MAX: usize = 64 << 10;
+
 /// What the mutex guards.
 pub struct RouterState {
     version: Arc<PluginVersion>,
@@ -78,8 +95,12 @@ pub struct RouterState {
     /// rebuilt under the lock.
     generation: u64,
     cache: Option<DecisionCache>,
+    /// Estimated bytes held by `cache`.
+    cache_bytes: usize,
     consecutive_failures: u32,
     failed: Option<String>,
+    /// Per-message warnings of this exchange.
+    warnings: Throttle,
 }
 
 /// A freshly built instance: initialised, bindings replayed.
@@ -137,8 +158,10 @@ impl RouterCore {
                 next_id: 1,
                 generation: 0,
                 cache,
+                cache_bytes: 0,
                 consecutive_failures: 0,
                 failed: None,
+                warnings: Throttle::new(WARN_INTERVAL),
             }),
         }))
     }
@@ -186,6 +209,7 @@ impl RouterCore {
     ) {
         state.version = version;
         state.cache = cache_for(&prepared.inputs, &self.ctx);
+        state.cache_bytes = 0;
         state.instance = Some(prepared.instance);
         state.inputs = prepared.inputs;
         state.consecutive_failures = 0;
@@ -213,10 +237,12 @@ impl RouterCore {
             caps: get(&s.caps),
             traps: get(&s.traps),
             unknown_ids: get(&s.unknown_ids),
+            oversized: get(&s.oversized),
             plugin_errors: get(&s.plugin_errors),
             replaced: get(&s.replaced),
             reloads: get(&s.reloads),
             log_lines_dropped: self.ctx.log_dropped(),
+            warnings_suppressed: state.warnings.suppressed(),
             state_entries: self.ctx.state_len(),
         }
     }
@@ -253,9 +279,11 @@ impl RouterCore {
             GLOBAL.add(Counter::ExchangesFailed);
             return;
         }
-        warn!(exchange = %self.ctx.exchange, vhost = %self.ctx.vhost,
-            plugin = %state.version.label(), %reason,
-            failures = state.consecutive_failures, "WASM call failed; replacing the instance");
+        if let Some(suppressed) = state.warnings.allow(Instant::now()) {
+            warn!(exchange = %self.ctx.exchange, vhost = %self.ctx.vhost,
+                plugin = %state.version.label(), %reason, failures = state.consecutive_failures,
+                suppressed, "WASM call failed; replacing the instance");
+        }
         self.rebuild(state);
     }
 
@@ -264,6 +292,7 @@ impl RouterCore {
         match build(&state.version, &self.ctx, &self.arguments, &state.bindings) {
             Ok(prepared) => {
                 state.cache = cache_for(&prepared.inputs, &self.ctx);
+                state.cache_bytes = 0;
                 state.instance = Some(prepared.instance);
                 state.inputs = prepared.inputs;
                 self.stats.replaced.fetch_add(1, Ordering::Relaxed);
@@ -307,6 +336,11 @@ impl RouterCore {
         out: &mut Vec<Destination>,
     ) -> Result<(), RouteError> {
         if let Some(reason) = &state.failed {
+            if let Some(suppressed) = state.warnings.allow(Instant::now()) {
+                warn!(exchange = %self.ctx.exchange, vhost = %self.ctx.vhost,
+                    plugin = %state.version.label(), %reason, suppressed,
+                    "WASM exchange is marked failed; message unroutable by this exchange");
+            }
             return Err(RouteError(format!("exchange failed: {reason}")));
         }
         let key = state
@@ -321,18 +355,61 @@ impl RouterCore {
             return Ok(());
         }
         let mut instance = self.take_ready(state).map_err(RouteError)?;
+        // The engine's tick counter, not `Instant::now()`: two atomic loads per call.
+        let ticks_before = state.version.runtime().ticks();
         let result = instance.route(message, &state.inputs);
+        let ticks_after = state.version.runtime().ticks();
         if result.is_ok() {
             state.instance = Some(instance);
         }
         match result {
             Ok(Ok(ids)) => {
+                // The host's work on the answer counts against the plugin: over the cap, the
+                // answer is not even looked at.
+                let max = route_ids_max(state.bindings.len());
+                if ids.len() > max {
+                    self.stats.oversized.fetch_add(1, Ordering::Relaxed);
+                    let reason = format!(
+                        "route returned {} binding ids; at most {max} are allowed",
+                        ids.len()
+                    );
+                    self.fail(state, &reason, None);
+                    return Err(RouteError(format!("plugin {reason}")));
+                }
+                let count = ids.len();
+                let timed = (count > ROUTE_IDS_TIMED).then(thread_cpu_ns);
                 let start = out.len();
                 let mut unknown = 0u64;
                 for id in ids {
                     match state.bindings.get(&id) {
                         Some(binding) => out.push(binding.destination.clone()),
                         None => unknown += 1,
+                    }
+                }
+                if let Some(cpu_before) = timed {
+                    let host = Duration::from_nanos(thread_cpu_ns().saturating_sub(cpu_before));
+                    // At least this long in the plugin (ticks seen, less one for a call that
+                    // merely straddled a tick).
+                    let called = EPOCH_TICK
+                        * u32::try_from(ticks_after.saturating_sub(ticks_before).saturating_sub(1))
+                            .unwrap_or(u32::MAX);
+                    let deadline_ms = self.ctx.limits.call_deadline_ms;
+                    if called + host > Duration::from_millis(deadline_ms) {
+                        out.truncate(start);
+                        self.stats.oversized.fetch_add(1, Ordering::Relaxed);
+                        let reason = format!(
+                            "route answer of {} ids took the call past its deadline of \
+                             {deadline_ms} ms (plugin {:.2} ms, host {:.2} ms)",
+                            count,
+                            called.as_secs_f64() * 1e3,
+                            host.as_secs_f64() * 1e3
+                        );
+                        self.fail(
+                            state,
+                            &reason,
+                            Some(&CallError::Deadline { ms: deadline_ms }),
+                        );
+                        return Err(RouteError(format!("plugin {reason}")));
                     }
                 }
                 if unknown > 0 {
@@ -346,12 +423,25 @@ impl RouterCore {
                 state.consecutive_failures = 0;
                 self.stats.routed.fetch_add(1, Ordering::Relaxed);
                 GLOBAL.add(Counter::Routed);
-                if let (Some(cache), Some(key)) = (&mut state.cache, key) {
+                let entry_bytes = key.as_ref().map_or(0, |k| {
+                    k.len() + (out.len() - start) * std::mem::size_of::<Destination>() + 64
+                });
+                if let (Some(cache), Some(key)) = (&mut state.cache, key)
+                    && entry_bytes <= ROUTE_CACHE_ENTRY_BYTES_MAX
+                {
                     // Full: start over (cheap, and a working set that fits refills it fast).
-                    if cache.len() >= self.ctx.limits.route_cache_entries as usize {
+                    if cache.len() >= self.ctx.limits.route_cache_entries as usize
+                        || state.cache_bytes + entry_bytes > ROUTE_CACHE_BYTES_MAX
+                    {
                         cache.clear();
+                        state.cache_bytes = 0;
                     }
-                    cache.insert(key.into_owned().into_boxed_slice(), out[start..].into());
+                    if cache
+                        .insert(key.into_owned().into_boxed_slice(), out[start..].into())
+                        .is_none()
+                    {
+                        state.cache_bytes += entry_bytes;
+                    }
                 }
                 Ok(())
             }
@@ -480,6 +570,7 @@ impl Router for WasmRouter {
         state.generation += 1;
         if let Some(cache) = &mut state.cache {
             cache.clear();
+            state.cache_bytes = 0;
         }
         // Without a live instance the binding is replayed when one is built.
         if let Some(instance) = state.instance.as_mut()
@@ -505,6 +596,7 @@ impl Router for WasmRouter {
         state.generation += 1;
         if let Some(cache) = &mut state.cache {
             cache.clear();
+            state.cache_bytes = 0;
         }
         if let Some(instance) = state.instance.as_mut()
             && let Err(error) = instance.remove_binding(id)

@@ -1,23 +1,25 @@
 //! The engine: one wasmtime `Engine` (epoch interruption, pooling allocator) with its epoch
-//! ticker and its linker; compiling components once, with the compiled artifact cached on disk;
-//! and turning a component into a [`PluginVersion`] ready to instantiate.
+//! ticker and its linker; compiling components once, with the compiled artifact cached on disk
+//! (behind a keyed MAC, see `cache.rs`); and turning a component into a [`PluginVersion`] ready
+//! to instantiate.
 //!
 //! Engines are shared in the process between brokers that ask for the same engine-wide
 //! settings (tests start many brokers), so their pools and tickers are not multiplied.
 
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use wasmtime::component::{Component, Linker, types::ComponentItem};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::WasmError;
+use super::cache::{ArtifactCache, ArtifactId};
 use super::host::{self, ExchangeCtx, HostState};
 use super::instance::{self, Instance};
 use super::v0_1::{BindingsPre, ROUTER_EXPORT_PREFIX};
@@ -45,6 +47,8 @@ pub struct Runtime {
     /// `Engine::precompile_compatibility_hash`, hashed to a file-name-friendly string.
     compatibility: String,
     stop_ticker: Arc<AtomicBool>,
+    /// Epoch ticks so far: a coarse clock the router reads for nothing on every call.
+    ticks: Arc<AtomicU64>,
 }
 
 impl Drop for Runtime {
@@ -108,12 +112,15 @@ impl Runtime {
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.clone();
         let stop = stop_ticker.clone();
+        let ticks = Arc::new(AtomicU64::new(0));
+        let ticked = ticks.clone();
         std::thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
                     ticker_engine.increment_epoch();
+                    ticked.fetch_add(1, Ordering::Relaxed);
                 }
             })
             .map_err(|e| WasmError::Engine(format!("cannot start the epoch ticker: {e}")))?;
@@ -123,6 +130,7 @@ impl Runtime {
             settings,
             compatibility,
             stop_ticker,
+            ticks,
         })
     }
 
@@ -131,25 +139,30 @@ impl Runtime {
         &self.engine
     }
 
+    /// Epoch ticks ([`EPOCH_TICK`]) since the engine started.
+    pub fn ticks(&self) -> u64 {
+        self.ticks.load(Ordering::Relaxed)
+    }
+
     /// The settings the engine was built with.
     pub fn settings(&self) -> EngineSettings {
         self.settings
     }
 
-    /// Compiles `bytes` (or loads the artifact cached under `cache_dir`) and checks that the
+    /// Compiles `bytes` (or loads its artifact from `cache`) and checks that the
     /// component speaks a supported `bourse:exchange` version, links it, and asks it to
     /// describe itself.
     pub fn prepare(
         self: &Arc<Self>,
         bytes: &[u8],
         origin: &str,
-        cache_dir: Option<&Path>,
+        cache: Option<&ArtifactCache>,
         limits: &WasmLimits,
     ) -> Result<Arc<PluginVersion>, WasmError> {
         check_header(bytes)?;
         let sha256 = sha256_hex(bytes);
         let started = Instant::now();
-        let (component, from_cache) = self.compile(bytes, &sha256, cache_dir)?;
+        let (component, from_cache) = self.compile(bytes, &sha256, cache)?;
         let compile_time = started.elapsed();
         check_version(&self.engine, &component)?;
         // Not `define_unknown_imports_as_traps`: it would shadow the host's WASI 0.2.x
@@ -190,60 +203,48 @@ impl Runtime {
         &self,
         bytes: &[u8],
         sha256: &str,
-        cache_dir: Option<&Path>,
+        cache: Option<&ArtifactCache>,
     ) -> Result<(Component, bool), WasmError> {
-        let cached = cache_dir.map(|dir| {
-            dir.join(format!(
-                "{sha256}-{}-{}.cwasm",
-                self.compatibility,
-                env!("CARGO_PKG_VERSION")
-            ))
-        });
-        if let Some(path) = &cached
-            && let Ok(artifact) = std::fs::read(path)
+        let id = ArtifactId {
+            sha256,
+            compatibility: &self.compatibility,
+        };
+        // `load` returns only bytes whose MAC it checked (see `cache.rs`).
+        if let Some(cache) = cache
+            && let Some(artifact) = cache.load(id)
         {
             match deserialize(&self.engine, &artifact) {
                 Ok(component) => return Ok((component, true)),
-                Err(e) => warn!(path = %path.display(), error = %format!("{e:#}"),
+                Err(e) => warn!(path = %cache.path(id).display(), error = %format!("{e:#}"),
                     "cached plugin artifact unusable; recompiling"),
             }
         }
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| WasmError::Compile(format!("{e:#}")))?;
-        if let Some(path) = &cached {
-            if let Err(e) = write_artifact(path, &component) {
-                warn!(path = %path.display(), error = %e, "cannot cache the compiled plugin");
-            } else {
-                debug!(path = %path.display(), "compiled plugin cached");
+        if let Some(cache) = cache {
+            let stored = component
+                .serialize()
+                .map_err(std::io::Error::other)
+                .and_then(|artifact| cache.store(id, &artifact));
+            if let Err(e) = stored {
+                warn!(path = %cache.path(id).display(), error = %e, "cannot cache the compiled plugin");
             }
         }
         Ok((component, false))
     }
 }
 
-/// Loads an artifact this broker wrote.
+/// Loads an artifact whose MAC the cache verified.
 #[allow(unsafe_code)]
 fn deserialize(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
     // SAFETY: `Component::deserialize` trusts its input to be machine code wasmtime produced.
-    // The only files read here are in the broker's own cache directory (under its data
-    // directory, as trusted as the broker binary), written by `write_artifact` from
-    // `Component::serialize` and moved into place atomically, so a file is never seen half
-    // written. The name keys it by the SHA-256 of the component's bytes, the engine's
-    // `precompile_compatibility_hash` and the broker version, so an artifact is only ever
-    // loaded for the exact component and engine configuration it was compiled for; wasmtime
-    // also checks the artifact's header against this engine and refuses a mismatch.
+    // `artifact` is the in-memory copy of a cache file whose HMAC-SHA256, under a key only the
+    // broker's user can read, `ArtifactCache::load` checked over exactly these bytes, this
+    // component's SHA-256, this engine's compatibility hash and this broker version: so this
+    // broker's `Component::serialize` produced it for this very component and engine. Nothing
+    // rereads the file between the check and this call. wasmtime also checks the artifact's
+    // header against this engine and refuses a mismatch.
     unsafe { Component::deserialize(engine, artifact) }
-}
-
-fn write_artifact(path: &Path, component: &Component) -> anyhow::Result<()> {
-    let artifact = component.serialize()?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, artifact)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }
 
 /// SHA-256 of `bytes`, hex.

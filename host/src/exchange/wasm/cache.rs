@@ -1,0 +1,424 @@
+//! The on-disk cache of compiled plugin artifacts, and why the broker may trust what it reads
+//! back from it.
+//!
+//! A cached artifact is native code: `Component::deserialize` maps it executable and runs it.
+//! Whoever can write a file the broker deserializes runs code in the broker, so two guards
+//! stand between the cache directory and `deserialize`:
+//!
+//! 1. **The directory.** It is created with mode 0700. At start-up a directory that group or
+//!    others can write, or that another user owns, is refused: the broker logs a warning naming
+//!    the directory and the fix, and compiles every plugin without a cache (start-up does not
+//!    fail: a cache only saves time).
+//! 2. **A keyed MAC per artifact.** A random 32-byte key is created once in the data directory
+//!    (`<data_dir>/wasm-cache.key`, mode 0600; a key file that group or others can read or
+//!    write, or that another user owns, is refused like the directory). Each artifact file is
+//!    `MAGIC`, then HMAC-SHA256 under that key of (the component's SHA-256, the engine
+//!    compatibility hash, the broker version, the artifact bytes), then the artifact. The MAC
+//!    is checked in constant time over the bytes in memory, and only those bytes are
+//!    deserialized; a missing or wrong MAC (a tampered file, another artifact's bytes, a file
+//!    of an older format) discards the file with a warning, and the component is compiled
+//!    again and the file rewritten.
+//!
+//! So a file is deserialized only if this broker (someone holding the key) wrote it for exactly
+//! this component and engine.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tracing::{debug, warn};
+
+/// The first bytes of every artifact file (format version 1).
+pub const MAGIC: &[u8; 8] = b"bourseA1";
+/// Length of the MAC key and of a MAC.
+pub const KEY_BYTES: usize = 32;
+/// Name of the key file in the data directory.
+pub const KEY_FILE: &str = "wasm-cache.key";
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Why a cache directory or key file is not used.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheRefused {
+    /// Group or others may write the directory.
+    #[error(
+        "cache directory {0} is writable by group or others; \
+         compiling plugins without a cache (chmod 700 it to use it)"
+    )]
+    DirWritable(PathBuf),
+    /// Another user owns the directory.
+    #[error(
+        "cache directory {dir} is owned by uid {owner}, not by the broker's uid {me}; \
+         compiling plugins without a cache"
+    )]
+    DirOwner {
+        /// The directory.
+        dir: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The broker's effective uid.
+        me: u32,
+    },
+    /// Not a directory.
+    #[error("cache path {0} is not a directory; compiling plugins without a cache")]
+    NotDir(PathBuf),
+    /// The key file may be read or written by others, or is owned by another user.
+    #[error(
+        "cache key {0} is accessible to group or others or owned by another user; \
+         compiling plugins without a cache (delete it, the broker creates a new one)"
+    )]
+    KeyExposed(PathBuf),
+    /// An I/O error creating or reading the directory or key.
+    #[error("cache {path}: {error}; compiling plugins without a cache")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What went wrong.
+        error: std::io::Error,
+    },
+}
+
+/// A checked cache directory and its MAC key.
+pub struct ArtifactCache {
+    dir: PathBuf,
+    key: [u8; KEY_BYTES],
+}
+
+impl std::fmt::Debug for ArtifactCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("ArtifactCache")
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+/// Where an artifact of a component goes, and what its MAC covers besides the bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct ArtifactId<'a> {
+    /// SHA-256 of the component bytes, hex.
+    pub sha256: &'a str,
+    /// The engine's compatibility hash, as the runtime spells it.
+    pub compatibility: &'a str,
+}
+
+impl ArtifactId<'_> {
+    fn file_name(&self) -> String {
+        format!(
+            "{}-{}-{}.cwasm",
+            self.sha256,
+            self.compatibility,
+            env!("CARGO_PKG_VERSION")
+        )
+    }
+}
+
+impl ArtifactCache {
+    /// The cache of a broker: `wasm_cache_dir` (else `<data_dir>/wasm-cache`) with the key in
+    /// `data_dir`. `None`, after a warning saying why, when either may not be trusted.
+    pub fn for_config(config: &crate::config::Config) -> Option<Self> {
+        let dir = super::runtime::cache_dir(config);
+        match Self::open(&dir, &config.data_dir.join(KEY_FILE)) {
+            Ok(cache) => Some(cache),
+            Err(refused) => {
+                warn!(error = %refused, "WASM compile cache not used");
+                None
+            }
+        }
+    }
+
+    /// Opens (creating with mode 0700) the cache directory `dir`, and reads (creating with
+    /// mode 0600) the key at `key_path`, refusing either if others could write it.
+    pub fn open(dir: &Path, key_path: &Path) -> Result<Self, CacheRefused> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |error| CacheRefused::Io { path, error }
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(dir))?;
+        let meta = std::fs::metadata(dir).map_err(io(dir))?;
+        if !meta.is_dir() {
+            return Err(CacheRefused::NotDir(dir.to_owned()));
+        }
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me {
+            return Err(CacheRefused::DirOwner {
+                dir: dir.to_owned(),
+                owner: meta.uid(),
+                me,
+            });
+        }
+        if meta.permissions().mode() & 0o022 != 0 {
+            return Err(CacheRefused::DirWritable(dir.to_owned()));
+        }
+        let key = read_or_create_key(key_path, me)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            key,
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The path of the artifact of `id`.
+    pub fn path(&self, id: ArtifactId<'_>) -> PathBuf {
+        self.dir.join(id.file_name())
+    }
+
+    fn mac(&self, id: ArtifactId<'_>, artifact: &[u8]) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
+        // Each field length-prefixed, so no two different inputs feed the same bytes.
+        for part in [
+            id.sha256.as_bytes(),
+            id.compatibility.as_bytes(),
+            env!("CARGO_PKG_VERSION").as_bytes(),
+        ] {
+            mac.update(&(part.len() as u64).to_le_bytes());
+            mac.update(part);
+        }
+        mac.update(&(artifact.len() as u64).to_le_bytes());
+        mac.update(artifact);
+        mac
+    }
+
+    /// The artifact of `id` if a file with a valid MAC is there; `None` if there is no file,
+    /// and `None` with a warning if the file is not one this broker wrote for `id` (it is then
+    /// deleted, and the caller compiles and stores a fresh one).
+    pub fn load(&self, id: ArtifactId<'_>) -> Option<Vec<u8>> {
+        let path = self.path(id);
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot read a cached plugin artifact; recompiling");
+                return None;
+            }
+        };
+        let mut bytes = Vec::new();
+        if let Err(e) = file.read_to_end(&mut bytes) {
+            warn!(path = %path.display(), error = %e, "cannot read a cached plugin artifact; recompiling");
+            return None;
+        }
+        let header = MAGIC.len() + KEY_BYTES;
+        let verdict = if bytes.len() < header || &bytes[..MAGIC.len()] != MAGIC {
+            Err("no MAC (not a file of this format)")
+        } else {
+            let (tag, artifact) = bytes[MAGIC.len()..].split_at(KEY_BYTES);
+            // `verify_slice` compares in constant time.
+            self.mac(id, artifact)
+                .verify_slice(tag)
+                .map_err(|_| "MAC mismatch (modified, or not written for this component)")
+        };
+        match verdict {
+            Ok(()) => {
+                bytes.drain(..header);
+                Some(bytes)
+            }
+            Err(why) => {
+                warn!(path = %path.display(), reason = why,
+                    "cached plugin artifact discarded without loading it; recompiling");
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// Stores `artifact` for `id` with its MAC, atomically (a temporary file, then a rename).
+    pub fn store(&self, id: ArtifactId<'_>, artifact: &[u8]) -> std::io::Result<()> {
+        let path = self.path(id);
+        let tag = self.mac(id, artifact).finalize().into_bytes();
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let written = (|| {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(MAGIC)?;
+            file.write_all(&tag)?;
+            file.write_all(artifact)?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        } else {
+            debug!(path = %path.display(), "compiled plugin cached");
+        }
+        written
+    }
+}
+
+/// Reads the key at `path`, or creates it (32 random bytes, mode 0600) if there is none or the
+/// file is ours but not a whole key (a crash while creating it).
+fn read_or_create_key(path: &Path, me: u32) -> Result<[u8; KEY_BYTES], CacheRefused> {
+    let io = |error| CacheRefused::Io {
+        path: path.to_owned(),
+        error,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => {
+            if !meta.is_file() || meta.uid() != me || meta.permissions().mode() & 0o077 != 0 {
+                return Err(CacheRefused::KeyExposed(path.to_owned()));
+            }
+            let bytes = std::fs::read(path).map_err(io)?;
+            if let Ok(key) = <[u8; KEY_BYTES]>::try_from(bytes.as_slice()) {
+                return Ok(key);
+            }
+            warn!(path = %path.display(), "cache key file truncated; creating a new key");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let mut key = [0u8; KEY_BYTES];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .map_err(io)?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(&key)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp() -> PathBuf {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "bourse-cache-unit-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    const ID: ArtifactId<'static> = ArtifactId {
+        sha256: "aa",
+        compatibility: "cc",
+    };
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn creates_the_dir_0700_and_the_key_0600_once() {
+        let root = temp();
+        let dir = root.join("a/b/cache");
+        let key = root.join("data").join(KEY_FILE);
+        let cache = ArtifactCache::open(&dir, &key).expect("open");
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&key), 0o600);
+        let first = std::fs::read(&key).expect("key");
+        assert_eq!(first.len(), KEY_BYTES);
+        drop(cache);
+        ArtifactCache::open(&dir, &key).expect("reopen");
+        assert_eq!(std::fs::read(&key).expect("key"), first, "key created once");
+    }
+
+    #[test]
+    fn a_dir_others_can_write_is_refused() {
+        let root = temp();
+        let dir = root.join("cache");
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let refused = ArtifactCache::open(&dir, &root.join(KEY_FILE)).expect_err("refused");
+        assert!(matches!(refused, CacheRefused::DirWritable(_)), "{refused}");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o770)).expect("chmod");
+        assert!(ArtifactCache::open(&dir, &root.join(KEY_FILE)).is_err());
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert!(ArtifactCache::open(&dir, &root.join(KEY_FILE)).is_ok());
+    }
+
+    #[test]
+    fn a_dir_of_another_user_is_refused() {
+        if rustix::process::geteuid().as_raw() != 0 {
+            eprintln!("not root: cannot give a directory to another user; skipped");
+            return;
+        }
+        let root = temp();
+        let dir = root.join("cache");
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).expect("chown");
+        let refused = ArtifactCache::open(&dir, &root.join(KEY_FILE)).expect_err("refused");
+        assert!(
+            matches!(refused, CacheRefused::DirOwner { .. }),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn an_exposed_key_is_refused() {
+        let root = temp();
+        let key = root.join(KEY_FILE);
+        ArtifactCache::open(&root.join("cache"), &key).expect("open");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let refused = ArtifactCache::open(&root.join("cache"), &key).expect_err("refused");
+        assert!(matches!(refused, CacheRefused::KeyExposed(_)), "{refused}");
+    }
+
+    #[test]
+    fn only_artifacts_with_a_valid_mac_come_back() {
+        let root = temp();
+        let cache = ArtifactCache::open(&root.join("cache"), &root.join(KEY_FILE)).expect("open");
+        assert_eq!(cache.load(ID), None);
+        cache.store(ID, b"native code").expect("store");
+        assert_eq!(mode(&cache.path(ID)), 0o600);
+        assert_eq!(cache.load(ID).as_deref(), Some(&b"native code"[..]));
+
+        // One byte flipped: discarded (and deleted).
+        let path = cache.path(ID);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).expect("write");
+        assert_eq!(cache.load(ID), None);
+        assert!(!path.exists());
+
+        // Another component's valid file under this one's name: discarded.
+        let other = ArtifactId { sha256: "bb", ..ID };
+        cache.store(other, b"other code").expect("store");
+        std::fs::copy(cache.path(other), &path).expect("copy");
+        assert_eq!(cache.load(ID), None);
+        assert_eq!(cache.load(other).as_deref(), Some(&b"other code"[..]));
+
+        // A bare artifact (the format before MACs): discarded.
+        std::fs::write(&path, b"native code").expect("write");
+        assert_eq!(cache.load(ID), None);
+
+        // Another key (another broker's data dir): discarded.
+        cache.store(ID, b"native code").expect("store");
+        let stranger =
+            ArtifactCache::open(&root.join("cache"), &root.join("k2")).expect("open with k2");
+        assert_eq!(stranger.load(ID), None);
+    }
+}
