@@ -41,6 +41,7 @@ async fn shutdown_closes_lapin_connections_with_320() {
         .await
         .expect("queue.declare");
         let took = broker.shutdown().await;
+        println!("shutdown with a lapin client: {took:?}");
         assert_eq!(next_error_code(&mut events).await, 320);
         assert!(
             took < SHUTDOWN_GRACE,
@@ -87,6 +88,7 @@ async fn shutdown_is_bounded_when_a_client_never_answers() {
         let (mut silent, _) = RawClient::open(broker.addr()).await;
         silent.open_channel(1).await;
         let took = broker.shutdown().await;
+        println!("shutdown with a client that never answers: {took:?}");
         assert!(
             took <= SHUTDOWN_GRACE + Duration::from_secs(1),
             "shutdown took {took:?}, more than the {SHUTDOWN_GRACE:?} grace period"
@@ -135,6 +137,7 @@ async fn sigterm_closes_connections_and_keeps_confirmed_messages() {
         // The grace period for connections, plus the final sync and process exit.
         let bound = SHUTDOWN_GRACE + Duration::from_secs(5);
         let (status, took) = broker.terminate(bound).await;
+        println!("SIGTERM to process exit: {took:?}");
         assert!(
             status.success(),
             "exit status {status}\n{}",
