@@ -78,16 +78,13 @@ impl Default for VhostLimits {
 }
 
 impl VhostLimits {
-    /// Refuses a connection.open when `open` connections are already open to `vhost`.
-    pub fn check_connections(&self, vhost: &str, user: &str, open: u32) -> Result<(), AmqpError> {
-        if open >= self.max_connections {
-            return Err(AmqpError::not_allowed(format!(
-                "access to vhost '{vhost}' refused for user '{user}': connection limit ({}) is \
-                 reached",
-                self.max_connections
-            )));
-        }
-        Ok(())
+    /// The refusal of a connection.open to `vhost` at its connection limit (530).
+    pub fn connections_refused(&self, vhost: &str, user: &str) -> AmqpError {
+        AmqpError::not_allowed(format!(
+            "access to vhost '{vhost}' refused for user '{user}': connection limit ({}) is \
+             reached",
+            self.max_connections
+        ))
     }
 
     /// Refuses a queue.declare creating a queue when `count` queues exist.

@@ -149,11 +149,8 @@ impl VHost {
     /// Takes a connection slot for `user` (connection.open), or refuses it with 530.
     pub fn open_connection(&self, user: &str) -> Result<Slot, AmqpError> {
         let limits = self.limits();
-        Slot::take(&self.connections, limits.max_connections).ok_or_else(|| {
-            limits
-                .check_connections(&self.name, user, limits.max_connections)
-                .expect_err("the limit is reached")
-        })
+        Slot::take(&self.connections, limits.max_connections)
+            .ok_or_else(|| limits.connections_refused(&self.name, user))
     }
 
     fn not_found_exchange(&self, name: &str) -> AmqpError {
