@@ -83,6 +83,9 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, id:
     };
     let reason = connection.run(&mut reader, &mut closing).await;
     connection.shutdown();
+    // The connection is over for the broker's counts (its connection and channel slots come
+    // back now), even while the socket lingers below.
+    drop(connection);
     if !matches!(reason, CLIENT_EOF | SOCKET_ERROR) {
         // As RabbitMQ: after close-ok, read and discard until the client closes its side.
         // Closing with unread bytes in the receive buffer would make the kernel answer with a
