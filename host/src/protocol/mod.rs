@@ -24,3 +24,18 @@ pub use write::{
 
 /// The content class of `basic` (the only class with content in 0-9-1).
 pub const BASIC_CLASS: u16 = 60;
+
+/// The hand-written basic.publish / basic.ack decoder, exposed only for the differential fuzz
+/// target (`fuzz/`) that checks it against amq-protocol. Not an API.
+#[doc(hidden)]
+pub fn fast_method(payload: &[u8]) -> Option<amq_protocol::protocol::AMQPClass> {
+    fast::method(payload)
+}
+
+/// The hand-written plain content-header decoder, exposed only for the fuzz targets. Not an API.
+#[doc(hidden)]
+pub fn fast_content_header(
+    payload: &[u8],
+) -> Option<(u16, u64, amq_protocol::protocol::BasicProperties)> {
+    fast::content_header(payload)
+}
