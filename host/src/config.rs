@@ -115,6 +115,12 @@ pub struct VhostLimitOverrides {
     pub max_exchanges: Option<u32>,
     /// See [`VhostLimits::max_bindings`].
     pub max_bindings: Option<u32>,
+    /// See [`VhostLimits::consumer_max_per_channel`].
+    pub consumer_max_per_channel: Option<u32>,
+    /// See [`VhostLimits::tx_max_bytes`].
+    pub tx_max_bytes: Option<u64>,
+    /// See [`VhostLimits::connection_content_max_bytes`].
+    pub connection_content_max_bytes: Option<u64>,
     /// WASM exchanges (one instance each) the vhost may have; default `wasm_instances_max`,
     /// the broker's whole pool.
     pub wasm_instances_max: Option<u32>,
@@ -144,6 +150,13 @@ impl VhostLimitOverrides {
             max_queues: self.max_queues.unwrap_or(base.max_queues),
             max_exchanges: self.max_exchanges.unwrap_or(base.max_exchanges),
             max_bindings: self.max_bindings.unwrap_or(base.max_bindings),
+            consumer_max_per_channel: self
+                .consumer_max_per_channel
+                .unwrap_or(base.consumer_max_per_channel),
+            tx_max_bytes: self.tx_max_bytes.unwrap_or(base.tx_max_bytes),
+            connection_content_max_bytes: self
+                .connection_content_max_bytes
+                .unwrap_or(base.connection_content_max_bytes),
         }
     }
 
@@ -426,19 +439,19 @@ impl Config {
                 .connection_max
                 .or(file.connection_max)
                 .unwrap_or(base.connection_max),
-            consumer_max_per_channel: cli
-                .consumer_max_per_channel
-                .or(file.consumer_max_per_channel)
-                .unwrap_or(base.consumer_max_per_channel),
-            tx_max_bytes: cli
-                .tx_max_bytes
-                .or(file.tx_max_bytes)
-                .unwrap_or(base.tx_max_bytes),
-            connection_content_max_bytes: cli
-                .connection_content_max_bytes
-                .or(file.connection_content_max_bytes)
-                .unwrap_or(base.connection_content_max_bytes),
             vhost: VhostLimits {
+                consumer_max_per_channel: cli
+                    .consumer_max_per_channel
+                    .or(file.consumer_max_per_channel)
+                    .unwrap_or(base.vhost.consumer_max_per_channel),
+                tx_max_bytes: cli
+                    .tx_max_bytes
+                    .or(file.tx_max_bytes)
+                    .unwrap_or(base.vhost.tx_max_bytes),
+                connection_content_max_bytes: cli
+                    .connection_content_max_bytes
+                    .or(file.connection_content_max_bytes)
+                    .unwrap_or(base.vhost.connection_content_max_bytes),
                 max_connections: cli
                     .vhost_max_connections
                     .or(file.vhost_max_connections)

@@ -4,7 +4,8 @@
 //! the limit.
 //!
 //! [`Limits`] are broker-wide; [`VhostLimits`] hold in one vhost (the top-level keys are the
-//! default for every vhost, `[vhost_limits."NAME"]` overrides them); [`UserLimits`] hold for
+//! default for every vhost, `[vhost_limits."NAME"]` overrides them; a connection takes its
+//! vhost's per-connection limits when it opens); [`UserLimits`] hold for
 //! one user across all its connections (`[user_limits."NAME"]`). The counters live with what
 //! they count: the broker counts connections, a vhost its connections and topology, a user
 //! entry its connections and channels.
@@ -25,16 +26,6 @@ pub struct Limits {
     /// Connections open at once on the whole broker (RabbitMQ's `connection_max`); the next
     /// connection.open gets 530 NOT_ALLOWED.
     pub connection_max: u32,
-    /// Consumers on one channel (RabbitMQ's `consumer_max_per_channel`); the next
-    /// basic.consume gets 530 NOT_ALLOWED.
-    pub consumer_max_per_channel: u32,
-    /// Body bytes one transaction may buffer before tx.commit; the publish that crosses it
-    /// closes the channel with 406 PRECONDITION_FAILED and the transaction is discarded.
-    pub tx_max_bytes: u64,
-    /// Bytes of message bodies one connection may hold while they are still arriving (all its
-    /// channels together); the body frame that crosses it closes the connection with 506
-    /// RESOURCE_ERROR.
-    pub connection_content_max_bytes: u64,
     /// The limits of every vhost without its own `[vhost_limits]` entry.
     pub vhost: VhostLimits,
 }
@@ -43,9 +34,6 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             connection_max: 65_536,
-            consumer_max_per_channel: 65_536,
-            tx_max_bytes: 256 << 20,
-            connection_content_max_bytes: 256 << 20,
             vhost: VhostLimits::default(),
         }
     }
@@ -64,6 +52,16 @@ pub struct VhostLimits {
     /// Bindings in the vhost (queue and exchange bindings together); 406 at queue.bind and
     /// exchange.bind.
     pub max_bindings: u32,
+    /// Consumers on one channel (RabbitMQ's `consumer_max_per_channel`); the next
+    /// basic.consume gets 530 NOT_ALLOWED.
+    pub consumer_max_per_channel: u32,
+    /// Body bytes one transaction may buffer before tx.commit; the publish that crosses it
+    /// closes the channel with 406 PRECONDITION_FAILED and the transaction is discarded.
+    pub tx_max_bytes: u64,
+    /// Bytes of message bodies one connection may hold while they are still arriving (all its
+    /// channels together); the body frame that crosses it closes the connection with 506
+    /// RESOURCE_ERROR.
+    pub connection_content_max_bytes: u64,
 }
 
 impl Default for VhostLimits {
@@ -73,6 +71,9 @@ impl Default for VhostLimits {
             max_queues: 100_000,
             max_exchanges: 10_000,
             max_bindings: 1_000_000,
+            consumer_max_per_channel: 65_536,
+            tx_max_bytes: 256 << 20,
+            connection_content_max_bytes: 256 << 20,
         }
     }
 }

@@ -111,7 +111,7 @@ async fn user_limits_refuse_connections_and_channels() {
 
 #[tokio::test]
 async fn consumer_max_per_channel_closes_the_connection_with_530() {
-    let broker = TestBroker::start_with(|cfg| cfg.limits.consumer_max_per_channel = 2).await;
+    let broker = TestBroker::start_with(|cfg| cfg.limits.vhost.consumer_max_per_channel = 2).await;
     let bystander = Bystander::new(&broker).await;
     let (_conn, ch) = broker.channel().await;
     let q = declare(&ch, "consumers").await;
@@ -270,7 +270,17 @@ async fn max_bindings_counts_every_binding_and_frees_them_when_queues_go() {
 
 #[tokio::test]
 async fn tx_max_bytes_closes_the_channel_and_discards_the_transaction() {
-    let broker = TestBroker::start_with(|cfg| cfg.limits.tx_max_bytes = 1_000).await;
+    // Set through the vhost's override, as `[vhost_limits."/"] tx_max_bytes = 1000`.
+    let broker = TestBroker::start_with(|cfg| {
+        cfg.vhost_limits.insert(
+            "/".into(),
+            bourse::config::VhostLimitOverrides {
+                tx_max_bytes: Some(1_000),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
     let (conn, ch) = broker.channel().await;
     let q = declare(&ch, "tx").await;
     within(ch.tx_select()).await.expect("tx.select");
@@ -288,7 +298,7 @@ async fn tx_max_bytes_closes_the_channel_and_discards_the_transaction() {
 #[tokio::test]
 async fn bodies_still_arriving_are_bounded_per_connection() {
     let broker =
-        TestBroker::start_with(|cfg| cfg.limits.connection_content_max_bytes = 10_000).await;
+        TestBroker::start_with(|cfg| cfg.limits.vhost.connection_content_max_bytes = 10_000).await;
     let bystander = Bystander::new(&broker).await;
     let mut raw = raw_with_channel(&broker).await;
     raw.open_channel(2).await;
@@ -323,7 +333,7 @@ async fn bodies_still_arriving_are_bounded_per_connection() {
 #[tokio::test]
 async fn a_complete_large_message_does_not_count_against_the_content_budget() {
     let broker =
-        TestBroker::start_with(|cfg| cfg.limits.connection_content_max_bytes = 10_000).await;
+        TestBroker::start_with(|cfg| cfg.limits.vhost.connection_content_max_bytes = 10_000).await;
     let (_conn, ch) = broker.channel().await;
     let q = declare(&ch, "big").await;
     // Under the budget while arriving, then handed to the queue: the budget comes back, so

@@ -39,8 +39,8 @@ pub struct Session<'a> {
     pub max_message_bytes: u64,
     /// The authenticated user (checked against the user_id property).
     pub user: &'a str,
-    /// The broker-wide limits (consumers per channel, transaction size).
-    pub limits: &'a crate::limits::Limits,
+    /// The vhost's limits (consumers per channel, transaction size).
+    pub limits: &'a crate::limits::VhostLimits,
     /// Bodies still arriving on the connection's channels.
     pub content: &'a Arc<crate::limits::ContentBudget>,
 }

@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::broker::Shared;
 use crate::channel::{Channel, Session};
-use crate::limits::{ContentBudget, Held, Slot, UserLimits, UserUsage};
+use crate::limits::{ContentBudget, Held, Slot, UserLimits, UserUsage, VhostLimits};
 use crate::protocol::{AmqpError, Frame, parse_frame, write_method};
 use crate::queue::ConnectionId;
 use crate::vhost::VHost;
@@ -61,7 +61,9 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, id:
         None => return,
     };
     info!(id, %peer, user = %negotiated.user, vhost = %negotiated.vhost.name, "connection opened");
-    let shared_limits = shared.config.limits.clone();
+    // The per-connection limits of the vhost as it opens (a later change applies to new
+    // connections).
+    let limits = negotiated.vhost.limits();
     let mut connection = Connection {
         id,
         shared,
@@ -76,7 +78,8 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, id:
         wake: Arc::new(tokio::sync::Notify::new()),
         published: false,
         blocked_notifications: negotiated.blocked_notifications,
-        content: ContentBudget::new(shared_limits.connection_content_max_bytes),
+        content: ContentBudget::new(limits.connection_content_max_bytes),
+        limits,
         _slots: negotiated.slots,
         user_usage: negotiated.user_usage,
         user_limits: negotiated.user_limits,
@@ -189,6 +192,8 @@ struct Connection {
     /// Bodies of messages still arriving on any channel, against
     /// `connection_content_max_bytes`.
     content: Arc<ContentBudget>,
+    /// The vhost's limits when the connection opened.
+    limits: VhostLimits,
     /// This connection's places in the broker's, vhost's and user's counts, given back when
     /// the connection ends.
     _slots: (Slot, Slot, Held),
@@ -360,7 +365,7 @@ impl Connection {
             connection_id: self.id,
             writer: &self.writer,
             max_message_bytes: self.shared.config.max_message_bytes,
-            limits: &self.shared.config.limits,
+            limits: &self.limits,
             content: &self.content,
             user: &self.user,
         };
