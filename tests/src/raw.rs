@@ -495,22 +495,10 @@ pub fn raw_frame(frame_type: u8, channel: u16, payload: &[u8], end: u8) -> Vec<u
     out
 }
 
-/// A length-prefixed field table whose one entry, `k`, is an array nested so that the whole
-/// table nests `depth` levels (the table is level 1): the shape of the stack-overflow report,
-/// built by hand because amq-protocol's encoder recurses as its parser does.
+/// A length-prefixed field table nesting `depth` levels (the table is level 1), the shape of
+/// the stack-overflow report; see `bourse::protocol::nested_table_for_tests`.
 pub fn nested_table(depth: usize) -> Vec<u8> {
-    let mut value = vec![b'V'];
-    for _ in 1..depth {
-        let mut array = Vec::with_capacity(value.len() + 5);
-        array.push(b'A');
-        array.extend_from_slice(&(value.len() as u32).to_be_bytes());
-        array.extend_from_slice(&value);
-        value = array;
-    }
-    let mut table = ((value.len() + 2) as u32).to_be_bytes().to_vec();
-    table.extend_from_slice(b"\x01k");
-    table.extend_from_slice(&value);
-    table
+    bourse::protocol::nested_table_for_tests(depth)
 }
 
 /// The SASL response for PLAIN (`\0user\0password`) or AMQPLAIN (a field table without its

@@ -15,6 +15,8 @@ mod write;
 
 pub use error::{AmqpError, ReplyCode};
 pub use frame::{ContentHeader, Frame, PROTOCOL_HEADER, parse_frame};
+#[doc(hidden)]
+pub use table::nested_table_for_tests;
 pub use table::{
     MAX_FIELD_DEPTH, TooDeep, check_properties, check_table, decode_properties, decode_table,
 };

@@ -226,5 +226,31 @@ pub fn decode_properties(raw: &[u8]) -> Result<BasicProperties, AmqpError> {
         .map_err(|_| AmqpError::frame_error("malformed content header properties"))
 }
 
+/// A length-prefixed field table whose one entry nests containers (arrays and tables in turn)
+/// so that the whole table nests `depth` levels (the table is level 1), built by hand because
+/// amq-protocol's encoder recurses as its parser does. Test data for this module's tests, the
+/// integration tests and the fuzz seeds; the broker never calls it.
+#[doc(hidden)]
+pub fn nested_table_for_tests(depth: usize) -> Vec<u8> {
+    let mut value = b"S\0\0\0\x02hi".to_vec();
+    for level in 0..depth.saturating_sub(1) {
+        let mut outer = Vec::with_capacity(value.len() + 8);
+        if level % 2 == 0 {
+            outer.push(b'A');
+            outer.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        } else {
+            outer.push(b'F');
+            outer.extend_from_slice(&(value.len() as u32 + 2).to_be_bytes());
+            outer.extend_from_slice(b"\x01k");
+        }
+        outer.extend_from_slice(&value);
+        value = outer;
+    }
+    let mut table = ((value.len() + 2) as u32).to_be_bytes().to_vec();
+    table.extend_from_slice(b"\x01k");
+    table.extend_from_slice(&value);
+    table
+}
+
 #[cfg(test)]
 mod tests;

@@ -95,32 +95,9 @@ fn encode_table(table: &FieldTable) -> Vec<u8> {
         .0
 }
 
-/// A tagged value of `levels` nested containers, alternating arrays and tables.
-fn nested_value(levels: usize) -> Vec<u8> {
-    let mut value = b"S\0\0\0\x02hi".to_vec();
-    for level in 0..levels {
-        let mut outer = Vec::with_capacity(value.len() + 8);
-        if level % 2 == 0 {
-            outer.push(b'A');
-            outer.extend_from_slice(&(value.len() as u32).to_be_bytes());
-        } else {
-            outer.push(b'F');
-            outer.extend_from_slice(&(value.len() as u32 + 2).to_be_bytes());
-            outer.extend_from_slice(b"\x01k");
-        }
-        outer.extend_from_slice(&value);
-        value = outer;
-    }
-    value
-}
-
 /// A length-prefixed field table nesting `depth` levels (the table itself is level 1).
 pub fn nested_table(depth: usize) -> Vec<u8> {
-    let value = nested_value(depth - 1);
-    let mut table = ((value.len() + 2) as u32).to_be_bytes().to_vec();
-    table.extend_from_slice(b"\x01k");
-    table.extend_from_slice(&value);
-    table
+    bourse::protocol::nested_table_for_tests(depth)
 }
 
 /// The depths every nesting seed is made at: around the limit, and the 25,000 of the crash

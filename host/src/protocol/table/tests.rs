@@ -5,33 +5,8 @@ use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString};
 use super::*;
 use crate::protocol::ReplyCode;
 
-/// A tagged value of `levels` nested containers, alternating arrays and tables, built by hand
-/// (amq-protocol's generator recurses too).
-fn nested_value(levels: usize) -> Vec<u8> {
-    let mut value = b"S\0\0\0\x02hi".to_vec();
-    for level in 0..levels {
-        let mut outer = Vec::new();
-        if level % 2 == 0 {
-            outer.push(b'A');
-            outer.extend_from_slice(&(value.len() as u32).to_be_bytes());
-        } else {
-            outer.push(b'F');
-            outer.extend_from_slice(&(value.len() as u32 + 2).to_be_bytes());
-            outer.extend_from_slice(b"\x01k");
-        }
-        outer.extend_from_slice(&value);
-        value = outer;
-    }
-    value
-}
-
-/// A length-prefixed table of the given total depth (the table itself is level 1).
 fn nested_table(depth: usize) -> Vec<u8> {
-    let value = nested_value(depth - 1);
-    let mut table = ((value.len() + 2) as u32).to_be_bytes().to_vec();
-    table.extend_from_slice(b"\x01k");
-    table.extend_from_slice(&value);
-    table
+    nested_table_for_tests(depth)
 }
 
 fn encode(table: &FieldTable) -> Vec<u8> {
