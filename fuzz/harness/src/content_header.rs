@@ -16,7 +16,6 @@ use amq_protocol::protocol::basic::parse_properties;
 use bourse::protocol::{
     Frame, MAX_FIELD_DEPTH, ReplyCode, decode_properties, fast_content_header, parse_frame,
 };
-use bytes::BytesMut;
 
 use crate::frame_cutting::check_frame;
 use crate::walk::{on_big_stack, properties_depth, same};
@@ -46,11 +45,7 @@ pub fn run(payload: &[u8]) {
             }
         }
     }
-    let mut frame = BytesMut::with_capacity(payload.len() + 8);
-    frame.extend_from_slice(&[2, 0, 1]);
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(payload);
-    frame.extend_from_slice(&[0xCE]);
+    let mut frame = crate::walk::frame_on_channel_1(2, payload);
     match parse_frame(&mut frame, u32::MAX) {
         Ok(Some(decoded)) => {
             check_frame(&decoded);

@@ -12,7 +12,6 @@
 
 use amq_protocol::protocol::parse_class;
 use bourse::protocol::{Frame, MAX_FIELD_DEPTH, ReplyCode, fast_method, parse_frame};
-use bytes::BytesMut;
 
 use crate::frame_cutting::check_frame;
 use crate::walk::{method_depth, on_big_stack, same};
@@ -35,11 +34,7 @@ pub fn run(payload: &[u8]) {
             Err(error) => panic!("fast path decoded {fast:?}, amq-protocol failed: {error:?}"),
         }
     }
-    let mut frame = BytesMut::with_capacity(payload.len() + 8);
-    frame.extend_from_slice(&[1, 0, 1]);
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(payload);
-    frame.extend_from_slice(&[0xCE]);
+    let mut frame = crate::walk::frame_on_channel_1(1, payload);
     match parse_frame(&mut frame, u32::MAX) {
         Ok(Some(decoded)) => {
             check_frame(&decoded);

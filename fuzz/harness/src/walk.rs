@@ -152,3 +152,13 @@ pub(crate) fn on_big_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'st
         .join()
         .expect("parser thread")
 }
+
+/// A whole frame of `kind` on channel 1 around `payload`, for feeding `parse_frame`.
+pub(crate) fn frame_on_channel_1(kind: u8, payload: &[u8]) -> bytes::BytesMut {
+    let mut frame = bytes::BytesMut::with_capacity(payload.len() + 8);
+    frame.extend_from_slice(&[kind, 0, 1]);
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame.extend_from_slice(&[0xCE]);
+    frame
+}
