@@ -40,6 +40,8 @@ pub struct Shared {
     /// Raised by [`BrokerHandle::shutdown`]: every connection closes with 320. Each connection
     /// task holds a receiver until it ends, so the sender sees when all are gone.
     pub(crate) closing: watch::Sender<bool>,
+    /// The open connections and their states.
+    pub(crate) open: Arc<crate::connection::Connections>,
 }
 
 impl Shared {
@@ -112,6 +114,7 @@ impl Broker {
             connections: Arc::new(AtomicU32::new(0)),
             user_usage: Default::default(),
             closing: watch::Sender::new(false),
+            open: Default::default(),
             config,
         });
         shared
@@ -139,6 +142,11 @@ impl BrokerHandle {
     /// returns.
     pub fn set_memory_high_watermark_bytes(&self, bytes: u64) {
         self.shared.memory.set_watermark_bytes(bytes);
+    }
+
+    /// The open connections (past connection.open) with their states.
+    pub fn connections(&self) -> Vec<Arc<crate::connection::ConnectionInfo>> {
+        self.shared.open.list()
     }
 
     /// Whether the memory alarm is on (publishing connections are blocked).

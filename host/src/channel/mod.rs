@@ -43,6 +43,19 @@ pub struct Session<'a> {
     pub limits: &'a crate::limits::VhostLimits,
     /// Bodies still arriving on the connection's channels.
     pub content: &'a Arc<crate::limits::ContentBudget>,
+    /// Queues in flow that this connection published into during the current read turn: the
+    /// connection waits for them before it reads on (`queue/flow.rs`).
+    pub throttled: &'a std::cell::RefCell<Vec<Arc<Queue>>>,
+}
+
+impl Session<'_> {
+    /// Remembers that the connection published into `queue` while it was in flow.
+    pub(crate) fn note_flow(&self, queue: &Arc<Queue>) {
+        let mut throttled = self.throttled.borrow_mut();
+        if !throttled.iter().any(|q| Arc::ptr_eq(q, queue)) {
+            throttled.push(queue.clone());
+        }
+    }
 }
 
 /// An open channel.

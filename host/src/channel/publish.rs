@@ -377,6 +377,9 @@ impl Channel {
                 Enqueued::Stored(stored) => ticket = ticket.max(stored),
                 Enqueued::Accepted => {}
             }
+            if queue.in_flow() {
+                cx.note_flow(&queue);
+            }
         }
         for reply in self.routed.replies.drain(..) {
             // Congested since routing: dropped like a reply to a requester that is gone.

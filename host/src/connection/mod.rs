@@ -9,10 +9,13 @@
 //! "blocked" state) until it clears; see [`Connection::block_while_memory_alarm`].
 
 mod handshake;
+mod registry;
 mod writer;
 
+pub use registry::{ConnectionInfo, ConnectionState, Connections};
 pub use writer::Writer;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,7 +32,7 @@ use crate::broker::Shared;
 use crate::channel::{Channel, Session};
 use crate::limits::{ContentBudget, Held, Slot, UserLimits, UserUsage, VhostLimits};
 use crate::protocol::{AmqpError, Frame, parse_frame, write_method};
-use crate::queue::ConnectionId;
+use crate::queue::{ConnectionId, Queue};
 use crate::vhost::VHost;
 
 /// Frames handled per turn of a connection's loop before it yields to other tasks (about 340
@@ -64,6 +67,9 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, id:
     // The per-connection limits of the vhost as it opens (a later change applies to new
     // connections).
     let limits = negotiated.vhost.limits();
+    let listed = shared
+        .open
+        .register(id, peer, &negotiated.user, &negotiated.vhost.name);
     let mut connection = Connection {
         id,
         shared,
@@ -83,6 +89,8 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, id:
         _slots: negotiated.slots,
         user_usage: negotiated.user_usage,
         user_limits: negotiated.user_limits,
+        throttled: RefCell::new(Vec::new()),
+        listed,
     };
     let reason = connection.run(&mut reader, &mut closing).await;
     connection.shutdown();
@@ -200,6 +208,10 @@ struct Connection {
     /// The user's counters and limits (channels over all its connections).
     user_usage: Arc<UserUsage>,
     user_limits: UserLimits,
+    /// Queues in flow this connection published into during the current turn.
+    throttled: RefCell<Vec<Arc<Queue>>>,
+    /// Its entry in the broker's list of connections (state shown to operators).
+    listed: registry::Listed,
 }
 
 /// What ended the main loop.
@@ -234,6 +246,10 @@ impl Connection {
                 if turn == FRAMES_PER_TURN || self.writer.is_congested() {
                     break true;
                 }
+                // A queue this connection publishes into asked for flow: stop here.
+                if !self.throttled.get_mut().is_empty() {
+                    break true;
+                }
                 turn += 1;
                 let frame = match parse_frame(&mut reader.buf, self.frame_max) {
                     Ok(Some(frame)) => frame,
@@ -252,6 +268,9 @@ impl Connection {
                 }
             };
             self.flush_confirms();
+            if !self.throttled.get_mut().is_empty() {
+                self.wait_for_flow(closing).await;
+            }
             // Let the tasks this turn woke run first: a delivery wakes the consumer's writer
             // task into this worker's LIFO slot, which no other worker may steal, so a
             // publisher whose socket always has data would otherwise starve its consumers
@@ -368,6 +387,7 @@ impl Connection {
             limits: &self.limits,
             content: &self.content,
             user: &self.user,
+            throttled: &self.throttled,
         };
         (cx, &mut self.channels)
     }
@@ -557,6 +577,7 @@ impl Connection {
             return;
         }
         debug!(id = self.id, "memory alarm: connection blocked");
+        self.listed.info.set_state(ConnectionState::Blocked);
         if self.blocked_notifications {
             self.send_connection_method(connection::AMQPMethod::Blocked(connection::Blocked {
                 reason: "low on memory".into(),
@@ -570,11 +591,33 @@ impl Connection {
             }
         }
         debug!(id = self.id, "memory alarm cleared: connection resumes");
+        self.listed.info.set_state(ConnectionState::Running);
         if self.blocked_notifications {
             self.send_connection_method(connection::AMQPMethod::Unblocked(
                 connection::Unblocked {},
             ));
         }
+    }
+
+    /// Stops reading while the queues this connection just published into are in flow
+    /// (`queue/flow.rs`): TCP back-pressure then slows the publisher to what those queues'
+    /// consumers take. Consumer timeouts still close channels; a broker shutdown ends the wait.
+    async fn wait_for_flow(&mut self, closing: &mut tokio::sync::watch::Receiver<bool>) {
+        let queues = std::mem::take(self.throttled.get_mut());
+        self.listed.info.set_state(ConnectionState::Flow);
+        for queue in queues {
+            loop {
+                tokio::select! {
+                    () = queue.throttle() => break,
+                    _ = self.wake.notified() => self.close_timed_out_channels(),
+                    () = async { drop(closing.wait_for(|closing| *closing).await) } => {
+                        self.listed.info.set_state(ConnectionState::Running);
+                        return;
+                    }
+                }
+            }
+        }
+        self.listed.info.set_state(ConnectionState::Running);
     }
 
     /// Stops reading until the writer has drained below its congestion threshold: what this

@@ -16,6 +16,7 @@
 
 mod args;
 mod dead_letter;
+mod flow;
 mod ready;
 mod stored;
 mod timer;
@@ -23,8 +24,9 @@ mod timer;
 pub use args::{ArgError, DeadLetterTarget, MAX_PRIORITY, Overflow, QueueArgs};
 pub(crate) use args::{string as string_value, type_name};
 pub use dead_letter::{Death, DeathReason, cc_keys, dead_letter_properties, deaths, is_cycle};
+pub use flow::{FLOW_HIGH_BYTES, FLOW_HIGH_MESSAGES, FLOW_PATIENCE};
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -145,6 +147,10 @@ pub struct Queue {
     me: Weak<Queue>,
     host: OnceLock<Weak<dyn QueueHost>>,
     state: Mutex<QueueState>,
+    /// Publishers should wait (`flow.rs`): read without the lock on every publish.
+    flow: AtomicBool,
+    /// Raised when the flow flag goes down.
+    flow_cleared: Notify,
 }
 
 struct QueueState {
@@ -169,6 +175,7 @@ struct QueueState {
     armed: Option<Instant>,
     /// `x-expires`: last declare, basic.get or consumer departure.
     last_used: Instant,
+    flow: flow::FlowState,
 }
 
 /// Why a consumer could not be added.
@@ -223,7 +230,10 @@ impl Queue {
                 timer: None,
                 armed: None,
                 last_used: Instant::now(),
+                flow: flow::FlowState::default(),
             }),
+            flow: AtomicBool::new(false),
+            flow_cleared: Notify::new(),
             args,
             store,
             me: me.clone(),
@@ -438,6 +448,7 @@ impl Queue {
             }
             let (position, redelivered) = (entry.position, entry.redelivered);
             active.outlet.offer(active, me, entry)?;
+            state.flow.delivered();
             if !active.no_ack {
                 state.unacked += 1;
             }
@@ -454,6 +465,7 @@ impl Queue {
             let (position, redelivered) = (entry.position, entry.redelivered);
             match consumer.outlet.offer(consumer, me, entry) {
                 Ok(()) => {
+                    state.flow.delivered();
                     if !consumer.no_ack {
                         state.unacked += 1;
                     }
@@ -491,6 +503,7 @@ impl Queue {
             }
         };
         if let Some(entry) = &got {
+            state.flow.delivered();
             if !no_ack {
                 state.unacked += 1;
             }
@@ -616,10 +629,10 @@ impl Queue {
 
     /// Drops all ready messages; returns how many.
     pub fn purge(&self) -> usize {
-        self.state
-            .lock()
-            .ready
-            .clear(|position| self.forget(position))
+        let mut state = self.state.lock();
+        let count = state.ready.clear(|position| self.forget(position));
+        self.update_flow(&state);
+        count
     }
 
     /// Marks the queue deleted, drops its messages and tells its consumers. Returns the number
@@ -632,10 +645,9 @@ impl Queue {
             if let Some(timer) = &state.timer {
                 timer.notify_one();
             }
-            (
-                state.ready.clear(|_| {}),
-                std::mem::take(&mut state.consumers),
-            )
+            let count = state.ready.clear(|_| {});
+            self.update_flow(&state);
+            (count, std::mem::take(&mut state.consumers))
         };
         if let Some(store) = &self.store
             && let Err(error) = store.delete()
@@ -671,6 +683,7 @@ impl Queue {
         {
             self.arm(&mut state, at);
         }
+        self.update_flow(&state);
         let dead = if state.dead.is_empty() {
             Vec::new()
         } else {

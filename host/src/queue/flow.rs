@@ -1,0 +1,95 @@
+//! Publisher flow control, per queue.
+//!
+//! A queue whose consumers cannot keep up raises its flow flag once its ready backlog reaches
+//! [`FLOW_HIGH_MESSAGES`] (or [`FLOW_HIGH_BYTES`] of bodies) while it has consumers. A
+//! connection that has just published into such a queue stops reading its socket
+//! ([`Queue::throttle`]) until the backlog is back under half of that, so TCP back-pressure
+//! slows the publisher to what the consumers take. Only the connections that published into
+//! the queue wait: publishers to other queues go on.
+//!
+//! A queue with no consumer never raises the flag (it is a buffer: messages go to storage at
+//! full speed), and neither does one whose consumers take nothing: a publisher that waited
+//! [`FLOW_PATIENCE`] without the queue delivering a single message marks it stalled, and the
+//! flag stays down until the queue delivers again. Consumers that stopped acking therefore
+//! cannot stop their publishers; their queue pages to disk instead.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::{Queue, QueueState};
+
+/// Ready messages at which a queue with consumers asks its publishers to wait.
+pub const FLOW_HIGH_MESSAGES: usize = 1024;
+/// Body bytes of ready messages at which a queue with consumers asks its publishers to wait.
+pub const FLOW_HIGH_BYTES: usize = 8 << 20;
+/// How long a waiting publisher gives the queue to deliver anything before it treats the
+/// consumers as stalled and goes on.
+pub const FLOW_PATIENCE: Duration = Duration::from_secs(1);
+
+/// The queue's flow bookkeeping, kept in its locked state.
+#[derive(Default)]
+pub(super) struct FlowState {
+    /// A waiting publisher saw no delivery for [`FLOW_PATIENCE`]: no flow until one happens.
+    stalled: bool,
+    /// Deliveries so far (basic.deliver and basic.get), for the stall test.
+    deliveries: u64,
+}
+
+impl FlowState {
+    /// Records a delivery: a stalled queue's consumers are taking messages again.
+    pub(super) fn delivered(&mut self) {
+        self.deliveries = self.deliveries.wrapping_add(1);
+        self.stalled = false;
+    }
+}
+
+impl Queue {
+    /// Whether publishers into this queue should wait (one relaxed load: checked per publish).
+    pub fn in_flow(&self) -> bool {
+        self.flow.load(Ordering::Relaxed)
+    }
+
+    /// Raises or lowers the flow flag after an operation changed the backlog. Called with the
+    /// lock held at the end of every operation.
+    pub(super) fn update_flow(&self, state: &QueueState) {
+        let len = state.ready.len();
+        let bytes = state.ready.bytes();
+        if self.in_flow() {
+            let drained = len <= FLOW_HIGH_MESSAGES / 2 && bytes <= FLOW_HIGH_BYTES / 2;
+            if drained || state.consumers.is_empty() || state.deleted || state.flow.stalled {
+                self.flow.store(false, Ordering::Relaxed);
+                self.flow_cleared.notify_waiters();
+            }
+        } else if (len >= FLOW_HIGH_MESSAGES || bytes >= FLOW_HIGH_BYTES)
+            && !state.consumers.is_empty()
+            && !state.flow.stalled
+            && !state.deleted
+        {
+            self.flow.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits while the queue is in flow: until its backlog drained to half the threshold, or
+    /// until it delivered nothing for [`FLOW_PATIENCE`] (then it is marked stalled and stops
+    /// throttling until its consumers take something).
+    pub async fn throttle(&self) {
+        loop {
+            let cleared = self.flow_cleared.notified();
+            tokio::pin!(cleared);
+            cleared.as_mut().enable();
+            if !self.in_flow() {
+                return;
+            }
+            let before = self.state.lock().flow.deliveries;
+            if tokio::time::timeout(FLOW_PATIENCE, cleared).await.is_ok() {
+                continue;
+            }
+            let mut state = self.state.lock();
+            if state.flow.deliveries == before {
+                state.flow.stalled = true;
+                self.update_flow(&state);
+                return;
+            }
+        }
+    }
+}
