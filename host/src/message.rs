@@ -29,6 +29,11 @@ impl Message {
         *self.properties.delivery_mode() == Some(2)
     }
 
+    /// The `priority` property.
+    pub fn priority(&self) -> Option<u8> {
+        *self.properties.priority()
+    }
+
     /// Body size in bytes.
     pub fn size(&self) -> usize {
         self.body.len()

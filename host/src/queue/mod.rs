@@ -38,8 +38,9 @@ use tracing::warn;
 
 use crate::exchange::Name;
 use crate::message::{Message, QueuedMessage};
-use crate::store::{QueueStore, Ticket};
+use crate::store::{MessageStore, QueueStore, Ticket};
 use ready::Ready;
+pub use ready::Spill;
 
 /// Ready messages a durable FIFO queue keeps in memory; behind them, persistent messages are
 /// paged out (see `ready.rs`).
@@ -193,7 +194,7 @@ impl Queue {
     /// through [`Queue::try_new`], which refuses them.
     pub fn new(spec: QueueSpec) -> Arc<Self> {
         let args = QueueArgs::parse(&spec.arguments).unwrap_or_default();
-        Self::with_args(spec, args, None)
+        Self::with_args(spec, args, None, None)
     }
 
     /// Creates an empty queue after validating its declare arguments.
@@ -206,17 +207,35 @@ impl Queue {
         spec: QueueSpec,
         store: Option<QueueStore>,
     ) -> Result<Arc<Self>, ArgError> {
-        let args = QueueArgs::parse(&spec.arguments)?;
-        Ok(Self::with_args(spec, args, store))
+        Self::try_new_paged(spec, store, None)
     }
 
-    fn with_args(spec: QueueSpec, args: QueueArgs, store: Option<QueueStore>) -> Arc<Self> {
+    /// [`Queue::try_new_stored`] for a queue that pages the messages its `store` does not
+    /// hold (transient ones, or all of them without a store) into `paging` beyond
+    /// [`IN_MEMORY_MESSAGES`].
+    pub fn try_new_paged(
+        spec: QueueSpec,
+        store: Option<QueueStore>,
+        paging: Option<Arc<MessageStore>>,
+    ) -> Result<Arc<Self>, ArgError> {
+        let args = QueueArgs::parse(&spec.arguments)?;
+        Ok(Self::with_args(spec, args, store, paging))
+    }
+
+    fn with_args(
+        spec: QueueSpec,
+        args: QueueArgs,
+        store: Option<QueueStore>,
+        paging: Option<Arc<MessageStore>>,
+    ) -> Arc<Self> {
+        let spill = Spill::new(paging, &spec.name);
         Arc::new_cyclic(|me| Self {
             spec,
             state: Mutex::new(QueueState {
                 ready: Ready::new(
                     args.max_priority,
                     store.clone(),
+                    spill,
                     IN_MEMORY_MESSAGES,
                     args.message_ttl,
                 ),
@@ -267,6 +286,12 @@ impl Queue {
     /// Number of messages ready for delivery.
     pub fn message_count(&self) -> usize {
         self.state.lock().ready.len()
+    }
+
+    /// What the queue's ready messages take in memory (bodies, properties and entries of
+    /// those in memory, and the index of those paged out; an estimate).
+    pub fn memory_bytes(&self) -> usize {
+        self.state.lock().ready.memory()
     }
 
     /// Body bytes of the messages ready for delivery.
@@ -645,7 +670,7 @@ impl Queue {
             if let Some(timer) = &state.timer {
                 timer.notify_one();
             }
-            let count = state.ready.clear(|_| {});
+            let count = state.ready.clear_all();
             self.update_flow(&state);
             (count, std::mem::take(&mut state.consumers))
         };

@@ -6,149 +6,242 @@
 //! Within a level, order is publish order, and a requeued message goes back to its original
 //! place (entries carry a sequence number).
 //!
-//! A FIFO queue with a message store pages: past `in_memory` entries, the messages that are
-//! already on disk (persistent, no expiry) are kept as a 16-byte [`Paged`] index entry in a
-//! tail behind the in-memory head, and read back from the store when they reach the head.
-//! Entries that cannot be paged (transient, or with an expiry) wait in the tail with their
-//! message, in order. Sequence numbers are handed out when an entry enters the in-memory head,
-//! so they always grow in delivery order.
+//! Every kind of queue pages. Past `in_memory` entries (over all levels), a new entry goes to
+//! its level's paged tail instead of memory: a persistent message of a durable queue is
+//! already in the queue's message store, and any other message (transient, or in a queue
+//! that is not durable) is written to the vhost's paging store ([`Spill`], never synced and
+//! wiped at start-up). The tail holds runs of consecutive records (32 bytes a run, however
+//! many messages it covers) and, for messages with an expiry, 8 bytes each; when a level's
+//! in-memory head runs empty the next entries are read back. A message that cannot be
+//! written (no data directory, or the disk failed) waits in the tail with its message.
+//! Sequence numbers are handed out when an entry enters the in-memory head, so they always
+//! grow in delivery order.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::message::QueuedMessage;
-use crate::store::{Position, QueueStore, RecoveredMessage};
+use crate::message::{Message, QueuedMessage};
+use crate::store::{MessageStore, Position, QueueStore, RecoveredMessage, StoredMessage};
 
-/// Entries moved from the paged tail into memory at a time.
+/// Entries moved from a paged tail into memory at a time.
 const PAGE_IN_BATCH: usize = 256;
-/// Index entries per chunk of the paged tail (64 KiB chunks: no doubling slack).
-const CHUNK: usize = 4096;
+
+/// What a ready message held in memory costs beyond its body and property bytes: its queue
+/// entry, the shared message and the allocation headers (an estimate, for memory accounting).
+pub(crate) const ENTRY_OVERHEAD: usize =
+    std::mem::size_of::<QueuedMessage>() + std::mem::size_of::<Message>() + 16;
 
 /// Ready messages of one queue.
 pub(crate) struct Ready {
-    levels: Levels,
+    /// One level for a FIFO queue; index = priority otherwise.
+    levels: Box<[Level]>,
     len: usize,
     bytes: usize,
+    /// Entries in the levels' in-memory heads.
+    in_memory: usize,
+    /// Body and property bytes of the messages held in memory (heads and held tail entries).
+    held_bytes: usize,
     next_seq: u64,
     pager: Option<Pager>,
 }
 
-enum Levels {
-    Fifo(VecDeque<QueuedMessage>),
-    /// Index = priority; served from the highest index down.
-    Priority(Box<[VecDeque<QueuedMessage>]>),
-}
-
-/// The paged tail of a FIFO queue.
-struct Pager {
-    store: QueueStore,
-    /// Entries kept in memory before new ones go to the tail.
-    in_memory: usize,
-    /// The queue's `x-message-ttl`: only recovered messages are paged with a TTL, and theirs
-    /// counts from when they are read back.
-    message_ttl: Option<Duration>,
-    tail: PagedList,
-    /// Entries of the tail that kept their message (`Paged::HELD`), in tail order.
-    held: VecDeque<QueuedMessage>,
-}
-
-/// One entry of the paged tail: 16 bytes.
-#[derive(Clone, Copy)]
-struct Paged {
-    position: u64,
-    size: u32,
-    flags: u32,
-}
-
-impl Paged {
-    const REDELIVERED: u32 = 1;
-    /// The message is the next one in `Pager::held`, not on disk.
-    const HELD: u32 = 2;
-}
-
-/// A FIFO of [`Paged`] in fixed-size chunks, so ten million entries cost 160 MB, not the
-/// up-to-double a growing `VecDeque` may reserve.
+/// One priority level: the in-memory head, then the paged tail.
 #[derive(Default)]
-struct PagedList {
-    chunks: VecDeque<Vec<Paged>>,
-    head: usize,
+struct Level {
+    head: VecDeque<QueuedMessage>,
+    tail: Tail,
+}
+
+/// The paged part of a level, in order.
+#[derive(Default)]
+struct Tail {
+    runs: VecDeque<Run>,
+    /// Expiry (ms after [`Pager::epoch`]) of each entry of a run flagged [`Run::EXPIRES`].
+    expiries: VecDeque<u64>,
+    /// The messages of runs flagged [`Run::HELD`], in order.
+    held: VecDeque<QueuedMessage>,
     len: usize,
 }
 
-impl PagedList {
-    fn push_back(&mut self, entry: Paged) {
-        match self.chunks.back_mut() {
-            Some(chunk) if chunk.len() < CHUNK => chunk.push(entry),
-            _ => {
-                let mut chunk = Vec::with_capacity(CHUNK);
-                chunk.push(entry);
-                self.chunks.push_back(chunk);
+/// Consecutive tail entries with the same flags: for stored ones, consecutive records of one
+/// segment, starting at `position` and ending before `end`.
+#[derive(Clone, Copy)]
+struct Run {
+    position: u64,
+    /// Body bytes of the run's entries.
+    bytes: u64,
+    end: u32,
+    count: u32,
+    flags: u32,
+}
+
+impl Run {
+    const REDELIVERED: u32 = 1;
+    /// The messages are in [`Tail::held`], not on disk.
+    const HELD: u32 = 2;
+    /// The records are in the paging store, not the queue's message store.
+    const SPILLED: u32 = 4;
+    /// Each entry has an expiry in [`Tail::expiries`].
+    const EXPIRES: u32 = 8;
+}
+
+/// Where a queue's tail entries are written.
+struct Pager {
+    /// The queue's message store (durable queues): persistent messages are already there.
+    durable: Option<QueueStore>,
+    spill: Spill,
+    /// Entries kept in memory before new ones go to the tails.
+    limit: usize,
+    /// The queue's `x-message-ttl`: recovered messages' TTL counts from when they are read.
+    message_ttl: Option<Duration>,
+    /// Origin of the expiries kept in the tails.
+    epoch: Instant,
+}
+
+/// The paging store of one queue: a queue of the vhost's unsynced [`MessageStore`], opened on
+/// first use and replaced by a fresh one when the queue is purged.
+pub struct Spill {
+    source: Option<Arc<MessageStore>>,
+    name: String,
+    store: Option<QueueStore>,
+    failed: bool,
+}
+
+/// Tells apart the paging stores of queues of the same name over the process's life.
+static SPILL_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+impl Spill {
+    /// Pages the messages of queue `queue` into `source`; None: no paging store (no data
+    /// directory), transient messages stay in memory.
+    pub fn new(source: Option<Arc<MessageStore>>, queue: &str) -> Self {
+        Spill {
+            source,
+            name: Self::fresh_name(queue),
+            store: None,
+            failed: false,
+        }
+    }
+
+    fn fresh_name(queue: &str) -> String {
+        let generation = SPILL_GENERATION.fetch_add(1, Ordering::Relaxed);
+        format!("{queue}\u{0}{generation}")
+    }
+
+    fn store(&mut self) -> Option<&QueueStore> {
+        if self.store.is_none() && !self.failed {
+            let source = self.source.as_ref()?;
+            match source.open_queue(&self.name) {
+                Ok(store) => self.store = Some(store),
+                Err(error) => {
+                    warn!(queue = %self.name, %error, "cannot open the paging store; messages stay in memory");
+                    self.failed = true;
+                }
             }
         }
-        self.len += 1;
+        self.store.as_ref()
     }
 
-    fn pop_front(&mut self) -> Option<Paged> {
-        let chunk = self.chunks.front()?;
-        let entry = *chunk.get(self.head)?;
-        self.head += 1;
-        if self.head == chunk.len() {
-            self.chunks.pop_front();
-            self.head = 0;
+    /// Drops everything paged (purge, delete): the store's files go.
+    fn discard(&mut self) {
+        if let Some(store) = self.store.take() {
+            if let Err(error) = store.delete() {
+                warn!(queue = %self.name, %error, "cannot delete a paging store");
+            }
+            let queue = self
+                .name
+                .split('\u{0}')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            self.name = Self::fresh_name(&queue);
         }
-        self.len -= 1;
-        Some(entry)
     }
+}
 
+impl Drop for Spill {
+    fn drop(&mut self) {
+        self.discard();
+    }
+}
+
+/// The size of `message`'s record in a store segment.
+fn record_len(message: &Message) -> u32 {
+    StoredMessage::record_len_of(
+        &message.exchange,
+        &message.routing_key,
+        message.raw_properties.len(),
+        message.body.len(),
+    )
+}
+
+impl Tail {
     fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    fn drain(&mut self) -> impl Iterator<Item = Paged> + '_ {
-        let head = std::mem::take(&mut self.head);
-        self.len = 0;
-        std::mem::take(&mut self.chunks)
-            .into_iter()
-            .enumerate()
-            .flat_map(move |(i, chunk)| chunk.into_iter().skip(if i == 0 { head } else { 0 }))
+    /// Appends an entry: extends the last run when it continues it.
+    fn push(&mut self, position: u64, record: u32, body: u64, flags: u32) {
+        self.len += 1;
+        if let Some(last) = self.runs.back_mut()
+            && last.flags == flags
+            && (flags & Run::HELD != 0
+                || (Position::from_u64(last.position).segment()
+                    == Position::from_u64(position).segment()
+                    && Position::from_u64(position).offset() == last.end))
+        {
+            last.count += 1;
+            last.bytes += body;
+            last.end = last.end.wrapping_add(record);
+            return;
+        }
+        self.runs.push_back(Run {
+            position,
+            bytes: body,
+            end: Position::from_u64(position).offset().wrapping_add(record),
+            count: 1,
+            flags,
+        });
+    }
+
+    /// Memory the tail takes.
+    fn memory(&self) -> usize {
+        self.runs.len() * std::mem::size_of::<Run>() + self.expiries.len() * 8
     }
 }
 
 impl Ready {
-    /// An empty list; `max_priority` above 0 makes it a priority queue. A FIFO queue with a
-    /// `store` pages once it holds more than `in_memory` entries.
+    /// An empty list; `max_priority` above 0 makes it a priority queue. It pages once it holds
+    /// more than `in_memory` entries, persistent messages into `durable` (when the queue is
+    /// durable) and the others into `spill`.
     pub(crate) fn new(
         max_priority: Option<u8>,
-        store: Option<QueueStore>,
+        durable: Option<QueueStore>,
+        spill: Spill,
         in_memory: usize,
         message_ttl: Option<Duration>,
     ) -> Self {
-        let levels = match max_priority {
-            Some(max) if max > 0 => Levels::Priority(
-                (0..=max as usize)
-                    .map(|_| VecDeque::new())
-                    .collect::<Vec<_>>()
-                    .into_boxed_slice(),
-            ),
-            _ => Levels::Fifo(VecDeque::new()),
+        let count = match max_priority {
+            Some(max) if max > 0 => max as usize + 1,
+            _ => 1,
         };
-        let pager = match (&levels, store) {
-            (Levels::Fifo(_), Some(store)) => Some(Pager {
-                store,
-                in_memory: in_memory.max(1),
-                message_ttl,
-                tail: PagedList::default(),
-                held: VecDeque::new(),
-            }),
-            _ => None,
-        };
+        let pager = (durable.is_some() || spill.source.is_some()).then(|| Pager {
+            durable,
+            spill,
+            limit: in_memory.max(1),
+            message_ttl,
+            epoch: Instant::now(),
+        });
         Self {
-            levels,
+            levels: (0..count).map(|_| Level::default()).collect(),
             len: 0,
             bytes: 0,
+            in_memory: 0,
+            held_bytes: 0,
             next_seq: 0,
             pager,
         }
@@ -170,7 +263,19 @@ impl Ready {
 
     /// Ready messages whose body is on disk only.
     pub(crate) fn paged(&self) -> usize {
-        self.pager.as_ref().map_or(0, |p| p.tail.len - p.held.len())
+        self.levels
+            .iter()
+            .map(|l| l.tail.len - l.tail.held.len())
+            .sum()
+    }
+
+    /// What the ready messages take in memory: bodies, properties and entries of those held,
+    /// and the paged tails' index (an estimate; a message routed to several queues is
+    /// counted in each).
+    pub(crate) fn memory(&self) -> usize {
+        let held: usize = self.levels.iter().map(|l| l.tail.held.len()).sum();
+        let tails: usize = self.levels.iter().map(|l| l.tail.memory()).sum();
+        self.held_bytes + (self.in_memory + held) * ENTRY_OVERHEAD + tails
     }
 
     /// A sequence number for a message delivered without entering the list.
@@ -180,22 +285,12 @@ impl Ready {
         seq
     }
 
-    fn in_memory(&self) -> usize {
-        match &self.levels {
-            Levels::Fifo(fifo) => fifo.len(),
-            Levels::Priority(_) => self.len,
+    fn level_of(&self, message: &Message) -> usize {
+        let max = self.levels.len() - 1;
+        if max == 0 {
+            return 0;
         }
-    }
-
-    fn level_mut(&mut self, entry: &QueuedMessage) -> &mut VecDeque<QueuedMessage> {
-        match &mut self.levels {
-            Levels::Fifo(fifo) => fifo,
-            Levels::Priority(levels) => {
-                let max = levels.len() - 1;
-                let priority = entry.message.properties.priority().unwrap_or(0) as usize;
-                &mut levels[priority.min(max)]
-            }
-        }
+        (message.priority().unwrap_or(0) as usize).min(max)
     }
 
     fn added(&mut self, size: usize) {
@@ -208,177 +303,191 @@ impl Ready {
         self.bytes -= size;
     }
 
+    /// An entry enters an in-memory head.
+    fn entering(&mut self, entry: &QueuedMessage) {
+        self.in_memory += 1;
+        self.held_bytes += held_size(&entry.message);
+    }
+
     /// Appends a newly published message behind the others of its priority. Its sequence
     /// number is assigned here (or when it leaves the paged tail).
     pub(crate) fn push_back(&mut self, mut entry: QueuedMessage) {
         self.added(entry.message.size());
-        let in_memory = self.in_memory();
-        if let Some(pager) = &mut self.pager
-            && (!pager.tail.is_empty() || in_memory >= pager.in_memory)
-        {
-            let mut flags = if entry.redelivered {
-                Paged::REDELIVERED
-            } else {
-                0
-            };
-            let size = entry.message.size() as u32;
-            let position = if entry.position == 0 || entry.expires_at.is_some() {
-                flags |= Paged::HELD;
-                pager.held.push_back(entry);
-                0
-            } else {
-                // The entry (and with it the message) is dropped here: the body lives on in
-                // the store only.
-                entry.position
-            };
-            pager.tail.push_back(Paged {
-                position,
-                size,
-                flags,
-            });
-            return;
+        let index = self.level_of(&entry.message);
+        if let Some(pager) = &mut self.pager {
+            let tail = &mut self.levels[index].tail;
+            if !tail.is_empty() || self.in_memory >= pager.limit {
+                let size = held_size(&entry.message);
+                if pager.page_out(tail, entry) {
+                    self.held_bytes += size;
+                }
+                return;
+            }
         }
         entry.seq = self.allocate_seq();
-        self.level_mut(&entry).push_back(entry);
+        self.entering(&entry);
+        self.levels[index].head.push_back(entry);
     }
 
-    /// Queues a message found in the store at recovery, behind the others.
+    /// Queues a message found in the store at recovery, behind the others. False when the
+    /// queue cannot page it without reading it (a priority queue needs its priority).
     pub(crate) fn push_recovered(&mut self, recovered: RecoveredMessage) -> bool {
+        if self.levels.len() > 1 {
+            return false;
+        }
         let Some(pager) = &mut self.pager else {
             return false;
         };
-        pager.tail.push_back(Paged {
+        if pager.durable.is_none() {
+            return false;
+        }
+        // The record length is not known without reading it: a run of one, extended by
+        // nothing (the next recovered message starts a run of its own).
+        let flags = if recovered.redelivered {
+            Run::REDELIVERED
+        } else {
+            0
+        };
+        self.levels[0].tail.runs.push_back(Run {
             position: recovered.position.to_u64(),
-            size: recovered.body_len,
-            flags: if recovered.redelivered {
-                Paged::REDELIVERED
-            } else {
-                0
-            },
+            bytes: recovered.body_len.into(),
+            end: u32::MAX,
+            count: 1,
+            flags,
         });
+        self.levels[0].tail.len += 1;
         self.added(recovered.body_len as usize);
-        self.refill();
+        self.refill(0);
         true
     }
 
     /// Puts back an entry just taken with [`Ready::pop_front`] (no consumer could take it).
     pub(crate) fn push_front(&mut self, entry: QueuedMessage) {
         self.added(entry.message.size());
-        self.level_mut(&entry).push_front(entry);
+        self.entering(&entry);
+        let index = self.level_of(&entry.message);
+        self.levels[index].head.push_front(entry);
     }
 
     /// Puts a requeued entry back at its original position within its priority.
     pub(crate) fn insert_by_seq(&mut self, entry: QueuedMessage) {
         self.added(entry.message.size());
-        let level = self.level_mut(&entry);
-        let at = level.partition_point(|m| m.seq < entry.seq);
-        level.insert(at, entry);
+        self.entering(&entry);
+        let index = self.level_of(&entry.message);
+        let head = &mut self.levels[index].head;
+        let at = head.partition_point(|m| m.seq < entry.seq);
+        head.insert(at, entry);
     }
 
     /// Takes the next message to deliver: the oldest of the highest non-empty priority.
     pub(crate) fn pop_front(&mut self) -> Option<QueuedMessage> {
-        self.refill();
-        let entry = match &mut self.levels {
-            Levels::Fifo(fifo) => fifo.pop_front(),
-            Levels::Priority(levels) => levels.iter_mut().rev().find_map(VecDeque::pop_front),
-        }?;
-        self.removed(entry.message.size());
-        Some(entry)
+        loop {
+            let index = (0..self.levels.len()).rev().find(|&i| {
+                let level = &self.levels[i];
+                !level.head.is_empty() || !level.tail.is_empty()
+            })?;
+            self.refill(index);
+            // (A refill that could read nothing back emptied the tail: look again.)
+            if let Some(entry) = self.levels[index].head.pop_front() {
+                self.leaving(&entry);
+                return Some(entry);
+            }
+        }
     }
 
-    /// When the in-memory head ran empty, moves the next entries of the paged tail into it,
-    /// reading paged messages back from the store. A message that cannot be read is reported,
-    /// removed from the store and skipped.
-    fn refill(&mut self) {
-        let Levels::Fifo(fifo) = &mut self.levels else {
-            return;
-        };
+    /// An entry leaves an in-memory head (delivered, expired, dropped).
+    fn leaving(&mut self, entry: &QueuedMessage) {
+        self.removed(entry.message.size());
+        self.in_memory -= 1;
+        self.held_bytes -= held_size(&entry.message);
+    }
+
+    /// When a level's in-memory head ran empty, moves the next entries of its paged tail into
+    /// it, reading paged messages back. A message that cannot be read is reported and
+    /// skipped with the rest of its run.
+    fn refill(&mut self, index: usize) {
         let Some(pager) = &mut self.pager else {
             return;
         };
-        if !fifo.is_empty() {
+        let level = &mut self.levels[index];
+        if !level.head.is_empty() {
             return;
         }
-        while fifo.len() < PAGE_IN_BATCH {
-            let Some(paged) = pager.tail.pop_front() else {
-                break;
-            };
-            let redelivered = paged.flags & Paged::REDELIVERED != 0;
-            let entry = if paged.flags & Paged::HELD != 0 {
-                match pager.held.pop_front() {
-                    Some(entry) => entry,
-                    None => {
-                        self.len -= 1;
-                        self.bytes -= paged.size as usize;
-                        continue;
+        while level.head.len() < PAGE_IN_BATCH {
+            match pager.page_in(&mut level.tail) {
+                None => break,
+                Some(Ok((mut entry, was_held))) => {
+                    entry.seq = self.next_seq;
+                    self.next_seq += 1;
+                    self.in_memory += 1;
+                    if !was_held {
+                        self.held_bytes += held_size(&entry.message);
                     }
+                    level.head.push_back(entry);
                 }
-            } else {
-                let position = Position::from_u64(paged.position);
-                match pager
-                    .store
-                    .read(position)
-                    .and_then(|stored| stored.into_message())
-                {
-                    Ok(message) => {
-                        let own = message.ttl_ms().map(Duration::from_millis);
-                        let ttl = match (pager.message_ttl, own) {
-                            (Some(a), Some(b)) => Some(a.min(b)),
-                            (a, b) => a.or(b),
-                        };
-                        QueuedMessage {
-                            seq: 0,
-                            message: std::sync::Arc::new(message),
-                            redelivered,
-                            expires_at: ttl.and_then(|ttl| Instant::now().checked_add(ttl)),
-                            position: paged.position,
-                        }
-                    }
-                    Err(error) => {
-                        warn!(queue = pager.store.name(), %error, "a paged message cannot be read back; dropped");
-                        let _ = pager.store.ack(position);
-                        self.len -= 1;
-                        self.bytes -= paged.size as usize;
-                        continue;
-                    }
+                Some(Err((lost, bytes))) => {
+                    self.len -= lost;
+                    self.bytes -= bytes as usize;
                 }
-            };
-            let mut entry = entry;
-            entry.seq = self.next_seq;
-            self.next_seq += 1;
-            fifo.push_back(entry);
+            }
         }
     }
 
-    /// Drops every entry; returns how many there were. `gone` sees the store position of
-    /// each one that had one.
+    /// Drops every entry (the queue is deleted with its store); returns how many there were.
+    pub(crate) fn clear_all(&mut self) -> usize {
+        self.clear_with(None)
+    }
+
+    /// Drops every entry (purge); returns how many there were. `gone` sees the message-store
+    /// position of each one that had one (paged ones are read back to find them).
     pub(crate) fn clear(&mut self, mut gone: impl FnMut(u64)) -> usize {
-        let mut forget = |level: &mut VecDeque<QueuedMessage>| {
-            for entry in level.drain(..) {
+        self.clear_with(Some(&mut gone))
+    }
+
+    fn clear_with(&mut self, mut gone: Option<&mut dyn FnMut(u64)>) -> usize {
+        for level in self.levels.iter_mut() {
+            let head = std::mem::take(&mut level.head);
+            let tail = std::mem::take(&mut level.tail);
+            let Some(gone) = gone.as_mut() else {
+                continue;
+            };
+            for entry in head.iter().chain(tail.held.iter()) {
                 if entry.position != 0 {
                     gone(entry.position);
                 }
             }
-        };
-        match &mut self.levels {
-            Levels::Fifo(fifo) => forget(fifo),
-            Levels::Priority(levels) => levels.iter_mut().for_each(forget),
+            let Some(durable) = self.pager.as_ref().and_then(|p| p.durable.as_ref()) else {
+                continue;
+            };
+            let stored = tail
+                .runs
+                .iter()
+                .filter(|r| r.flags & (Run::HELD | Run::SPILLED) == 0);
+            for run in stored {
+                let mut position = Position::from_u64(run.position);
+                for _ in 0..run.count {
+                    gone(position.to_u64());
+                    match durable.read(position) {
+                        Ok(stored) => {
+                            position = Position::new(
+                                position.segment(),
+                                position.offset() + stored.record_len(),
+                            );
+                        }
+                        // The rest cannot be found: recovery reports them.
+                        Err(_) => break,
+                    }
+                }
+            }
         }
         if let Some(pager) = &mut self.pager {
-            for entry in pager.held.drain(..) {
-                if entry.position != 0 {
-                    gone(entry.position);
-                }
-            }
-            for paged in pager.tail.drain() {
-                if paged.flags & Paged::HELD == 0 {
-                    gone(paged.position);
-                }
-            }
+            pager.spill.discard();
         }
         let count = self.len;
         self.len = 0;
         self.bytes = 0;
+        self.in_memory = 0;
+        self.held_bytes = 0;
         count
     }
 
@@ -386,39 +495,196 @@ impl Ready {
     /// from the head: a message behind a longer-lived one waits until it reaches the front).
     pub(crate) fn take_expired_heads(&mut self, now: Instant, mut out: impl FnMut(QueuedMessage)) {
         loop {
-            self.refill();
             let mut removed = Vec::new();
-            let mut take = |level: &mut VecDeque<QueuedMessage>| {
-                while level
+            for index in (0..self.levels.len()).rev() {
+                self.refill(index);
+                let head = &mut self.levels[index].head;
+                while head
                     .front()
                     .is_some_and(|m| m.expires_at.is_some_and(|at| at <= now))
                 {
-                    removed.extend(level.pop_front());
+                    removed.extend(head.pop_front());
                 }
-            };
-            match &mut self.levels {
-                Levels::Fifo(fifo) => take(fifo),
-                Levels::Priority(levels) => levels.iter_mut().rev().for_each(take),
             }
             if removed.is_empty() {
                 return;
             }
             for entry in removed {
-                self.removed(entry.message.size());
+                self.leaving(&entry);
                 out(entry);
             }
         }
     }
 
-    /// The earliest expiry among the heads of the priority levels.
+    /// The earliest expiry among the heads of the priority levels (a level whose head is
+    /// empty shows its tail's first expiry).
     pub(crate) fn next_expiry(&self) -> Option<Instant> {
-        match &self.levels {
-            Levels::Fifo(fifo) => fifo.front().and_then(|m| m.expires_at),
-            Levels::Priority(levels) => levels
-                .iter()
-                .filter_map(|l| l.front().and_then(|m| m.expires_at))
-                .min(),
+        self.levels
+            .iter()
+            .filter_map(|level| match level.head.front() {
+                Some(m) => m.expires_at,
+                None => {
+                    let pager = self.pager.as_ref()?;
+                    let run = level.tail.runs.front()?;
+                    if run.flags & Run::HELD != 0 {
+                        return level.tail.held.front().and_then(|m| m.expires_at);
+                    }
+                    (run.flags & Run::EXPIRES != 0)
+                        .then(|| level.tail.expiries.front())
+                        .flatten()
+                        .map(|&ms| pager.epoch + Duration::from_millis(ms))
+                }
+            })
+            .min()
+    }
+}
+
+/// Body and property bytes a message keeps in memory.
+fn held_size(message: &Message) -> usize {
+    message.body.len() + message.raw_properties.len()
+}
+
+impl Pager {
+    /// Writes an entry to the tail. Returns true when it could not be written and is held in
+    /// memory instead (in order).
+    fn page_out(&mut self, tail: &mut Tail, entry: QueuedMessage) -> bool {
+        let mut flags = if entry.redelivered {
+            Run::REDELIVERED
+        } else {
+            0
+        };
+        if let Some(at) = entry.expires_at {
+            flags |= Run::EXPIRES;
+            let ms = at.saturating_duration_since(self.epoch).as_millis();
+            tail.expiries
+                .push_back(u64::try_from(ms).unwrap_or(u64::MAX));
         }
+        let body = entry.message.size() as u64;
+        let position = if entry.position != 0 {
+            Some(entry.position)
+        } else {
+            match self.spill.store().map(|s| s.append_message(&entry.message)) {
+                Some(Ok((position, _))) => {
+                    flags |= Run::SPILLED;
+                    Some(position.to_u64())
+                }
+                Some(Err(error)) => {
+                    warn!(queue = %self.spill.name, %error, "cannot page a message out; it stays in memory");
+                    self.spill.failed = true;
+                    None
+                }
+                None => None,
+            }
+        };
+        match position {
+            Some(position) => {
+                tail.push(position, record_len(&entry.message), body, flags);
+                false
+            }
+            None => {
+                tail.push(0, 0, body, flags | Run::HELD);
+                tail.held.push_back(entry);
+                true
+            }
+        }
+    }
+
+    /// Takes the first entry of the tail, reading it back; the flag tells whether it was held
+    /// in memory. None when the tail is empty. A record that cannot be read loses the rest of
+    /// its run (positions after it are unknown), one that does not decode only itself:
+    /// `Err` says how many entries and body bytes went.
+    #[allow(clippy::type_complexity)]
+    fn page_in(&mut self, tail: &mut Tail) -> Option<Result<(QueuedMessage, bool), (usize, u64)>> {
+        let run = tail.runs.front_mut()?;
+        let flags = run.flags;
+        let expiry = if flags & Run::EXPIRES != 0 {
+            tail.expiries.pop_front()
+        } else {
+            None
+        };
+        if flags & Run::HELD != 0 {
+            let entry = tail.held.pop_front();
+            run.bytes -= entry.as_ref().map_or(0, |e| e.message.size() as u64);
+            run.count -= 1;
+            if run.count == 0 {
+                tail.runs.pop_front();
+            }
+            tail.len -= 1;
+            return Some(entry.map(|e| (e, true)).ok_or((1, 0)));
+        }
+        let position = Position::from_u64(run.position);
+        let spilled = flags & Run::SPILLED != 0;
+        let store = if spilled {
+            self.spill.store.as_ref()
+        } else {
+            self.durable.as_ref()
+        };
+        let read = match store {
+            Some(store) => store.read(position).map_err(|e| e.to_string()),
+            None => Err("its store is gone".to_owned()),
+        };
+        let stored = match read {
+            Ok(stored) => stored,
+            Err(error) => {
+                warn!(queue = %self.spill.name, %error, "paged messages cannot be read back; dropped");
+                let lost = run.count as usize;
+                let bytes = run.bytes;
+                if flags & Run::EXPIRES != 0 {
+                    for _ in 1..lost {
+                        tail.expiries.pop_front();
+                    }
+                }
+                tail.runs.pop_front();
+                tail.len -= lost;
+                return Some(Err((lost, bytes)));
+            }
+        };
+        let size = stored.body.len() as u64;
+        run.position =
+            Position::new(position.segment(), position.offset() + stored.record_len()).to_u64();
+        run.bytes = run.bytes.saturating_sub(size);
+        run.count -= 1;
+        if run.count == 0 {
+            tail.runs.pop_front();
+        }
+        tail.len -= 1;
+        if spilled && let Some(store) = &self.spill.store {
+            // Back in memory: a transient message needs no copy on disk.
+            let _ = store.ack(position);
+        }
+        let message = match stored.into_message() {
+            Ok(message) => message,
+            Err(error) => {
+                warn!(queue = %self.spill.name, %error, "a paged message does not decode; dropped");
+                if !spilled && let Some(store) = &self.durable {
+                    let _ = store.ack(position);
+                }
+                return Some(Err((1, size)));
+            }
+        };
+        let expires_at = match expiry {
+            Some(ms) => self.epoch.checked_add(Duration::from_millis(ms)),
+            None if spilled => None,
+            // A recovered message: its TTL counts from when it is read back.
+            None => {
+                let own = message.ttl_ms().map(Duration::from_millis);
+                let ttl = match (self.message_ttl, own) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                ttl.and_then(|ttl| Instant::now().checked_add(ttl))
+            }
+        };
+        Some(Ok((
+            QueuedMessage {
+                seq: 0,
+                message: Arc::new(message),
+                redelivered: flags & Run::REDELIVERED != 0,
+                expires_at,
+                position: if spilled { 0 } else { position.to_u64() },
+            },
+            false,
+        )))
     }
 }
 
@@ -459,7 +725,7 @@ mod tests {
 
     #[test]
     fn fifo_keeps_publish_order_and_requeue_position() {
-        let mut ready = Ready::new(None, None, 0, None);
+        let mut ready = Ready::new(None, None, Spill::new(None, "q"), 0, None);
         for seq in 0..4 {
             ready.push_back(entry(seq, Some(9), "ab"));
         }
@@ -474,7 +740,7 @@ mod tests {
 
     #[test]
     fn higher_priorities_first_fifo_within_a_priority() {
-        let mut ready = Ready::new(Some(5), None, 0, None);
+        let mut ready = Ready::new(Some(5), None, Spill::new(None, "q"), 0, None);
         let published = [
             (0, None),
             (1, Some(5)),
@@ -492,7 +758,7 @@ mod tests {
 
     #[test]
     fn requeue_returns_to_original_place_within_its_priority() {
-        let mut ready = Ready::new(Some(3), None, 0, None);
+        let mut ready = Ready::new(Some(3), None, Spill::new(None, "q"), 0, None);
         for (seq, priority) in [(0, Some(3)), (1, Some(1)), (2, Some(3)), (3, Some(1))] {
             ready.push_back(entry(seq, priority, "x"));
         }
@@ -509,7 +775,7 @@ mod tests {
         let now = Instant::now();
         let past = now - std::time::Duration::from_millis(1);
         let future = now + std::time::Duration::from_secs(60);
-        let mut ready = Ready::new(Some(1), None, 0, None);
+        let mut ready = Ready::new(Some(1), None, Spill::new(None, "q"), 0, None);
         let mut push = |seq, priority, expires_at| {
             let mut e = entry(seq, priority, "x");
             e.expires_at = expires_at;
@@ -538,6 +804,7 @@ mod paging_tests {
     use super::*;
     use crate::exchange::Name;
     use crate::message::Message;
+    use crate::queue::ready::Spill;
     use crate::store::{MessageStore, StoreOptions};
 
     fn message(body: &str, persistent: bool) -> Arc<Message> {
@@ -560,7 +827,13 @@ mod paging_tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let (store, _) = MessageStore::open(dir.path(), StoreOptions::default()).expect("store");
         let queue = store.open_queue("q").expect("queue store");
-        let ready = Ready::new(None, Some(queue.clone()), in_memory, None);
+        let ready = Ready::new(
+            None,
+            Some(queue.clone()),
+            Spill::new(None, "q"),
+            in_memory,
+            None,
+        );
         (dir, store, queue, ready)
     }
 
@@ -666,21 +939,150 @@ mod paging_tests {
         assert_eq!(got, expected);
     }
 
+    /// A list of a queue that is not durable, paging into an unsynced store.
+    fn spilling_ready(
+        max_priority: Option<u8>,
+        in_memory: usize,
+    ) -> (tempfile::TempDir, Arc<MessageStore>, Ready) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = StoreOptions {
+            sync: false,
+            ..StoreOptions::default()
+        };
+        let (store, _) = MessageStore::open(dir.path(), options).expect("store");
+        let store = Arc::new(store);
+        let spill = Spill::new(Some(store.clone()), "q");
+        let ready = Ready::new(max_priority, None, spill, in_memory, None);
+        (dir, store, ready)
+    }
+
+    fn transient(body: &str, priority: Option<u8>) -> QueuedMessage {
+        let mut properties = BasicProperties::default();
+        if let Some(p) = priority {
+            properties = properties.with_priority(p);
+        }
+        let raw_properties = crate::channel::encode_properties(&properties).expect("encodes");
+        QueuedMessage {
+            seq: 0,
+            message: Arc::new(Message {
+                exchange: Name::from(""),
+                routing_key: Name::from("q"),
+                properties,
+                raw_properties,
+                body: Bytes::from(body.to_owned()),
+            }),
+            redelivered: false,
+            expires_at: None,
+            position: 0,
+        }
+    }
+
     #[test]
-    fn the_paged_tail_is_sixteen_bytes_an_entry() {
-        assert_eq!(std::mem::size_of::<Paged>(), 16);
-        let mut list = PagedList::default();
-        for i in 0..(CHUNK as u64 * 2 + 5) {
-            list.push_back(Paged {
-                position: i + 1,
-                size: 0,
-                flags: 0,
-            });
+    fn transient_messages_page_out_as_one_run_and_come_back_in_order() {
+        let (_dir, _store, mut ready) = spilling_ready(None, 4);
+        for i in 0..10_000 {
+            ready.push_back(transient(&format!("m{i:05}"), None));
         }
-        assert_eq!(list.chunks.len(), 3);
-        for i in 0..(CHUNK as u64 * 2 + 5) {
-            assert_eq!(list.pop_front().map(|p| p.position), Some(i + 1));
+        assert_eq!(ready.len(), 10_000);
+        assert_eq!(ready.paged(), 9_996);
+        assert_eq!(
+            ready.levels[0].tail.runs.len(),
+            1,
+            "consecutive records: one run"
+        );
+        assert!(
+            ready.memory() < 4 * (ENTRY_OVERHEAD + 64) + 64,
+            "memory {} for 9,996 paged messages",
+            ready.memory()
+        );
+        let mut seqs = Vec::new();
+        for i in 0..10_000 {
+            let entry = ready.pop_front().expect("entry");
+            assert_eq!(body(&entry), format!("m{i:05}"));
+            assert_eq!(
+                entry.position, 0,
+                "a transient message has no store position"
+            );
+            seqs.push(entry.seq);
         }
-        assert!(list.pop_front().is_none() && list.is_empty());
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+        assert!(ready.pop_front().is_none());
+        assert_eq!((ready.len(), ready.bytes(), ready.paged()), (0, 0, 0));
+        assert_eq!(ready.memory(), 0);
+    }
+
+    #[test]
+    fn priority_levels_page_and_keep_their_order() {
+        let (_dir, _store, mut ready) = spilling_ready(Some(3), 2);
+        for i in 0..40u32 {
+            let priority = (i % 4) as u8;
+            ready.push_back(transient(&format!("{priority}-{i:02}"), Some(priority)));
+        }
+        assert_eq!(ready.paged(), 38);
+        let got: Vec<String> = std::iter::from_fn(|| ready.pop_front())
+            .map(|e| body(&e))
+            .collect();
+        let mut expected: Vec<(u8, u32)> = (0..40u32).map(|i| ((i % 4) as u8, i)).collect();
+        expected.sort_by_key(|&(p, i)| (std::cmp::Reverse(p), i));
+        let expected: Vec<String> = expected
+            .into_iter()
+            .map(|(p, i)| format!("{p}-{i:02}"))
+            .collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn paged_entries_keep_their_expiry() {
+        let (_dir, _store, mut ready) = spilling_ready(None, 1);
+        let now = Instant::now();
+        let soon = now + std::time::Duration::from_millis(5);
+        let later = now + std::time::Duration::from_secs(60);
+        for (i, at) in [Some(later), Some(soon), Some(soon), None]
+            .into_iter()
+            .enumerate()
+        {
+            let mut entry = transient(&format!("m{i}"), None);
+            entry.expires_at = at;
+            ready.push_back(entry);
+        }
+        assert_eq!(ready.paged(), 3);
+        let first = ready.pop_front().expect("m0");
+        assert_eq!(first.expires_at, Some(later));
+        // The head is empty now: the tail's first expiry shows.
+        let next = ready.next_expiry().expect("an expiry");
+        assert!(next.duration_since(soon) < std::time::Duration::from_millis(2));
+        let mut expired = Vec::new();
+        ready.take_expired_heads(soon + std::time::Duration::from_millis(10), |e| {
+            expired.push(body(&e))
+        });
+        assert_eq!(expired, ["m1", "m2"]);
+        let last = ready.pop_front().expect("m3");
+        assert_eq!((body(&last), last.expires_at), ("m3".to_owned(), None));
+    }
+
+    #[test]
+    fn purge_discards_the_paging_store() {
+        let (dir, store, mut ready) = spilling_ready(None, 2);
+        for i in 0..100 {
+            ready.push_back(transient(&format!("m{i}"), None));
+        }
+        let live = || {
+            std::fs::read_dir(dir.path().join("queues"))
+                .expect("queues dir")
+                .filter_map(Result::ok)
+                .filter(|e| !e.file_name().to_string_lossy().contains(".deleted"))
+                .count()
+        };
+        assert_eq!(live(), 1, "the queue's paging store");
+        assert_eq!(ready.clear(|_| {}), 100);
+        assert_eq!(live(), 0, "purged with its messages");
+        for i in 0..10 {
+            ready.push_back(transient(&format!("after{i}"), None));
+        }
+        assert_eq!(live(), 1, "a fresh one for what comes next");
+        assert_eq!(body(&ready.pop_front().expect("after0")), "after0");
+        drop(ready);
+        assert_eq!(live(), 0, "dropped with the queue");
+        store.flush().expect("flush");
     }
 }

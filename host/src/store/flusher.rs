@@ -279,6 +279,11 @@ impl Unsynced {
         self.files.is_empty()
     }
 
+    /// A store that does not sync: what was written counts as done.
+    fn forget_all(&mut self) {
+        self.files.clear();
+    }
+
     /// fdatasyncs every file, records the synced lengths, and empties the set. Returns the
     /// number of fsyncs.
     fn sync(&mut self) -> Result<u64, StoreError> {
@@ -366,16 +371,22 @@ fn round(shared: &Arc<Shared>, side: &mut SideFiles) -> Result<bool, StoreError>
     }
     let sync_side = !side.unsynced.is_empty()
         && (msgs.is_empty() || side.last_sync.elapsed() >= SIDE_SYNC_INTERVAL);
-    let mut fsyncs = msgs.sync()?;
-    for dir in &dirs {
-        if dir.exists() {
-            sync_dir(dir)?;
-            fsyncs += 1;
+    let mut fsyncs = 0;
+    if shared.options.sync {
+        fsyncs += msgs.sync()?;
+        for dir in &dirs {
+            if dir.exists() {
+                sync_dir(dir)?;
+                fsyncs += 1;
+            }
         }
-    }
-    if sync_side {
-        fsyncs += side.unsynced.sync()?;
-        side.last_sync = Instant::now();
+        if sync_side {
+            fsyncs += side.unsynced.sync()?;
+            side.last_sync = Instant::now();
+        }
+    } else {
+        msgs.forget_all();
+        side.unsynced.forget_all();
     }
     if !queues.is_empty() {
         shared.rounds.fetch_add(1, Ordering::Relaxed);

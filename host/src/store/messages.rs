@@ -91,12 +91,16 @@ pub struct StoreOptions {
     /// A segment is closed and a new one started when the next record would take it past this
     /// size (a record larger than this gets a segment of its own). At most 1 GiB.
     pub segment_max_bytes: u32,
+    /// Whether written segments are fdatasynced before `synced` moves. False for a store that
+    /// only pages transient messages out of memory: nothing in it must survive a crash.
+    pub sync: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             segment_max_bytes: 64 * 1024 * 1024,
+            sync: true,
         }
     }
 }
@@ -106,6 +110,7 @@ impl StoreOptions {
     pub fn from_config(config: &crate::Config) -> Self {
         StoreOptions {
             segment_max_bytes: config.segment_max_bytes,
+            sync: true,
         }
     }
 }
@@ -133,6 +138,27 @@ pub struct StoredMessage {
 }
 
 impl StoredMessage {
+    /// Bytes its record takes in the segment: the next record of the same segment starts
+    /// this far after it.
+    pub fn record_len(&self) -> u32 {
+        Self::record_len_of(
+            &self.exchange,
+            &self.routing_key,
+            self.raw_properties.len(),
+            self.body.len(),
+        )
+    }
+
+    /// The record size of a message with these parts (as [`QueueStore::append`] writes it).
+    pub fn record_len_of(exchange: &str, routing_key: &str, properties: usize, body: usize) -> u32 {
+        (super::frame::HEADER_LEN
+            + super::segment::MESSAGE_OVERHEAD
+            + exchange.len()
+            + routing_key.len()
+            + properties
+            + body) as u32
+    }
+
     /// Rebuilds the broker's [`Message`], decoding the properties from their raw bytes.
     pub fn into_message(self) -> Result<Message, StoreError> {
         // Bounded like a peer's: the data directory is not trusted to be well formed.

@@ -26,6 +26,9 @@ use crate::store::{
 pub(super) struct Durable {
     definitions: Mutex<DefinitionsLog>,
     pub(super) messages: MessageStore,
+    /// Where queues page out the messages `messages` does not hold (transient ones, and
+    /// every message of a queue that is not durable): never synced, emptied at every start.
+    pub(super) paging: std::sync::Arc<MessageStore>,
 }
 
 /// What the stores returned at open, to be applied once the vhost exists.
@@ -45,11 +48,24 @@ impl Durable {
         let dir = crate::store::prepare_vhost_dir(data_dir, vhost)?;
         let (log, _commands) = DefinitionsLog::open(&dir)?;
         let definitions = log.snapshot();
-        let (messages, recovered) = MessageStore::open(&dir, options)?;
+        let (messages, recovered) = MessageStore::open(&dir, options.clone())?;
+        let paging_dir = dir.join("paging");
+        match std::fs::remove_dir_all(&paging_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StoreError::io("remove", &paging_dir)(e));
+            }
+            _ => {}
+        }
+        let paging_options = StoreOptions {
+            sync: false,
+            ..options
+        };
+        let (paging, _) = MessageStore::open(&paging_dir, paging_options)?;
         Ok((
             Durable {
                 definitions: Mutex::new(log),
                 messages,
+                paging: std::sync::Arc::new(paging),
             },
             Restore {
                 definitions,
@@ -217,7 +233,7 @@ impl VHost {
                         arguments: def.arguments,
                     };
                     let queue = store.map_err(|e| e.to_string()).and_then(|store| {
-                        Queue::try_new_stored(spec, Some(store))
+                        Queue::try_new_paged(spec, Some(store), Some(durable.paging.clone()))
                             .map_err(|e| format!("invalid arg '{}': {}", e.key, e.detail))
                     });
                     match queue {

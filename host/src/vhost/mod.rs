@@ -318,7 +318,8 @@ impl VHost {
             }
             _ => None,
         };
-        let queue = Queue::try_new_stored(spec, store).map_err(invalid)?;
+        let paging = self.durable.as_ref().map(|d| d.paging.clone());
+        let queue = Queue::try_new_paged(spec, store, paging).map_err(invalid)?;
         let host: Weak<dyn QueueHost> = self.me.clone();
         queue.attach(host);
         topology.queues.insert(queue.name().clone(), queue.clone());

@@ -16,6 +16,7 @@ use super::*;
 fn small() -> StoreOptions {
     StoreOptions {
         segment_max_bytes: 4096,
+        ..StoreOptions::default()
     }
 }
 

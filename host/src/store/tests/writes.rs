@@ -222,7 +222,8 @@ fn misuse_is_an_error_not_data_loss() {
         MessageStore::open(
             dir.path(),
             StoreOptions {
-                segment_max_bytes: 10
+                segment_max_bytes: 10,
+                ..StoreOptions::default()
             }
         )
         .is_err()
