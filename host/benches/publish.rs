@@ -116,14 +116,20 @@ fn publish_once(vhost: &VHost, wire: &[u8], buf: &mut BytesMut, routed: &mut Rou
     };
     let exchange = vhost.exchange(publish.exchange.as_str()).expect("exchange");
     let header = *header;
-    let message = Arc::new(Message {
-        exchange: exchange.spec.name.clone(),
-        routing_key: Name::from(publish.routing_key.as_str()),
-        properties: header.properties,
-        raw_properties: header.raw_properties,
+    let message = Arc::new(Message::from_wire(
+        exchange.spec.name.clone(),
+        Name::from(publish.routing_key.as_str()),
+        &header.properties,
+        header.raw_properties,
         body,
-    });
-    vhost.route(&exchange, &message, &[&message.routing_key], routed);
+    ));
+    vhost.route(
+        &exchange,
+        &message,
+        &header.properties,
+        &[&message.routing_key],
+        routed,
+    );
     for queue in routed.queues.drain(..) {
         queue.publish(message.clone());
     }

@@ -80,6 +80,8 @@ impl Body {
 pub(crate) struct Publish {
     exchange: Arc<Exchange>,
     message: Arc<Message>,
+    /// The decoded properties, for routing (the message keeps only their bytes).
+    properties: BasicProperties,
     /// Extra routing keys from the CC and BCC headers.
     extra_keys: Vec<Name>,
     mandatory: bool,
@@ -296,16 +298,17 @@ impl Channel {
                 raw_properties = encode_properties(&properties)?;
             }
         }
-        let message = Arc::new(Message {
-            exchange: exchange.spec.name.clone(),
+        let message = Arc::new(Message::from_wire(
+            exchange.spec.name.clone(),
             routing_key,
-            properties,
+            &properties,
             raw_properties,
-            body: body.into_bytes(),
-        });
+            body.into_bytes(),
+        ));
         let publish = Publish {
             exchange,
             message,
+            properties,
             extra_keys,
             mandatory,
         };
@@ -328,6 +331,7 @@ impl Channel {
         let Publish {
             exchange,
             message,
+            properties,
             extra_keys,
             mandatory,
         } = publish;
@@ -335,6 +339,7 @@ impl Channel {
             cx.vhost.route(
                 &exchange,
                 &message,
+                &properties,
                 &[&message.routing_key],
                 &mut self.routed,
             );
@@ -342,7 +347,8 @@ impl Channel {
             let mut keys: Vec<&str> = Vec::with_capacity(extra_keys.len() + 1);
             keys.push(&message.routing_key);
             keys.extend(extra_keys.iter().map(|k| k.as_ref()));
-            cx.vhost.route(&exchange, &message, &keys, &mut self.routed);
+            cx.vhost
+                .route(&exchange, &message, &properties, &keys, &mut self.routed);
         }
         // A reply handed to a direct reply-to consumer counts as routed.
         let unroutable = self.routed.queues.is_empty() && self.routed.replies.is_empty();

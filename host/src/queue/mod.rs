@@ -771,7 +771,8 @@ impl Queue {
             time_secs,
             replaces_routing_keys: target.routing_key.is_some(),
         };
-        let properties = dead_letter_properties(&original.properties, &death);
+        let original_properties = original.properties();
+        let properties = dead_letter_properties(&original_properties, &death);
         let raw_properties = match crate::channel::encode_properties(&properties) {
             Ok(raw) => raw,
             Err(error) => {
@@ -783,17 +784,17 @@ impl Queue {
             Some(key) => vec![key.to_string()],
             None => {
                 let mut keys = vec![original.routing_key.to_string()];
-                keys.extend(cc_keys(original.properties.headers().as_ref()));
+                keys.extend(cc_keys(original_properties.headers().as_ref()));
                 keys
             }
         };
-        let message = Arc::new(Message {
-            exchange: target.exchange.clone(),
-            routing_key: Name::from(keys[0].as_str()),
-            properties,
+        let message = Arc::new(Message::new(
+            target.exchange.clone(),
+            Name::from(keys[0].as_str()),
+            &properties,
             raw_properties,
-            body: original.body.clone(),
-        });
+            original.body.clone(),
+        ));
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         host.dead_letter(&target.exchange, &keys, message, reason)
     }

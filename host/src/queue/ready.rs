@@ -706,13 +706,13 @@ mod tests {
         }
         QueuedMessage {
             seq,
-            message: Arc::new(Message {
-                exchange: Name::from(""),
-                routing_key: Name::from("q"),
-                properties,
-                raw_properties: Bytes::new(),
-                body: Bytes::from(body.to_owned()),
-            }),
+            message: Arc::new(Message::new(
+                Name::from(""),
+                Name::from("q"),
+                &properties,
+                Bytes::new(),
+                Bytes::from(body.to_owned()),
+            )),
             redelivered: false,
             expires_at: None,
             position: 0,
@@ -813,13 +813,13 @@ mod paging_tests {
             properties = properties.with_delivery_mode(2);
         }
         let raw_properties = crate::channel::encode_properties(&properties).expect("encodes");
-        Arc::new(Message {
-            exchange: Name::from(""),
-            routing_key: Name::from("q"),
-            properties,
+        Arc::new(Message::new(
+            Name::from(""),
+            Name::from("q"),
+            &properties,
             raw_properties,
-            body: Bytes::from(body.to_owned()),
-        })
+            Bytes::from(body.to_owned()),
+        ))
     }
 
     /// A FIFO list paging after `in_memory` entries, and its queue store.
@@ -964,13 +964,13 @@ mod paging_tests {
         let raw_properties = crate::channel::encode_properties(&properties).expect("encodes");
         QueuedMessage {
             seq: 0,
-            message: Arc::new(Message {
-                exchange: Name::from(""),
-                routing_key: Name::from("q"),
-                properties,
+            message: Arc::new(Message::new(
+                Name::from(""),
+                Name::from("q"),
+                &properties,
                 raw_properties,
-                body: Bytes::from(body.to_owned()),
-            }),
+                Bytes::from(body.to_owned()),
+            )),
             redelivered: false,
             expires_at: None,
             position: 0,

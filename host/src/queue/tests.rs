@@ -58,7 +58,7 @@ impl QueueHost for Host {
             routing_keys.iter().map(|k| k.to_string()).collect(),
             String::from_utf8_lossy(&message.body).into_owned(),
             reason,
-            deaths(&message.properties).len(),
+            deaths(&message.properties()).len(),
         ));
         true
     }
@@ -89,13 +89,13 @@ fn queue_with(args: &[(&str, AMQPValue)], host: &Arc<Host>) -> Arc<Queue> {
 }
 
 fn message(body: &str) -> Arc<Message> {
-    Arc::new(Message {
-        exchange: Name::from("ex"),
-        routing_key: Name::from("rk"),
-        properties: BasicProperties::default(),
-        raw_properties: Bytes::new(),
-        body: Bytes::from(body.to_owned()),
-    })
+    Arc::new(Message::new(
+        Name::from("ex"),
+        Name::from("rk"),
+        &BasicProperties::default(),
+        Bytes::new(),
+        Bytes::from(body.to_owned()),
+    ))
 }
 
 fn consumer(tag: &str, priority: i64, outlet: &Arc<Recorder>) -> Arc<Consumer> {
@@ -255,13 +255,13 @@ fn a_busy_consumer_leaves_messages_ready_in_priority_order() {
         .expect("consumer");
     for (body, p) in [("low", 0), ("high", 2), ("mid", 1)] {
         let plain = message(body);
-        q.publish(Arc::new(Message {
-            exchange: plain.exchange.clone(),
-            routing_key: plain.routing_key.clone(),
-            properties: BasicProperties::default().with_priority(p),
-            raw_properties: Bytes::new(),
-            body: plain.body.clone(),
-        }));
+        q.publish(Arc::new(Message::new(
+            plain.exchange.clone(),
+            plain.routing_key.clone(),
+            &BasicProperties::default().with_priority(p),
+            Bytes::new(),
+            plain.body.clone(),
+        )));
     }
     outlet.full.store(false, Ordering::Relaxed);
     q.dispatch();

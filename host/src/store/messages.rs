@@ -170,13 +170,13 @@ impl StoredMessage {
                 ));
             }
         };
-        Ok(Message {
-            exchange: self.exchange,
-            routing_key: self.routing_key,
-            properties,
-            raw_properties: self.raw_properties,
-            body: self.body,
-        })
+        Ok(Message::new(
+            self.exchange,
+            self.routing_key,
+            &properties,
+            self.raw_properties,
+            self.body,
+        ))
     }
 }
 

@@ -530,8 +530,9 @@ impl QueueHost for VHost {
             return true;
         };
         let mut routed = Routed::default();
-        self.route(&exchange, &message, routing_keys, &mut routed);
-        let deaths = crate::queue::deaths(&message.properties);
+        let properties = message.properties();
+        self.route(&exchange, &message, &properties, routing_keys, &mut routed);
+        let deaths = crate::queue::deaths(&properties);
         let mut accepted = true;
         for queue in routed.queues.drain(..) {
             if reason != DeathReason::Rejected && crate::queue::is_cycle(queue.name(), deaths) {

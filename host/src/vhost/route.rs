@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use amq_protocol::protocol::BasicProperties;
+
 use tracing::debug;
 
 use super::reply_to::REPLY_TO_PREFIX;
@@ -45,6 +47,7 @@ impl VHost {
         &self,
         exchange: &Arc<Exchange>,
         message: &Message,
+        properties: &BasicProperties,
         keys: &[&str],
         routed: &mut Routed,
     ) {
@@ -92,7 +95,7 @@ impl VHost {
                     let input = RoutingInput {
                         exchange: &x.spec.name,
                         routing_key: key,
-                        properties: &message.properties,
+                        properties,
                         body: &message.body,
                     };
                     if let Err(error) = router.route(&input, &mut routed.destinations) {

@@ -67,17 +67,17 @@ fn stored_message_rebuilds_a_broker_message() {
     )
     .unwrap();
     raw.extend_from_slice(&ctx.into_inner().0);
-    let message = crate::message::Message {
-        exchange: "ex".into(),
-        routing_key: "rk".into(),
-        properties: props.clone(),
-        raw_properties: bytes::Bytes::from(raw.clone()),
-        body: bytes::Bytes::from_static(b"hello"),
-    };
+    let message = crate::message::Message::new(
+        "ex".into(),
+        "rk".into(),
+        &props,
+        bytes::Bytes::from(raw.clone()),
+        bytes::Bytes::from_static(b"hello"),
+    );
     let (pos, _) = q.append_message(&message).unwrap();
     store.flush().unwrap();
     let back = q.read(pos).unwrap().into_message().unwrap();
-    assert_eq!(back.properties, props);
+    assert_eq!(back.properties(), props);
     assert_eq!(&back.raw_properties[..], &raw[..]);
     assert!(back.persistent());
     assert_eq!(&back.body[..], b"hello");
