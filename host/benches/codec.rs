@@ -15,7 +15,7 @@ fn publish_frames(count: usize, body: &[u8]) -> Vec<u8> {
     let properties = BasicProperties::default()
         .with_content_type("application/octet-stream".into())
         .with_delivery_mode(1);
-    let raw = bourse::channel::encode_properties(&properties).expect("encodes");
+    let raw = bourse::protocol::encode_properties(&properties).expect("encodes");
     let mut out = Vec::new();
     for _ in 0..count {
         write_method(
@@ -54,7 +54,7 @@ fn decode(c: &mut Criterion) {
 
 fn encode(c: &mut Criterion) {
     let properties = BasicProperties::default().with_delivery_mode(2);
-    let raw = bourse::channel::encode_properties(&properties).expect("encodes");
+    let raw = bourse::protocol::encode_properties(&properties).expect("encodes");
     let body = vec![1u8; 16];
     let mut out = Vec::with_capacity(1 << 20);
     let mut group = c.benchmark_group("encode");

@@ -6,7 +6,6 @@
 
 mod outlet;
 mod publish;
-pub use publish::encode_properties;
 mod topology;
 
 pub use outlet::{ChannelOutlet, ReplyTarget, Unacked};
@@ -299,7 +298,7 @@ impl Channel {
         let name = self.queue_name(consume.queue.as_str())?;
         let queue = cx.vhost.queue_for(&name, cx.connection_id)?;
         let tag: Name = if consume.consumer_tag.as_str().is_empty() {
-            Name::from(format!("amq.ctag-{}", random_suffix()?))
+            Name::from(format!("amq.ctag-{}", crate::names::random_suffix()?))
         } else {
             Name::from(consume.consumer_tag.as_str())
         };
@@ -383,7 +382,7 @@ impl Channel {
             return Err(AmqpError::precondition_failed("reply consumer already set"));
         }
         let tag: Name = if given.is_empty() {
-            Name::from(format!("amq.ctag-{}", random_suffix()?))
+            Name::from(format!("amq.ctag-{}", crate::names::random_suffix()?))
         } else {
             Name::from(given)
         };
@@ -626,20 +625,4 @@ pub(crate) fn int_value(value: &AMQPValue) -> Option<i64> {
         AMQPValue::LongLongInt(v) => *v,
         _ => return None,
     })
-}
-
-/// 22 URL-safe random characters (132 bits), as RabbitMQ uses for generated names: consumer
-/// tags, `amq.gen-*` queues and direct reply-to names. Reply-to names are capabilities (whoever
-/// knows one can send to that channel), so the bits come from the operating system's CSPRNG,
-/// never from a seeded generator; 541 INTERNAL_ERROR in the unlikely case the OS refuses.
-pub(crate) fn random_suffix() -> Result<String, AmqpError> {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut bytes = [0u8; 22];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| AmqpError::internal(format!("no random bytes for a name: {e}")))?;
-    // 64 symbols: the low six bits of a uniform byte pick one uniformly.
-    Ok(bytes
-        .iter()
-        .map(|b| ALPHABET[usize::from(b & 63)] as char)
-        .collect())
 }

@@ -4,8 +4,6 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use amq_protocol::frame::WriteContext;
-use amq_protocol::protocol::basic::gen_properties;
 use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, tx};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::{Bytes, BytesMut};
@@ -14,7 +12,9 @@ use super::{Channel, Session, Settle};
 use crate::exchange::Name;
 use crate::limits::Reservation;
 use crate::message::{Message, parse_expiration};
-use crate::protocol::{AmqpError, BASIC_CLASS, ContentHeader, write_content, write_method};
+use crate::protocol::{
+    AmqpError, BASIC_CLASS, ContentHeader, encode_properties, write_content, write_method,
+};
 use crate::queue::Enqueued;
 use crate::store::Ticket;
 use crate::vhost::Exchange;
@@ -506,13 +506,6 @@ fn collect_keys(value: Option<&AMQPValue>, keys: &mut Vec<Name>) {
         Some(other) => push(other),
         None => {}
     }
-}
-
-/// Encodes properties with amq-protocol's generator (used when the broker changes them).
-pub fn encode_properties(properties: &BasicProperties) -> Result<Bytes, AmqpError> {
-    gen_properties(properties)(WriteContext::from(Vec::new()))
-        .map(|ctx| Bytes::from(ctx.into_inner().0))
-        .map_err(|e| AmqpError::internal(format!("cannot encode properties: {e}")))
 }
 
 #[cfg(test)]

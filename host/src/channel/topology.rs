@@ -2,8 +2,9 @@
 
 use amq_protocol::protocol::{AMQPClass, exchange, queue};
 
-use super::{Channel, Session, random_suffix};
+use super::{Channel, Session};
 use crate::exchange::{Binding, Destination, Name};
+use crate::names::random_suffix;
 use crate::protocol::AmqpError;
 use crate::queue::QueueSpec;
 use crate::vhost::{ExchangeSpec, REPLY_TO_PREFIX, REPLY_TO_QUEUE};

@@ -13,7 +13,7 @@ mod registry;
 mod writer;
 
 pub use registry::{ConnectionInfo, ConnectionState, Connections};
-pub use writer::Writer;
+pub use writer::{DrainWaiter, Writer};
 
 use std::cell::RefCell;
 use std::collections::HashMap;

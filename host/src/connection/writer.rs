@@ -18,7 +18,15 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::protocol::write_heartbeat;
-use crate::queue::Queue;
+
+/// Something that stopped writing to a congested connection and wants to hear when it
+/// drained (a queue that has deliveries for it). The writer owns this trait so that it never
+/// depends on what sits above it.
+pub trait DrainWaiter: Send + Sync {
+    /// The connection drained below the congestion threshold: try again. Called from the
+    /// writer task with no lock held.
+    fn drained(self: Arc<Self>);
+}
 
 /// Above this many buffered bytes the connection counts as congested: queues stop
 /// delivering to it until the writer catches up.
@@ -47,8 +55,8 @@ pub struct Writer {
 struct WriterState {
     buf: Vec<u8>,
     closing: bool,
-    /// Queues that found this connection congested and want a nudge once it drains.
-    waiting: Vec<Weak<Queue>>,
+    /// Those that found this connection congested and want a nudge once it drains.
+    waiting: Vec<Weak<dyn DrainWaiter>>,
 }
 
 impl Writer {
@@ -99,15 +107,19 @@ impl Writer {
     }
 
     /// Appends frames unless the connection is congested or closing; a congested connection
-    /// remembers `queue` and nudges it once drained.
-    pub fn write_unless_congested<R>(
+    /// remembers `waiter` and tells it once drained.
+    pub fn write_unless_congested<W: DrainWaiter + 'static, R>(
         &self,
-        queue: &Arc<Queue>,
+        waiter: &Arc<W>,
         write: impl FnOnce(&mut Vec<u8>) -> R,
     ) -> Option<R> {
         self.write_with_room(write, |waiting| {
-            if !waiting.iter().any(|w| w.as_ptr() == Arc::as_ptr(queue)) {
-                waiting.push(Arc::downgrade(queue));
+            let known = waiting
+                .iter()
+                .any(|w| std::ptr::addr_eq(w.as_ptr(), Arc::as_ptr(waiter)));
+            if !known {
+                let waiter: Weak<dyn DrainWaiter> = Arc::downgrade(waiter) as Weak<dyn DrainWaiter>;
+                waiting.push(waiter);
             }
         })
     }
@@ -123,7 +135,7 @@ impl Writer {
     fn write_with_room<R>(
         &self,
         write: impl FnOnce(&mut Vec<u8>) -> R,
-        congested: impl FnOnce(&mut Vec<Weak<Queue>>),
+        congested: impl FnOnce(&mut Vec<Weak<dyn DrainWaiter>>),
     ) -> Option<R> {
         let result = {
             let mut state = self.state.lock();
@@ -201,8 +213,8 @@ impl Writer {
                     spare = Vec::new();
                 }
             }
-            for queue in waiting.iter().filter_map(Weak::upgrade) {
-                queue.dispatch();
+            for waiter in waiting.iter().filter_map(Weak::upgrade) {
+                waiter.drained();
             }
             if closing {
                 // Frames appended while the last batch was written still go out.

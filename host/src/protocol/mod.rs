@@ -21,7 +21,8 @@ pub use table::{
     MAX_FIELD_DEPTH, TooDeep, check_properties, check_table, decode_properties, decode_table,
 };
 pub use write::{
-    Deliver, FRAME_OVERHEAD, write_content, write_deliver, write_heartbeat, write_method,
+    Deliver, FRAME_OVERHEAD, encode_properties, write_content, write_deliver, write_heartbeat,
+    write_method,
 };
 
 /// The content class of `basic` (the only class with content in 0-9-1).

@@ -5,9 +5,11 @@
 //! the negotiated size straight from the shared `Bytes`.
 
 use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame};
-use amq_protocol::protocol::AMQPClass;
+use amq_protocol::protocol::basic::gen_properties;
+use amq_protocol::protocol::{AMQPClass, BasicProperties};
+use bytes::Bytes;
 
-use super::BASIC_CLASS;
+use super::{AmqpError, BASIC_CLASS};
 
 /// Bytes a frame adds around its payload: type, channel, size, end octet.
 pub const FRAME_OVERHEAD: usize = 8;
@@ -157,4 +159,11 @@ mod tests {
             );
         }
     }
+}
+
+/// Encodes properties with amq-protocol's generator (used when the broker changes them).
+pub fn encode_properties(properties: &BasicProperties) -> Result<Bytes, AmqpError> {
+    gen_properties(properties)(WriteContext::from(Vec::new()))
+        .map(|ctx| Bytes::from(ctx.into_inner().0))
+        .map_err(|e| AmqpError::internal(format!("cannot encode properties: {e}")))
 }

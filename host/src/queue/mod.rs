@@ -773,7 +773,7 @@ impl Queue {
         };
         let original_properties = original.properties();
         let properties = dead_letter_properties(&original_properties, &death);
-        let raw_properties = match crate::channel::encode_properties(&properties) {
+        let raw_properties = match crate::protocol::encode_properties(&properties) {
             Ok(raw) => raw,
             Err(error) => {
                 warn!(queue = %self.name(), %error, "cannot encode a dead-lettered message; kept");
@@ -797,6 +797,13 @@ impl Queue {
         ));
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         host.dead_letter(&target.exchange, &keys, message, reason)
+    }
+}
+
+impl crate::connection::DrainWaiter for Queue {
+    /// A consumer's connection drained: deliver what waited for it.
+    fn drained(self: Arc<Self>) {
+        self.dispatch();
     }
 }
 

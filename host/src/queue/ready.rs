@@ -812,7 +812,7 @@ mod paging_tests {
         if persistent {
             properties = properties.with_delivery_mode(2);
         }
-        let raw_properties = crate::channel::encode_properties(&properties).expect("encodes");
+        let raw_properties = crate::protocol::encode_properties(&properties).expect("encodes");
         Arc::new(Message::new(
             Name::from(""),
             Name::from("q"),
@@ -961,7 +961,7 @@ mod paging_tests {
         if let Some(p) = priority {
             properties = properties.with_priority(p);
         }
-        let raw_properties = crate::channel::encode_properties(&properties).expect("encodes");
+        let raw_properties = crate::protocol::encode_properties(&properties).expect("encodes");
         QueuedMessage {
             seq: 0,
             message: Arc::new(Message::new(

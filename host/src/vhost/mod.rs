@@ -494,8 +494,8 @@ impl VHost {
         loop {
             let suffix = format!(
                 "{}.{}",
-                crate::channel::random_suffix()?,
-                crate::channel::random_suffix()?
+                crate::names::random_suffix()?,
+                crate::names::random_suffix()?
             );
             if self.replies.register(&suffix, consumer.clone()) {
                 return Ok(Name::from(format!("{REPLY_TO_PREFIX}{suffix}")));
