@@ -151,7 +151,9 @@ impl QueueInner {
             msgs.note(self, chunk.segment, FileKind::Msgs, &file, seg.msgs.len);
         }
         for (kind, positions) in [(FileKind::Acks, &work.acks), (FileKind::Dlvr, &work.dlvr)] {
-            if positions.is_empty() {
+            // A store that does not sync is never recovered: its acks and delivery marks only
+            // count (segments are reclaimed from the counts), nothing reads them back.
+            if positions.is_empty() || !self.shared.options.sync {
                 continue;
             }
             // Group by segment, keeping order; skip segments reclaimed in this same round.
