@@ -149,6 +149,18 @@ impl BrokerHandle {
         self.shared.open.list()
     }
 
+    /// Memory held by queued messages, per vhost (bytes of bodies, properties and entries in
+    /// memory, and the index of paged ones: an estimate, see `Queue::memory_bytes`).
+    pub fn queued_memory(&self) -> Vec<(String, usize)> {
+        let vhosts: Vec<Arc<VHost>> = self.shared.vhosts.read().values().cloned().collect();
+        let mut all: Vec<(String, usize)> = vhosts
+            .iter()
+            .map(|v| (v.name.to_string(), v.queued_memory_bytes()))
+            .collect();
+        all.sort();
+        all
+    }
+
     /// Whether the memory alarm is on (publishing connections are blocked).
     pub fn memory_alarm(&self) -> bool {
         self.shared.memory.is_alarmed()

@@ -51,7 +51,8 @@ fn queue(broker: &TestBroker, name: &str) -> Option<Arc<Queue>> {
     broker.handle()?.shared().vhost("/")?.queue(name).ok()
 }
 
-/// Checks that more than the in-memory window is on disk only.
+/// Checks that more than the in-memory window is on disk only, and that the queue accounts
+/// in memory for the window alone (its entries and small bodies), not for the paged ones.
 fn assert_paged(broker: &TestBroker, name: &str) {
     if let Some(queue) = queue(broker, name) {
         assert!(
@@ -59,6 +60,17 @@ fn assert_paged(broker: &TestBroker, name: &str) {
             "messages beyond the in-memory window are paged out ({} of {TOTAL})",
             queue.paged_count()
         );
+        let window = IN_MEMORY_MESSAGES * 400;
+        assert!(
+            queue.memory_bytes() < window,
+            "{} bytes accounted for {TOTAL} queued messages",
+            queue.memory_bytes()
+        );
+        let vhost: usize = broker
+            .handle()
+            .map(|h| h.queued_memory().iter().map(|(_, b)| b).sum())
+            .unwrap_or_default();
+        assert!(vhost >= queue.memory_bytes() && vhost < 2 * window);
     }
 }
 

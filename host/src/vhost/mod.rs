@@ -181,6 +181,14 @@ impl VHost {
             .ok_or_else(|| self.not_found_queue(name))
     }
 
+    /// What this vhost's queues hold in memory for their ready messages (the estimate of
+    /// [`Queue::memory_bytes`], summed). The queues are listed under the topology lock and
+    /// asked after it is released.
+    pub fn queued_memory_bytes(&self) -> usize {
+        let queues: Vec<Arc<Queue>> = self.topology.read().queues.values().cloned().collect();
+        queues.iter().map(|q| q.memory_bytes()).sum()
+    }
+
     /// Looks up a queue and checks that `connection` may use it (exclusive queues).
     pub fn queue_for(&self, name: &str, connection: ConnectionId) -> Result<Arc<Queue>, AmqpError> {
         let queue = self.queue(name)?;
