@@ -111,6 +111,13 @@ pub fn write_content(
     }
 }
 
+/// Encodes properties with amq-protocol's generator (used when the broker changes them).
+pub fn encode_properties(properties: &BasicProperties) -> Result<Bytes, AmqpError> {
+    gen_properties(properties)(WriteContext::from(Vec::new()))
+        .map(|ctx| Bytes::from(ctx.into_inner().0))
+        .map_err(|e| AmqpError::internal(format!("cannot encode properties: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use amq_protocol::frame::{AMQPFrame, parse_frame};
@@ -159,11 +166,4 @@ mod tests {
             );
         }
     }
-}
-
-/// Encodes properties with amq-protocol's generator (used when the broker changes them).
-pub fn encode_properties(properties: &BasicProperties) -> Result<Bytes, AmqpError> {
-    gen_properties(properties)(WriteContext::from(Vec::new()))
-        .map(|ctx| Bytes::from(ctx.into_inner().0))
-        .map_err(|e| AmqpError::internal(format!("cannot encode properties: {e}")))
 }
