@@ -65,6 +65,11 @@ struct Tail {
     expiries: VecDeque<u64>,
     /// The messages of runs flagged [`Run::HELD`], in order.
     held: VecDeque<QueuedMessage>,
+    /// Records of the first run already read from disk (one read covers many), taken by the
+    /// same refill.
+    read_ahead: VecDeque<StoredMessage>,
+    /// Why the last read failed (reported when the entries it should have returned are lost).
+    read_error: Option<String>,
     len: usize,
 }
 
@@ -414,7 +419,8 @@ impl Ready {
             return;
         }
         while level.head.len() < PAGE_IN_BATCH {
-            match pager.page_in(&mut level.tail) {
+            let want = PAGE_IN_BATCH - level.head.len();
+            match pager.page_in(&mut level.tail, want) {
                 None => break,
                 Some(Ok((mut entry, was_held))) => {
                     entry.seq = self.next_seq;
@@ -594,7 +600,11 @@ impl Pager {
     /// its run (positions after it are unknown), one that does not decode only itself:
     /// `Err` says how many entries and body bytes went.
     #[allow(clippy::type_complexity)]
-    fn page_in(&mut self, tail: &mut Tail) -> Option<Result<(QueuedMessage, bool), (usize, u64)>> {
+    fn page_in(
+        &mut self,
+        tail: &mut Tail,
+        want: usize,
+    ) -> Option<Result<(QueuedMessage, bool), (usize, u64)>> {
         let run = tail.runs.front_mut()?;
         let flags = run.flags;
         let expiry = if flags & Run::EXPIRES != 0 {
@@ -619,9 +629,23 @@ impl Pager {
         } else {
             self.durable.as_ref()
         };
-        let read = match store {
-            Some(store) => store.read(position).map_err(|e| e.to_string()),
-            None => Err("its store is gone".to_owned()),
+        if tail.read_ahead.is_empty() {
+            let count = want.min(run.count as usize).max(1);
+            let read = match store {
+                Some(store) => store.read_run(position, count).map_err(|e| e.to_string()),
+                None => Err("its store is gone".to_owned()),
+            };
+            match read {
+                Ok(records) => tail.read_ahead.extend(records),
+                Err(error) => tail.read_error = Some(error),
+            }
+        }
+        let read = match tail.read_ahead.pop_front() {
+            Some(stored) => Ok(stored),
+            None => Err(tail
+                .read_error
+                .take()
+                .unwrap_or_else(|| "no record".to_owned())),
         };
         let stored = match read {
             Ok(stored) => stored,

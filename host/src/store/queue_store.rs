@@ -21,6 +21,8 @@ use super::sync_dir;
 use crate::exchange::Name;
 use crate::message::Message;
 
+/// Most bytes [`QueueStore::read_run`] reads at once.
+pub const READ_RUN_BYTES: usize = 64 << 10;
 /// The store of one durable queue. Cheap to clone; all clones are the same store.
 #[derive(Clone)]
 pub struct QueueStore {
@@ -332,7 +334,9 @@ impl QueueStore {
         if let Some(chunk) = in_memory {
             let at = (offset - chunk.offset) as usize;
             return match frame::read_record(&chunk.data, at) {
-                Next::Record(payload, _) => self.stored(payload.to_vec(), offset),
+                Next::Record(payload, _) => {
+                    self.stored(Bytes::from(payload.to_vec()), offset, None)
+                }
                 _ => Err(self.corrupt(offset, "no record at this position")),
             };
         }
@@ -364,23 +368,87 @@ impl QueueStore {
         match frame::read_record(&record, 0) {
             Next::Record(..) => {
                 record.drain(..frame::HEADER_LEN);
-                self.stored(record, offset)
+                self.stored(Bytes::from(record), offset, None)
             }
             Next::End | Next::Bad(_) => Err(self.corrupt(offset, "record checksum mismatch")),
         }
     }
 
-    fn stored(&self, payload: Vec<u8>, offset: u32) -> Result<StoredMessage, StoreError> {
+    /// Reads up to `count` consecutive records starting at `position`, with one `pread` of at
+    /// most [`READ_RUN_BYTES`] when they are on disk (a record in the write buffer, or larger
+    /// than that, is read alone). Stops early at the end of what is written. The records'
+    /// checksums are verified; consecutive records with the same exchange and routing key
+    /// share their names.
+    pub fn read_run(
+        &self,
+        position: Position,
+        count: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let id = position.segment();
+        let offset = position.offset();
+        let state = self.inner.state.lock();
+        let buffered = state
+            .pending
+            .iter()
+            .chain(state.inflight.iter().map(|c| &**c))
+            .any(|c| {
+                c.segment == id && offset >= c.offset && offset - c.offset < c.data.len() as u32
+            });
+        let file = state.segments.get(&id).and_then(|c| c.file.clone());
+        drop(state);
+        let file = match file {
+            Some(file) if !buffered && count > 1 => file,
+            _ => return self.read(position).map(|m| vec![m]),
+        };
+        let mut buf = vec![0u8; READ_RUN_BYTES];
+        let n = read_at_most(&file, &mut buf, u64::from(offset)).map_err(StoreError::io(
+            "read",
+            &segment::msgs_path(&self.inner.dir, id),
+        ))?;
+        buf.truncate(n);
+        let buf = Bytes::from(buf);
+        let mut out: Vec<StoredMessage> = Vec::with_capacity(count.min(256));
+        let mut at = 0;
+        while out.len() < count {
+            let Next::Record(_, next) = frame::read_record(&buf, at) else {
+                break;
+            };
+            let names = out.last().map(|m| (&m.exchange, &m.routing_key));
+            let stored = self.stored(
+                buf.slice(at + frame::HEADER_LEN..next),
+                offset + at as u32,
+                names,
+            )?;
+            out.push(stored);
+            at = next;
+        }
+        if out.is_empty() {
+            return self.read(position).map(|m| vec![m]);
+        }
+        Ok(out)
+    }
+
+    /// Decodes a record's payload; `names` are the previous record's, reused when equal.
+    fn stored(
+        &self,
+        payload: Bytes,
+        offset: u32,
+        names: Option<(&Name, &Name)>,
+    ) -> Result<StoredMessage, StoreError> {
         let layout =
             segment::decode_message(&payload).map_err(|reason| self.corrupt(offset, reason))?;
-        let text = |range: std::ops::Range<usize>| -> Result<Name, StoreError> {
-            std::str::from_utf8(&payload[range])
-                .map(Name::from)
-                .map_err(|_| self.corrupt(offset, "exchange or routing key is not UTF-8"))
-        };
-        let exchange = text(layout.exchange.clone())?;
-        let routing_key = text(layout.routing_key.clone())?;
-        let payload = Bytes::from(payload);
+        let text =
+            |range: std::ops::Range<usize>, same: Option<&Name>| -> Result<Name, StoreError> {
+                let bytes = &payload[range];
+                if let Some(name) = same.filter(|n| n.as_bytes() == bytes) {
+                    return Ok(name.clone());
+                }
+                std::str::from_utf8(bytes)
+                    .map(Name::from)
+                    .map_err(|_| self.corrupt(offset, "exchange or routing key is not UTF-8"))
+            };
+        let exchange = text(layout.exchange.clone(), names.map(|n| n.0))?;
+        let routing_key = text(layout.routing_key.clone(), names.map(|n| n.1))?;
         Ok(StoredMessage {
             exchange,
             routing_key,

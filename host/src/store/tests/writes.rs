@@ -327,3 +327,32 @@ fn async_waiters_see_the_sync() {
         assert!(store.wait_synced(store.issued() + 1).await.is_err());
     });
 }
+
+#[test]
+fn a_run_of_records_is_read_with_one_call_and_shares_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path(), StoreOptions::default());
+    let q = store.open_queue("run").unwrap();
+    let first = q.append("ex", "rk", &[], b"m0").unwrap().0;
+    for i in 1..300 {
+        q.append("ex", "rk", &[], format!("m{i}").as_bytes())
+            .unwrap();
+    }
+    // Still in the write buffer: read one at a time.
+    assert_eq!(q.read_run(first, 10).unwrap().len(), 1);
+    store.flush().unwrap();
+    let run = q.read_run(first, 200).unwrap();
+    assert_eq!(run.len(), 200);
+    for (i, stored) in run.iter().enumerate() {
+        assert_eq!(&stored.body[..], format!("m{i}").as_bytes());
+    }
+    assert!(Arc::ptr_eq(&run[0].routing_key, &run[199].routing_key));
+    // The next call starts where the run's records end.
+    let mut next = first;
+    for stored in &run {
+        next = Position::new(next.segment(), next.offset() + stored.record_len());
+    }
+    let rest = q.read_run(next, 1000).unwrap();
+    assert_eq!(rest.len(), 100, "stops at the end of what was written");
+    assert_eq!(&rest[0].body[..], b"m200");
+}
