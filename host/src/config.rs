@@ -35,8 +35,8 @@ pub struct Config {
     pub limits: Limits,
     /// Per-user limits (TOML: `[user_limits."alice"]`).
     pub user_limits: BTreeMap<String, UserLimits>,
-    /// Users created at start-up (name, password). Empty means the default `guest`/`guest`.
-    pub users: Vec<(String, String)>,
+    /// Users created at start-up. Empty means the default `guest`/`guest`.
+    pub users: Vec<UserSeed>,
     /// Whether `guest` may only log in from a loopback address (RabbitMQ's default).
     pub guest_loopback_only: bool,
     /// Where compiled WASM components are cached [default: `<data_dir>/wasm-cache`].
@@ -368,7 +368,74 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct UserEntry {
     name: String,
-    password: String,
+    /// A clear password, hashed at start-up.
+    password: Option<String>,
+    /// Or RabbitMQ's `password_hash` (base64; empty: no password login).
+    password_hash: Option<String>,
+    /// RabbitMQ's `hashing_algorithm` for `password_hash` [default:
+    /// rabbit_password_hashing_sha256].
+    hashing_algorithm: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+/// A user the configuration creates at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSeed {
+    /// Login name.
+    pub name: String,
+    /// How the password is given.
+    pub credential: Credential,
+    /// RabbitMQ's user tags.
+    pub tags: Vec<String>,
+}
+
+impl UserSeed {
+    /// A user with a clear password and no tags.
+    pub fn clear(name: &str, password: &str) -> Self {
+        UserSeed {
+            name: name.to_owned(),
+            credential: Credential::Clear(password.to_owned()),
+            tags: Vec::new(),
+        }
+    }
+}
+
+/// A seeded user's password: clear (hashed at start-up, never kept) or already hashed.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A clear password.
+    Clear(String),
+    /// RabbitMQ's `password_hash` and `hashing_algorithm`.
+    Hash {
+        /// base64 of salt and digest; empty: the user cannot log in with a password.
+        hash: String,
+        /// RabbitMQ's scheme name.
+        algorithm: String,
+    },
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Clear(_) => f.write_str("Clear(..)"),
+            Credential::Hash { algorithm, .. } => write!(f, "Hash({algorithm})"),
+        }
+    }
+}
+
+impl Credential {
+    /// The hash to keep (None: no password login).
+    pub fn to_hash(&self) -> Result<Option<crate::auth::PasswordHash>, crate::auth::PasswordError> {
+        use crate::auth::{Algorithm, PasswordHash};
+        match self {
+            Credential::Clear(password) => PasswordHash::new(password, Algorithm::Sha256).map(Some),
+            Credential::Hash { hash, .. } if hash.is_empty() => Ok(None),
+            Credential::Hash { hash, algorithm } => {
+                PasswordHash::from_rabbit(hash, Algorithm::from_rabbit(algorithm)?).map(Some)
+            }
+        }
+    }
 }
 
 /// Why a configuration could not be built.
@@ -406,8 +473,29 @@ impl Config {
         let users = file
             .users
             .into_iter()
-            .map(|u| (u.name, u.password))
-            .collect();
+            .map(|u| {
+                let credential = match (u.password, u.password_hash) {
+                    (Some(password), None) => Credential::Clear(password),
+                    (None, Some(hash)) => Credential::Hash {
+                        hash,
+                        algorithm: u
+                            .hashing_algorithm
+                            .unwrap_or_else(|| "rabbit_password_hashing_sha256".to_owned()),
+                    },
+                    _ => {
+                        return Err(ConfigError::Invalid(format!(
+                            "user '{}': give exactly one of password and password_hash",
+                            u.name
+                        )));
+                    }
+                };
+                Ok(UserSeed {
+                    name: u.name,
+                    credential,
+                    tags: u.tags,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let wasm = VhostLimitOverrides {
             wasm_call_deadline_ms: cli.wasm_call_deadline_ms,
             wasm_setup_deadline_ms: cli.wasm_setup_deadline_ms,
@@ -571,6 +659,16 @@ impl Config {
                 "frame_max_bytes must be at least {FRAME_MIN_SIZE}"
             )));
         }
+        for user in &self.users {
+            if let Credential::Hash { .. } = &user.credential
+                && let Err(error) = user.credential.to_hash()
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "user '{}': {error}",
+                    user.name
+                )));
+            }
+        }
         check_wasm_limits("", &self.wasm)?;
         for vhost in self.vhost_limits.keys() {
             check_wasm_limits(vhost, &self.wasm_limits(vhost))?;
@@ -643,6 +741,39 @@ mod tests {
         let result = Config::from_cli(Cli::try_parse_from(argv).expect("flags parse"));
         let _ = std::fs::remove_file(&path);
         result
+    }
+
+    #[test]
+    fn users_come_with_a_clear_password_or_a_rabbitmq_hash_and_tags() {
+        let hash = crate::auth::PasswordHash::new("pw", crate::auth::Algorithm::Sha512)
+            .expect("hash")
+            .to_rabbit();
+        let toml = format!(
+            "[[users]]\nname = \"a\"\npassword = \"s\"\ntags = [\"administrator\"]\n\
+             [[users]]\nname = \"b\"\npassword_hash = \"{hash}\"\n\
+             hashing_algorithm = \"rabbit_password_hashing_sha512\"\n"
+        );
+        let config = with_file(&toml, &[]).expect("valid users");
+        assert_eq!(config.users[0].tags, ["administrator"]);
+        assert!(matches!(
+            config.users[1].credential,
+            Credential::Hash { .. }
+        ));
+        assert!(
+            !format!("{:?}", config.users).contains("\"s\""),
+            "no clear password in Debug"
+        );
+        for bad in [
+            "[[users]]\nname = \"a\"\n",
+            "[[users]]\nname = \"a\"\npassword = \"s\"\npassword_hash = \"\"\n",
+        ] {
+            assert!(with_file(bad, &[]).is_err(), "{bad}");
+        }
+        let wrong = format!("[[users]]\nname = \"b\"\npassword_hash = \"{hash}\"\n");
+        assert!(
+            with_file(&wrong, &[]).is_err(),
+            "a SHA-512 hash read as SHA-256 is refused"
+        );
     }
 
     #[test]

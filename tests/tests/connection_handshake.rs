@@ -222,7 +222,7 @@ async fn unknown_vhost_is_refused_with_not_allowed() {
 #[tokio::test]
 async fn configured_user_logs_in() {
     let broker = TestBroker::start_with(|cfg| {
-        cfg.users = vec![("alice".to_string(), "s3cret".to_string())];
+        cfg.users = vec![bourse::config::UserSeed::clear("alice", "s3cret")];
     })
     .await;
     let good = broker.url().replace("guest:guest@", "alice:s3cret@");

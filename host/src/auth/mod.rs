@@ -1,10 +1,22 @@
 //! Users and SASL authentication (PLAIN and AMQPLAIN).
+//!
+//! Users are kept with a salted password hash only ([`password`]: RabbitMQ's schemes, so its
+//! definitions import unchanged) and RabbitMQ's user tags. A login is checked in constant time,
+//! and an unknown user costs the same hash as a known one.
+
+pub mod password;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use amq_protocol::types::{AMQPValue, FieldTable};
 use parking_lot::RwLock;
+use tracing::warn;
+
+pub use password::{Algorithm, PasswordError, PasswordHash};
+
+use crate::config::{Credential, UserSeed};
 
 /// The mechanisms offered in connection.start, in preference order.
 pub const MECHANISMS: &str = "PLAIN AMQPLAIN";
@@ -14,7 +26,18 @@ pub const MECHANISMS: &str = "PLAIN AMQPLAIN";
 pub struct User {
     /// Login name.
     pub name: String,
-    password: String,
+    /// None: the user cannot log in with a password (RabbitMQ's empty `password_hash`).
+    pub password: Option<PasswordHash>,
+    /// RabbitMQ's user tags (`administrator`, `monitoring`, `policymaker`, `management`, or
+    /// any other word).
+    pub tags: Vec<String>,
+}
+
+impl User {
+    /// Whether the user has `tag`.
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.tags.iter().any(|t| t == tag)
+    }
 }
 
 /// Why a login was refused.
@@ -39,32 +62,41 @@ pub enum AuthError {
 /// The broker's users.
 #[derive(Debug)]
 pub struct UserStore {
-    users: RwLock<HashMap<String, User>>,
+    users: RwLock<HashMap<String, Arc<User>>>,
     guest_loopback_only: bool,
+    /// Checked against when the user does not exist, so that a login takes as long either way.
+    decoy: PasswordHash,
 }
 
 impl UserStore {
-    /// A store holding `users`, or `guest`/`guest` when empty.
-    pub fn new(users: &[(String, String)], guest_loopback_only: bool) -> Self {
+    /// A store holding the seeded `users` (clear passwords are hashed now), or
+    /// `guest`/`guest` (tag `administrator`, as RabbitMQ's) when there are none. A seed whose
+    /// hash does not decode is logged and skipped ([`crate::Config::check`] refuses them first).
+    pub fn new(users: &[UserSeed], guest_loopback_only: bool) -> Self {
         let mut map = HashMap::new();
-        let defaults = [("guest".to_owned(), "guest".to_owned())];
-        let users = if users.is_empty() {
-            &defaults[..]
-        } else {
-            users
-        };
-        for (name, password) in users {
-            map.insert(
-                name.clone(),
-                User {
-                    name: name.clone(),
-                    password: password.clone(),
-                },
-            );
+        let guest = [UserSeed {
+            name: "guest".to_owned(),
+            credential: Credential::Clear("guest".to_owned()),
+            tags: vec!["administrator".to_owned()],
+        }];
+        let users = if users.is_empty() { &guest[..] } else { users };
+        for seed in users {
+            match seed.credential.to_hash() {
+                Ok(password) => {
+                    let user = User {
+                        name: seed.name.clone(),
+                        password,
+                        tags: seed.tags.clone(),
+                    };
+                    map.insert(seed.name.clone(), Arc::new(user));
+                }
+                Err(error) => warn!(user = %seed.name, %error, "user not created"),
+            }
         }
         Self {
             users: RwLock::new(map),
             guest_loopback_only,
+            decoy: PasswordHash::decoy(),
         }
     }
 
@@ -74,21 +106,40 @@ impl UserStore {
         mechanism: &str,
         response: &[u8],
         peer: IpAddr,
-    ) -> Result<User, AuthError> {
+    ) -> Result<Arc<User>, AuthError> {
         let (name, password) = match mechanism {
             "PLAIN" => parse_plain(response)?,
             "AMQPLAIN" => parse_amqplain(response)?,
             other => return Err(AuthError::Mechanism(other.to_owned())),
         };
-        let users = self.users.read();
-        let user = users
-            .get(&name)
-            .filter(|u| u.password == password)
+        let user = self.users.read().get(&name).cloned();
+        let matches = match user.as_ref().map(|u| u.password.as_ref()) {
+            Some(Some(hash)) => hash.verify(&password),
+            // No such user, or one without a password: the same work, and a refusal.
+            _ => {
+                self.decoy.verify(&password);
+                false
+            }
+        };
+        let user = user
+            .filter(|_| matches)
             .ok_or_else(|| AuthError::Refused(mechanism.to_owned()))?;
         if user.name == "guest" && self.guest_loopback_only && !peer.is_loopback() {
             return Err(AuthError::LoopbackOnly(user.name.clone()));
         }
-        Ok(user.clone())
+        Ok(user)
+    }
+
+    /// Looks a user up.
+    pub fn get(&self, name: &str) -> Option<Arc<User>> {
+        self.users.read().get(name).cloned()
+    }
+
+    /// Every user, by name.
+    pub fn list(&self) -> Vec<Arc<User>> {
+        let mut all: Vec<_> = self.users.read().values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
     }
 }
 
@@ -128,8 +179,65 @@ mod tests {
     const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
     #[test]
+    fn users_are_kept_hashed_and_checked_against_the_hash() {
+        let hashed = PasswordHash::new("h4sh", Algorithm::Sha512).expect("hash");
+        let store = UserStore::new(
+            &[
+                UserSeed {
+                    name: "alice".into(),
+                    credential: Credential::Clear("s3cret".into()),
+                    tags: vec!["monitoring".into()],
+                },
+                UserSeed {
+                    name: "bob".into(),
+                    credential: Credential::Hash {
+                        hash: hashed.to_rabbit(),
+                        algorithm: "rabbit_password_hashing_sha512".into(),
+                    },
+                    tags: vec![],
+                },
+                UserSeed {
+                    name: "nologin".into(),
+                    credential: Credential::Hash {
+                        hash: String::new(),
+                        algorithm: "rabbit_password_hashing_sha256".into(),
+                    },
+                    tags: vec![],
+                },
+            ],
+            true,
+        );
+        let alice = store
+            .authenticate("PLAIN", b"\0alice\0s3cret", LOCAL)
+            .expect("alice");
+        assert!(alice.has_tag("monitoring") && !alice.has_tag("administrator"));
+        assert!(
+            format!("{alice:?}").find("s3cret").is_none(),
+            "no password kept"
+        );
+        assert!(store.authenticate("PLAIN", b"\0bob\0h4sh", LOCAL).is_ok());
+        assert!(
+            store
+                .authenticate("PLAIN", b"\0bob\0s3cret", LOCAL)
+                .is_err()
+        );
+        assert!(store.authenticate("PLAIN", b"\0nologin\0", LOCAL).is_err());
+        assert!(
+            store
+                .authenticate("PLAIN", b"\0guest\0guest", LOCAL)
+                .is_err()
+        );
+        assert_eq!(store.list().len(), 3);
+    }
+
+    #[test]
     fn plain_accepts_guest_from_loopback_only() {
         let store = UserStore::new(&[], true);
+        assert!(
+            store
+                .get("guest")
+                .is_some_and(|g| g.has_tag("administrator"))
+        );
         assert!(
             store
                 .authenticate("PLAIN", b"\0guest\0guest", LOCAL)

@@ -212,7 +212,7 @@ async fn negotiate(
     });
     Ok(Negotiated {
         vhost,
-        user: user.name,
+        user: user.name.clone(),
         frame_max,
         channel_max,
         heartbeat,
