@@ -162,3 +162,77 @@ async fn a_priority_queue_pages_out_and_drains_highest_priority_first() {
     })
     .await;
 }
+
+/// Declares a durable queue with `args`.
+async fn declare_durable(ch: &Channel, name: &str, args: &[(&str, AMQPValue)]) {
+    let mut table = FieldTable::default();
+    for (key, value) in args {
+        table.insert((*key).into(), value.clone());
+    }
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    within(ch.queue_declare(name.into(), options, table))
+        .await
+        .expect("queue.declare");
+}
+
+fn persistent() -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(2)
+}
+
+#[tokio::test]
+async fn after_a_restart_paged_persistent_messages_are_back_and_paged_transient_ones_are_gone() {
+    bounded(Duration::from_secs(90), async {
+        let mut broker = TestBroker::start().await;
+        let (conn, ch) = session(&broker).await;
+        declare_durable(&ch, "paged-mixed", &[]).await;
+        // Every third message is persistent; all but the first window are paged, the
+        // transient ones into the paging store.
+        publish_all(&ch, "paged-mixed", |i| {
+            if i % 3 == 0 {
+                persistent()
+            } else {
+                BasicProperties::default()
+            }
+        })
+        .await;
+        assert_paged(&broker, "paged-mixed");
+        drop(ch);
+        let _ = conn.close(200, "restart".into()).await;
+        broker.restart().await;
+        let (_conn, ch) = session(&broker).await;
+        let kept = TOTAL.div_ceil(3);
+        let got = drain(&ch, "paged-mixed", kept).await;
+        assert_eq!(got, names((0..TOTAL).filter(|i| i % 3 == 0)));
+        if let Some(queue) = queue(&broker, "paged-mixed") {
+            assert_eq!(queue.message_count(), 0, "no transient message came back");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_durable_priority_queue_pages_and_recovers_in_priority_order() {
+    bounded(Duration::from_secs(90), async {
+        let mut broker = TestBroker::start().await;
+        let (conn, ch) = session(&broker).await;
+        let args = [("x-max-priority", AMQPValue::ShortShortUInt(3))];
+        declare_durable(&ch, "paged-durable-priority", &args).await;
+        publish_all(&ch, "paged-durable-priority", |i| {
+            persistent().with_priority((i % 4) as u8)
+        })
+        .await;
+        assert_paged(&broker, "paged-durable-priority");
+        drop(ch);
+        let _ = conn.close(200, "restart".into()).await;
+        broker.restart().await;
+        let (_conn, ch) = session(&broker).await;
+        let got = drain(&ch, "paged-durable-priority", TOTAL).await;
+        let mut expected: Vec<usize> = (0..TOTAL).collect();
+        expected.sort_by_key(|&i| (std::cmp::Reverse(i % 4), i));
+        assert_eq!(got, names(expected.into_iter()));
+    })
+    .await;
+}
