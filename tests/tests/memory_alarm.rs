@@ -213,6 +213,15 @@ async fn publisher_is_told_blocked_then_unblocked_and_its_held_publish_is_routed
         raise_alarm(&broker);
         // Idle when the alarm sets, the connection is told at once (it has published).
         expect_blocked(&mut raw).await;
+        // And the broker shows it blocked (the only connection so far).
+        let states = || -> Vec<&'static str> {
+            handle(&broker)
+                .connections()
+                .iter()
+                .map(|c| c.state().as_str())
+                .collect()
+        };
+        assert_eq!(states(), ["blocked"]);
 
         // Sent while blocked: not read, so neither routed nor answered; and no second
         // connection.blocked.
@@ -224,6 +233,7 @@ async fn publisher_is_told_blocked_then_unblocked_and_its_held_publish_is_routed
 
         clear_alarm(&broker);
         expect_unblocked(&mut raw).await;
+        assert!(states().iter().all(|s| *s == "running"), "{:?}", states());
         // The held publish is read first, then the basic.get sent after it finds it.
         assert_eq!(recv_get(&mut raw).await.as_deref(), Some(&b"held"[..]));
 
