@@ -105,7 +105,12 @@ impl Broker {
         let plugins = start_plugins(&config, &registry).await;
         let memory = crate::memory::MemoryMonitor::start(&config);
         let shared = Arc::new(Shared {
-            users: UserStore::new(&config.users, config.guest_loopback_only),
+            users: UserStore::new(
+                &config.users,
+                &config.permissions,
+                &config.topic_permissions,
+                config.guest_loopback_only,
+            ),
             registry,
             plugins,
             memory,

@@ -37,6 +37,11 @@ pub struct Config {
     pub user_limits: BTreeMap<String, UserLimits>,
     /// Users created at start-up. Empty means the default `guest`/`guest`.
     pub users: Vec<UserSeed>,
+    /// Permissions at start-up (TOML `[[permissions]]`). Empty: every user may do everything
+    /// in `/`.
+    pub permissions: Vec<PermissionSeed>,
+    /// Topic permissions at start-up (TOML `[[topic_permissions]]`).
+    pub topic_permissions: Vec<TopicPermissionSeed>,
     /// Whether `guest` may only log in from a loopback address (RabbitMQ's default).
     pub guest_loopback_only: bool,
     /// Where compiled WASM components are cached [default: `<data_dir>/wasm-cache`].
@@ -198,6 +203,8 @@ impl Default for Config {
             limits: Limits::default(),
             user_limits: BTreeMap::new(),
             users: Vec::new(),
+            permissions: Vec::new(),
+            topic_permissions: Vec::new(),
             guest_loopback_only: true,
             wasm_cache_dir: None,
             plugin_poll_ms: 1000,
@@ -344,6 +351,10 @@ struct FileConfig {
     guest_loopback_only: Option<bool>,
     #[serde(default)]
     users: Vec<UserEntry>,
+    #[serde(default)]
+    permissions: Vec<PermissionSeed>,
+    #[serde(default)]
+    topic_permissions: Vec<TopicPermissionSeed>,
     wasm_cache_dir: Option<PathBuf>,
     plugin_poll_ms: Option<u64>,
     wasm_instances_max: Option<u32>,
@@ -377,6 +388,56 @@ struct UserEntry {
     hashing_algorithm: Option<String>,
     #[serde(default)]
     tags: Vec<String>,
+}
+
+/// A user's permissions in a vhost, as RabbitMQ's `set_permissions` takes them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionSeed {
+    /// The user.
+    pub user: String,
+    /// The vhost [default: `/`].
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+    /// Regular expression of the resources the user may configure.
+    pub configure: String,
+    /// ... may write to.
+    pub write: String,
+    /// ... may read from.
+    pub read: String,
+}
+
+impl PermissionSeed {
+    /// Compiles the three expressions.
+    pub fn compile(&self) -> Result<crate::auth::Permissions, String> {
+        use crate::auth::Pattern;
+        Ok(crate::auth::Permissions {
+            configure: Pattern::new(&self.configure)?,
+            write: Pattern::new(&self.write)?,
+            read: Pattern::new(&self.read)?,
+        })
+    }
+}
+
+/// A user's topic permission on one topic exchange, as RabbitMQ's `set_topic_permissions`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicPermissionSeed {
+    /// The user.
+    pub user: String,
+    /// The vhost [default: `/`].
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+    /// The topic exchange.
+    pub exchange: String,
+    /// Routing keys the user may publish with (`{username}`, `{vhost}` expanded).
+    pub write: String,
+    /// Routing keys the user may bind with to read.
+    pub read: String,
+}
+
+fn default_vhost() -> String {
+    "/".to_owned()
 }
 
 /// A user the configuration creates at start-up.
@@ -581,6 +642,8 @@ impl Config {
             limits,
             user_limits: file.user_limits,
             users,
+            permissions: file.permissions,
+            topic_permissions: file.topic_permissions,
             guest_loopback_only: file
                 .guest_loopback_only
                 .unwrap_or(defaults.guest_loopback_only),
@@ -658,6 +721,29 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "frame_max_bytes must be at least {FRAME_MIN_SIZE}"
             )));
+        }
+        for seed in &self.permissions {
+            seed.compile().map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "permissions of '{}' in '{}': {e}",
+                    seed.user, seed.vhost
+                ))
+            })?;
+        }
+        for seed in &self.topic_permissions {
+            crate::auth::TopicPermissions::new(
+                &seed.exchange,
+                &seed.write,
+                &seed.read,
+                &seed.user,
+                &seed.vhost,
+            )
+            .map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "topic permissions of '{}' in '{}': {e}",
+                    seed.user, seed.vhost
+                ))
+            })?;
         }
         for user in &self.users {
             if let Credential::Hash { .. } = &user.credential

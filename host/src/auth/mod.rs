@@ -5,6 +5,7 @@
 //! and an unknown user costs the same hash as a known one.
 
 pub mod password;
+pub mod permissions;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,8 +16,9 @@ use parking_lot::RwLock;
 use tracing::warn;
 
 pub use password::{Algorithm, PasswordError, PasswordHash};
+pub use permissions::{Access, Grants, Pattern, Permissions, ResourceKind, TopicPermissions};
 
-use crate::config::{Credential, UserSeed};
+use crate::config::{Credential, PermissionSeed, TopicPermissionSeed, UserSeed};
 
 /// The mechanisms offered in connection.start, in preference order.
 pub const MECHANISMS: &str = "PLAIN AMQPLAIN";
@@ -63,6 +65,10 @@ pub enum AuthError {
 #[derive(Debug)]
 pub struct UserStore {
     users: RwLock<HashMap<String, Arc<User>>>,
+    /// (user, vhost) → configure/write/read.
+    permissions: RwLock<HashMap<(String, String), Permissions>>,
+    /// (user, vhost) → topic permissions per exchange.
+    topics: RwLock<HashMap<(String, String), Vec<TopicPermissions>>>,
     guest_loopback_only: bool,
     /// Checked against when the user does not exist, so that a login takes as long either way.
     decoy: PasswordHash,
@@ -72,7 +78,12 @@ impl UserStore {
     /// A store holding the seeded `users` (clear passwords are hashed now), or
     /// `guest`/`guest` (tag `administrator`, as RabbitMQ's) when there are none. A seed whose
     /// hash does not decode is logged and skipped ([`crate::Config::check`] refuses them first).
-    pub fn new(users: &[UserSeed], guest_loopback_only: bool) -> Self {
+    pub fn new(
+        users: &[UserSeed],
+        permissions: &[PermissionSeed],
+        topic_permissions: &[TopicPermissionSeed],
+        guest_loopback_only: bool,
+    ) -> Self {
         let mut map = HashMap::new();
         let guest = [UserSeed {
             name: "guest".to_owned(),
@@ -93,8 +104,46 @@ impl UserStore {
                 Err(error) => warn!(user = %seed.name, %error, "user not created"),
             }
         }
+        // Without any configured permissions every user may do everything in `/` (as
+        // RabbitMQ grants its default user, and as bourse did before permissions existed).
+        let mut grants = HashMap::new();
+        if permissions.is_empty() {
+            for name in map.keys() {
+                grants.insert((name.clone(), "/".to_owned()), Permissions::all());
+            }
+        }
+        for seed in permissions {
+            match seed.compile() {
+                Ok(p) => {
+                    grants.insert((seed.user.clone(), seed.vhost.clone()), p);
+                }
+                Err(error) => {
+                    warn!(user = %seed.user, vhost = %seed.vhost, %error, "permission not set")
+                }
+            }
+        }
+        let mut topics: HashMap<(String, String), Vec<TopicPermissions>> = HashMap::new();
+        for seed in topic_permissions {
+            match TopicPermissions::new(
+                &seed.exchange,
+                &seed.write,
+                &seed.read,
+                &seed.user,
+                &seed.vhost,
+            ) {
+                Ok(t) => topics
+                    .entry((seed.user.clone(), seed.vhost.clone()))
+                    .or_default()
+                    .push(t),
+                Err(error) => {
+                    warn!(user = %seed.user, vhost = %seed.vhost, %error, "topic permission not set")
+                }
+            }
+        }
         Self {
             users: RwLock::new(map),
+            permissions: RwLock::new(grants),
+            topics: RwLock::new(topics),
             guest_loopback_only,
             decoy: PasswordHash::decoy(),
         }
@@ -128,6 +177,20 @@ impl UserStore {
             return Err(AuthError::LoopbackOnly(user.name.clone()));
         }
         Ok(user)
+    }
+
+    /// What `user` may do in `vhost`; None when it has no permissions there (connection.open
+    /// is then refused).
+    pub fn grants(&self, user: &str, vhost: &str) -> Option<Arc<Grants>> {
+        let key = (user.to_owned(), vhost.to_owned());
+        let permissions = self.permissions.read().get(&key).cloned()?;
+        let topics = self.topics.read().get(&key).cloned().unwrap_or_default();
+        Some(Arc::new(Grants {
+            user: user.to_owned(),
+            vhost: vhost.to_owned(),
+            permissions,
+            topics,
+        }))
     }
 
     /// Looks a user up.
@@ -205,6 +268,8 @@ mod tests {
                     tags: vec![],
                 },
             ],
+            &[],
+            &[],
             true,
         );
         let alice = store
@@ -232,7 +297,7 @@ mod tests {
 
     #[test]
     fn plain_accepts_guest_from_loopback_only() {
-        let store = UserStore::new(&[], true);
+        let store = UserStore::new(&[], &[], &[], true);
         assert!(
             store
                 .get("guest")
@@ -263,7 +328,7 @@ mod tests {
 
     #[test]
     fn amqplain_reads_login_and_password() {
-        let store = UserStore::new(&[], true);
+        let store = UserStore::new(&[], &[], &[], true);
         let response = b"\x05LOGINS\x00\x00\x00\x05guest\x08PASSWORDS\x00\x00\x00\x05guest";
         assert!(store.authenticate("AMQPLAIN", response, LOCAL).is_ok());
         assert!(store.authenticate("AMQPLAIN", b"\x05LOG", LOCAL).is_err());

@@ -4,6 +4,7 @@
 //! basic methods drive queues and the channel's [`ChannelOutlet`]. Errors come back as
 //! [`AmqpError`] and the connection decides whether they close the channel or itself.
 
+mod access;
 mod outlet;
 mod publish;
 mod topology;
@@ -45,6 +46,8 @@ pub struct Session<'a> {
     /// Queues in flow that this connection published into during the current read turn: the
     /// connection waits for them before it reads on (`queue/flow.rs`).
     pub throttled: &'a std::cell::RefCell<Vec<Arc<Queue>>>,
+    /// What the user may do in the vhost: every operation is checked (`access.rs`).
+    pub grants: &'a crate::auth::Grants,
 }
 
 impl Session<'_> {
@@ -236,6 +239,11 @@ impl Channel {
             }
             B::Get(get) => {
                 let name = self.queue_name(get.queue.as_str())?;
+                cx.may(
+                    crate::auth::Access::Read,
+                    crate::auth::ResourceKind::Queue,
+                    &name,
+                )?;
                 let queue = cx.vhost.queue_for(&name, cx.connection_id)?;
                 match queue.get(get.no_ack) {
                     Some((entry, remaining)) => self
@@ -296,6 +304,11 @@ impl Channel {
             )));
         }
         let name = self.queue_name(consume.queue.as_str())?;
+        cx.may(
+            crate::auth::Access::Read,
+            crate::auth::ResourceKind::Queue,
+            &name,
+        )?;
         let queue = cx.vhost.queue_for(&name, cx.connection_id)?;
         let tag: Name = if consume.consumer_tag.as_str().is_empty() {
             Name::from(format!("amq.ctag-{}", crate::names::random_suffix()?))

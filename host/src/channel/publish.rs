@@ -142,7 +142,18 @@ impl Channel {
         if publish.immediate {
             return Err(AmqpError::not_implemented("immediate=true"));
         }
+        cx.may(
+            crate::auth::Access::Write,
+            crate::auth::ResourceKind::Exchange,
+            publish.exchange.as_str(),
+        )?;
         let exchange = cx.vhost.exchange(publish.exchange.as_str())?;
+        cx.may_route(
+            crate::auth::Access::Write,
+            &exchange.spec.name,
+            &exchange.spec.kind,
+            publish.routing_key.as_str(),
+        )?;
         if exchange.spec.internal {
             return Err(AmqpError::access_refused(format!(
                 "cannot publish to internal exchange '{}' in vhost '{}'",

@@ -3,6 +3,7 @@
 use amq_protocol::protocol::{AMQPClass, exchange, queue};
 
 use super::{Channel, Session};
+use crate::auth::{Access, ResourceKind};
 use crate::exchange::{Binding, Destination, Name};
 use crate::names::random_suffix;
 use crate::protocol::AmqpError;
@@ -24,6 +25,7 @@ impl Channel {
                 if declare.passive {
                     cx.vhost.exchange(name)?;
                 } else {
+                    cx.may_declare_exchange(name, &declare.arguments)?;
                     cx.vhost.declare_exchange(ExchangeSpec {
                         name: Name::from(name),
                         kind: Name::from(declare.kind.as_str()),
@@ -42,6 +44,11 @@ impl Channel {
                 Ok(())
             }
             X::Delete(delete) => {
+                cx.may(
+                    Access::Configure,
+                    ResourceKind::Exchange,
+                    delete.exchange.as_str(),
+                )?;
                 cx.vhost
                     .delete_exchange(delete.exchange.as_str(), delete.if_unused)?;
                 if !delete.nowait {
@@ -51,6 +58,12 @@ impl Channel {
             }
             X::Bind(bind) => {
                 check_not_default(bind.destination.as_str(), cx)?;
+                cx.may(
+                    Access::Write,
+                    ResourceKind::Exchange,
+                    bind.destination.as_str(),
+                )?;
+                cx.may(Access::Read, ResourceKind::Exchange, bind.source.as_str())?;
                 let binding = Binding {
                     destination: Destination::Exchange(Name::from(bind.destination.as_str())),
                     routing_key: Name::from(bind.routing_key.as_str()),
@@ -64,6 +77,12 @@ impl Channel {
             }
             X::Unbind(unbind) => {
                 check_not_default(unbind.destination.as_str(), cx)?;
+                cx.may(
+                    Access::Write,
+                    ResourceKind::Exchange,
+                    unbind.destination.as_str(),
+                )?;
+                cx.may(Access::Read, ResourceKind::Exchange, unbind.source.as_str())?;
                 let binding = Binding {
                     destination: Destination::Exchange(Name::from(unbind.destination.as_str())),
                     routing_key: Name::from(unbind.routing_key.as_str()),
@@ -110,6 +129,7 @@ impl Channel {
                         }
                         given => Name::from(given),
                     };
+                    cx.may_declare_queue(&name, &declare.arguments)?;
                     cx.vhost
                         .declare_queue(QueueSpec {
                             name,
@@ -135,7 +155,17 @@ impl Channel {
             }
             Q::Bind(bind) => {
                 let name = self.queue_name(bind.queue.as_str())?;
+                cx.may(Access::Write, ResourceKind::Queue, &name)?;
+                cx.may(Access::Read, ResourceKind::Exchange, bind.exchange.as_str())?;
                 cx.vhost.queue_for(&name, cx.connection_id)?;
+                if let Ok(exchange) = cx.vhost.exchange(bind.exchange.as_str()) {
+                    cx.may_route(
+                        Access::Read,
+                        &exchange.spec.name,
+                        &exchange.spec.kind,
+                        bind.routing_key.as_str(),
+                    )?;
+                }
                 let binding = Binding {
                     destination: Destination::Queue(name),
                     routing_key: Name::from(bind.routing_key.as_str()),
@@ -149,6 +179,12 @@ impl Channel {
             }
             Q::Unbind(unbind) => {
                 let name = self.queue_name(unbind.queue.as_str())?;
+                cx.may(Access::Write, ResourceKind::Queue, &name)?;
+                cx.may(
+                    Access::Read,
+                    ResourceKind::Exchange,
+                    unbind.exchange.as_str(),
+                )?;
                 // A queue that is gone has no bindings left: unbind-ok (see `VHost::unbind`).
                 match cx.vhost.queue_for(&name, cx.connection_id) {
                     Err(e) if e.code != crate::protocol::ReplyCode::NotFound => return Err(e),
@@ -165,6 +201,7 @@ impl Channel {
             }
             Q::Purge(purge) => {
                 let name = self.queue_name(purge.queue.as_str())?;
+                cx.may(Access::Read, ResourceKind::Queue, &name)?;
                 let count = cx.vhost.queue_for(&name, cx.connection_id)?.purge();
                 if !purge.nowait {
                     self.reply(
@@ -178,6 +215,7 @@ impl Channel {
             }
             Q::Delete(delete) => {
                 let name = self.queue_name(delete.queue.as_str())?;
+                cx.may(Access::Configure, ResourceKind::Queue, &name)?;
                 let count = cx.vhost.delete_queue(
                     &name,
                     cx.connection_id,

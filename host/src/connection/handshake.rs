@@ -40,6 +40,8 @@ pub(crate) struct Negotiated {
     /// The user's counters and limits, for channel.open.
     pub user_usage: Arc<UserUsage>,
     pub user_limits: UserLimits,
+    /// What the user may do in the vhost.
+    pub grants: Arc<crate::auth::Grants>,
 }
 
 /// Runs the handshake; starts the writer task once the protocol header is accepted. `None`
@@ -187,6 +189,16 @@ async fn negotiate(
     let vhost = shared.vhost(open.virtual_host.as_str()).ok_or_else(|| {
         AmqpError::not_allowed(format!("vhost {} not found", open.virtual_host)).on_method(10, 40)
     })?;
+    let grants = shared
+        .users
+        .grants(&user.name, open.virtual_host.as_str())
+        .ok_or_else(|| {
+            AmqpError::not_allowed(format!(
+                "access to vhost '{}' refused for user '{}'",
+                open.virtual_host, user.name
+            ))
+            .on_method(10, 40)
+        })?;
     // RabbitMQ's order: the node's limit, the vhost's, then the user's.
     let connection_max = config.limits.connection_max;
     let broker_slot = Slot::take(&shared.connections, connection_max).ok_or_else(|| {
@@ -220,6 +232,7 @@ async fn negotiate(
         slots: (broker_slot, vhost_slot, user_slot),
         user_usage,
         user_limits,
+        grants,
     })
 }
 

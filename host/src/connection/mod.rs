@@ -89,6 +89,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, id:
         _slots: negotiated.slots,
         user_usage: negotiated.user_usage,
         user_limits: negotiated.user_limits,
+        grants: negotiated.grants,
         throttled: RefCell::new(Vec::new()),
         listed,
     };
@@ -208,6 +209,8 @@ struct Connection {
     /// The user's counters and limits (channels over all its connections).
     user_usage: Arc<UserUsage>,
     user_limits: UserLimits,
+    /// What the user may do in the vhost (checked on every operation).
+    grants: Arc<crate::auth::Grants>,
     /// Queues in flow this connection published into during the current turn.
     throttled: RefCell<Vec<Arc<Queue>>>,
     /// Its entry in the broker's list of connections (state shown to operators).
@@ -388,6 +391,7 @@ impl Connection {
             content: &self.content,
             user: &self.user,
             throttled: &self.throttled,
+            grants: &self.grants,
         };
         (cx, &mut self.channels)
     }
