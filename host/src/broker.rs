@@ -42,6 +42,8 @@ pub struct Shared {
     pub(crate) closing: watch::Sender<bool>,
     /// The open connections and their states.
     pub(crate) open: Arc<crate::connection::Connections>,
+    /// Vhosts, users and permissions, durable (`meta/`).
+    pub meta: crate::meta::Meta,
 }
 
 impl Shared {
@@ -57,6 +59,44 @@ impl Shared {
             .entry(user.to_owned())
             .or_default()
             .clone()
+    }
+
+    /// Applies a metadata command (`meta/`): checked, logged and synced, then in effect: users
+    /// and permissions for new connections, a new vhost opened, a deleted vhost's connections
+    /// closed with 320 and its data removed. Slow (fsyncs): call it off the async threads.
+    pub fn execute_meta(
+        &self,
+        command: crate::meta::MetaCommand,
+    ) -> Result<(), crate::meta::MetaError> {
+        use crate::meta::{MetaCommand, MetaError};
+        self.meta.execute(command.clone())?;
+        self.users.reload(&self.meta.state());
+        match command {
+            MetaCommand::PutVhost { name, .. } => {
+                self.add_vhost(&name)
+                    .map_err(|e| MetaError::Storage(e.to_string()))?;
+            }
+            MetaCommand::DeleteVhost { name } => self.remove_vhost(&name),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Closes a deleted vhost: its connections get 320, its storage is closed and removed.
+    fn remove_vhost(&self, name: &str) {
+        let Some(vhost) = self.vhosts.write().remove(name) else {
+            return;
+        };
+        for connection in self.open.list().iter().filter(|c| c.vhost == name) {
+            connection.force_close();
+        }
+        vhost.close_storage();
+        let dir = crate::store::vhost_dir(&self.config.data_dir, name);
+        if let Err(error) = std::fs::remove_dir_all(&dir)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(vhost = name, %error, "cannot remove a deleted vhost's data");
+        }
     }
 
     /// Opens a vhost if it is not open yet: its durable state under the data directory is
@@ -104,13 +144,15 @@ impl Broker {
         let registry = Registry::with_builtins();
         let plugins = start_plugins(&config, &registry).await;
         let memory = crate::memory::MemoryMonitor::start(&config);
+        let seed = crate::meta::seed(&config)?;
+        let meta =
+            crate::meta::Meta::open(&config.data_dir, &seed).context("cannot open the meta log")?;
+        let state = meta.state();
+        let users = UserStore::new(&[], &[], &[], config.guest_loopback_only);
+        users.reload(&state);
         let shared = Arc::new(Shared {
-            users: UserStore::new(
-                &config.users,
-                &config.permissions,
-                &config.topic_permissions,
-                config.guest_loopback_only,
-            ),
+            users,
+            meta,
             registry,
             plugins,
             memory,
@@ -122,9 +164,11 @@ impl Broker {
             open: Default::default(),
             config,
         });
-        shared
-            .add_vhost("/")
-            .context("cannot open the storage of vhost '/'")?;
+        for name in state.vhosts.keys() {
+            shared
+                .add_vhost(name)
+                .with_context(|| format!("cannot open the storage of vhost '{name}'"))?;
+        }
         let (stop, stopped) = watch::channel(false);
         let accept = tokio::spawn(accept_loop(shared.clone(), listener, stopped));
         info!(%local_addr, "listening for AMQP connections");
@@ -147,6 +191,18 @@ impl BrokerHandle {
     /// returns.
     pub fn set_memory_high_watermark_bytes(&self, bytes: u64) {
         self.shared.memory.set_watermark_bytes(bytes);
+    }
+
+    /// Applies a metadata change (vhosts, users, permissions) on a blocking thread: see
+    /// `Shared::execute_meta`.
+    pub async fn execute(
+        &self,
+        command: crate::meta::MetaCommand,
+    ) -> Result<(), crate::meta::MetaError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.execute_meta(command))
+            .await
+            .map_err(|e| crate::meta::MetaError::Storage(e.to_string()))?
     }
 
     /// The open connections (past connection.open) with their states.

@@ -22,6 +22,7 @@ pub mod exchange;
 pub mod limits;
 pub mod memory;
 pub mod message;
+pub mod meta;
 pub mod names;
 pub mod protocol;
 pub mod queue;

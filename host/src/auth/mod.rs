@@ -179,6 +179,57 @@ impl UserStore {
         Ok(user)
     }
 
+    /// Replaces every user and permission by those of `state` (after a meta command).
+    pub fn reload(&self, state: &crate::meta::MetaState) {
+        let mut users = HashMap::new();
+        for (name, meta) in &state.users {
+            let credential = Credential::Hash {
+                hash: meta.password_hash.clone(),
+                algorithm: meta.hashing_algorithm.clone(),
+            };
+            match credential.to_hash() {
+                Ok(password) => {
+                    let user = User {
+                        name: name.clone(),
+                        password,
+                        tags: meta.tags.clone(),
+                    };
+                    users.insert(name.clone(), Arc::new(user));
+                }
+                Err(error) => warn!(user = %name, %error, "user not loaded"),
+            }
+        }
+        let mut grants = HashMap::new();
+        for ((user, vhost), p) in &state.permissions {
+            let seed = PermissionSeed {
+                user: user.clone(),
+                vhost: vhost.clone(),
+                configure: p.configure.clone(),
+                write: p.write.clone(),
+                read: p.read.clone(),
+            };
+            match seed.compile() {
+                Ok(compiled) => {
+                    grants.insert((user.clone(), vhost.clone()), compiled);
+                }
+                Err(error) => warn!(%user, %vhost, %error, "permission not loaded"),
+            }
+        }
+        let mut topics: HashMap<(String, String), Vec<TopicPermissions>> = HashMap::new();
+        for ((user, vhost, exchange), t) in &state.topic_permissions {
+            match TopicPermissions::new(exchange, &t.write, &t.read, user, vhost) {
+                Ok(compiled) => topics
+                    .entry((user.clone(), vhost.clone()))
+                    .or_default()
+                    .push(compiled),
+                Err(error) => warn!(%user, %vhost, %error, "topic permission not loaded"),
+            }
+        }
+        *self.users.write() = users;
+        *self.permissions.write() = grants;
+        *self.topics.write() = topics;
+    }
+
     /// What `user` may do in `vhost`; None when it has no permissions there (connection.open
     /// is then refused).
     pub fn grants(&self, user: &str, vhost: &str) -> Option<Arc<Grants>> {

@@ -308,6 +308,13 @@ impl Connection {
                 _ = store_synced(&mut synced), if self.awaiting_sync() => {
                     continue;
                 }
+                () = self.listed.info.forced() => {
+                    let error = AmqpError::new(
+                        crate::protocol::ReplyCode::ConnectionForced,
+                        format!("vhost '{}' is deleted", self.vhost.name),
+                    );
+                    return self.fail_connection(reader, 0, error).await;
+                }
                 // Cannot fail: `self.shared` keeps the sender alive. The guard `wait_for`
                 // returns is dropped inside: it must not live across the close below.
                 () = async { drop(closing.wait_for(|closing| *closing).await) } => {

@@ -54,6 +54,8 @@ pub struct ConnectionInfo {
     /// The vhost it opened.
     pub vhost: String,
     state: AtomicU8,
+    /// Raised to make the connection close with 320 (its vhost was deleted).
+    forced: tokio::sync::Notify,
 }
 
 impl ConnectionInfo {
@@ -64,6 +66,16 @@ impl ConnectionInfo {
 
     pub(crate) fn set_state(&self, state: ConnectionState) {
         self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// Makes the connection close with 320 CONNECTION_FORCED at its next turn.
+    pub(crate) fn force_close(&self) {
+        self.forced.notify_one();
+    }
+
+    /// Resolves once [`ConnectionInfo::force_close`] was called.
+    pub(crate) async fn forced(&self) {
+        self.forced.notified().await;
     }
 }
 
@@ -88,6 +100,7 @@ impl Connections {
             user: user.to_owned(),
             vhost: vhost.to_owned(),
             state: AtomicU8::new(ConnectionState::Running as u8),
+            forced: tokio::sync::Notify::new(),
         });
         self.open.lock().insert(id, info.clone());
         Listed {

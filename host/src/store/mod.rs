@@ -19,6 +19,7 @@ mod flusher;
 mod frame;
 mod messages;
 mod queue_store;
+mod record_log;
 mod segment;
 
 #[cfg(test)]
@@ -39,6 +40,7 @@ pub use messages::{
     SIDE_SYNC_INTERVAL, StoreOptions, StoreStats, StoredMessage, Ticket,
 };
 pub use queue_store::QueueStore;
+pub use record_log::RecordLog;
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,568 @@
+//! The broker's own metadata: vhosts, users, permissions and topic permissions, as a state
+//! machine of [`MetaCommand`]s.
+//!
+//! Every change is a command, checked against the current state ([`MetaState::check`]),
+//! written to `<data_dir>/meta.log` (JSON, one synced record each: `store::RecordLog`) and
+//! then applied. At start-up the log is replayed; an empty log is seeded from the config file
+//! (RabbitMQ's rule: its default user and definitions apply on first boot only). The cluster
+//! issue puts the same commands through a Raft log instead of the file.
+//!
+//! Nothing here is on the data path: connections read what they need (their user, their
+//! grants) when they open.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{RecordLog, StoreError};
+
+/// The meta log's header: magic and format version.
+const HEADER: [u8; 8] = *b"BMETA\x00\x01\x00";
+const FILE_NAME: &str = "meta.log";
+/// The log is rewritten as a snapshot when it holds this many times more records than the
+/// state has entries (and at least [`COMPACT_MIN_RECORDS`]).
+const COMPACT_RATIO: u64 = 4;
+const COMPACT_MIN_RECORDS: u64 = 1_000;
+/// Longest name (vhost, user) or expression accepted.
+pub const NAME_MAX_BYTES: usize = 255;
+/// At most this many tags per user or vhost.
+pub const TAGS_MAX: usize = 32;
+
+/// One change to the metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum MetaCommand {
+    /// Creates or updates a vhost.
+    PutVhost {
+        /// Name.
+        name: String,
+        /// Free text for operators.
+        #[serde(default)]
+        description: String,
+        /// Free tags for operators.
+        #[serde(default)]
+        tags: Vec<String>,
+    },
+    /// Deletes a vhost and every permission in it.
+    DeleteVhost {
+        /// Name.
+        name: String,
+    },
+    /// Creates or updates a user (RabbitMQ's hash format; an empty hash: no password login).
+    PutUser {
+        /// Login name.
+        name: String,
+        /// base64 of salt and digest.
+        password_hash: String,
+        /// RabbitMQ's scheme name.
+        hashing_algorithm: String,
+        /// RabbitMQ's user tags.
+        #[serde(default)]
+        tags: Vec<String>,
+    },
+    /// Deletes a user and its permissions.
+    DeleteUser {
+        /// Login name.
+        name: String,
+    },
+    /// Sets a user's permissions in a vhost.
+    SetPermissions {
+        /// The user.
+        user: String,
+        /// The vhost.
+        vhost: String,
+        /// Regular expressions.
+        configure: String,
+        /// Regular expressions.
+        write: String,
+        /// Regular expressions.
+        read: String,
+    },
+    /// Removes a user's permissions in a vhost.
+    ClearPermissions {
+        /// The user.
+        user: String,
+        /// The vhost.
+        vhost: String,
+    },
+    /// Sets a user's topic permissions on one exchange of a vhost.
+    SetTopicPermissions {
+        /// The user.
+        user: String,
+        /// The vhost.
+        vhost: String,
+        /// The topic exchange.
+        exchange: String,
+        /// Routing-key expressions.
+        write: String,
+        /// Routing-key expressions.
+        read: String,
+    },
+    /// Removes a user's topic permissions in a vhost (on one exchange, or all).
+    ClearTopicPermissions {
+        /// The user.
+        user: String,
+        /// The vhost.
+        vhost: String,
+        /// One exchange; None: every exchange.
+        exchange: Option<String>,
+    },
+}
+
+/// Why a command was refused (the management API maps these to its status codes).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetaError {
+    /// It names something that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// It is malformed (name too long, invalid expression or hash).
+    #[error("{0}")]
+    Invalid(String),
+    /// The meta log could not be written: nothing changed.
+    #[error("cannot write the meta log: {0}")]
+    Storage(String),
+}
+
+/// A vhost's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VhostMeta {
+    /// Free text.
+    pub description: String,
+    /// Free tags.
+    pub tags: Vec<String>,
+}
+
+/// A user's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserMeta {
+    /// base64 of salt and digest ("": no password login).
+    pub password_hash: String,
+    /// RabbitMQ's scheme name.
+    pub hashing_algorithm: String,
+    /// Tags.
+    pub tags: Vec<String>,
+}
+
+/// A user's permissions in a vhost, as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PermissionMeta {
+    /// Expression.
+    pub configure: String,
+    /// Expression.
+    pub write: String,
+    /// Expression.
+    pub read: String,
+}
+
+/// A user's topic permissions on one exchange, as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPermissionMeta {
+    /// Expression.
+    pub write: String,
+    /// Expression.
+    pub read: String,
+}
+
+/// Everything the commands built.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetaState {
+    /// By name.
+    pub vhosts: BTreeMap<String, VhostMeta>,
+    /// By name.
+    pub users: BTreeMap<String, UserMeta>,
+    /// By (user, vhost).
+    pub permissions: BTreeMap<(String, String), PermissionMeta>,
+    /// By (user, vhost, exchange).
+    pub topic_permissions: BTreeMap<(String, String, String), TopicPermissionMeta>,
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), MetaError> {
+    if name.is_empty() || name.len() > NAME_MAX_BYTES {
+        return Err(MetaError::Invalid(format!(
+            "{what} name must be 1 to {NAME_MAX_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn check_tags(tags: &[String]) -> Result<(), MetaError> {
+    if tags.len() > TAGS_MAX
+        || tags
+            .iter()
+            .any(|t| t.is_empty() || t.len() > NAME_MAX_BYTES)
+    {
+        return Err(MetaError::Invalid(format!(
+            "at most {TAGS_MAX} tags of 1 to {NAME_MAX_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn check_pattern(source: &str) -> Result<(), MetaError> {
+    crate::auth::Pattern::new(source)
+        .map(|_| ())
+        .map_err(MetaError::Invalid)
+}
+
+impl MetaState {
+    /// Whether `command` may be applied now.
+    pub fn check(&self, command: &MetaCommand) -> Result<(), MetaError> {
+        match command {
+            MetaCommand::PutVhost { name, tags, .. } => {
+                check_name("vhost", name)?;
+                check_tags(tags)
+            }
+            MetaCommand::DeleteVhost { name } => self.vhost_exists(name),
+            MetaCommand::PutUser {
+                name,
+                password_hash,
+                hashing_algorithm,
+                tags,
+            } => {
+                check_name("user", name)?;
+                check_tags(tags)?;
+                let credential = crate::config::Credential::Hash {
+                    hash: password_hash.clone(),
+                    algorithm: hashing_algorithm.clone(),
+                };
+                credential
+                    .to_hash()
+                    .map(|_| ())
+                    .map_err(|e| MetaError::Invalid(e.to_string()))
+            }
+            MetaCommand::DeleteUser { name } => self.user_exists(name),
+            MetaCommand::SetPermissions {
+                user,
+                vhost,
+                configure,
+                write,
+                read,
+            } => {
+                self.user_exists(user)?;
+                self.vhost_exists(vhost)?;
+                for source in [configure, write, read] {
+                    check_pattern(source)?;
+                }
+                Ok(())
+            }
+            MetaCommand::ClearPermissions { user, vhost } => {
+                self.user_exists(user)?;
+                self.vhost_exists(vhost)
+            }
+            MetaCommand::SetTopicPermissions {
+                user,
+                vhost,
+                exchange,
+                write,
+                read,
+            } => {
+                self.user_exists(user)?;
+                self.vhost_exists(vhost)?;
+                check_name("exchange", exchange)?;
+                crate::auth::TopicPermissions::new(exchange, write, read, user, vhost)
+                    .map(|_| ())
+                    .map_err(MetaError::Invalid)
+            }
+            MetaCommand::ClearTopicPermissions { user, vhost, .. } => {
+                self.user_exists(user)?;
+                self.vhost_exists(vhost)
+            }
+        }
+    }
+
+    fn vhost_exists(&self, name: &str) -> Result<(), MetaError> {
+        if self.vhosts.contains_key(name) {
+            Ok(())
+        } else {
+            Err(MetaError::NotFound(format!("vhost '{name}' not found")))
+        }
+    }
+
+    fn user_exists(&self, name: &str) -> Result<(), MetaError> {
+        if self.users.contains_key(name) {
+            Ok(())
+        } else {
+            Err(MetaError::NotFound(format!("user '{name}' not found")))
+        }
+    }
+
+    /// Applies a command that passed [`MetaState::check`] (replayed ones are applied as far as
+    /// they still make sense: a permission for a vhost that is gone is dropped).
+    pub fn apply(&mut self, command: &MetaCommand) {
+        match command.clone() {
+            MetaCommand::PutVhost {
+                name,
+                description,
+                tags,
+            } => {
+                self.vhosts.insert(name, VhostMeta { description, tags });
+            }
+            MetaCommand::DeleteVhost { name } => {
+                self.vhosts.remove(&name);
+                self.permissions.retain(|(_, v), _| *v != name);
+                self.topic_permissions.retain(|(_, v, _), _| *v != name);
+            }
+            MetaCommand::PutUser {
+                name,
+                password_hash,
+                hashing_algorithm,
+                tags,
+            } => {
+                self.users.insert(
+                    name,
+                    UserMeta {
+                        password_hash,
+                        hashing_algorithm,
+                        tags,
+                    },
+                );
+            }
+            MetaCommand::DeleteUser { name } => {
+                self.users.remove(&name);
+                self.permissions.retain(|(u, _), _| *u != name);
+                self.topic_permissions.retain(|(u, _, _), _| *u != name);
+            }
+            MetaCommand::SetPermissions {
+                user,
+                vhost,
+                configure,
+                write,
+                read,
+            } => {
+                if self.users.contains_key(&user) && self.vhosts.contains_key(&vhost) {
+                    self.permissions.insert(
+                        (user, vhost),
+                        PermissionMeta {
+                            configure,
+                            write,
+                            read,
+                        },
+                    );
+                }
+            }
+            MetaCommand::ClearPermissions { user, vhost } => {
+                self.permissions.remove(&(user, vhost));
+            }
+            MetaCommand::SetTopicPermissions {
+                user,
+                vhost,
+                exchange,
+                write,
+                read,
+            } => {
+                if self.users.contains_key(&user) && self.vhosts.contains_key(&vhost) {
+                    self.topic_permissions
+                        .insert((user, vhost, exchange), TopicPermissionMeta { write, read });
+                }
+            }
+            MetaCommand::ClearTopicPermissions {
+                user,
+                vhost,
+                exchange,
+            } => {
+                self.topic_permissions.retain(|(u, v, x), _| {
+                    !(*u == user && *v == vhost && exchange.as_ref().is_none_or(|e| e == x))
+                });
+            }
+        }
+    }
+
+    /// The state as commands that rebuild it (the snapshot a compacted log holds).
+    pub fn snapshot(&self) -> Vec<MetaCommand> {
+        let mut out = Vec::with_capacity(self.len());
+        for (name, v) in &self.vhosts {
+            out.push(MetaCommand::PutVhost {
+                name: name.clone(),
+                description: v.description.clone(),
+                tags: v.tags.clone(),
+            });
+        }
+        for (name, u) in &self.users {
+            out.push(MetaCommand::PutUser {
+                name: name.clone(),
+                password_hash: u.password_hash.clone(),
+                hashing_algorithm: u.hashing_algorithm.clone(),
+                tags: u.tags.clone(),
+            });
+        }
+        for ((user, vhost), p) in &self.permissions {
+            out.push(MetaCommand::SetPermissions {
+                user: user.clone(),
+                vhost: vhost.clone(),
+                configure: p.configure.clone(),
+                write: p.write.clone(),
+                read: p.read.clone(),
+            });
+        }
+        for ((user, vhost, exchange), t) in &self.topic_permissions {
+            out.push(MetaCommand::SetTopicPermissions {
+                user: user.clone(),
+                vhost: vhost.clone(),
+                exchange: exchange.clone(),
+                write: t.write.clone(),
+                read: t.read.clone(),
+            });
+        }
+        out
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.vhosts.len() + self.users.len() + self.permissions.len() + self.topic_permissions.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What the config file puts in an empty meta log: the vhost `/`, its users (clear
+/// passwords hashed now; `guest`/`guest` with tag `administrator` when none), their
+/// permissions (every user `.*` on `/` when none are configured) and topic permissions.
+pub fn seed(config: &crate::Config) -> Result<Vec<MetaCommand>, crate::auth::PasswordError> {
+    let mut out = vec![MetaCommand::PutVhost {
+        name: "/".into(),
+        description: "Default virtual host".into(),
+        tags: vec![],
+    }];
+    let guest = [crate::config::UserSeed {
+        name: "guest".into(),
+        credential: crate::config::Credential::Clear("guest".into()),
+        tags: vec!["administrator".into()],
+    }];
+    let users = if config.users.is_empty() {
+        &guest[..]
+    } else {
+        &config.users[..]
+    };
+    for user in users {
+        let hash = user.credential.to_hash()?;
+        out.push(MetaCommand::PutUser {
+            name: user.name.clone(),
+            password_hash: hash.as_ref().map(|h| h.to_rabbit()).unwrap_or_default(),
+            hashing_algorithm: hash
+                .map_or(crate::auth::Algorithm::Sha256, |h| h.algorithm())
+                .rabbit_name()
+                .into(),
+            tags: user.tags.clone(),
+        });
+    }
+    if config.permissions.is_empty() {
+        for user in users {
+            out.push(MetaCommand::SetPermissions {
+                user: user.name.clone(),
+                vhost: "/".into(),
+                configure: ".*".into(),
+                write: ".*".into(),
+                read: ".*".into(),
+            });
+        }
+    }
+    for p in &config.permissions {
+        if p.vhost != "/" {
+            out.push(MetaCommand::PutVhost {
+                name: p.vhost.clone(),
+                description: String::new(),
+                tags: vec![],
+            });
+        }
+        out.push(MetaCommand::SetPermissions {
+            user: p.user.clone(),
+            vhost: p.vhost.clone(),
+            configure: p.configure.clone(),
+            write: p.write.clone(),
+            read: p.read.clone(),
+        });
+    }
+    for t in &config.topic_permissions {
+        out.push(MetaCommand::SetTopicPermissions {
+            user: t.user.clone(),
+            vhost: t.vhost.clone(),
+            exchange: t.exchange.clone(),
+            write: t.write.clone(),
+            read: t.read.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// The metadata with its log.
+#[derive(Debug)]
+pub struct Meta {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: MetaState,
+    log: RecordLog,
+}
+
+impl Meta {
+    /// Opens `<data_dir>/meta.log` and replays it; when it is empty, `seed` is executed first
+    /// (the config file's users, permissions and the default vhost). A record that does not
+    /// decode stops the replay with an error: the broker must not start with half its users.
+    pub fn open(data_dir: &Path, seed: &[MetaCommand]) -> Result<Meta, StoreError> {
+        let (log, records) = RecordLog::open(data_dir, FILE_NAME, HEADER)?;
+        let mut state = MetaState::default();
+        for (index, record) in records.iter().enumerate() {
+            let command: MetaCommand =
+                serde_json::from_slice(record).map_err(|e| StoreError::Corrupt {
+                    path: log.path().to_owned(),
+                    offset: index as u64,
+                    reason: format!("meta record {index} does not decode: {e}"),
+                })?;
+            state.apply(&command);
+        }
+        let meta = Meta {
+            inner: Mutex::new(Inner { state, log }),
+        };
+        if records.is_empty() {
+            for command in seed {
+                if let Err(error) = meta.execute(command.clone()) {
+                    tracing::warn!(?command, %error, "seed command refused");
+                }
+            }
+        }
+        Ok(meta)
+    }
+
+    /// Checks, logs (synced) and applies a command. Slow (an fsync): never call it on the
+    /// data path or under a lock that routing takes.
+    pub fn execute(&self, command: MetaCommand) -> Result<(), MetaError> {
+        let mut inner = self.inner.lock();
+        inner.state.check(&command)?;
+        let record = serde_json::to_vec(&command).map_err(|e| MetaError::Storage(e.to_string()))?;
+        inner
+            .log
+            .append_all(&[record])
+            .map_err(|e| MetaError::Storage(e.to_string()))?;
+        inner.state.apply(&command);
+        let live = inner.state.len().max(1) as u64;
+        if inner.log.records() >= COMPACT_MIN_RECORDS
+            && inner.log.records() > COMPACT_RATIO.saturating_mul(live)
+        {
+            let snapshot: Vec<Vec<u8>> = inner
+                .state
+                .snapshot()
+                .iter()
+                .filter_map(|c| serde_json::to_vec(c).ok())
+                .collect();
+            if let Err(error) = inner.log.rewrite(&snapshot) {
+                tracing::warn!(%error, "meta log compaction failed; the log is unchanged");
+            }
+        }
+        Ok(())
+    }
+
+    /// A copy of the current state.
+    pub fn state(&self) -> MetaState {
+        self.inner.lock().state.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests;
