@@ -96,6 +96,13 @@ pub trait ExchangeType: Send + Sync + 'static {
         let _ = vhost;
         self.create(exchange, arguments)
     }
+
+    /// Whether [`validate`](Self::validate) and [`create`](Self::create) may take long
+    /// (milliseconds: a WASM instance and its `init`), so the host runs them where blocking is
+    /// allowed. Built-in types answer false.
+    fn creates_slowly(&self) -> bool {
+        false
+    }
 }
 
 /// The routing state of one declared exchange.
