@@ -11,6 +11,8 @@ mod equivalence;
 mod exchange;
 mod reply_to;
 mod route;
+#[cfg(test)]
+mod tests;
 mod topology;
 
 pub use exchange::{Exchange, ExchangeSpec};

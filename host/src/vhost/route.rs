@@ -168,7 +168,11 @@ impl Routed {
 
 /// Adds `queue` to `queues` unless it is already there; `seen` indexes `queues` once it is
 /// past [`SCAN_UP_TO`].
-fn push_unique(queues: &mut Vec<Arc<Queue>>, seen: &mut HashSet<usize>, queue: &Arc<Queue>) {
+pub(super) fn push_unique(
+    queues: &mut Vec<Arc<Queue>>,
+    seen: &mut HashSet<usize>,
+    queue: &Arc<Queue>,
+) {
     if queues.len() < SCAN_UP_TO {
         if !queues.iter().any(|q| Arc::ptr_eq(q, queue)) {
             queues.push(queue.clone());
