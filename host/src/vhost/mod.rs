@@ -24,7 +24,7 @@ use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Weak};
 
 use amq_protocol::types::{AMQPValue, FieldTable};
-use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
+use parking_lot::{Mutex, MutexGuard, RwLock, RwLockWriteGuard};
 use tracing::debug;
 
 use crate::exchange::{Binding, Name, Registry};
@@ -237,7 +237,7 @@ impl VHost {
         .map_err(invalid)?;
         let exchange = Arc::new(Exchange::new(spec, router));
         let spec = &exchange.spec;
-        let _changes = self.changes.lock();
+        let _changes = self.lock_changes();
         if let Some(existing) = self.topology.read().exchanges.get(&spec.name) {
             // Lost a race: the winner's exchange stands; ours (and its instance) is dropped.
             return existing.check_equivalent(spec, &self.name);
@@ -270,7 +270,7 @@ impl VHost {
                 self.name
             )));
         }
-        let _changes = self.changes.lock();
+        let _changes = self.lock_changes();
         let mut topology = self.topology.write();
         let Some(exchange) = topology.exchanges.get(name).cloned() else {
             // RabbitMQ 3.x answers delete-ok for a missing exchange.
@@ -296,9 +296,26 @@ impl VHost {
         let dropped = std::mem::take(&mut topology.dropped);
         drop(topology);
         for (exchange, bindings) in detached {
-            exchange.forget(&bindings);
+            blocking(self.slow_router(&exchange), || exchange.forget(&bindings));
         }
         dropped
+    }
+
+    /// Takes the change lock. Waiting for it can take as long as another change's slow work
+    /// (an fsync, a plugin's binding call), so a contended wait lets the scheduler move this
+    /// worker's other tasks elsewhere, as the slow work itself does.
+    fn lock_changes(&self) -> MutexGuard<'_, ()> {
+        match self.changes.try_lock() {
+            Some(guard) => guard,
+            None => blocking(true, || self.changes.lock()),
+        }
+    }
+
+    /// Whether `exchange`'s router calls a plugin (calls of up to the setup deadline).
+    fn slow_router(&self, exchange: &Exchange) -> bool {
+        self.registry
+            .get(&exchange.spec.kind)
+            .is_some_and(|ty| ty.creates_slowly())
     }
 
     /// queue.declare (non-passive) for `owner`.
@@ -310,7 +327,7 @@ impl VHost {
         if let Some(existing) = self.existing_queue(&spec)? {
             return Ok(existing);
         }
-        let _changes = self.changes.lock();
+        let _changes = self.lock_changes();
         if let Some(existing) = self.existing_queue(&spec)? {
             return Ok(existing);
         }
@@ -408,7 +425,7 @@ impl VHost {
         if_unused: bool,
         if_empty: bool,
     ) -> Result<usize, AmqpError> {
-        let _changes = self.changes.lock();
+        let _changes = self.lock_changes();
         let Some(queue) = self.topology.read().queues.get(name).cloned() else {
             // RabbitMQ 3.x answers delete-ok with 0 for a missing queue.
             return Ok(0);
@@ -447,7 +464,7 @@ impl VHost {
 
     /// Deletes a queue without checks (auto-delete, exclusive owner gone).
     pub fn remove_queue(&self, queue: &Arc<Queue>) {
-        let _changes = self.changes.lock();
+        let _changes = self.lock_changes();
         let mut topology = self.topology.write();
         let removed = match topology.queues.get(queue.name()) {
             Some(q) if Arc::ptr_eq(q, queue) => topology.remove_queue(queue.name()).is_some(),
@@ -478,7 +495,7 @@ impl VHost {
     /// exchange's router lock only), a durable binding is logged, then the router and the
     /// exchange's index take it; the topology write lock is held only to count it.
     pub fn bind(&self, source: &str, binding: Binding) -> Result<(), AmqpError> {
-        let _changes = self.changes.lock();
+        let _changes = self.lock_changes();
         let (exchange, durable) = {
             let topology = self.topology.read();
             let exchange = self.bindable_source(&topology, source)?;
@@ -492,14 +509,15 @@ impl VHost {
                 && topology.binding_is_durable(&exchange, &binding.destination);
             (exchange, durable)
         };
-        if !exchange.check_bind(&binding)? {
+        let slow = self.slow_router(&exchange);
+        if !blocking(slow, || exchange.check_bind(&binding))? {
             return Ok(());
         }
         if durable {
             self.log(&Definition::Bind(binding_definition(source, &binding)))?;
         }
         let destination = binding.destination.clone();
-        if exchange.insert_binding(binding) {
+        if blocking(slow, || exchange.insert_binding(binding)) {
             self.topology
                 .write()
                 .bound(&exchange.spec.name, &destination);
@@ -511,7 +529,7 @@ impl VHost {
     /// the source, the destination or the binding no longer exists the answer is unbind-ok.
     /// Only the default exchange is refused (403), as for bind.
     pub fn unbind(&self, source: &str, binding: &Binding) -> Result<(), AmqpError> {
-        let _changes = self.changes.lock();
+        let _changes = self.lock_changes();
         let (exchange, durable) = {
             let topology = self.topology.read();
             let exchange = match self.bindable_source(&topology, source) {
@@ -532,7 +550,7 @@ impl VHost {
         if durable {
             self.log(&Definition::Unbind(binding_definition(source, binding)))?;
         }
-        if !exchange.unbind(binding) {
+        if !blocking(self.slow_router(&exchange), || exchange.unbind(binding)) {
             return Ok(());
         }
         let mut topology = self.topology.write();

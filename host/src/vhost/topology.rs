@@ -128,6 +128,8 @@ impl Topology {
                 self.dropped.push(exchange.spec.name.clone());
             }
             self.drop_bindings_to(&Destination::Exchange(name), &mut pending);
+            // Dropped after the write lock is released: a WASM router frees its instance.
+            self.detached.push((exchange, Vec::new()));
         }
     }
 
