@@ -1,10 +1,10 @@
 //! A declared exchange: its declaration, its bindings (owned here, indexed) and its router.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, Hash, Hasher};
 
 use amq_protocol::types::{AMQPValue, FieldTable};
-use foldhash::{HashMap, HashSet};
+use foldhash::HashMap;
 use parking_lot::{Mutex, RwLock};
 
 use crate::exchange::{Binding, Destination, Name, Router};
@@ -204,7 +204,8 @@ struct BindingIndex {
     by_seq: BTreeMap<u64, Binding>,
     /// Identity hash to the sequences of the bindings with that hash (almost always one).
     by_identity: HashMap<u64, SmallSeqs>,
-    by_destination: HashMap<Destination, HashSet<u64>>,
+    /// In sequence order, so that removing a destination's bindings walks `by_seq` in order.
+    by_destination: HashMap<Destination, BTreeSet<u64>>,
 }
 
 /// The sequences sharing one identity hash.
