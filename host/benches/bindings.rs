@@ -9,6 +9,13 @@
 //! broker without the network. Throughput is in bindings (elements) per second.
 //!
 //! Run: `cargo bench -p bourse --bench bindings` (add `-- --quick` for a rough figure).
+//!
+//! Measured 2026-12-04 on 2 cores shared with other builds (load average 4-7: ±50 %), time per
+//! binding for n = 1k / 10k / 100k: bind 0.77 / 0.75 / 1.2 µs, unbind 0.48 / 0.78 / 1.3-2.7 µs,
+//! delete a queue with n bindings 0.26 / 0.55 / 1.6 µs; a small queue declared, bound and
+//! deleted next to n bindings 2.3 / 2.0 / 1.7 µs. The slow growth at 100k is cache misses
+//! (tens of MB of maps), not a scan. The `Vec` before: bind 5.2 / 57.7 µs (n = 1k / 10k; 100k
+//! not run, quadratic), unbind 0.59 / 5.3 µs, small queue next to n 3.0 / 24.4 µs.
 
 use std::hint::black_box;
 use std::sync::Arc;
