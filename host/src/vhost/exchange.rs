@@ -1,7 +1,6 @@
 //! A declared exchange: its declaration, its bindings (owned here, indexed) and its router.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{BuildHasher, Hash, Hasher};
 
 use amq_protocol::types::{AMQPValue, FieldTable};
 use foldhash::HashMap;
@@ -214,7 +213,7 @@ type SmallSeqs = Vec<u64>;
 impl BindingIndex {
     fn find(&self, binding: &Binding) -> Option<u64> {
         self.by_identity
-            .get(&identity(binding))?
+            .get(&binding.identity_hash())?
             .iter()
             .copied()
             .find(|seq| self.by_seq.get(seq).is_some_and(|b| b.same_as(binding)))
@@ -228,7 +227,7 @@ impl BindingIndex {
         let seq = self.next;
         self.next += 1;
         self.by_identity
-            .entry(identity(&binding))
+            .entry(binding.identity_hash())
             .or_default()
             .push(seq);
         self.by_destination
@@ -266,7 +265,7 @@ impl BindingIndex {
     }
 
     fn unlink_identity(&mut self, binding: &Binding, seq: u64) {
-        let hash = identity(binding);
+        let hash = binding.identity_hash();
         if let Some(seqs) = self.by_identity.get_mut(&hash) {
             seqs.retain(|s| *s != seq);
             if seqs.is_empty() {
@@ -274,33 +273,4 @@ impl BindingIndex {
             }
         }
     }
-}
-
-/// A hash of a binding's identity (destination, key, arguments) consistent with
-/// [`Binding::same_as`]: equal bindings hash equal. Argument values are hashed by variant, and
-/// strings and integers by value too; other values (floats, nested tables, arrays) only by
-/// variant, so bindings differing only there share a hash and are told apart by comparison.
-fn identity(binding: &Binding) -> u64 {
-    let mut h = foldhash::fast::FixedState::with_seed(0x626f_7572_7365).build_hasher();
-    binding.destination.hash(&mut h);
-    binding.routing_key.hash(&mut h);
-    for (key, value) in binding.arguments.inner() {
-        key.as_str().hash(&mut h);
-        std::mem::discriminant(value).hash(&mut h);
-        match value {
-            AMQPValue::LongString(s) => s.as_bytes().hash(&mut h),
-            AMQPValue::ShortString(s) => s.as_str().hash(&mut h),
-            AMQPValue::Boolean(b) => b.hash(&mut h),
-            AMQPValue::ShortShortInt(v) => v.hash(&mut h),
-            AMQPValue::ShortShortUInt(v) => v.hash(&mut h),
-            AMQPValue::ShortInt(v) => v.hash(&mut h),
-            AMQPValue::ShortUInt(v) => v.hash(&mut h),
-            AMQPValue::LongInt(v) => v.hash(&mut h),
-            AMQPValue::LongUInt(v) => v.hash(&mut h),
-            AMQPValue::LongLongInt(v) => v.hash(&mut h),
-            AMQPValue::Timestamp(v) => v.hash(&mut h),
-            _ => {}
-        }
-    }
-    h.finish()
 }

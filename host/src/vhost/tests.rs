@@ -150,3 +150,31 @@ fn a_large_fan_out_keeps_each_queue_once() {
     assert_eq!(out.len(), 100);
     assert!(out.iter().zip(&queues).all(|(a, b)| Arc::ptr_eq(a, b)));
 }
+
+#[test]
+fn bindings_differing_only_in_a_float_argument_are_told_apart() {
+    use amq_protocol::types::AMQPValue;
+    let with = |f: f64| {
+        let mut args = FieldTable::default();
+        args.insert("w".into(), AMQPValue::Double(f));
+        args.insert("s".into(), AMQPValue::LongString("v".into()));
+        Binding {
+            arguments: args,
+            ..to_queue("q", "k")
+        }
+    };
+    // Same identity hash (floats are hashed by variant only), different bindings.
+    assert_eq!(with(1.0).identity_hash(), with(2.0).identity_hash());
+    assert!(!with(1.0).same_as(&with(2.0)));
+    let v = vhost();
+    exchange(&v, "x", false);
+    queue(&v, "q", None);
+    v.bind("x", with(1.0)).unwrap();
+    v.bind("x", with(2.0)).unwrap();
+    v.bind("x", with(2.0)).unwrap();
+    assert_eq!(v.topology.read().bindings, 2);
+    v.unbind("x", &with(1.0)).unwrap();
+    let x = v.exchange("x").unwrap();
+    assert_eq!(x.bindings(), vec![with(2.0)]);
+    assert!(!x.has_binding(&with(1.0)));
+}
