@@ -273,6 +273,9 @@ def test_hostile() -> None:
     g.setup(bindings=[(1, ""), (2, "")])
     out = g.call("route", message("k"))
     check(bool(out) and not {1, 2} & set(out), f"x-garbage returns unbound ids {out}")
+    slow = plugin("x-slow")  # slow only with a spin-ms argument: a fanout otherwise
+    slow.setup(bindings=[(1, ""), (2, "")])
+    check(sorted(slow.call("route", message("k"))) == [1, 2], "x-slow routes like a fanout")
     try:
         plugin("x-wrong-major")
         check(False, "x-wrong-major must not instantiate against 0.1 imports")

@@ -48,6 +48,48 @@ impl Binding {
     pub fn same_as(&self, other: &Binding) -> bool {
         self == other
     }
+
+    /// A hash of the binding's identity (destination, key, arguments) consistent with
+    /// [`same_as`](Self::same_as): equal bindings hash equal. Argument values are hashed by
+    /// variant, and strings, booleans and integers by value too; other values (floats, nested
+    /// tables, arrays) only by variant, so bindings differing only there share a hash and are
+    /// told apart by comparison. For indexes of bindings (the vhost's, a WASM router's).
+    pub fn identity_hash(&self) -> u64 {
+        identity_hash(&self.destination, Some(&self.routing_key), &self.arguments)
+    }
+}
+
+/// [`Binding::identity_hash`] of a binding's parts; without a key for routers whose binding
+/// identity ignores it (headers).
+pub(crate) fn identity_hash(
+    destination: &Destination,
+    routing_key: Option<&str>,
+    arguments: &FieldTable,
+) -> u64 {
+    use amq_protocol::types::AMQPValue;
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = foldhash::fast::FixedState::with_seed(0x626f_7572_7365).build_hasher();
+    destination.hash(&mut h);
+    routing_key.hash(&mut h);
+    for (key, value) in arguments.inner() {
+        key.as_str().hash(&mut h);
+        std::mem::discriminant(value).hash(&mut h);
+        match value {
+            AMQPValue::LongString(s) => s.as_bytes().hash(&mut h),
+            AMQPValue::ShortString(s) => s.as_str().hash(&mut h),
+            AMQPValue::Boolean(b) => b.hash(&mut h),
+            AMQPValue::ShortShortInt(v) => v.hash(&mut h),
+            AMQPValue::ShortShortUInt(v) => v.hash(&mut h),
+            AMQPValue::ShortInt(v) => v.hash(&mut h),
+            AMQPValue::ShortUInt(v) => v.hash(&mut h),
+            AMQPValue::LongInt(v) => v.hash(&mut h),
+            AMQPValue::LongUInt(v) => v.hash(&mut h),
+            AMQPValue::LongLongInt(v) => v.hash(&mut h),
+            AMQPValue::Timestamp(v) => v.hash(&mut h),
+            _ => {}
+        }
+    }
+    h.finish()
 }
 
 /// What a router may look at to decide where a message goes.
@@ -95,6 +137,13 @@ pub trait ExchangeType: Send + Sync + 'static {
     ) -> Result<Box<dyn Router>, Invalid> {
         let _ = vhost;
         self.create(exchange, arguments)
+    }
+
+    /// Whether [`validate`](Self::validate) and [`create`](Self::create) may take long
+    /// (milliseconds: a WASM instance and its `init`), so the host runs them where blocking is
+    /// allowed. Built-in types answer false.
+    fn creates_slowly(&self) -> bool {
+        false
     }
 }
 

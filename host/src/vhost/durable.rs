@@ -177,17 +177,18 @@ impl VHost {
     }
 
     /// Writes a topology command when the vhost has storage.
+    /// Called under the change lock, never under the topology write lock: the append waits
+    /// for an fsync.
     pub(super) fn log(&self, definition: &Definition) -> Result<(), AmqpError> {
         match &self.durable {
-            Some(durable) => durable.log(definition),
+            Some(durable) => super::blocking(true, || durable.log(definition)),
             None => Ok(()),
         }
     }
 
     /// Logs the deletion of the durable exchanges that a topology change removed (directly or
     /// by auto-delete).
-    pub(super) fn log_dropped(&self, topology: &mut Topology) -> Result<(), AmqpError> {
-        let dropped = std::mem::take(&mut topology.dropped);
+    pub(super) fn log_dropped(&self, dropped: Vec<Name>) -> Result<(), AmqpError> {
         for name in dropped {
             self.log(&Definition::DeleteExchange {
                 name: name.to_string(),
@@ -240,7 +241,7 @@ impl VHost {
                         Ok(queue) => {
                             let host: std::sync::Weak<dyn QueueHost> = self.me.clone();
                             queue.attach(host);
-                            topology.queues.insert(queue.name().clone(), queue.clone());
+                            topology.insert_queue(queue.clone());
                             if let Some(found) = found {
                                 pending_messages.push((queue, found.messages));
                             }
@@ -261,7 +262,7 @@ impl VHost {
                 | Definition::Unbind(_) => {}
             }
         }
-        topology.bindings = topology.exchanges.values().map(|x| x.binding_count()).sum();
+        topology.reindex();
         drop(topology);
         let mut messages = 0;
         for (queue, found) in pending_messages {

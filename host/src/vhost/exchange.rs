@@ -1,6 +1,9 @@
-//! A declared exchange: its declaration, its bindings (owned here) and its router.
+//! A declared exchange: its declaration, its bindings (owned here, indexed) and its router.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use amq_protocol::types::{AMQPValue, FieldTable};
+use foldhash::HashMap;
 use parking_lot::{Mutex, RwLock};
 
 use crate::exchange::{Binding, Destination, Name, Router};
@@ -30,7 +33,7 @@ pub struct Exchange {
     /// `alternate-exchange` argument: where unroutable messages go.
     pub alternate: Option<Name>,
     /// The host's copy of the bindings; the router's index can be rebuilt from it.
-    bindings: Mutex<Vec<Binding>>,
+    bindings: Mutex<BindingIndex>,
     router: RwLock<Box<dyn Router>>,
 }
 
@@ -47,7 +50,7 @@ impl Exchange {
         Self {
             spec,
             alternate,
-            bindings: Mutex::new(Vec::new()),
+            bindings: Mutex::new(BindingIndex::default()),
             router: RwLock::new(router),
         }
     }
@@ -90,75 +93,184 @@ impl Exchange {
         Ok(())
     }
 
-    /// Adds a binding after the router accepted it; returns false (a no-op) when it exists.
-    pub fn bind(&self, binding: Binding) -> Result<bool, AmqpError> {
-        let mut bindings = self.bindings.lock();
-        if bindings.iter().any(|b| b.same_as(&binding)) {
+    /// Checks a new binding: `Ok(false)` when an identical one exists (a no-op), an error
+    /// when the router refuses it. The plugin's `validate_binding` runs under the router's read
+    /// lock only. Callers hold the vhost's change lock, so nothing is bound in between.
+    pub fn check_bind(&self, binding: &Binding) -> Result<bool, AmqpError> {
+        if self.bindings.lock().contains(binding) {
             return Ok(false);
         }
-        let mut router = self.router.write();
-        router
-            .validate_binding(&binding)
+        self.router
+            .read()
+            .validate_binding(binding)
             .map_err(|e| AmqpError::precondition_failed(format!("invalid binding: {e}")))?;
-        router.add_binding(&binding);
-        bindings.push(binding);
         Ok(true)
+    }
+
+    /// Records a binding that [`check_bind`](Self::check_bind) accepted; returns false (a
+    /// no-op) when it exists.
+    pub fn insert_binding(&self, binding: Binding) -> bool {
+        let mut bindings = self.bindings.lock();
+        if bindings.contains(&binding) {
+            return false;
+        }
+        self.router.write().add_binding(&binding);
+        bindings.insert(binding);
+        true
+    }
+
+    /// Checks and adds a binding; returns false (a no-op) when it exists.
+    pub fn bind(&self, binding: Binding) -> Result<bool, AmqpError> {
+        Ok(self.check_bind(&binding)? && self.insert_binding(binding))
     }
 
     /// Whether an identical binding exists.
     pub fn has_binding(&self, binding: &Binding) -> bool {
-        self.bindings.lock().iter().any(|b| b.same_as(binding))
+        self.bindings.lock().contains(binding)
     }
 
     /// How many bindings this exchange has.
     pub fn binding_count(&self) -> usize {
-        self.bindings.lock().len()
+        self.bindings.lock().by_seq.len()
     }
 
     /// Removes a binding; returns whether it existed.
     pub fn unbind(&self, binding: &Binding) -> bool {
-        let mut bindings = self.bindings.lock();
-        let Some(at) = bindings.iter().position(|b| b.same_as(binding)) else {
-            return false;
-        };
-        let removed = bindings.remove(at);
-        self.router.write().remove_binding(&removed);
-        true
-    }
-
-    /// Removes every binding to `destination`; returns how many existed.
-    pub fn unbind_destination(&self, destination: &Destination) -> usize {
-        let mut bindings = self.bindings.lock();
-        let before = bindings.len();
-        let mut router = None;
-        bindings.retain(|b| {
-            if &b.destination == destination {
-                router
-                    .get_or_insert_with(|| self.router.write())
-                    .remove_binding(b);
-                false
-            } else {
+        let removed = self.bindings.lock().remove(binding);
+        match removed {
+            Some(removed) => {
+                self.router.write().remove_binding(&removed);
                 true
             }
-        });
-        before - bindings.len()
+            None => false,
+        }
+    }
+
+    /// Removes every binding to `destination` from the host's index and returns them; the
+    /// router still has them until [`forget`](Self::forget) (its destination is gone from the
+    /// topology by then, so routing skips it). Costs O(bindings to `destination`).
+    pub fn detach_destination(&self, destination: &Destination) -> Vec<Binding> {
+        self.bindings.lock().remove_destination(destination)
+    }
+
+    /// Tells the router that `bindings`, detached from the host's index, are gone.
+    pub fn forget(&self, bindings: &[Binding]) {
+        if bindings.is_empty() {
+            return;
+        }
+        let mut router = self.router.write();
+        for binding in bindings {
+            router.remove_binding(binding);
+        }
     }
 
     /// Whether the exchange has any binding.
     pub fn has_bindings(&self) -> bool {
-        !self.bindings.lock().is_empty()
+        !self.bindings.lock().by_seq.is_empty()
     }
 
     /// Whether any binding leads to `destination`.
     pub fn binds_to(&self, destination: &Destination) -> bool {
         self.bindings
             .lock()
-            .iter()
-            .any(|b| &b.destination == destination)
+            .by_destination
+            .contains_key(destination)
     }
 
-    /// A copy of the bindings (for listing, persistence and replay).
+    /// A copy of the bindings in creation order (for listing, persistence and replay).
     pub fn bindings(&self) -> Vec<Binding> {
-        self.bindings.lock().clone()
+        self.bindings.lock().by_seq.values().cloned().collect()
+    }
+
+    /// The distinct destinations of this exchange's bindings.
+    pub fn destinations(&self) -> Vec<Destination> {
+        self.bindings
+            .lock()
+            .by_destination
+            .keys()
+            .cloned()
+            .collect()
+    }
+}
+
+/// The bindings of one exchange, indexed three ways so that bind, unbind and the removal of a
+/// destination cost O(log n) (or O(bindings to that destination)) in the number n of bindings:
+/// by creation sequence (listing order), by identity hash (destination, key, arguments), and
+/// by destination.
+#[derive(Default)]
+struct BindingIndex {
+    next: u64,
+    by_seq: BTreeMap<u64, Binding>,
+    /// Identity hash to the sequences of the bindings with that hash (almost always one).
+    by_identity: HashMap<u64, SmallSeqs>,
+    /// In sequence order, so that removing a destination's bindings walks `by_seq` in order.
+    by_destination: HashMap<Destination, BTreeSet<u64>>,
+}
+
+/// The sequences sharing one identity hash.
+type SmallSeqs = Vec<u64>;
+
+impl BindingIndex {
+    fn find(&self, binding: &Binding) -> Option<u64> {
+        self.by_identity
+            .get(&binding.identity_hash())?
+            .iter()
+            .copied()
+            .find(|seq| self.by_seq.get(seq).is_some_and(|b| b.same_as(binding)))
+    }
+
+    fn contains(&self, binding: &Binding) -> bool {
+        self.find(binding).is_some()
+    }
+
+    fn insert(&mut self, binding: Binding) {
+        let seq = self.next;
+        self.next += 1;
+        self.by_identity
+            .entry(binding.identity_hash())
+            .or_default()
+            .push(seq);
+        self.by_destination
+            .entry(binding.destination.clone())
+            .or_default()
+            .insert(seq);
+        self.by_seq.insert(seq, binding);
+    }
+
+    fn remove(&mut self, binding: &Binding) -> Option<Binding> {
+        let seq = self.find(binding)?;
+        let removed = self.by_seq.remove(&seq)?;
+        self.unlink_identity(&removed, seq);
+        if let Some(set) = self.by_destination.get_mut(&removed.destination) {
+            set.remove(&seq);
+            if set.is_empty() {
+                self.by_destination.remove(&removed.destination);
+            }
+        }
+        Some(removed)
+    }
+
+    fn remove_destination(&mut self, destination: &Destination) -> Vec<Binding> {
+        let Some(seqs) = self.by_destination.remove(destination) else {
+            return Vec::new();
+        };
+        let mut removed = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            if let Some(binding) = self.by_seq.remove(&seq) {
+                self.unlink_identity(&binding, seq);
+                removed.push(binding);
+            }
+        }
+        removed
+    }
+
+    fn unlink_identity(&mut self, binding: &Binding, seq: u64) {
+        let hash = binding.identity_hash();
+        if let Some(seqs) = self.by_identity.get_mut(&hash) {
+            seqs.retain(|s| *s != seq);
+            if seqs.is_empty() {
+                self.by_identity.remove(&hash);
+            }
+        }
     }
 }

@@ -1,27 +1,33 @@
 //! A virtual host: the exchanges, queues and bindings of one tenant, and message routing.
 //!
-//! Topology changes arrive as typed commands from the channel layer (never frames); each is
-//! validated and applied under the topology write lock. Publishing takes the read lock only.
+//! Topology changes arrive as typed commands from the channel layer (never frames). Changes
+//! of one vhost are applied one at a time under its change lock; the slow part of a change
+//! (building a plugin instance, creating a queue's store, syncing the definitions log) runs
+//! before the topology write lock is taken, which is held only to swap the change in.
+//! Publishing takes the topology read lock only, so a slow declare never stalls routing.
 
 mod durable;
+mod equivalence;
 mod exchange;
 mod reply_to;
 mod route;
+#[cfg(test)]
+mod tests;
+mod topology;
 
 pub use exchange::{Exchange, ExchangeSpec};
 pub use reply_to::{REPLY_TO_PREFIX, REPLY_TO_QUEUE, ReplyConsumer};
 pub use route::Routed;
 
-use foldhash::HashMap;
 use std::path::Path;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Weak};
 
 use amq_protocol::types::{AMQPValue, FieldTable};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, MutexGuard, RwLock, RwLockWriteGuard};
 use tracing::debug;
 
-use crate::exchange::{Binding, Destination, Name, Registry};
+use crate::exchange::{Binding, Name, Registry};
 use crate::limits::{Slot, VhostLimits};
 use crate::message::Message;
 use crate::protocol::AmqpError;
@@ -30,7 +36,9 @@ use crate::store::{Definition, StoreError, StoreOptions};
 use durable::{
     Durable, binding_definition, exchange_definition, queue_definition, queue_is_durable,
 };
+use equivalence::inequivalent_argument;
 use reply_to::ReplyRegistry;
+use topology::Topology;
 
 /// The exchanges every vhost starts with, and their types.
 const PREDECLARED: &[(&str, &str)] = &[
@@ -47,7 +55,14 @@ pub struct VHost {
     /// The vhost name ("/" by default).
     pub name: Name,
     registry: Registry,
+    /// What routing reads. Held for writing only to swap a change in (hash-map operations):
+    /// never across a plugin call, an fsync or a directory creation.
     topology: RwLock<Topology>,
+    /// Serialises topology changes (declare, delete, bind, unbind) among themselves, so that
+    /// each is checked and applied against a stable topology and the definitions log records
+    /// them in the order they were applied. Slow work of a change (logging, creating a queue's
+    /// store, plugin binding calls) happens under this lock, which routing never takes.
+    changes: Mutex<()>,
     /// Direct reply-to consumers.
     replies: ReplyRegistry,
     /// This vhost, for its queues (dead-lettering, `x-expires`).
@@ -58,16 +73,6 @@ pub struct VHost {
     limits: RwLock<VhostLimits>,
     /// Connections open to this vhost, against `limits.max_connections`.
     connections: Arc<AtomicU32>,
-}
-
-#[derive(Default)]
-struct Topology {
-    exchanges: HashMap<Name, Arc<Exchange>>,
-    queues: HashMap<Name, Arc<Queue>>,
-    /// Bindings of all exchanges together, against `VhostLimits::max_bindings`.
-    bindings: usize,
-    /// Durable exchanges removed by the last change, to be logged as deleted.
-    dropped: Vec<Name>,
 }
 
 /// The result of a queue declaration.
@@ -104,6 +109,7 @@ impl VHost {
             name: Name::from(name),
             registry,
             topology: RwLock::new(Topology::default()),
+            changes: Mutex::new(()),
             replies: ReplyRegistry::default(),
             me,
             durable,
@@ -198,16 +204,20 @@ impl VHost {
 
     /// exchange.declare (non-passive): creates the exchange or checks the existing one is
     /// equivalent.
+    ///
+    /// The router (for a WASM type: an instance, and its `init`) is built before any lock is
+    /// taken; the change lock then re-checks the name, logs a durable exchange (fsync), and the
+    /// topology write lock is held only to insert it. A declare that loses a race to another
+    /// declare of the same name drops what it built and compares with the winner.
     pub fn declare_exchange(&self, spec: ExchangeSpec) -> Result<(), AmqpError> {
         // RabbitMQ (rabbit_exchange:check_type, 3.13+) checks the type before anything else;
         // an unknown type is a soft error there: 406 closes only the channel.
         let ty = self.registry.get(&spec.kind).ok_or_else(|| {
             AmqpError::precondition_failed(format!("unknown exchange type '{}'", spec.kind))
         })?;
-        let mut topology = self.topology.write();
         // An existing exchange, pre-declared `amq.*` ones included, is only compared: RabbitMQ
         // looks the name up first and refuses the reserved prefix only when creating.
-        if let Some(existing) = topology.exchanges.get(&spec.name) {
+        if let Some(existing) = self.topology.read().exchanges.get(&spec.name) {
             return existing.check_equivalent(&spec, &self.name);
         }
         if spec.name.starts_with("amq.") {
@@ -216,11 +226,7 @@ impl VHost {
                 spec.name
             )));
         }
-        self.limits().check_exchanges(
-            &self.name,
-            &spec.name,
-            topology.exchanges.len().saturating_sub(PREDECLARED.len()),
-        )?;
+        self.check_exchange_limit(&spec)?;
         if let Some(ae) = spec.arguments.inner().get("alternate-exchange")
             && !matches!(ae, AMQPValue::LongString(_) | AMQPValue::ShortString(_))
         {
@@ -228,18 +234,40 @@ impl VHost {
                 "invalid arg 'alternate-exchange': expected a string",
             ));
         }
-        ty.validate(&spec.arguments)
-            .map_err(|e| AmqpError::precondition_failed(format!("invalid arguments: {e}")))?;
-        let router = ty
-            .create_in(&self.name, &spec.name, &spec.arguments)
-            .map_err(|e| AmqpError::precondition_failed(format!("invalid arguments: {e}")))?;
-        if spec.durable {
-            self.log(&exchange_definition(&spec))?;
+        let invalid = |e: crate::exchange::Invalid| {
+            AmqpError::precondition_failed(format!("invalid arguments: {e}"))
+        };
+        let slow = ty.creates_slowly();
+        let router = blocking(slow, || {
+            ty.validate(&spec.arguments)?;
+            ty.create_in(&self.name, &spec.name, &spec.arguments)
+        })
+        .map_err(invalid)?;
+        let exchange = Arc::new(Exchange::new(spec, router));
+        let spec = &exchange.spec;
+        let _changes = self.lock_changes();
+        if let Some(existing) = self.topology.read().exchanges.get(&spec.name) {
+            // Lost a race: the winner's exchange stands; ours (and its instance) is dropped.
+            return existing.check_equivalent(spec, &self.name);
         }
-        topology
+        self.check_exchange_limit(spec)?;
+        if spec.durable {
+            self.log(&exchange_definition(spec))?;
+        }
+        self.topology
+            .write()
             .exchanges
-            .insert(spec.name.clone(), Arc::new(Exchange::new(spec, router)));
+            .insert(spec.name.clone(), exchange.clone());
         Ok(())
+    }
+
+    fn check_exchange_limit(&self, spec: &ExchangeSpec) -> Result<(), AmqpError> {
+        let declared = self.topology.read().exchanges.len();
+        self.limits().check_exchanges(
+            &self.name,
+            &spec.name,
+            declared.saturating_sub(PREDECLARED.len()),
+        )
     }
 
     /// exchange.delete.
@@ -250,6 +278,7 @@ impl VHost {
                 self.name
             )));
         }
+        let _changes = self.lock_changes();
         let mut topology = self.topology.write();
         let Some(exchange) = topology.exchanges.get(name).cloned() else {
             // RabbitMQ 3.x answers delete-ok for a missing exchange.
@@ -262,44 +291,57 @@ impl VHost {
             )));
         }
         topology.remove_exchange(name);
-        self.log_dropped(&mut topology)
+        let dropped = self.finish(topology);
+        self.log_dropped(dropped)
+    }
+
+    /// Releases the topology write lock after a change, then tells the routers about the
+    /// bindings the change detached (plugin calls, outside the write lock). Returns the durable
+    /// exchanges the change removed, to be logged (the caller still holds the change lock, so
+    /// the log keeps the order in which changes were applied).
+    fn finish(&self, mut topology: RwLockWriteGuard<'_, Topology>) -> Vec<Name> {
+        let detached = std::mem::take(&mut topology.detached);
+        let dropped = std::mem::take(&mut topology.dropped);
+        drop(topology);
+        for (exchange, bindings) in detached {
+            blocking(self.slow_router(&exchange), || exchange.forget(&bindings));
+        }
+        dropped
+    }
+
+    /// Takes the change lock. Waiting for it can take as long as another change's slow work
+    /// (an fsync, a plugin's binding call), so a contended wait lets the scheduler move this
+    /// worker's other tasks elsewhere, as the slow work itself does.
+    fn lock_changes(&self) -> MutexGuard<'_, ()> {
+        match self.changes.try_lock() {
+            Some(guard) => guard,
+            None => blocking(true, || self.changes.lock()),
+        }
+    }
+
+    /// Whether `exchange`'s router calls a plugin (calls of up to the setup deadline).
+    fn slow_router(&self, exchange: &Exchange) -> bool {
+        self.registry
+            .get(&exchange.spec.kind)
+            .is_some_and(|ty| ty.creates_slowly())
     }
 
     /// queue.declare (non-passive) for `owner`.
+    ///
+    /// Redeclaring an existing queue takes the read lock only. Creating one takes the change
+    /// lock (declares of one vhost are applied one at a time), opens a durable queue's store
+    /// and syncs its definitions record, and holds the topology write lock only to insert it.
     pub fn declare_queue(&self, spec: QueueSpec) -> Result<DeclaredQueue, AmqpError> {
-        let mut topology = self.topology.write();
-        if let Some(existing) = topology.queues.get(&spec.name) {
-            check_exclusive(existing, spec.exclusive_owner.unwrap_or(0), &self.name)?;
-            if existing.spec.exclusive_owner.is_some() != spec.exclusive_owner.is_some() {
-                // RabbitMQ checks exclusivity before the other flags: 405, not 406.
-                return Err(locked(existing, &self.name));
-            }
-            let same = existing.spec.durable == spec.durable
-                && existing.spec.auto_delete == spec.auto_delete;
-            if !same {
-                return Err(AmqpError::precondition_failed(format!(
-                    "inequivalent arg 'durable', 'exclusive' or 'auto_delete' for queue '{}' in vhost '{}'",
-                    spec.name, self.name
-                )));
-            }
-            if let Some((arg, received, current)) =
-                inequivalent_argument(&existing.spec.arguments, &spec.arguments)
-            {
-                return Err(AmqpError::precondition_failed(format!(
-                    "inequivalent arg '{arg}' for queue '{}' in vhost '{}': received {received} \
-                     but current is {current}",
-                    spec.name, self.name
-                )));
-            }
-            // Redeclaring renews an x-expires lease.
-            existing.touch();
-            return Ok(DeclaredQueue {
-                queue: existing.clone(),
-                created: false,
-            });
+        if let Some(existing) = self.existing_queue(&spec)? {
+            return Ok(existing);
         }
+        let _changes = self.lock_changes();
+        if let Some(existing) = self.existing_queue(&spec)? {
+            return Ok(existing);
+        }
+        let declared = self.topology.read().queues.len();
         self.limits()
-            .check_queues(&self.name, &spec.name, topology.queues.len())?;
+            .check_queues(&self.name, &spec.name, declared)?;
         // rabbit_channel checks the dead-letter exchange's type before the other arguments.
         if let Some(dlx) = spec.arguments.inner().get("x-dead-letter-exchange")
             && !matches!(dlx, AMQPValue::LongString(_) | AMQPValue::ShortString(_))
@@ -319,22 +361,69 @@ impl VHost {
             ))
         };
         QueueArgs::parse(&spec.arguments).map_err(invalid)?;
-        let store = match &self.durable {
-            Some(durable) if queue_is_durable(&spec) => {
-                durable.log(&queue_definition(&spec))?;
-                Some(durable.open_queue(&name)?)
-            }
+        let durable = match &self.durable {
+            Some(durable) if queue_is_durable(&spec) => Some(durable),
             _ => None,
         };
+        // The store (its directory) first, then the record: a crash in between leaves an
+        // orphaned directory, which the restore removes; never a logged queue without one.
+        let store = match durable {
+            Some(durable) => Some(blocking(true, || durable.open_queue(&name))?),
+            None => None,
+        };
+        let definition = durable.map(|_| queue_definition(&spec));
         let paging = self.durable.as_ref().map(|d| d.paging.clone());
         let queue = Queue::try_new_paged(spec, store, paging).map_err(invalid)?;
+        if let Some(definition) = definition
+            && let Err(error) = self.log(&definition)
+        {
+            // Told it failed: take back the directory just created.
+            queue.delete();
+            return Err(error);
+        }
         let host: Weak<dyn QueueHost> = self.me.clone();
         queue.attach(host);
-        topology.queues.insert(queue.name().clone(), queue.clone());
+        self.topology.write().insert_queue(queue.clone());
         Ok(DeclaredQueue {
             queue,
             created: true,
         })
+    }
+
+    /// The queue `spec` names if it exists and is equivalent (renewing its lease), an error if
+    /// it exists and is not, None if it does not exist.
+    fn existing_queue(&self, spec: &QueueSpec) -> Result<Option<DeclaredQueue>, AmqpError> {
+        let Some(existing) = self.topology.read().queues.get(&spec.name).cloned() else {
+            return Ok(None);
+        };
+        check_exclusive(&existing, spec.exclusive_owner.unwrap_or(0), &self.name)?;
+        if existing.spec.exclusive_owner.is_some() != spec.exclusive_owner.is_some() {
+            // RabbitMQ checks exclusivity before the other flags: 405, not 406.
+            return Err(locked(&existing, &self.name));
+        }
+        let same =
+            existing.spec.durable == spec.durable && existing.spec.auto_delete == spec.auto_delete;
+        if !same {
+            return Err(AmqpError::precondition_failed(format!(
+                "inequivalent arg 'durable', 'exclusive' or 'auto_delete' for queue '{}' in vhost '{}'",
+                spec.name, self.name
+            )));
+        }
+        if let Some((arg, received, current)) =
+            inequivalent_argument(&existing.spec.arguments, &spec.arguments)
+        {
+            return Err(AmqpError::precondition_failed(format!(
+                "inequivalent arg '{arg}' for queue '{}' in vhost '{}': received {received} \
+                 but current is {current}",
+                spec.name, self.name
+            )));
+        }
+        // Redeclaring renews an x-expires lease.
+        existing.touch();
+        Ok(Some(DeclaredQueue {
+            queue: existing,
+            created: false,
+        }))
     }
 
     /// queue.delete. Returns the number of messages deleted.
@@ -345,99 +434,102 @@ impl VHost {
         if_unused: bool,
         if_empty: bool,
     ) -> Result<usize, AmqpError> {
-        let queue = {
-            let mut topology = self.topology.write();
-            let Some(queue) = topology.queues.get(name).cloned() else {
-                // RabbitMQ 3.x answers delete-ok with 0 for a missing queue.
-                return Ok(0);
-            };
-            check_exclusive(&queue, connection, &self.name)?;
-            if if_unused && queue.consumer_count() > 0 {
-                return Err(AmqpError::precondition_failed(format!(
-                    "queue '{name}' in vhost '{}' in use",
-                    self.name
-                )));
-            }
-            if if_empty && queue.message_count() > 0 {
-                return Err(AmqpError::precondition_failed(format!(
-                    "queue '{name}' in vhost '{}' is not empty",
-                    self.name
-                )));
-            }
-            topology.remove_queue(name);
-            self.log_queue_removed(&mut topology, &queue)?;
-            queue
+        let _changes = self.lock_changes();
+        let Some(queue) = self.topology.read().queues.get(name).cloned() else {
+            // RabbitMQ 3.x answers delete-ok with 0 for a missing queue.
+            return Ok(0);
         };
-        Ok(queue.delete())
+        check_exclusive(&queue, connection, &self.name)?;
+        if if_unused && queue.consumer_count() > 0 {
+            return Err(AmqpError::precondition_failed(format!(
+                "queue '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        if if_empty && queue.message_count() > 0 {
+            return Err(AmqpError::precondition_failed(format!(
+                "queue '{name}' in vhost '{}' is not empty",
+                self.name
+            )));
+        }
+        let mut topology = self.topology.write();
+        topology.remove_queue(name);
+        let dropped = self.finish(topology);
+        let logged = self.log_queue_removed(&queue, dropped);
+        // Still under the change lock: the store is gone before the name can be declared again.
+        let count = queue.delete();
+        logged.map(|()| count)
     }
 
     /// Logs the deletion of `queue` (if durable) and of the exchanges it auto-deleted.
-    fn log_queue_removed(&self, topology: &mut Topology, queue: &Queue) -> Result<(), AmqpError> {
+    fn log_queue_removed(&self, queue: &Queue, dropped: Vec<Name>) -> Result<(), AmqpError> {
         if queue_is_durable(&queue.spec) {
             self.log(&Definition::DeleteQueue {
                 name: queue.name().to_string(),
             })?;
         }
-        self.log_dropped(topology)
+        self.log_dropped(dropped)
     }
 
     /// Deletes a queue without checks (auto-delete, exclusive owner gone).
     pub fn remove_queue(&self, queue: &Arc<Queue>) {
-        let removed = {
-            let mut topology = self.topology.write();
-            let removed = match topology.queues.get(queue.name()) {
-                Some(q) if Arc::ptr_eq(q, queue) => topology.remove_queue(queue.name()),
-                _ => false,
-            };
-            if removed && let Err(error) = self.log_queue_removed(&mut topology, queue) {
-                tracing::error!(vhost = %self.name, queue = %queue.name(), %error, "queue deletion not logged");
-            }
-            removed
+        let _changes = self.lock_changes();
+        let mut topology = self.topology.write();
+        let removed = match topology.queues.get(queue.name()) {
+            Some(q) if Arc::ptr_eq(q, queue) => topology.remove_queue(queue.name()).is_some(),
+            _ => false,
         };
-        if removed {
-            queue.delete();
+        let dropped = self.finish(topology);
+        if !removed {
+            return;
         }
+        if let Err(error) = self.log_queue_removed(queue, dropped) {
+            tracing::error!(vhost = %self.name, queue = %queue.name(), %error, "queue deletion not logged");
+        }
+        queue.delete();
     }
 
-    /// Deletes every exclusive queue owned by a closing connection.
+    /// Deletes every exclusive queue owned by a closing connection (indexed by owner: no scan
+    /// of the vhost's queues).
     pub fn remove_exclusive_queues(&self, connection: ConnectionId) {
-        let owned: Vec<Arc<Queue>> = self
-            .topology
-            .read()
-            .queues
-            .values()
-            .filter(|q| q.spec.exclusive_owner == Some(connection))
-            .cloned()
-            .collect();
+        let owned = self.topology.read().exclusive_of(connection);
         for queue in owned {
             self.remove_queue(&queue);
         }
     }
 
     /// queue.bind / exchange.bind.
+    ///
+    /// Under the change lock: the router validates the binding (a plugin call, under that
+    /// exchange's router lock only), a durable binding is logged, then the router and the
+    /// exchange's index take it; the topology write lock is held only to count it.
     pub fn bind(&self, source: &str, binding: Binding) -> Result<(), AmqpError> {
-        let mut topology = self.topology.write();
-        let exchange = self.bindable_source(&topology, source)?;
-        topology.check_destination(&binding.destination, &self.name)?;
-        if exchange.has_binding(&binding) {
+        let _changes = self.lock_changes();
+        let (exchange, durable) = {
+            let topology = self.topology.read();
+            let exchange = self.bindable_source(&topology, source)?;
+            topology.check_destination(&binding.destination, &self.name)?;
+            if exchange.has_binding(&binding) {
+                return Ok(());
+            }
+            self.limits()
+                .check_bindings(&self.name, source, topology.bindings)?;
+            let durable = self.durable.is_some()
+                && topology.binding_is_durable(&exchange, &binding.destination);
+            (exchange, durable)
+        };
+        let slow = self.slow_router(&exchange);
+        if !blocking(slow, || exchange.check_bind(&binding))? {
             return Ok(());
         }
-        self.limits()
-            .check_bindings(&self.name, source, topology.bindings)?;
-        let logged = (self.durable.is_some()
-            && topology.binding_is_durable(&exchange, &binding.destination))
-        .then(|| binding_definition(source, &binding));
-        let undo = logged.as_ref().map(|_| binding.clone());
-        if !exchange.bind(binding)? {
-            return Ok(());
+        if durable {
+            self.log(&Definition::Bind(binding_definition(source, &binding)))?;
         }
-        topology.bindings += 1;
-        if let (Some(definition), Some(undo)) = (logged, undo)
-            && let Err(error) = self.log(&Definition::Bind(definition))
-        {
-            exchange.unbind(&undo);
-            topology.bindings -= 1;
-            return Err(error);
+        let destination = binding.destination.clone();
+        if blocking(slow, || exchange.insert_binding(binding)) {
+            self.topology
+                .write()
+                .bound(&exchange.spec.name, &destination);
         }
         Ok(())
     }
@@ -446,29 +538,37 @@ impl VHost {
     /// the source, the destination or the binding no longer exists the answer is unbind-ok.
     /// Only the default exchange is refused (403), as for bind.
     pub fn unbind(&self, source: &str, binding: &Binding) -> Result<(), AmqpError> {
-        let mut topology = self.topology.write();
-        let exchange = match self.bindable_source(&topology, source) {
-            Ok(exchange) => exchange,
-            Err(e) if e.code == crate::protocol::ReplyCode::NotFound => return Ok(()),
-            Err(e) => return Err(e),
+        let _changes = self.lock_changes();
+        let (exchange, durable) = {
+            let topology = self.topology.read();
+            let exchange = match self.bindable_source(&topology, source) {
+                Ok(exchange) => exchange,
+                Err(e) if e.code == crate::protocol::ReplyCode::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            if topology
+                .check_destination(&binding.destination, &self.name)
+                .is_err()
+                || !exchange.has_binding(binding)
+            {
+                return Ok(());
+            }
+            let durable = topology.binding_is_durable(&exchange, &binding.destination);
+            (exchange, durable)
         };
-        if topology
-            .check_destination(&binding.destination, &self.name)
-            .is_err()
-        {
+        if durable {
+            self.log(&Definition::Unbind(binding_definition(source, binding)))?;
+        }
+        if !blocking(self.slow_router(&exchange), || exchange.unbind(binding)) {
             return Ok(());
         }
-        let durable = topology.binding_is_durable(&exchange, &binding.destination);
-        if exchange.unbind(binding) {
-            topology.bindings -= 1;
-            if durable {
-                self.log(&Definition::Unbind(binding_definition(source, binding)))?;
-            }
-            if exchange.spec.auto_delete && !exchange.has_bindings() {
-                topology.remove_exchange(&exchange.spec.name);
-            }
+        let mut topology = self.topology.write();
+        topology.unbound(&exchange.spec.name, &binding.destination);
+        if exchange.spec.auto_delete && !exchange.has_bindings() {
+            topology.remove_exchange(&exchange.spec.name);
         }
-        self.log_dropped(&mut topology)
+        let dropped = self.finish(topology);
+        self.log_dropped(dropped)
     }
 
     fn bindable_source(
@@ -566,74 +666,6 @@ impl QueueHost for VHost {
     }
 }
 
-/// The first `x-` argument whose value differs between two declarations, with both values
-/// described as RabbitMQ does ("the value '10' of type 'signedint'", or "none"). Like
-/// `rabbit_misc:assert_args_equivalence`, integers of different AMQP types are equal when their
-/// values are, and a missing `x-queue-type` equals 'classic'. Every `x-` argument a queue can
-/// hold is one bourse understands (unknown ones are refused at declare).
-fn inequivalent_argument(
-    current: &FieldTable,
-    received: &FieldTable,
-) -> Option<(String, String, String)> {
-    let keys = current.inner().keys().chain(received.inner().keys());
-    for key in keys.filter(|k| k.as_str().starts_with("x-")) {
-        let (was, now) = (current.inner().get(key), received.inner().get(key));
-        if !equivalent(key.as_str(), was, now) {
-            return Some((key.to_string(), describe(now), describe(was)));
-        }
-    }
-    None
-}
-
-fn equivalent(key: &str, a: Option<&AMQPValue>, b: Option<&AMQPValue>) -> bool {
-    let classic = |v: Option<&AMQPValue>| {
-        v.and_then(crate::queue::string_value)
-            .is_some_and(|s| s == "classic")
-    };
-    match (a, b) {
-        (Some(a), Some(b)) => match (integer(a), integer(b)) {
-            (Some(x), Some(y)) => x == y,
-            _ => a == b,
-        },
-        (None, None) => true,
-        (None, other) | (other, None) => key == "x-queue-type" && classic(other),
-    }
-}
-
-fn integer(value: &AMQPValue) -> Option<i128> {
-    Some(match value {
-        AMQPValue::ShortShortInt(v) => (*v).into(),
-        AMQPValue::ShortShortUInt(v) => (*v).into(),
-        AMQPValue::ShortInt(v) => (*v).into(),
-        AMQPValue::ShortUInt(v) => (*v).into(),
-        AMQPValue::LongInt(v) => (*v).into(),
-        AMQPValue::LongUInt(v) => (*v).into(),
-        AMQPValue::LongLongInt(v) => (*v).into(),
-        _ => return None,
-    })
-}
-
-/// RabbitMQ's description of an argument value in equivalence errors.
-fn describe(value: Option<&AMQPValue>) -> String {
-    let Some(value) = value else {
-        return "none".into();
-    };
-    let shown = match value {
-        AMQPValue::Boolean(b) => b.to_string(),
-        AMQPValue::Float(f) => f.to_string(),
-        AMQPValue::Double(d) => d.to_string(),
-        other => match (integer(other), crate::queue::string_value(other)) {
-            (Some(n), _) => n.to_string(),
-            (None, Some(s)) => s.to_owned(),
-            (None, None) => format!("{other:?}"),
-        },
-    };
-    format!(
-        "the value '{shown}' of type '{}'",
-        crate::queue::type_name(value)
-    )
-}
-
 /// 405 RESOURCE_LOCKED when an exclusive queue belongs to another connection.
 fn check_exclusive(queue: &Queue, connection: ConnectionId, vhost: &str) -> Result<(), AmqpError> {
     match queue.spec.exclusive_owner {
@@ -651,57 +683,15 @@ fn locked(queue: &Queue, vhost: &str) -> AmqpError {
     ))
 }
 
-impl Topology {
-    fn check_destination(&self, destination: &Destination, vhost: &str) -> Result<(), AmqpError> {
-        match destination {
-            Destination::Queue(name) if !self.queues.contains_key(name) => Err(
-                AmqpError::not_found(format!("no queue '{name}' in vhost '{vhost}'")),
-            ),
-            Destination::Exchange(name) if !self.exchanges.contains_key(name) => Err(
-                AmqpError::not_found(format!("no exchange '{name}' in vhost '{vhost}'")),
-            ),
-            _ => Ok(()),
+/// Runs `f`, which may block for milliseconds (fsync, a plugin's `init`), letting the tokio
+/// scheduler move this worker's other tasks elsewhere when `slow` and on a multi-threaded
+/// runtime; elsewhere (a current-thread runtime, a plain thread) it simply runs `f`.
+fn blocking<T>(slow: bool, f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if slow && handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
         }
-    }
-
-    /// Whether any exchange binds to exchange `name`.
-    fn is_destination(&self, name: &str) -> bool {
-        let target = Destination::Exchange(Name::from(name));
-        self.exchanges.values().any(|x| x.binds_to(&target))
-    }
-
-    fn remove_exchange(&mut self, name: &str) {
-        if let Some(exchange) = self.exchanges.remove(name) {
-            self.bindings -= exchange.binding_count();
-            if exchange.spec.durable {
-                self.dropped.push(exchange.spec.name.clone());
-            }
-            self.drop_bindings_to(&Destination::Exchange(Name::from(name)));
-        }
-    }
-
-    fn remove_queue(&mut self, name: &str) -> bool {
-        if self.queues.remove(name).is_some() {
-            self.drop_bindings_to(&Destination::Queue(Name::from(name)));
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Removes every binding to `destination`, then auto-deletes exchanges left without
-    /// bindings (which may cascade).
-    fn drop_bindings_to(&mut self, destination: &Destination) {
-        let mut emptied = Vec::new();
-        for exchange in self.exchanges.values() {
-            let removed = exchange.unbind_destination(destination);
-            self.bindings -= removed;
-            if removed > 0 && exchange.spec.auto_delete && !exchange.has_bindings() {
-                emptied.push(exchange.spec.name.clone());
-            }
-        }
-        for name in emptied {
-            self.remove_exchange(&name);
-        }
+        _ => f(),
     }
 }

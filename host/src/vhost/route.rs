@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use amq_protocol::protocol::BasicProperties;
+use foldhash::HashSet;
 
 use tracing::debug;
 
@@ -29,8 +30,16 @@ pub struct Routed {
     pending: Vec<Arc<Exchange>>,
     /// Exchanges already routed through, by address (identity only).
     visited: Vec<usize>,
+    /// The queues in `queues`, by address, once there are more than [`SCAN_UP_TO`]: keeps a
+    /// fan-out to n queues O(n) rather than O(n^2).
+    seen: HashSet<usize>,
+    /// `visited` as a set, once it holds more than [`SCAN_UP_TO`].
+    visited_set: HashSet<usize>,
     destinations: Vec<Destination>,
 }
+
+/// Up to this many queues, a linear scan finds duplicates faster than a hash set.
+const SCAN_UP_TO: usize = 16;
 
 impl std::fmt::Debug for Routed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -56,21 +65,22 @@ impl VHost {
         routed.router_failed = false;
         routed.pending.clear();
         routed.visited.clear();
+        routed.seen.clear();
+        routed.visited_set.clear();
         routed.pending.push(exchange.clone());
         let topology = self.topology.read();
         while let Some(x) = routed.pending.pop() {
             let id = Arc::as_ptr(&x) as usize;
-            if routed.visited.contains(&id) {
+            if !routed.first_visit(id) {
                 continue;
             }
-            routed.visited.push(id);
             let mut reached = false;
             if x.spec.name.is_empty() {
                 // The default exchange: every queue is implicitly bound by its own name.
                 for key in keys {
                     if let Some(queue) = topology.queues.get(*key) {
                         reached = true;
-                        push_unique(&mut routed.queues, queue);
+                        push_unique(&mut routed.queues, &mut routed.seen, queue);
                     } else if key.starts_with(REPLY_TO_PREFIX) {
                         // A direct reply-to name: straight to the requester's channel, if it
                         // is still there; otherwise the reply is dropped.
@@ -113,7 +123,7 @@ impl VHost {
                         Destination::Queue(name) => {
                             if let Some(queue) = topology.queues.get(&name) {
                                 reached = true;
-                                push_unique(&mut routed.queues, queue);
+                                push_unique(&mut routed.queues, &mut routed.seen, queue);
                             }
                         }
                         Destination::Exchange(name) => {
@@ -135,8 +145,46 @@ impl VHost {
     }
 }
 
-fn push_unique(queues: &mut Vec<Arc<Queue>>, queue: &Arc<Queue>) {
-    if !queues.iter().any(|q| Arc::ptr_eq(q, queue)) {
+impl Routed {
+    /// Marks exchange `id` visited; false if it was already. Clients choose how many
+    /// exchanges a message passes through, so past [`SCAN_UP_TO`] this is a set too.
+    fn first_visit(&mut self, id: usize) -> bool {
+        if self.visited.len() < SCAN_UP_TO {
+            if self.visited.contains(&id) {
+                return false;
+            }
+            self.visited.push(id);
+            return true;
+        }
+        if self.visited_set.is_empty() {
+            self.visited_set.extend(self.visited.iter().copied());
+        }
+        if self.visited_set.insert(id) {
+            self.visited.push(id);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Adds `queue` to `queues` unless it is already there; `seen` indexes `queues` once it is
+/// past [`SCAN_UP_TO`].
+pub(super) fn push_unique(
+    queues: &mut Vec<Arc<Queue>>,
+    seen: &mut HashSet<usize>,
+    queue: &Arc<Queue>,
+) {
+    if queues.len() < SCAN_UP_TO {
+        if !queues.iter().any(|q| Arc::ptr_eq(q, queue)) {
+            queues.push(queue.clone());
+        }
+        return;
+    }
+    if seen.is_empty() {
+        seen.extend(queues.iter().map(|q| Arc::as_ptr(q) as usize));
+    }
+    if seen.insert(Arc::as_ptr(queue) as usize) {
         queues.push(queue.clone());
     }
 }

@@ -24,12 +24,13 @@
 //! regardless of key order, where RabbitMQ compares them in wire order.
 //!
 //! Matching is a linear scan of the bindings, as in RabbitMQ; each binding's pattern is parsed
-//! once when it is added.
+//! once when it is added. Binding and unbinding find the binding through a hash index.
 
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, ShortString};
+use foldhash::HashMap;
 
 use crate::exchange::{
-    Binding, Destination, ExchangeType, Invalid, RouteError, Router, RoutingInput,
+    Binding, Destination, ExchangeType, Invalid, RouteError, Router, RoutingInput, identity_hash,
 };
 
 /// The `headers` exchange type.
@@ -115,6 +116,8 @@ struct Entry {
     rule: Rule,
     /// The arguments that take part in matching.
     pattern: Vec<(ShortString, AMQPValue)>,
+    /// `identity_hash` of destination and arguments, the key of `HeadersRouter::index`.
+    hash: u64,
 }
 
 impl Entry {
@@ -138,14 +141,50 @@ impl Entry {
 #[derive(Debug, Default)]
 pub struct HeadersRouter {
     entries: Vec<Entry>,
+    /// Positions in `entries` by identity hash: bind and unbind without a scan.
+    index: HashMap<u64, Vec<usize>>,
 }
 
 impl HeadersRouter {
+    fn hash(binding: &Binding) -> u64 {
+        identity_hash(&binding.destination, None, &binding.arguments)
+    }
+
     fn position(&self, binding: &Binding) -> Option<usize> {
-        self.entries.iter().position(|e| {
-            e.destination == binding.destination
-                && tables_identical(&e.arguments, &binding.arguments)
-        })
+        self.index
+            .get(&Self::hash(binding))?
+            .iter()
+            .copied()
+            .find(|&i| {
+                let e = &self.entries[i];
+                e.destination == binding.destination
+                    && tables_identical(&e.arguments, &binding.arguments)
+            })
+    }
+
+    /// Removes entry `i`, moving the last one into its place (and its index position).
+    fn remove_entry(&mut self, i: usize) {
+        let last = self.entries.len() - 1;
+        let hash = self.entries[i].hash;
+        unindex(&mut self.index, hash, i);
+        self.entries.swap_remove(i);
+        if i != last {
+            let moved = self.entries[i].hash;
+            if let Some(at) = self.index.get_mut(&moved) {
+                for p in at.iter_mut().filter(|p| **p == last) {
+                    *p = i;
+                }
+            }
+        }
+    }
+}
+
+fn unindex(index: &mut HashMap<u64, Vec<usize>>, hash: u64, i: usize) {
+    if let Some(at) = index.get_mut(&hash) {
+        at.retain(|p| *p != i);
+        if at.is_empty() {
+            index.remove(&hash);
+        }
     }
 }
 
@@ -172,12 +211,15 @@ impl Router for HeadersRouter {
             })
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect();
+        let hash = Self::hash(binding);
+        self.index.entry(hash).or_default().push(self.entries.len());
         self.entries.push(Entry {
             destination: binding.destination.clone(),
             arguments: binding.arguments.clone(),
             count: 1,
             rule,
             pattern,
+            hash,
         });
     }
 
@@ -185,7 +227,7 @@ impl Router for HeadersRouter {
         if let Some(i) = self.position(binding) {
             self.entries[i].count -= 1;
             if self.entries[i].count == 0 {
-                self.entries.swap_remove(i);
+                self.remove_entry(i);
             }
         }
     }

@@ -206,6 +206,10 @@ impl ExchangeType for WasmExchangeType {
         self.create_in("/", exchange, arguments)
     }
 
+    fn creates_slowly(&self) -> bool {
+        true
+    }
+
     fn create_in(
         &self,
         vhost: &str,
@@ -215,13 +219,24 @@ impl ExchangeType for WasmExchangeType {
         let slot = self.settings.instance_slot(vhost)?;
         let limits = self.settings.limits(vhost);
         let ctx = ExchangeCtx::new(vhost, exchange, &self.name, limits);
-        // Holding the type's lock: a swap cannot miss this exchange.
-        let mut inner = self.inner.lock();
-        let core =
-            RouterCore::create(inner.current.clone(), ctx, arguments).map_err(|e| match e {
+        let build = |version: Arc<PluginVersion>, ctx: Arc<ExchangeCtx>| {
+            RouterCore::create(version, ctx, arguments).map_err(|e| match e {
                 BuildError::Refused(text) => Invalid(text),
                 BuildError::Call(e) => Invalid(format!("{}: plugin failed: {e}", self.name)),
-            })?;
+            })
+        };
+        // Instantiate and `init` (up to the setup deadline) without the type's lock, so other
+        // declares and swaps of this type do not wait for it.
+        let version = self.current();
+        let core = build(version.clone(), ctx.clone())?;
+        // Holding the type's lock: a swap cannot miss this exchange. One that completed while
+        // the instance was built means it runs the old version: build it again, now.
+        let mut inner = self.inner.lock();
+        let core = if Arc::ptr_eq(&inner.current, &version) {
+            core
+        } else {
+            build(inner.current.clone(), ctx)?
+        };
         inner.live.retain(|w| w.strong_count() > 0);
         inner.live.push(Arc::downgrade(&core));
         Ok(Box::new(WasmRouter::new(core, slot)))

@@ -90,6 +90,8 @@ pub struct RouterState {
     instance: Option<Instance>,
     inputs: Inputs,
     bindings: BTreeMap<u64, Binding>,
+    /// The ids of `bindings` by [`Binding::identity_hash`]: removal without a scan.
+    ids: HashMap<u64, Vec<u64>>,
     next_id: u64,
     /// Bumped by every binding change; a reload prepared against an older generation is
     /// rebuilt under the lock.
@@ -155,6 +157,7 @@ impl RouterCore {
                 instance: Some(prepared.instance),
                 inputs: prepared.inputs,
                 bindings: BTreeMap::new(),
+                ids: HashMap::default(),
                 next_id: 1,
                 generation: 0,
                 cache,
@@ -567,6 +570,11 @@ impl Router for WasmRouter {
         let id = state.next_id;
         state.next_id += 1;
         state.bindings.insert(id, binding.clone());
+        state
+            .ids
+            .entry(binding.identity_hash())
+            .or_default()
+            .push(id);
         state.generation += 1;
         if let Some(cache) = &mut state.cache {
             cache.clear();
@@ -584,15 +592,21 @@ impl Router for WasmRouter {
     fn remove_binding(&mut self, binding: &Binding) {
         let core = &self.core;
         let mut state = core.state.lock();
-        let Some(id) = state
-            .bindings
-            .iter()
-            .find(|(_, b)| b.same_as(binding))
-            .map(|(id, _)| *id)
-        else {
+        let hash = binding.identity_hash();
+        let Some(id) = state.ids.get(&hash).and_then(|ids| {
+            ids.iter()
+                .copied()
+                .find(|id| state.bindings.get(id).is_some_and(|b| b.same_as(binding)))
+        }) else {
             return;
         };
         state.bindings.remove(&id);
+        if let Some(ids) = state.ids.get_mut(&hash) {
+            ids.retain(|i| *i != id);
+            if ids.is_empty() {
+                state.ids.remove(&hash);
+            }
+        }
         state.generation += 1;
         if let Some(cache) = &mut state.cache {
             cache.clear();
