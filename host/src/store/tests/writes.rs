@@ -338,8 +338,8 @@ fn a_run_of_records_is_read_with_one_call_and_shares_names() {
         q.append("ex", "rk", &[], format!("m{i}").as_bytes())
             .unwrap();
     }
-    // Still in the write buffer: read one at a time.
-    assert_eq!(q.read_run(first, 10).unwrap().len(), 1);
+    // Still in the write buffer (one at a time), or already written by the flusher.
+    assert!(matches!(q.read_run(first, 10).unwrap().len(), 1 | 10));
     store.flush().unwrap();
     let run = q.read_run(first, 200).unwrap();
     assert_eq!(run.len(), 200);
