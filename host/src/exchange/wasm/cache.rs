@@ -285,8 +285,9 @@ fn read_or_create_key(path: &Path, me: u32) -> Result<[u8; KEY_BYTES], CacheRefu
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
+    // A temporary name of this call's own (threads of one process may race here), linked to
+    // the final name only if nothing is there yet: whoever loses the race uses the winner's.
+    let tmp = path.with_extension(format!("tmp{}.{}", std::process::id(), fastrand::u64(..)));
     let written = (|| {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -295,18 +296,42 @@ fn read_or_create_key(path: &Path, me: u32) -> Result<[u8; KEY_BYTES], CacheRefu
             .open(&tmp)?;
         file.write_all(&key)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::hard_link(&tmp, path)
     })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
+    let _ = std::fs::remove_file(&tmp);
+    match written {
+        Ok(()) => Ok(key),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let bytes = std::fs::read(path).map_err(io)?;
+            <[u8; KEY_BYTES]>::try_from(bytes.as_slice())
+                .map_err(|_| io(std::io::Error::other("cache key file has the wrong length")))
+        }
+        Err(e) => Err(io(e)),
     }
-    Ok(key)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn threads_racing_to_create_the_key_all_get_the_one_on_disk() {
+        let dir = temp();
+        let path = dir.join("k.key");
+        let me = rustix::process::geteuid().as_raw();
+        let keys: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| read_or_create_key(&path, me).expect("key")))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect()
+        });
+        let on_disk = std::fs::read(&path).expect("key file");
+        assert!(keys.iter().all(|k| k[..] == on_disk[..]));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn temp() -> PathBuf {
         use std::sync::atomic::{AtomicU64, Ordering};
