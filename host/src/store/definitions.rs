@@ -17,17 +17,14 @@
 //! file, fsynced, renamed over the log, and the directory fsynced.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use amq_protocol::types::FieldTable;
 use amq_protocol::types::generation::gen_field_table;
 use amq_protocol::types::parsing::parse_field_table;
 
-use super::frame::{self, Next};
-use super::{StoreError, sync_dir};
+use super::StoreError;
+use super::record_log::RecordLog;
 
 const HEADER: [u8; 8] = *b"BDEF\x01\x00\x00\x00";
 const FILE_NAME: &str = "definitions.log";
@@ -145,14 +142,9 @@ impl Default for DefinitionsOptions {
 /// context (`tokio::task::spawn_blocking` or `block_in_place`) or accept the short stall.
 #[derive(Debug)]
 pub struct DefinitionsLog {
-    path: PathBuf,
-    file: File,
-    len: u64,
-    records: u64,
+    log: RecordLog,
     live: Live,
     options: DefinitionsOptions,
-    /// A failed write or fsync leaves the file's state unknown: refuse further appends.
-    broken: bool,
 }
 
 impl DefinitionsLog {
@@ -168,80 +160,32 @@ impl DefinitionsLog {
         vhost_dir: &Path,
         options: DefinitionsOptions,
     ) -> Result<(DefinitionsLog, Vec<Definition>), StoreError> {
-        super::create_dir_durable(vhost_dir)?;
-        let path = vhost_dir.join(FILE_NAME);
-        let tmp = vhost_dir.join(format!("{FILE_NAME}.tmp"));
-        if tmp.exists() {
-            // A compaction that did not reach its rename: the log itself is intact.
-            fs::remove_file(&tmp).map_err(StoreError::io("remove", &tmp))?;
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(StoreError::io("open", &path))?;
-        let data = fs::read(&path).map_err(StoreError::io("read", &path))?;
+        let (log, payloads) = RecordLog::open(vhost_dir, FILE_NAME, HEADER)?;
         let mut log = DefinitionsLog {
-            path,
-            file,
-            len: 0,
-            records: 0,
+            log,
             live: Live::default(),
             options,
-            broken: false,
         };
-        if data.len() < HEADER.len() && (HEADER.starts_with(&data) || data.iter().all(|&b| b == 0))
-        {
-            // New, or created by a crash before its header was durable.
-            log.file
-                .set_len(0)
-                .and_then(|()| log.file.write_all_at(&HEADER, 0))
-                .and_then(|()| log.file.sync_all())
-                .map_err(StoreError::io("write", &log.path))?;
-            sync_dir(vhost_dir)?;
-            log.len = HEADER.len() as u64;
-            return Ok((log, Vec::new()));
-        }
-        if !data.starts_with(&HEADER) {
-            return Err(StoreError::Corrupt {
-                path: log.path,
-                offset: 0,
-                reason: "not a definitions log (unknown header or version)".into(),
-            });
-        }
-        let mut commands = Vec::new();
-        let mut at = HEADER.len();
-        let bad = loop {
-            match frame::read_record(&data, at) {
-                Next::End => break None,
-                Next::Bad(reason) => break Some(reason),
-                Next::Record(payload, next) => match decode(payload) {
-                    Ok(def) => {
-                        log.live.apply(&def);
-                        commands.push(def);
-                        at = next;
-                    }
-                    Err(reason) => break Some(reason),
-                },
+        let mut commands = Vec::with_capacity(payloads.len());
+        for (index, payload) in payloads.iter().enumerate() {
+            match decode(payload) {
+                Ok(def) => {
+                    log.live.apply(&def);
+                    commands.push(def);
+                }
+                Err(reason) => {
+                    tracing::warn!(
+                        file = %log.log.path().display(),
+                        record = index,
+                        records_skipped = payloads.len() - index,
+                        reason,
+                        "undecodable definitions record: it and the records after it are cut off"
+                    );
+                    log.log.rewrite(&payloads[..index])?;
+                    break;
+                }
             }
-        };
-        if let Some(reason) = bad {
-            tracing::warn!(
-                file = %log.path.display(),
-                offset = at,
-                bytes_skipped = data.len() - at,
-                reason,
-                "damaged definitions log tail cut off; the records before it are kept"
-            );
-            log.file
-                .set_len(at as u64)
-                .and_then(|()| log.file.sync_all())
-                .map_err(StoreError::io("truncate", &log.path))?;
         }
-        log.len = at as u64;
-        log.records = commands.len() as u64;
         log.maybe_compact();
         Ok((log, commands))
     }
@@ -253,32 +197,11 @@ impl DefinitionsLog {
 
     /// Appends several commands with a single fsync (all or, after a crash, a prefix of them).
     pub fn append_all(&mut self, definitions: &[Definition]) -> Result<(), StoreError> {
-        if self.broken {
-            return Err(StoreError::Failed(format!(
-                "an earlier write to {} failed",
-                self.path.display()
-            )));
-        }
-        let mut buf = Vec::new();
-        for def in definitions {
-            encode_record(&mut buf, def)?;
-        }
-        let result = self
-            .file
-            .write_all_at(&buf, self.len)
-            .and_then(|()| self.file.sync_data());
-        if let Err(source) = result {
-            // Best effort: take back what may have been written, and write nothing more.
-            let _ = self.file.set_len(self.len);
-            self.broken = true;
-            return Err(StoreError::Io {
-                op: "append to",
-                path: self.path.clone(),
-                source,
-            });
-        }
-        self.len += buf.len() as u64;
-        self.records += definitions.len() as u64;
+        let payloads = definitions
+            .iter()
+            .map(encode)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.log.append_all(&payloads)?;
         for def in definitions {
             self.live.apply(def);
         }
@@ -293,53 +216,36 @@ impl DefinitionsLog {
 
     /// Records in the file.
     pub fn records(&self) -> u64 {
-        self.records
+        self.log.records()
     }
 
     /// The log file.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.log.path()
     }
 
     /// Rewrites the log as a snapshot of the live objects (atomically: temporary file,
     /// fsync, rename, directory fsync).
     pub fn compact(&mut self) -> Result<(), StoreError> {
-        let snapshot = self.live.snapshot();
-        let mut buf = HEADER.to_vec();
-        for def in &snapshot {
-            encode_record(&mut buf, def)?;
-        }
-        let tmp = self.path.with_extension("log.tmp");
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(StoreError::io("create", &tmp))?;
-        file.write_all(&buf)
-            .and_then(|()| file.sync_all())
-            .map_err(StoreError::io("write", &tmp))?;
-        fs::rename(&tmp, &self.path).map_err(StoreError::io("rename", &tmp))?;
-        if let Some(dir) = self.path.parent() {
-            sync_dir(dir)?;
-        }
-        // The renamed file is the log now; keep appending through its handle.
-        self.file = file;
-        self.len = buf.len() as u64;
-        self.records = snapshot.len() as u64;
-        Ok(())
+        let payloads = self
+            .live
+            .snapshot()
+            .iter()
+            .map(encode)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.log.rewrite(&payloads)
     }
 
     fn maybe_compact(&mut self) {
         let live = self.live.count().max(1);
-        if self.records >= self.options.compact_min_records
-            && self.records > self.options.compact_ratio.saturating_mul(live)
+        let records = self.log.records();
+        if records >= self.options.compact_min_records
+            && records > self.options.compact_ratio.saturating_mul(live)
         {
-            let before = self.records;
+            let before = records;
             match self.compact() {
                 Ok(()) => {
-                    tracing::info!(file = %self.path.display(), before, after = self.records, "definitions log compacted")
+                    tracing::info!(file = %self.log.path().display(), before, after = self.log.records(), "definitions log compacted")
                 }
                 Err(error) => {
                     tracing::warn!(%error, "definitions log compaction failed; keeping the full log")
@@ -473,12 +379,6 @@ impl Live {
         out.extend(self.bindings.values().cloned().map(Definition::Bind));
         out
     }
-}
-
-fn encode_record(out: &mut Vec<u8>, def: &Definition) -> Result<(), StoreError> {
-    let payload = encode(def)?;
-    frame::push_record(out, &[&payload]);
-    Ok(())
 }
 
 /// Encodes a command's payload.

@@ -37,7 +37,7 @@ impl RecordLog {
     ) -> Result<(RecordLog, Vec<Vec<u8>>), StoreError> {
         create_dir_durable(dir)?;
         let path = dir.join(name);
-        let tmp = path.with_extension("tmp");
+        let tmp = dir.join(format!("{name}.tmp"));
         if tmp.exists() {
             // A rewrite that did not reach its rename: the log itself is intact.
             fs::remove_file(&tmp).map_err(StoreError::io("remove", &tmp))?;
@@ -145,7 +145,9 @@ impl RecordLog {
         for payload in payloads {
             frame::push_record(&mut buf, &[payload]);
         }
-        let tmp = self.path.with_extension("tmp");
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
