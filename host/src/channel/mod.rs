@@ -16,7 +16,6 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, tx};
-use amq_protocol::types::AMQPValue;
 
 use crate::connection::Writer;
 use crate::exchange::Name;
@@ -323,7 +322,7 @@ impl Channel {
         let priority = match consume.arguments.inner().get("x-priority") {
             None => 0,
             // RabbitMQ accepts the integer field types (not timestamps) and keeps the value.
-            Some(value) => int_value(value).ok_or_else(|| {
+            Some(value) => crate::queue::int_value(value).ok_or_else(|| {
                 AmqpError::precondition_failed(format!(
                     "invalid arg 'x-priority' for consumer '{tag}': expected an integer, got {}",
                     crate::queue::type_name(value)
@@ -623,19 +622,4 @@ fn requeue_grouped(unacked: Vec<Unacked>) {
     for (queue, entries) in group_by_queue(unacked) {
         queue.requeue(entries);
     }
-}
-
-/// Reads an integer argument of any AMQP integer type (RabbitMQ's `?INTEGER_ARG_TYPES`:
-/// a timestamp is not one).
-pub(crate) fn int_value(value: &AMQPValue) -> Option<i64> {
-    Some(match value {
-        AMQPValue::ShortShortInt(v) => (*v).into(),
-        AMQPValue::ShortShortUInt(v) => (*v).into(),
-        AMQPValue::ShortInt(v) => (*v).into(),
-        AMQPValue::ShortUInt(v) => (*v).into(),
-        AMQPValue::LongInt(v) => (*v).into(),
-        AMQPValue::LongUInt(v) => (*v).into(),
-        AMQPValue::LongLongInt(v) => *v,
-        _ => return None,
-    })
 }

@@ -292,10 +292,10 @@ pub(crate) fn string(value: &AMQPValue) -> Option<&str> {
     }
 }
 
-/// An integer argument, as RabbitMQ's `check_int_arg` accepts them (timestamps are not integers
-/// there).
-fn int(value: &AMQPValue) -> Result<i64, String> {
-    Ok(match value {
+/// Reads an integer argument of any AMQP integer type (RabbitMQ's `?INTEGER_ARG_TYPES`: a
+/// timestamp is not one).
+pub(crate) fn int_value(value: &AMQPValue) -> Option<i64> {
+    Some(match value {
         AMQPValue::ShortShortInt(v) => (*v).into(),
         AMQPValue::ShortShortUInt(v) => (*v).into(),
         AMQPValue::ShortInt(v) => (*v).into(),
@@ -303,8 +303,13 @@ fn int(value: &AMQPValue) -> Result<i64, String> {
         AMQPValue::LongInt(v) => (*v).into(),
         AMQPValue::LongUInt(v) => (*v).into(),
         AMQPValue::LongLongInt(v) => *v,
-        other => return Err(format!("\"expected integer, got {}\"", type_name(other))),
+        _ => return None,
     })
+}
+
+/// An integer argument, as RabbitMQ's `check_int_arg` accepts them.
+fn int(value: &AMQPValue) -> Result<i64, String> {
+    int_value(value).ok_or_else(|| format!("\"expected integer, got {}\"", type_name(value)))
 }
 
 fn non_negative(n: i64) -> Result<u64, String> {

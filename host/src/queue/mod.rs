@@ -22,7 +22,7 @@ mod stored;
 mod timer;
 
 pub use args::{ArgError, DeadLetterTarget, MAX_PRIORITY, Overflow, QueueArgs};
-pub(crate) use args::{string as string_value, type_name};
+pub(crate) use args::{int_value, string as string_value, type_name};
 pub use dead_letter::{Death, DeathReason, cc_keys, dead_letter_properties, deaths, is_cycle};
 pub use flow::{FLOW_HIGH_BYTES, FLOW_HIGH_MESSAGES, FLOW_PATIENCE};
 

@@ -38,16 +38,7 @@ fn equivalent(key: &str, a: Option<&AMQPValue>, b: Option<&AMQPValue>) -> bool {
 }
 
 fn integer(value: &AMQPValue) -> Option<i128> {
-    Some(match value {
-        AMQPValue::ShortShortInt(v) => (*v).into(),
-        AMQPValue::ShortShortUInt(v) => (*v).into(),
-        AMQPValue::ShortInt(v) => (*v).into(),
-        AMQPValue::ShortUInt(v) => (*v).into(),
-        AMQPValue::LongInt(v) => (*v).into(),
-        AMQPValue::LongUInt(v) => (*v).into(),
-        AMQPValue::LongLongInt(v) => (*v).into(),
-        _ => return None,
-    })
+    crate::queue::int_value(value).map(i128::from)
 }
 
 /// RabbitMQ's description of an argument value in equivalence errors.
