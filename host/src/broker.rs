@@ -77,9 +77,23 @@ impl Shared {
                     .map_err(|e| MetaError::Storage(e.to_string()))?;
             }
             MetaCommand::DeleteVhost { name } => self.remove_vhost(&name),
+            MetaCommand::SetVhostLimits { vhost, .. } => {
+                if let Some(open) = self.vhost(&vhost) {
+                    open.set_limits(self.limits_of(&vhost));
+                }
+            }
             _ => {}
         }
         Ok(())
+    }
+
+    /// The limits of vhost `name`: the config file's, with the runtime ones over them.
+    fn limits_of(&self, name: &str) -> crate::limits::VhostLimits {
+        let base = self.config.vhost_limits_for(name);
+        match self.meta.state().vhosts.get(name) {
+            Some(meta) => meta.limits_over(base),
+            None => base,
+        }
     }
 
     /// Closes a deleted vhost: its connections get 320, its storage is closed and removed.
@@ -112,7 +126,7 @@ impl Shared {
             &self.config.data_dir,
             StoreOptions::from_config(&self.config),
         )?;
-        vhost.set_limits(self.config.vhost_limits_for(name));
+        vhost.set_limits(self.limits_of(name));
         vhosts.insert(name.to_owned(), vhost.clone());
         Ok(vhost)
     }

@@ -165,3 +165,68 @@ async fn deleting_a_vhost_closes_its_connections_and_removes_it() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn vhost_limits_change_at_runtime_and_survive_a_restart() {
+    bounded(Duration::from_secs(60), async {
+        let mut broker = TestBroker::start().await;
+        let Some(handle) = broker.handle() else {
+            return;
+        };
+        let limits = |value: i64| MetaCommand::SetVhostLimits {
+            vhost: "/".into(),
+            limits: [("max-queues".to_owned(), value)].into_iter().collect(),
+        };
+        handle.execute(limits(1)).await.expect("limit");
+        assert!(
+            handle
+                .execute(MetaCommand::SetVhostLimits {
+                    vhost: "/".into(),
+                    limits: [("max-nonsense".to_owned(), 1)].into_iter().collect(),
+                })
+                .await
+                .is_err(),
+            "unknown limits are refused"
+        );
+        let conn = lapin_connect(broker.url()).await.expect("connect");
+        declare_count(&conn, "first").await;
+        let ch = within(conn.create_channel()).await.expect("channel");
+        let second = within(ch.queue_declare(
+            "second".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        ))
+        .await;
+        assert_eq!(
+            second.as_ref().err().and_then(reply_code),
+            Some(406),
+            "{second:?}"
+        );
+        let _ = conn.close(200, "bye".into()).await;
+        broker.restart().await;
+        let conn = lapin_connect(broker.url()).await.expect("connect");
+        let ch = within(conn.create_channel()).await.expect("channel");
+        let again = within(ch.queue_declare(
+            "second".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        ))
+        .await;
+        assert_eq!(
+            again.as_ref().err().and_then(reply_code),
+            Some(406),
+            "kept: {again:?}"
+        );
+        let handle = broker.handle().expect("in-process");
+        handle.execute(limits(-1)).await.expect("lift the limit");
+        let ch = within(conn.create_channel()).await.expect("channel");
+        within(ch.queue_declare(
+            "second".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        ))
+        .await
+        .expect("no limit any more");
+    })
+    .await;
+}

@@ -87,6 +87,15 @@ pub enum MetaCommand {
         /// The vhost.
         vhost: String,
     },
+    /// Sets limits of a vhost, by RabbitMQ's names (`max-connections`, `max-queues`) and
+    /// bourse's (`max-exchanges`, `max-bindings`); a negative value removes that limit.
+    /// Limits not named keep the config file's.
+    SetVhostLimits {
+        /// The vhost.
+        vhost: String,
+        /// Limit name → value.
+        limits: BTreeMap<String, i64>,
+    },
     /// Sets a user's topic permissions on one exchange of a vhost.
     SetTopicPermissions {
         /// The user.
@@ -132,6 +141,34 @@ pub struct VhostMeta {
     pub description: String,
     /// Free tags.
     pub tags: Vec<String>,
+    /// Limits set at runtime (see [`MetaCommand::SetVhostLimits`]).
+    pub limits: BTreeMap<String, i64>,
+}
+
+/// The vhost limits a [`MetaCommand::SetVhostLimits`] may name.
+pub const VHOST_LIMIT_NAMES: [&str; 4] = [
+    "max-connections",
+    "max-queues",
+    "max-exchanges",
+    "max-bindings",
+];
+
+impl VhostMeta {
+    /// `base` (the config file's limits) with this vhost's runtime limits over it.
+    pub fn limits_over(&self, base: crate::limits::VhostLimits) -> crate::limits::VhostLimits {
+        let mut limits = base;
+        for (name, &value) in &self.limits {
+            let value = u32::try_from(value).unwrap_or(u32::MAX);
+            match name.as_str() {
+                "max-connections" => limits.max_connections = value,
+                "max-queues" => limits.max_queues = value,
+                "max-exchanges" => limits.max_exchanges = value,
+                "max-bindings" => limits.max_bindings = value,
+                _ => {}
+            }
+        }
+        limits
+    }
 }
 
 /// A user's metadata.
@@ -251,6 +288,20 @@ impl MetaState {
                 self.user_exists(user)?;
                 self.vhost_exists(vhost)
             }
+            MetaCommand::SetVhostLimits { vhost, limits } => {
+                self.vhost_exists(vhost)?;
+                match limits
+                    .keys()
+                    .find(|k| !VHOST_LIMIT_NAMES.contains(&k.as_str()))
+                {
+                    Some(unknown) => Err(MetaError::Invalid(format!(
+                        "unknown vhost limit '{}' (known: {})",
+                        unknown.chars().take(64).collect::<String>(),
+                        VHOST_LIMIT_NAMES.join(", ")
+                    ))),
+                    None => Ok(()),
+                }
+            }
             MetaCommand::SetTopicPermissions {
                 user,
                 vhost,
@@ -297,7 +348,30 @@ impl MetaState {
                 description,
                 tags,
             } => {
-                self.vhosts.insert(name, VhostMeta { description, tags });
+                let limits = self
+                    .vhosts
+                    .get(&name)
+                    .map(|v| v.limits.clone())
+                    .unwrap_or_default();
+                self.vhosts.insert(
+                    name,
+                    VhostMeta {
+                        description,
+                        tags,
+                        limits,
+                    },
+                );
+            }
+            MetaCommand::SetVhostLimits { vhost, limits } => {
+                if let Some(meta) = self.vhosts.get_mut(&vhost) {
+                    for (name, value) in limits {
+                        if value < 0 {
+                            meta.limits.remove(&name);
+                        } else {
+                            meta.limits.insert(name, value);
+                        }
+                    }
+                }
             }
             MetaCommand::DeleteVhost { name } => {
                 self.vhosts.remove(&name);
@@ -378,6 +452,12 @@ impl MetaState {
                 description: v.description.clone(),
                 tags: v.tags.clone(),
             });
+            if !v.limits.is_empty() {
+                out.push(MetaCommand::SetVhostLimits {
+                    vhost: name.clone(),
+                    limits: v.limits.clone(),
+                });
+            }
         }
         for (name, u) in &self.users {
             out.push(MetaCommand::PutUser {
