@@ -10,7 +10,9 @@
 //!    confirms); the counters and the broker's CPU time are read here, and the rates are
 //!    counts in the window divided by its length;
 //! 4. drain: consumers run on until nothing arrives for a second or `--drain-secs` is up, so the
-//!    totals and latencies include the backlog; then everything is deleted and closed.
+//!    totals and latencies include the backlog; then everything is deleted and closed. With
+//!    `--consume-after-publish` the consumers start only here (scenario (j)); with
+//!    `--backlog-rss` the queued backlog's memory is measured here (`backlog`).
 //!
 //! Publishers and consumers are lapin's (`lapin_client`) or, with `--client raw`, the lean frame-level
 //! ones of `raw`; set-up, the timeline and the report are the same for both.
@@ -329,6 +331,71 @@ fn percentiles(h: &Histogram<u64>) -> Value {
     })
 }
 
+/// What starting consumers needs, so they can start before publishing or after it.
+struct Workers<'a> {
+    args: Arc<LoadArgs>,
+    plan: Arc<Plan>,
+    /// lapin's shared connections (empty for the raw client).
+    conns: &'a [Connection],
+    stats: Arc<Stats>,
+    stop: Arc<Stop>,
+}
+
+impl Workers<'_> {
+    /// Opens every consumer (consumer i on queue i mod Q) and spawns it into `set`.
+    async fn start_consumers(&self, set: &mut JoinSet<Histogram<u64>>) -> anyhow::Result<()> {
+        let (a, p) = (&self.args, &self.plan);
+        let uri = a.common.uri.as_str();
+        for c in 0..a.consumers {
+            let queue = &p.queues[c % p.queues.len()];
+            if a.client == Client::Raw {
+                let consumer = RawConsumer::open(
+                    uri,
+                    c,
+                    queue,
+                    a.clone(),
+                    self.stats.clone(),
+                    self.stop.clone(),
+                )
+                .await?;
+                set.spawn(consumer.run());
+                continue;
+            }
+            let ch = self.conns[(a.producers + c) % self.conns.len()]
+                .create_channel()
+                .await?;
+            if a.prefetch > 0 {
+                ch.basic_qos(a.prefetch, BasicQosOptions { global: false })
+                    .await?;
+            }
+            let consumer = ch
+                .basic_consume(
+                    queue.as_str().into(),
+                    format!("bourse-perf-{c}").into(),
+                    BasicConsumeOptions {
+                        no_ack: a.autoack,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .with_context(|| format!("consuming from {queue}"))?;
+            set.spawn(
+                ConsumerTask {
+                    index: c,
+                    ch,
+                    consumer,
+                    args: a.clone(),
+                    stats: self.stats.clone(),
+                    stop: self.stop.clone(),
+                }
+                .run(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Runs the load test; `stats` is owned by the caller so a timed-out run can still report.
 pub async fn run(args: LoadArgs, stats: Arc<Stats>) -> anyhow::Result<Value> {
     let a = Arc::new(args);
@@ -342,6 +409,12 @@ pub async fn run(args: LoadArgs, stats: Arc<Stats>) -> anyhow::Result<Value> {
         bail!("nothing to do: no publishers and no consumers");
     }
     let raw = a.client == Client::Raw;
+    if a.check_order && (!raw || a.size < 16) {
+        bail!("--check-order needs --client raw and bodies of at least 16 bytes (-s 16)");
+    }
+    if a.backlog_rss && a.common.broker_pid.is_none() {
+        bail!("--backlog-rss measures the broker: give --broker-pid");
+    }
     if raw && a.connections != 0 {
         bail!("--client raw opens one connection per publisher and per consumer: no --connections");
     }
@@ -377,50 +450,21 @@ pub async fn run(args: LoadArgs, stats: Arc<Stats>) -> anyhow::Result<Value> {
     let stop = Arc::new(Stop::default());
     let consumers_stop = Arc::new(Stop::default());
     let mut consumers = JoinSet::new();
-    for c in 0..a.consumers {
-        let queue = &p.queues[c % p.queues.len()];
-        if raw {
-            let consumer = RawConsumer::open(
-                uri,
-                c,
-                queue,
-                a.clone(),
-                stats.clone(),
-                consumers_stop.clone(),
-            )
-            .await?;
-            consumers.spawn(consumer.run());
-            continue;
-        }
-        let ch = conn_of(a.producers + c).create_channel().await?;
-        if a.prefetch > 0 {
-            ch.basic_qos(a.prefetch, BasicQosOptions { global: false })
-                .await?;
-        }
-        let consumer = ch
-            .basic_consume(
-                queue.as_str().into(),
-                format!("bourse-perf-{c}").into(),
-                BasicConsumeOptions {
-                    no_ack: a.autoack,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .with_context(|| format!("consuming from {queue}"))?;
-        consumers.spawn(
-            ConsumerTask {
-                index: c,
-                ch,
-                consumer,
-                args: a.clone(),
-                stats: stats.clone(),
-                stop: consumers_stop.clone(),
-            }
-            .run(),
-        );
+    let workers = Workers {
+        args: a.clone(),
+        plan: p.clone(),
+        conns: &conns,
+        stats: stats.clone(),
+        stop: consumers_stop.clone(),
+    };
+    if !a.consume_after_publish {
+        workers.start_consumers(&mut consumers).await?;
     }
+    let rss_settled_before = if a.backlog_rss {
+        crate::idle::settled_rss(broker, Duration::from_secs(10)).await
+    } else {
+        None
+    };
     // Each publisher as a future not yet started: all begin together at t0.
     let mut publishers: Vec<BoxFuture<'static, ()>> = Vec::with_capacity(a.producers);
     for i in 0..a.producers {
@@ -494,18 +538,45 @@ pub async fn run(args: LoadArgs, stats: Arc<Stats>) -> anyhow::Result<Value> {
         }
     }
     let drain_start = Instant::now();
+    let received_before_drain = stats.snapshot().received;
+    // A consumer that starts on a deep queue may need a moment for its first delivery.
+    let mut quiet_for = Duration::from_secs(1);
+    if a.consume_after_publish {
+        workers.start_consumers(&mut consumers).await?;
+        quiet_for = Duration::from_secs(2);
+    }
     let mut last_received = stats.snapshot().received;
     let mut quiet_since = Instant::now();
     while a.consumers > 0 && drain_start.elapsed().as_secs_f64() < a.drain_secs {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let r = stats.snapshot().received;
-        if r != last_received {
-            last_received = r;
+        let s = stats.snapshot();
+        if s.received != last_received {
+            last_received = s.received;
             quiet_since = Instant::now();
-        } else if quiet_since.elapsed() >= Duration::from_secs(1) {
+        } else if quiet_since.elapsed() >= quiet_for {
+            break;
+        }
+        if a.consume_after_publish && s.received >= s.sent {
             break;
         }
     }
+    // Until the last delivery, not the quiet wait after it.
+    let drain_s = quiet_since.duration_since(drain_start).as_secs_f64();
+    let backlog = if a.backlog_rss {
+        Some(
+            crate::backlog::measure(
+                &setup,
+                &p.queues,
+                broker,
+                rss_settled_before,
+                stats.snapshot().sent,
+                Duration::from_secs_f64(a.drain_secs),
+            )
+            .await,
+        )
+    } else {
+        None
+    };
     let end = stats.snapshot();
     let total_s = t0.elapsed().as_secs_f64();
     let sample_end = broker.and_then(|b| b.sample().ok());
@@ -538,6 +609,32 @@ pub async fn run(args: LoadArgs, stats: Arc<Stats>) -> anyhow::Result<Value> {
     report["confirmed_total"] = json!(end.confirmed);
     report["total_s"] = json!(round(total_s, 3));
     report["latency_us"] = percentiles(&hist);
+    if a.consume_after_publish {
+        let drained = end.received - received_before_drain;
+        report["drain"] = json!({
+            "secs": round(drain_s, 3),
+            "received": drained,
+            "rate": if drain_s > 0.0 { round(drained as f64 / drain_s, 1) } else { 0.0 },
+        });
+    }
+    if a.check_order {
+        let o = &stats.order;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let in_order = get(&o.in_order);
+        report["order"] = json!({
+            "checked": get(&o.checked),
+            "in_order": in_order,
+            "gaps": get(&o.gaps),
+            "skipped": get(&o.skipped),
+            "behind": get(&o.behind),
+            "foreign": get(&o.foreign),
+            // One consumer per queue: each message once, in publish order, none missing.
+            "exactly_once_in_order": in_order == end.sent && end.received == end.sent,
+        });
+    }
+    if let Some(b) = backlog {
+        report["backlog"] = b;
+    }
     report["errors"] = json!(end_stats.errors);
     report["error_samples"] = json!(stats.error_samples());
     if let (Some(t0), Some(t1)) = (tool0, tool1) {
@@ -574,6 +671,7 @@ pub async fn run(args: LoadArgs, stats: Arc<Stats>) -> anyhow::Result<Value> {
             "cpu_total_s": round(cpu_total, 3),
             "rss_start_kib": s0.rss_kib,
             "rss_peak_kib": peak_rss.load(Ordering::Relaxed).max(s1.rss_kib),
+            "rss_t1_kib": s1.rss_kib,
             "vm_hwm_kib": sample_end.unwrap_or(s1).hwm_kib,
             "msgs_per_cpu_s": per(msgs, cpu_total),
             "window_received_per_cpu_s": per(at_t1.received, cpu),
@@ -620,6 +718,8 @@ fn report_common(a: &LoadArgs, p: &Plan, window: f64, s: &Snapshot) -> Value {
             "confirm": a.confirm,
             "persistent": a.persistent,
             "durable": a.durable,
+            "check_order": a.check_order,
+            "consume_after_publish": a.consume_after_publish,
         },
         "window_s": round(window, 3),
         "sent": s.sent,

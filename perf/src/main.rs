@@ -8,10 +8,11 @@
 //! Loopback brokers only.
 //!
 //! Modules: `cli` (flags), `load` (publishers, consumers, report), `idle` (memory per idle
-//! connection or queue), `procfs` (broker CPU and RSS), `stats` (counters, latency), `amqp`
+//! connection or queue), `backlog` (memory per queued message), `procfs` (broker CPU and RSS), `stats` (counters, latency), `amqp`
 //! (connect, argument tables), `raw` (`--client raw`: publishers and consumers on raw frames).
 
 mod amqp;
+mod backlog;
 mod cli;
 mod idle;
 mod lapin_client;
