@@ -270,11 +270,18 @@ def buffer_table(runs):
             )
         else:
             order = "not checked"
+        notes = notes_for("j", r)
+        extra = r.get("received_total", 0) - r.get("sent_total", 0)
+        if extra > 0:
+            notes.append(
+                f"{extra:,} more delivered than counted as sent: the publisher's last batch, "
+                "written in part when the run stopped (a blocked write)"
+            )
         out.append(
             f"| {name} | {fmt_n(r['sent_rate'])} | {vs_a} | {peak_txt} "
             f"| {'n/a' if t1 is None else f'{t1 / 1024:,.0f}'} | {fmt_n(d.get('rate'))} "
             f"| {d.get('secs', 0):.1f} | {r.get('received_total', 0):,} / {r.get('sent_total', 0):,} "
-            f"| {order} | {'; '.join(notes_for('j', r))} |"
+            f"| {order} | {'; '.join(notes)} |"
         )
     return out
 
