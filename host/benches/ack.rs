@@ -14,6 +14,7 @@
 //!
 //! Per element: one message delivered and acked. Run: `cargo bench -p bourse --bench ack`.
 
+use std::collections::VecDeque;
 use std::hint::black_box;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -35,7 +36,7 @@ const PREFETCH: u32 = 100;
 /// channel's unacked list would.
 #[derive(Default)]
 struct Accepting {
-    unacked: Mutex<Vec<QueuedMessage>>,
+    unacked: Mutex<VecDeque<QueuedMessage>>,
 }
 
 impl Outlet for Accepting {
@@ -47,7 +48,7 @@ impl Outlet for Accepting {
     ) -> Result<(), QueuedMessage> {
         if !consumer.no_ack {
             consumer.unacked.fetch_add(1, Ordering::Relaxed);
-            self.unacked.lock().expect("lock").push(entry);
+            self.unacked.lock().expect("lock").push_back(entry);
         }
         Ok(())
     }
@@ -59,11 +60,10 @@ impl Accepting {
     /// Acks the oldest unacked delivery, as basic.ack(tag, multiple=false) does.
     fn ack_oldest(&self, consumer: &Consumer, queue: &Arc<Queue>) {
         let entry = {
-            let mut unacked = self.unacked.lock().expect("lock");
-            if unacked.is_empty() {
+            let Some(entry) = self.unacked.lock().expect("lock").pop_front() else {
                 return;
-            }
-            unacked.remove(0)
+            };
+            entry
         };
         consumer.unacked.fetch_sub(1, Ordering::Relaxed);
         let positions: &[u64] = if entry.position != 0 {
