@@ -34,8 +34,8 @@ use hdrhistogram::Histogram;
 use lapin::{
     Connection, ExchangeKind,
     options::{
-        BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-        ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+        ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
     },
     types::{FieldTable, ShortString},
 };
@@ -45,9 +45,10 @@ use tokio::{sync::Notify, task::JoinSet};
 use crate::{
     amqp::{self, expand, table},
     cli::{Client, LoadArgs},
-    lapin_client::{ConsumerTask, Publisher},
+    consumers::Workers,
+    lapin_client::Publisher,
     procfs::{self, Process},
-    raw::{RawConsumer, RawPublisher},
+    raw::RawPublisher,
     stats::{Snapshot, Stats, new_histogram},
 };
 
@@ -57,7 +58,7 @@ pub(crate) struct Plan {
     pub(crate) exchange: String,
     kind: ExchangeKind,
     exchange_args: FieldTable,
-    queues: Vec<String>,
+    pub(crate) queues: Vec<String>,
     queue_args: FieldTable,
     /// (queue index, binding key, binding arguments)
     bindings: Vec<(usize, String, FieldTable)>,
@@ -329,71 +330,6 @@ fn percentiles(h: &Histogram<u64>) -> Value {
         "max": h.max(),
         "mean": (h.mean() * 10.0).round() / 10.0,
     })
-}
-
-/// What starting consumers needs, so they can start before publishing or after it.
-struct Workers<'a> {
-    args: Arc<LoadArgs>,
-    plan: Arc<Plan>,
-    /// lapin's shared connections (empty for the raw client).
-    conns: &'a [Connection],
-    stats: Arc<Stats>,
-    stop: Arc<Stop>,
-}
-
-impl Workers<'_> {
-    /// Opens every consumer (consumer i on queue i mod Q) and spawns it into `set`.
-    async fn start_consumers(&self, set: &mut JoinSet<Histogram<u64>>) -> anyhow::Result<()> {
-        let (a, p) = (&self.args, &self.plan);
-        let uri = a.common.uri.as_str();
-        for c in 0..a.consumers {
-            let queue = &p.queues[c % p.queues.len()];
-            if a.client == Client::Raw {
-                let consumer = RawConsumer::open(
-                    uri,
-                    c,
-                    queue,
-                    a.clone(),
-                    self.stats.clone(),
-                    self.stop.clone(),
-                )
-                .await?;
-                set.spawn(consumer.run());
-                continue;
-            }
-            let ch = self.conns[(a.producers + c) % self.conns.len()]
-                .create_channel()
-                .await?;
-            if a.prefetch > 0 {
-                ch.basic_qos(a.prefetch, BasicQosOptions { global: false })
-                    .await?;
-            }
-            let consumer = ch
-                .basic_consume(
-                    queue.as_str().into(),
-                    format!("bourse-perf-{c}").into(),
-                    BasicConsumeOptions {
-                        no_ack: a.autoack,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .with_context(|| format!("consuming from {queue}"))?;
-            set.spawn(
-                ConsumerTask {
-                    index: c,
-                    ch,
-                    consumer,
-                    args: a.clone(),
-                    stats: self.stats.clone(),
-                    stop: self.stop.clone(),
-                }
-                .run(),
-            );
-        }
-        Ok(())
-    }
 }
 
 /// Runs the load test; `stats` is owned by the caller so a timed-out run can still report.
