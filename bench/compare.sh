@@ -6,8 +6,12 @@
 #
 # Usage: bench/compare.sh [options]
 #   --brokers "bourse rabbitmq"   which brokers (default both)
-#   --scenarios "a b ... i"       which load scenarios (default all); "none" for memory only
-#   --no-memory                   skip the memory rows (idle RSS, 10,000 queues, 1,000 connections)
+#   --scenarios "a b ... j"       which load scenarios (default all); "none" for memory only
+#   --no-memory                   skip the memory rows (idle RSS, 10,000 queues, 1,000 connections,
+#                                 the queued backlogs)
+#   --backlog N                   messages of the large backlog memory row (default 10000000)
+#   --j-secs S                    publishing time of scenario (j) (default 30)
+#   --j-drain S                   longest drain of scenario (j) (default 300)
 #   --duration S                  publishing time per scenario (default 15)
 #   --drain S                     longest drain after publishing (default 10)
 #   --no-build                    use the binaries as they are
@@ -31,8 +35,11 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 brokers="bourse rabbitmq"
-scenarios="a b c d e f g h i"
+scenarios="a b c d e f g h i j"
 memory=true
+backlog=10000000
+j_secs=30
+j_drain=300
 duration=15
 drain=10
 build=true
@@ -54,7 +61,10 @@ while [ $# -gt 0 ]; do
         --report) report_only="$2"; shift 2 ;;
         --quiet-wait) quiet_wait="$2"; shift 2 ;;
         --client) client="$2"; shift 2 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        --backlog) backlog="$2"; shift 2 ;;
+        --j-secs) j_secs="$2"; shift 2 ;;
+        --j-drain) j_drain="$2"; shift 2 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -88,6 +98,11 @@ args[f]="-x 1 -y 1 -s 16 -a -t topic -u 1 --bindings 1000"; desc[f]="topic, 1,00
 args[g]="-x 100 -y 100 -s 16 -a -u 100 -c 200";        desc[g]="100 publishers, 100 consumers, 100 queues (confirm window 200 each)"
 args[h]="-x 1 -y 1 -s 16 -a -r 1000";                  desc[h]="latency at a fixed 1,000 msg/s"
 args[i]="-x 1 -y 1 -s 16 -a -t x-consistent-hash -u 1"; desc[i]="WASM x-consistent-hash (vs a)"
+# (j): a buffer, then a consumer. Transient 16 B messages into a non-durable queue with no
+# consumer for j_secs (as (a) without its consumer), then one consumer with manual acks and
+# prefetch 100 (as (b)) drains it; every body carries its publisher's sequence number and the
+# consumer checks that each message arrives exactly once and in order.
+args[j]="-x 1 -y 1 -s 16 -q 100 --consume-after-publish --check-order"; desc[j]="no consumer for the publishing time, then one consumer (manual ack, prefetch 100) drains, order checked"
 for s in "${!args[@]}"; do args[$s]="${args[$s]} --client $client"; done
 
 # --- build and install -------------------------------------------------------------------------
@@ -256,11 +271,26 @@ for b in $brokers; do
         start_broker "$b"; sleep 5
         run_perf "$b" mem-conns idle -n 1000 --hold-secs 5
         stop_broker
+        # Queued backlogs: transient 16 B messages in a non-durable queue with no consumer. The
+        # large one is beyond any in-memory window; 100,000 fit in RAM (the per-message cost in
+        # memory). RSS is measured once the queue reports every message.
+        for n in "$backlog" 100000; do
+            start_broker "$b"; sleep 5
+            run_perf "$b" "mem-backlog-$n" load -x 1 -y 0 -u 1 -s 16 -z 0 -C "$n" --backlog-rss \
+                --drain-secs 300 --timeout-secs 1200 --client "$client"
+            stop_broker
+        done
     fi
     if [ -n "$scenarios" ]; then
         start_broker "$b"; sleep 3
         for s in $scenarios; do
             # shellcheck disable=SC2086 # the scenario's flags are words
+            if [ "$s" = j ]; then
+                # shellcheck disable=SC2086
+                run_perf "$b" "$s" load -z "$j_secs" --drain-secs "$j_drain" ${args[$s]}
+                sleep 2
+                continue
+            fi
             run_perf "$b" "$s" load -z "$duration" --drain-secs "$drain" ${args[$s]}
             sleep 2
         done
@@ -288,7 +318,8 @@ export COMPARE_CPU="$(lscpu | sed -n 's/^Model name: *//p' | head -1)"
 export COMPARE_NPROC="$(nproc)"
 export COMPARE_MEM="$(free -g | awk '/^Mem:/ {print $2 " GiB"}')"
 export COMPARE_KERNEL="$(uname -r)"
-for s in a b c d e f g h i; do export "COMPARE_ARGS_$s=${args[$s]}" "COMPARE_DESC_$s=${desc[$s]}"; done
+for s in a b c d e f g h i j; do export "COMPARE_ARGS_$s=${args[$s]}" "COMPARE_DESC_$s=${desc[$s]}"; done
+export COMPARE_J_SECS="$j_secs" COMPARE_J_DRAIN="$j_drain" COMPARE_BACKLOG="$backlog"
 declare -px | sed -n 's/^declare -x \(COMPARE_\)/export \1/p' >"bench/results/$stamp.env"
 python3 bench/report.py "$results" bench/performance-notes.md >"$out"
 log "wrote $out"

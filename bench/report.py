@@ -3,14 +3,17 @@
 
 Usage: report.py RESULTS.jsonl NOTES.md > performance.md
 The machine description, date and parameters come from COMPARE_* environment variables set by
-compare.sh. Ratios are bourse / RabbitMQ; the targets are those of issue 5.
+compare.sh. Ratios are bourse / RabbitMQ; the targets are those of issue 5, and for (j) and the backlog
+memory rows those of issue 10.
 """
 
 import json
 import os
 import sys
 
-SCENARIOS = "abcdefghi"
+SCENARIOS = "abcdefghij"
+# Rows of the main throughput table; (j) has its own table (its consumer starts after the window).
+LOAD_SCENARIOS = "abcdefghi"
 # Deliveries per published message, to tell a drained run from one that left a backlog.
 FANOUT = {"e": 10}
 # Issue 5's targets: minimum ratio bourse / RabbitMQ of msg per broker CPU-second (and msg/s).
@@ -104,7 +107,7 @@ def load_table(runs, brokers):
         "| RabbitMQ msg per broker CPU-s | ratio | target (per CPU-s) | p99 latency ms bourse / RabbitMQ | notes |"
     )
     out.append("|---|---:|---:|---:|---:|---:|---:|---|---:|---|")
-    for s in SCENARIOS:
+    for s in LOAD_SCENARIOS:
         rb = runs.get(("bourse", s))
         rr = runs.get(("rabbitmq", s))
         if rb is None and rr is None:
@@ -227,6 +230,103 @@ def memory_table(runs):
     return out, extra
 
 
+def met(ok_):
+    return " — met" if ok_ else " — **not met**"
+
+
+def buffer_table(runs):
+    """Scenario (j): publish with no consumer, then drain. Targets (issue 10): publish rate within
+    20 % of (a)'s, broker peak RSS under 300 MiB, every message delivered once and in order."""
+    out = [
+        "| broker | publish msg/s (no consumer) | vs (a)'s publish msg/s (target ≥ 0.8×) "
+        "| broker peak RSS MiB (target < 300) | RSS at end of publishing MiB | drain msg/s "
+        "| drain s | delivered / sent | exactly once, in order | notes |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|---|",
+    ]
+    for key, name in (("bourse", "bourse"), ("rabbitmq", "RabbitMQ")):
+        r = runs.get((key, "j"))
+        if r is None:
+            continue
+        if not ok(r):
+            out.append(f"| {name} | n/a | | | | | | | | {'; '.join(notes_for('j', r))} |")
+            continue
+        a = runs.get((key, "a"))
+        b = r.get("broker") or {}
+        d = r.get("drain") or {}
+        o = r.get("order") or {}
+        vs_a = "n/a"
+        if ok(a) and a.get("sent_rate"):
+            x = r["sent_rate"] / a["sent_rate"]
+            vs_a = f"{x:.2f}×" + (met(x >= 0.8) if key == "bourse" else "")
+        peak = b.get("rss_peak_kib")
+        peak_txt = "n/a" if peak is None else f"{peak / 1024:,.0f}"
+        if key == "bourse" and peak is not None:
+            peak_txt += met(peak / 1024 < 300)
+        t1 = b.get("rss_t1_kib")
+        if o:
+            order = "yes" if o.get("exactly_once_in_order") else (
+                f"**no**: {o.get('in_order', 0):,} in order, {o.get('gaps', 0):,} gaps "
+                f"({o.get('skipped', 0):,} skipped), {o.get('behind', 0):,} behind"
+            )
+        else:
+            order = "not checked"
+        notes = notes_for("j", r)
+        extra = r.get("received_total", 0) - r.get("sent_total", 0)
+        if extra > 0:
+            notes.append(
+                f"{extra:,} more delivered than counted as sent: the publisher's last batch, "
+                "written in part when the run stopped (a blocked write)"
+            )
+        out.append(
+            f"| {name} | {fmt_n(r['sent_rate'])} | {vs_a} | {peak_txt} "
+            f"| {'n/a' if t1 is None else f'{t1 / 1024:,.0f}'} | {fmt_n(d.get('rate'))} "
+            f"| {d.get('secs', 0):.1f} | {r.get('received_total', 0):,} / {r.get('sent_total', 0):,} "
+            f"| {order} | {'; '.join(notes)} |"
+        )
+    return out
+
+
+def backlog_table(runs):
+    """Queued transient 16 B messages, no consumer: RSS, and RSS growth per queued message."""
+    big = env("COMPARE_BACKLOG", "10000000")
+    rows = [
+        (big, f"{int(big):,} queued (non-durable queue)", 300),
+        ("100000", "100,000 queued (fits in RAM)", None),
+    ]
+    out = [
+        "| backlog | bourse RSS MiB | bourse bytes per message | RabbitMQ RSS MiB "
+        "| RabbitMQ bytes per message | target (bourse) |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    notes = []
+    for n, label, rss_target in rows:
+        cells = []
+        target = ""
+        for key in ("bourse", "rabbitmq"):
+            r = runs.get((key, f"mem-backlog-{n}"))
+            bl = (r or {}).get("backlog") if r and "failed" not in r else None
+            if not bl:
+                cells += ["n/a", "n/a"]
+                if r is not None:
+                    notes.append(f"{key} {label}: " + "; ".join(notes_for("mem", r)))
+                continue
+            after, per = bl.get("rss_after_kib"), bl.get("bytes_per_message")
+            cells.append("n/a" if after is None else f"{after / 1024:,.0f}")
+            cells.append("n/a" if per is None else f"{per:,.0f}")
+            if not bl.get("all_queued"):
+                notes.append(
+                    f"{key} {label}: only {bl.get('messages', 0):,} of {bl.get('sent', 0):,} "
+                    f"queued when measured"
+                )
+            if key == "bourse":
+                if rss_target is not None and after is not None:
+                    target = f"RSS < {rss_target} MiB" + met(after / 1024 < rss_target)
+                elif rss_target is None and per is not None:
+                    target = "< 150 B per message" + met(per < 150)
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {target} |")
+    return out, notes
+
+
 def main():
     runs = load(sys.argv[1])
     notes = ""
@@ -263,6 +363,17 @@ def main():
     for line in load_table(runs, None):
         p(line)
     p()
+    p("## A buffer, then a consumer (j)")
+    p()
+    p(f"(j): {env('COMPARE_J_SECS', '30')} s of publishing (transient 16 B, one publisher, non-durable")
+    p("queue) with no consumer, then one consumer with manual acks and prefetch 100 drains the queue")
+    p(f"(at most {env('COMPARE_J_DRAIN', '300')} s). Each body carries its publisher's index and")
+    p("sequence number after the send time; the consumer checks that every message arrives once, in")
+    p("publish order (`bourse-perf --check-order`). Peak RSS is sampled every 100 ms over both phases.")
+    p()
+    for line in buffer_table(runs):
+        p(line)
+    p()
     p("## Latency at a fixed rate")
     p()
     for line in latency_table(runs):
@@ -276,6 +387,20 @@ def main():
     p()
     for e in extra:
         p(f"- {e}")
+    p()
+    p("### Queued backlogs")
+    p()
+    table, bnotes = backlog_table(runs)
+    for line in table:
+        p(line)
+    p()
+    for e in bnotes:
+        p(f"- {e}")
+    if bnotes:
+        p()
+    p("One publisher sends transient 16 B messages to a non-durable queue with no consumer")
+    p("(`bourse-perf load -y 0 -C N --backlog-rss`); once passive queue.declare reports all N queued")
+    p("and the RSS has settled, bytes per message = (RSS after − RSS before publishing) / N.")
     p()
     p("Each memory row is measured on a freshly started broker: `bourse-perf idle` waits for the")
     p("broker's RSS (VmRSS) to settle, opens the connections (one channel each) or declares the")
@@ -297,10 +422,15 @@ def main():
     p("# each scenario, against each broker (URI and PID filled in by the script):")
     for s in SCENARIOS:
         a = env(f"COMPARE_ARGS_{s}", "")
+        if s == "j":
+            p(f"bourse-perf load -z {env('COMPARE_J_SECS', '30')} --drain-secs {env('COMPARE_J_DRAIN', '300')} {a}   # (j)")
+            continue
         p(f"bourse-perf load -z {env('COMPARE_DURATION')} --drain-secs {env('COMPARE_DRAIN')} {a}   # ({s})")
     p("bourse-perf idle -n 0 --hold-secs 0                 # idle RSS")
     p("bourse-perf idle -n 1 -u 10000 --hold-secs 2        # 10,000 queues")
     p("bourse-perf idle -n 1000 --hold-secs 5              # 1,000 idle connections")
+    for n in (env("COMPARE_BACKLOG", "10000000"), "100000"):
+        p(f"bourse-perf load -x 1 -y 0 -u 1 -s 16 -z 0 -C {n} --backlog-rss --drain-secs 300 --timeout-secs 1200   # queued backlog")
     p("```")
     p()
     if notes:

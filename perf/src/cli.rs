@@ -169,6 +169,21 @@ pub struct LoadArgs {
     /// Persistent messages (delivery-mode 2).
     #[arg(short = 'f', long)]
     pub persistent: bool,
+    /// Consumers verify the sequence word every publisher writes into bodies of 16 bytes or
+    /// more: with one consumer per queue, each publisher's messages must arrive exactly once
+    /// and in order (reported under `order`). Raw client only.
+    #[arg(long)]
+    pub check_order: bool,
+    /// Consumers start only when publishing stops, and drain the backlog (scenario (j): a
+    /// queue that buffers, then a consumer); the drain ends when every message has arrived,
+    /// nothing arrived for 2 s, or `--drain-secs` is up. The report adds the drain rate.
+    #[arg(long)]
+    pub consume_after_publish: bool,
+    /// The memory cost of a backlog: after publishing (usually with `-y 0`), wait (at most
+    /// `--drain-secs`) until the queues hold every message sent, let the broker's RSS settle,
+    /// and report RSS after minus before divided by the messages queued. Needs --broker-pid.
+    #[arg(long)]
+    pub backlog_rss: bool,
     /// Reuse existing queues and exchange and leave them in place at the end (default: delete
     /// and re-declare them at the start, delete them at the end). Pre-fill a queue with
     /// `-y 0 --keep-topology`, then consume it with `-x 0 --keep-topology`.

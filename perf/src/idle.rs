@@ -24,7 +24,7 @@ use crate::{amqp, cli::IdleArgs, procfs::Process, stats::Stats};
 /// Waits until three readings 500 ms apart stay within 0.5 % of each other (at least two
 /// seconds, at most `max`), and returns the last reading in KiB. Garbage-collected brokers
 /// keep shrinking for a while after load, so measure on a freshly started one.
-async fn settled_rss(broker: Option<Process>, max: Duration) -> Option<u64> {
+pub(crate) async fn settled_rss(broker: Option<Process>, max: Duration) -> Option<u64> {
     let b = broker?;
     let start = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -10,7 +10,9 @@
 //!    confirms); the counters and the broker's CPU time are read here, and the rates are
 //!    counts in the window divided by its length;
 //! 4. drain: consumers run on until nothing arrives for a second or `--drain-secs` is up, so the
-//!    totals and latencies include the backlog; then everything is deleted and closed.
+//!    totals and latencies include the backlog; then everything is deleted and closed. With
+//!    `--consume-after-publish` the consumers start only here (scenario (j)); with
+//!    `--backlog-rss` the queued backlog's memory is measured here (`backlog`).
 //!
 //! Publishers and consumers are lapin's (`lapin_client`) or, with `--client raw`, the lean frame-level
 //! ones of `raw`; set-up, the timeline and the report are the same for both.
@@ -32,8 +34,8 @@ use hdrhistogram::Histogram;
 use lapin::{
     Connection, ExchangeKind,
     options::{
-        BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-        ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+        ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
     },
     types::{FieldTable, ShortString},
 };
@@ -43,9 +45,10 @@ use tokio::{sync::Notify, task::JoinSet};
 use crate::{
     amqp::{self, expand, table},
     cli::{Client, LoadArgs},
-    lapin_client::{ConsumerTask, Publisher},
+    consumers::Workers,
+    lapin_client::Publisher,
     procfs::{self, Process},
-    raw::{RawConsumer, RawPublisher},
+    raw::RawPublisher,
     stats::{Snapshot, Stats, new_histogram},
 };
 
@@ -55,7 +58,7 @@ pub(crate) struct Plan {
     pub(crate) exchange: String,
     kind: ExchangeKind,
     exchange_args: FieldTable,
-    queues: Vec<String>,
+    pub(crate) queues: Vec<String>,
     queue_args: FieldTable,
     /// (queue index, binding key, binding arguments)
     bindings: Vec<(usize, String, FieldTable)>,
@@ -342,6 +345,12 @@ pub async fn run(args: LoadArgs, stats: Arc<Stats>) -> anyhow::Result<Value> {
         bail!("nothing to do: no publishers and no consumers");
     }
     let raw = a.client == Client::Raw;
+    if a.check_order && (!raw || a.size < 16) {
+        bail!("--check-order needs --client raw and bodies of at least 16 bytes (-s 16)");
+    }
+    if a.backlog_rss && a.common.broker_pid.is_none() {
+        bail!("--backlog-rss measures the broker: give --broker-pid");
+    }
     if raw && a.connections != 0 {
         bail!("--client raw opens one connection per publisher and per consumer: no --connections");
     }
@@ -377,50 +386,21 @@ pub async fn run(args: LoadArgs, stats: Arc<Stats>) -> anyhow::Result<Value> {
     let stop = Arc::new(Stop::default());
     let consumers_stop = Arc::new(Stop::default());
     let mut consumers = JoinSet::new();
-    for c in 0..a.consumers {
-        let queue = &p.queues[c % p.queues.len()];
-        if raw {
-            let consumer = RawConsumer::open(
-                uri,
-                c,
-                queue,
-                a.clone(),
-                stats.clone(),
-                consumers_stop.clone(),
-            )
-            .await?;
-            consumers.spawn(consumer.run());
-            continue;
-        }
-        let ch = conn_of(a.producers + c).create_channel().await?;
-        if a.prefetch > 0 {
-            ch.basic_qos(a.prefetch, BasicQosOptions { global: false })
-                .await?;
-        }
-        let consumer = ch
-            .basic_consume(
-                queue.as_str().into(),
-                format!("bourse-perf-{c}").into(),
-                BasicConsumeOptions {
-                    no_ack: a.autoack,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .with_context(|| format!("consuming from {queue}"))?;
-        consumers.spawn(
-            ConsumerTask {
-                index: c,
-                ch,
-                consumer,
-                args: a.clone(),
-                stats: stats.clone(),
-                stop: consumers_stop.clone(),
-            }
-            .run(),
-        );
+    let workers = Workers {
+        args: a.clone(),
+        plan: p.clone(),
+        conns: &conns,
+        stats: stats.clone(),
+        stop: consumers_stop.clone(),
+    };
+    if !a.consume_after_publish {
+        workers.start_consumers(&mut consumers).await?;
     }
+    let rss_settled_before = if a.backlog_rss {
+        crate::idle::settled_rss(broker, Duration::from_secs(10)).await
+    } else {
+        None
+    };
     // Each publisher as a future not yet started: all begin together at t0.
     let mut publishers: Vec<BoxFuture<'static, ()>> = Vec::with_capacity(a.producers);
     for i in 0..a.producers {
@@ -487,6 +467,16 @@ pub async fn run(args: LoadArgs, stats: Arc<Stats>) -> anyhow::Result<Value> {
     let machine1 = procfs::machine_busy_s();
     stop.set();
 
+    // A buffer's consumers start now, not after the publishers' in-flight writes: a broker
+    // that blocked the publishers (memory alarm) reads the rest only once consumers drain.
+    let consume_start = Instant::now();
+    let received_before_drain = stats.snapshot().received;
+    // A consumer that starts on a deep queue may need a moment for its first delivery.
+    let mut quiet_for = Duration::from_secs(1);
+    if a.consume_after_publish {
+        workers.start_consumers(&mut consumers).await?;
+        quiet_for = Duration::from_secs(2);
+    }
     // Publishers drain their in-flight publishes (bounded inside); then consumers catch up.
     while let Some(r) = pub_tasks.join_next().await {
         if let Err(e) = r {
@@ -498,14 +488,34 @@ pub async fn run(args: LoadArgs, stats: Arc<Stats>) -> anyhow::Result<Value> {
     let mut quiet_since = Instant::now();
     while a.consumers > 0 && drain_start.elapsed().as_secs_f64() < a.drain_secs {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let r = stats.snapshot().received;
-        if r != last_received {
-            last_received = r;
+        let s = stats.snapshot();
+        if s.received != last_received {
+            last_received = s.received;
             quiet_since = Instant::now();
-        } else if quiet_since.elapsed() >= Duration::from_secs(1) {
+        } else if quiet_since.elapsed() >= quiet_for {
+            break;
+        }
+        if a.consume_after_publish && s.received >= s.sent {
             break;
         }
     }
+    // From the consumers' start to the last delivery, not the quiet wait after it.
+    let drain_s = quiet_since.duration_since(consume_start).as_secs_f64();
+    let backlog = if a.backlog_rss {
+        Some(
+            crate::backlog::measure(
+                &setup,
+                &p.queues,
+                broker,
+                rss_settled_before,
+                stats.snapshot().sent,
+                Duration::from_secs_f64(a.drain_secs),
+            )
+            .await,
+        )
+    } else {
+        None
+    };
     let end = stats.snapshot();
     let total_s = t0.elapsed().as_secs_f64();
     let sample_end = broker.and_then(|b| b.sample().ok());
@@ -538,6 +548,36 @@ pub async fn run(args: LoadArgs, stats: Arc<Stats>) -> anyhow::Result<Value> {
     report["confirmed_total"] = json!(end.confirmed);
     report["total_s"] = json!(round(total_s, 3));
     report["latency_us"] = percentiles(&hist);
+    if a.consume_after_publish {
+        let drained = end.received - received_before_drain;
+        report["drain"] = json!({
+            "secs": round(drain_s, 3),
+            "received": drained,
+            "rate": if drain_s > 0.0 { round(drained as f64 / drain_s, 1) } else { 0.0 },
+        });
+    }
+    if a.check_order {
+        let o = &stats.order;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let in_order = get(&o.in_order);
+        let clean = get(&o.gaps) + get(&o.behind) + get(&o.foreign) == 0;
+        report["order"] = json!({
+            "checked": get(&o.checked),
+            "in_order": in_order,
+            "gaps": get(&o.gaps),
+            "skipped": get(&o.skipped),
+            "behind": get(&o.behind),
+            "foreign": get(&o.foreign),
+            // One consumer per queue: each message once, in publish order, none missing. A
+            // publisher's last batch may have been written only in part when the run stopped
+            // (a blocked write given up after its grace): the broker can hold more than `sent`
+            // counts, never fewer.
+            "exactly_once_in_order": clean && in_order == end.received && end.received >= end.sent,
+        });
+    }
+    if let Some(b) = backlog {
+        report["backlog"] = b;
+    }
     report["errors"] = json!(end_stats.errors);
     report["error_samples"] = json!(stats.error_samples());
     if let (Some(t0), Some(t1)) = (tool0, tool1) {
@@ -574,6 +614,7 @@ pub async fn run(args: LoadArgs, stats: Arc<Stats>) -> anyhow::Result<Value> {
             "cpu_total_s": round(cpu_total, 3),
             "rss_start_kib": s0.rss_kib,
             "rss_peak_kib": peak_rss.load(Ordering::Relaxed).max(s1.rss_kib),
+            "rss_t1_kib": s1.rss_kib,
             "vm_hwm_kib": sample_end.unwrap_or(s1).hwm_kib,
             "msgs_per_cpu_s": per(msgs, cpu_total),
             "window_received_per_cpu_s": per(at_t1.received, cpu),
@@ -620,6 +661,8 @@ fn report_common(a: &LoadArgs, p: &Plan, window: f64, s: &Snapshot) -> Value {
             "confirm": a.confirm,
             "persistent": a.persistent,
             "durable": a.durable,
+            "check_order": a.check_order,
+            "consume_after_publish": a.consume_after_publish,
         },
         "window_s": round(window, 3),
         "sent": s.sent,

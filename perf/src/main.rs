@@ -7,12 +7,14 @@
 //! a hard `--timeout-secs` past which the tool reports what it has and exits with status 2.
 //! Loopback brokers only.
 //!
-//! Modules: `cli` (flags), `load` (publishers, consumers, report), `idle` (memory per idle
-//! connection or queue), `procfs` (broker CPU and RSS), `stats` (counters, latency), `amqp`
+//! Modules: `cli` (flags), `load` (publishers, timeline, report), `consumers` (starting them), `idle` (memory per idle
+//! connection or queue), `backlog` (memory per queued message), `procfs` (broker CPU and RSS), `stats` (counters, latency), `amqp`
 //! (connect, argument tables), `raw` (`--client raw`: publishers and consumers on raw frames).
 
 mod amqp;
+mod backlog;
 mod cli;
+mod consumers;
 mod idle;
 mod lapin_client;
 mod load;

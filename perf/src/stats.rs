@@ -1,4 +1,5 @@
-//! Shared counters, error samples, the latency histogram and the send-time stamp in bodies.
+//! Shared counters, error samples, the latency histogram, the send-time stamp in bodies, and the
+//! per-publisher sequence numbers that `--check-order` verifies.
 
 use std::{
     sync::{
@@ -20,7 +21,26 @@ pub struct Stats {
     pub nacked: AtomicU64,
     pub received: AtomicU64,
     pub errors: AtomicU64,
+    /// `--check-order`: deliveries whose sequence word was checked, and what was wrong.
+    pub order: OrderCounts,
     error_samples: Mutex<Vec<String>>,
+}
+
+/// What the consumers' [`OrderCheck`]s found, summed over consumers.
+#[derive(Debug, Default)]
+pub struct OrderCounts {
+    /// Deliveries checked.
+    pub checked: AtomicU64,
+    /// Deliveries that were the next message of their publisher.
+    pub in_order: AtomicU64,
+    /// Jumps forward: a later message arrived before one or more earlier ones.
+    pub gaps: AtomicU64,
+    /// Messages skipped over by those jumps (missing, or still to come out of order).
+    pub skipped: AtomicU64,
+    /// Deliveries at or behind a number already seen: duplicates or reordering.
+    pub behind: AtomicU64,
+    /// Deliveries whose publisher field is out of range (not from this run).
+    pub foreign: AtomicU64,
 }
 
 /// A copy of the counters at one instant.
@@ -95,4 +115,110 @@ pub fn age_us(body: &[u8]) -> Option<u64> {
 /// The age in microseconds of a send time read from a body.
 pub fn age_us_since(sent_ns: u64) -> u64 {
     now_ns().saturating_sub(sent_ns) / 1000
+}
+
+/// Bits of the sequence word that carry the message number; the publisher index is above them.
+const SEQ_BITS: u32 = 48;
+
+/// The 8-byte sequence word a publisher writes after the send time: publisher index in the top
+/// 16 bits, the message's number (from 0, per publisher) in the low 48.
+pub fn seq_word(publisher: usize, seq: u64) -> u64 {
+    ((publisher as u64) << SEQ_BITS) | (seq & ((1 << SEQ_BITS) - 1))
+}
+
+/// One consumer's view of the sequence words it receives: with one consumer on a queue and no
+/// redeliveries, each publisher's messages must arrive exactly once and in publish order, so
+/// every delivery is the next number of its publisher.
+#[derive(Debug)]
+pub struct OrderCheck {
+    /// Per publisher, the number expected next.
+    next: Vec<u64>,
+    checked: u64,
+    in_order: u64,
+    gaps: u64,
+    skipped: u64,
+    behind: u64,
+    foreign: u64,
+}
+
+impl OrderCheck {
+    pub fn new(publishers: usize) -> Self {
+        Self {
+            next: vec![0; publishers],
+            checked: 0,
+            in_order: 0,
+            gaps: 0,
+            skipped: 0,
+            behind: 0,
+            foreign: 0,
+        }
+    }
+
+    pub fn observe(&mut self, word: u64) {
+        self.checked += 1;
+        let publisher = (word >> SEQ_BITS) as usize;
+        let seq = word & ((1 << SEQ_BITS) - 1);
+        let Some(next) = self.next.get_mut(publisher) else {
+            self.foreign += 1;
+            return;
+        };
+        if seq == *next {
+            self.in_order += 1;
+            *next += 1;
+        } else if seq > *next {
+            self.gaps += 1;
+            self.skipped += seq - *next;
+            *next = seq + 1;
+        } else {
+            self.behind += 1;
+        }
+    }
+
+    /// Adds what was seen since the last flush to the shared counters.
+    pub fn flush(&mut self, to: &OrderCounts) {
+        for (counter, n) in [
+            (&to.checked, &mut self.checked),
+            (&to.in_order, &mut self.in_order),
+            (&to.gaps, &mut self.gaps),
+            (&to.skipped, &mut self.skipped),
+            (&to.behind, &mut self.behind),
+            (&to.foreign, &mut self.foreign),
+        ] {
+            if *n > 0 {
+                counter.fetch_add(std::mem::take(n), Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_check_counts_gaps_duplicates_and_strangers() {
+        let counts = OrderCounts::default();
+        let mut check = OrderCheck::new(2);
+        for w in [
+            seq_word(0, 0),
+            seq_word(1, 0),
+            seq_word(0, 1),
+            seq_word(0, 4), // 2 and 3 skipped
+            seq_word(0, 4), // duplicate
+            seq_word(0, 2), // late
+            seq_word(1, 1),
+            seq_word(5, 0), // no such publisher
+        ] {
+            check.observe(w);
+        }
+        check.flush(&counts);
+        let get = |c: &AtomicU64| c.load(Relaxed);
+        assert_eq!(get(&counts.checked), 8);
+        assert_eq!(get(&counts.in_order), 4);
+        assert_eq!((get(&counts.gaps), get(&counts.skipped)), (1, 2));
+        assert_eq!(get(&counts.behind), 2);
+        assert_eq!(get(&counts.foreign), 1);
+        check.flush(&counts);
+        assert_eq!(get(&counts.checked), 8);
+    }
 }

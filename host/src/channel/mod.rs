@@ -570,6 +570,14 @@ pub(crate) enum Settle {
 fn apply_settlement(how: Settle, taken: Vec<Unacked>) {
     match how {
         Settle::Ack => {
+            // One tag (one basic.ack per delivery, multiple=false: the common case): settle its
+            // queue directly, without the groups below.
+            if let [only] = taken.as_slice() {
+                let one = [only.entry.position];
+                let positions: &[u64] = if one[0] != 0 { &one } else { &[] };
+                only.queue.settle(1, positions);
+                return;
+            }
             // One settle (and one dispatch) per queue, however many tags were named. Store
             // positions are collected only for stored messages (no allocation otherwise).
             let mut groups: Vec<(Arc<Queue>, usize, Vec<u64>)> = Vec::new();

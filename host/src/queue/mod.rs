@@ -392,8 +392,10 @@ impl Queue {
         if limited {
             self.drop_head_over_limit(&mut state);
         }
-        if !direct {
-            // (After a failed direct offer nobody can take anything now.)
+        // (After a failed direct offer nobody can take anything now.) Behind a backlog, only
+        // when some consumer's prefetch has room: otherwise every publish would pop the head
+        // and push it back (scenario (b): a flooding publisher, a consumer at its prefetch).
+        if !direct && self.any_credit(&state) {
             self.dispatch_locked(self, &mut state);
         }
         self.finish(state);
@@ -430,6 +432,15 @@ impl Queue {
                 None => return,
             }
         }
+    }
+
+    /// Whether a consumer that may receive now has room under its own prefetch (its channel may
+    /// still refuse: flow, channel-wide prefetch, a congested connection).
+    fn any_credit(&self, state: &QueueState) -> bool {
+        if self.args.single_active_consumer {
+            return state.active.as_ref().is_some_and(|c| c.has_credit());
+        }
+        state.consumers.iter().any(|c| c.has_credit())
     }
 
     /// Delivers ready messages to consumers with credit, highest priority first and

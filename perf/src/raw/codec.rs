@@ -4,7 +4,7 @@
 //! What is ours is the part that makes the client lean:
 //! - [`PublishTemplate`]: one message (basic.publish, content header, body frames) encoded once
 //!   per routing key and copied into a batch buffer per message, with only the body's 8-byte
-//!   send time patched;
+//!   send time and (bodies of 16 bytes or more) its 8-byte sequence word patched;
 //! - [`Inbound`]: a streaming parser over a read buffer that checks a whole frame is buffered
 //!   before decoding it (an incomplete frame is not an error), keeps body frames as slices
 //!   (a delivery's body is never copied, only its first 8 bytes are read), and assembles
@@ -46,12 +46,16 @@ pub fn encode_method(out: &mut Vec<u8>, channel: u16, method: AMQPClass) -> anyh
 
 /// One message, encoded once: basic.publish, the content header, and the body split into frames
 /// of at most `frame_max` bytes. The body is zeros except for the send time (little-endian ns,
-/// as [`crate::stats::stamp`] writes it) in its first 8 bytes, patched per message.
+/// as [`crate::stats::stamp`] writes it) in its first 8 bytes and, in bodies of at least 16
+/// bytes, the sequence word ([`crate::stats::seq_word`]: publisher and message number) in the
+/// next 8, both patched per message.
 #[derive(Debug, Clone)]
 pub struct PublishTemplate {
     bytes: Vec<u8>,
     /// Offset of the send time in `bytes`; `None` for bodies shorter than 8 bytes.
     stamp_at: Option<usize>,
+    /// Offset of the sequence word; `None` unless the first body frame holds 16 bytes.
+    seq_at: Option<usize>,
 }
 
 impl PublishTemplate {
@@ -92,14 +96,21 @@ impl PublishTemplate {
             n => n - FRAME_OVERHEAD,
         };
         let body = vec![0u8; body_size];
-        let mut stamp_at = None;
+        let (mut stamp_at, mut seq_at) = (None, None);
         for (i, part) in body.chunks(chunk).enumerate() {
-            if i == 0 && body_size >= 8 && part.len() >= 8 {
+            if i == 0 && part.len() >= 8 {
                 stamp_at = Some(bytes.len() + FRAME_HEADER_LEN);
+            }
+            if i == 0 && part.len() >= 16 {
+                seq_at = Some(bytes.len() + FRAME_HEADER_LEN + 8);
             }
             encode(&mut bytes, &AMQPFrame::Body(channel, part.to_vec()))?;
         }
-        Ok(Self { bytes, stamp_at })
+        Ok(Self {
+            bytes,
+            stamp_at,
+            seq_at,
+        })
     }
 
     /// Encoded size of one message.
@@ -107,12 +118,16 @@ impl PublishTemplate {
         self.bytes.len()
     }
 
-    /// Appends the message to `out` with `sent_ns` as its send time.
-    pub fn append_to(&self, out: &mut Vec<u8>, sent_ns: u64) {
+    /// Appends the message to `out` with `sent_ns` as its send time and `seq` as its sequence
+    /// word (where the body has room for them).
+    pub fn append_to(&self, out: &mut Vec<u8>, sent_ns: u64, seq: u64) {
         let at = out.len();
         out.extend_from_slice(&self.bytes);
         if let Some(s) = self.stamp_at {
             out[at + s..at + s + 8].copy_from_slice(&sent_ns.to_le_bytes());
+        }
+        if let Some(s) = self.seq_at {
+            out[at + s..at + s + 8].copy_from_slice(&seq.to_le_bytes());
         }
     }
 }
@@ -128,6 +143,8 @@ pub enum Event {
         delivery_tag: u64,
         /// The send time stamped by the publisher, if the body has at least 8 bytes.
         sent_ns: Option<u64>,
+        /// The sequence word (bytes 8..16), if the body has at least 16 bytes.
+        seq: Option<u64>,
     },
     Heartbeat,
 }
@@ -154,7 +171,8 @@ enum Content {
         channel: u16,
         tag: Option<u64>,
         remaining: u64,
-        head: [u8; 8],
+        /// The body's first 16 bytes (send time, sequence word), as far as they have arrived.
+        head: [u8; 16],
         head_len: usize,
         body_size: u64,
     },
@@ -247,7 +265,7 @@ impl Inbound {
             channel,
             tag,
             remaining: header.body_size,
-            head: [0; 8],
+            head: [0; 16],
             head_len: 0,
             body_size: header.body_size,
         };
@@ -275,7 +293,7 @@ impl Inbound {
             payload.len()
         );
         *remaining -= payload.len() as u64;
-        let take = (8 - *head_len).min(payload.len());
+        let take = (16 - *head_len).min(payload.len());
         head[*head_len..*head_len + take].copy_from_slice(&payload[..take]);
         *head_len += take;
         Ok(self.finish_if_complete())
@@ -294,10 +312,16 @@ impl Inbound {
             return None;
         };
         self.content = Content::Idle;
+        let word = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&head[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
         Some(Event::Delivery {
             channel,
             delivery_tag: tag?,
-            sent_ns: (body_size >= 8).then(|| u64::from_le_bytes(head)),
+            sent_ns: (body_size >= 8).then(|| word(0)),
+            seq: (body_size >= 16).then(|| word(8)),
         })
     }
 }
@@ -409,7 +433,7 @@ mod tests {
         let t = PublishTemplate::new(1, "ex", "k7", props(), 16, 131_072).unwrap();
         let mut batch = Vec::new();
         for i in 0..3u64 {
-            t.append_to(&mut batch, 1000 + i);
+            t.append_to(&mut batch, 1000 + i, 7 + i);
         }
         assert_eq!(batch.len(), 3 * t.len());
         let parsed = frames(&batch);
@@ -431,7 +455,7 @@ mod tests {
             };
             assert_eq!(body.len(), 16);
             assert_eq!(body[..8], (1000 + i as u64).to_le_bytes());
-            assert!(body[8..].iter().all(|b| *b == 0));
+            assert_eq!(body[8..], (7 + i as u64).to_le_bytes());
         }
     }
 
@@ -439,7 +463,7 @@ mod tests {
     fn large_bodies_are_split_at_frame_max_and_short_ones_carry_no_stamp() {
         let t = PublishTemplate::new(3, "", "q", BasicProperties::default(), 10_000, 4096).unwrap();
         let mut batch = Vec::new();
-        t.append_to(&mut batch, 42);
+        t.append_to(&mut batch, 42, 9);
         let parsed = frames(&batch);
         let bodies: Vec<&Vec<u8>> = parsed
             .iter()
@@ -456,7 +480,7 @@ mod tests {
 
         let t = PublishTemplate::new(1, "", "q", BasicProperties::default(), 4, 4096).unwrap();
         let mut batch = Vec::new();
-        t.append_to(&mut batch, 42);
+        t.append_to(&mut batch, 42, 9);
         assert!(matches!(&frames(&batch)[2], AMQPFrame::Body(1, b) if b == &[0; 4]));
         let t = PublishTemplate::new(1, "", "q", BasicProperties::default(), 0, 4096).unwrap();
         assert_eq!(frames(&t.bytes).len(), 2);
@@ -517,9 +541,10 @@ mod tests {
     fn deliveries_split_across_reads_parse_the_same() {
         let mut body = vec![0u8; 40];
         body[..8].copy_from_slice(&123_456u64.to_le_bytes());
+        body[8..16].copy_from_slice(&77u64.to_le_bytes());
         let mut wire = Vec::new();
         delivery(&mut wire, 1, &body, 1);
-        // A body in frames of 3 bytes: the stamp itself is split across frames.
+        // A body in frames of 3 bytes: the stamp and the sequence word are split across frames.
         delivery(&mut wire, 2, &body, 14);
         delivery(&mut wire, 3, &[], 1);
         delivery(&mut wire, 4, &[9; 5], 1);
@@ -535,21 +560,25 @@ mod tests {
                 channel: 1,
                 delivery_tag: 1,
                 sent_ns: Some(123_456),
+                seq: Some(77),
             },
             Event::Delivery {
                 channel: 1,
                 delivery_tag: 2,
                 sent_ns: Some(123_456),
+                seq: Some(77),
             },
             Event::Delivery {
                 channel: 1,
                 delivery_tag: 3,
                 sent_ns: None,
+                seq: None,
             },
             Event::Delivery {
                 channel: 1,
                 delivery_tag: 4,
                 sent_ns: None,
+                seq: None,
             },
             Event::Method(1, ok),
             Event::Heartbeat,

@@ -1,6 +1,7 @@
 //! The raw consumer: basic.qos and basic.consume, then one task that reads into a big buffer,
-//! parses every whole frame in it, records each delivery's latency from its body's send time,
-//! and writes the acks that batch produced in one write.
+//! parses every whole frame in it, records each delivery's latency from its body's send time
+//! (and with `--check-order` its sequence word), and writes the acks that batch produced in one
+//! write: one basic.ack per delivery (multiple=false) unless `--multi-ack` asks for fewer.
 
 use std::sync::{Arc, atomic::Ordering};
 
@@ -16,7 +17,7 @@ use super::{
 use crate::{
     cli::LoadArgs,
     load::Stop,
-    stats::{self, Stats, new_histogram},
+    stats::{self, OrderCheck, Stats, new_histogram},
 };
 
 pub struct RawConsumer {
@@ -95,6 +96,7 @@ impl RawConsumer {
             every = every.min(args.prefetch as u64);
         }
         let (mut unacked, mut last_tag) = (0u64, 0u64);
+        let mut order = args.check_order.then(|| OrderCheck::new(args.producers));
         let mut acks = Vec::new();
         let mut healthy = true;
         loop {
@@ -104,10 +106,14 @@ impl RawConsumer {
                     Event::Delivery {
                         delivery_tag,
                         sent_ns,
+                        seq,
                         ..
                     } => {
                         if let Some(sent) = sent_ns {
                             hist.saturating_record(stats::age_us_since(sent).max(1));
+                        }
+                        if let (Some(check), Some(word)) = (order.as_mut(), seq) {
+                            check.observe(word);
                         }
                         received += 1;
                         if !autoack {
@@ -132,6 +138,9 @@ impl RawConsumer {
                 Ok(())
             });
             stats.received.fetch_add(received, Ordering::Relaxed);
+            if let Some(check) = order.as_mut() {
+                check.flush(&stats.order);
+            }
             match parsed {
                 Ok(used) => conn.buf.consume(used),
                 Err(e) => {

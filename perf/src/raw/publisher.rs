@@ -1,5 +1,6 @@
 //! The raw publisher: messages pre-encoded per routing key, copied into a batch buffer with the
-//! send time patched in, one `write_all` per batch. A separate task reads basic.ack/nack and
+//! send time and the sequence word (publisher index, message number) patched in, one
+//! `write_all` per batch. A separate task reads basic.ack/nack and
 //! moves the confirm window.
 
 use std::{
@@ -178,7 +179,7 @@ impl RawPublisher {
             let mut n = 0;
             while n < allowed && batch.len() < BATCH_BYTES {
                 let k = (index + (m + n) as usize) % templates.len();
-                templates[k].append_to(&mut batch, now);
+                templates[k].append_to(&mut batch, now, stats::seq_word(index, m + n));
                 n += 1;
             }
             if let Err(e) = write_batch(&mut wr, &batch, &stop).await {
