@@ -126,6 +126,8 @@ pub struct VhostLimitOverrides {
     pub tx_max_bytes: Option<u64>,
     /// See [`VhostLimits::connection_content_max_bytes`].
     pub connection_content_max_bytes: Option<u64>,
+    /// See [`VhostLimits::queue_in_memory_messages`].
+    pub queue_in_memory_messages: Option<u32>,
     /// WASM exchanges (one instance each) the vhost may have; default `wasm_instances_max`,
     /// the broker's whole pool.
     pub wasm_instances_max: Option<u32>,
@@ -162,6 +164,9 @@ impl VhostLimitOverrides {
             connection_content_max_bytes: self
                 .connection_content_max_bytes
                 .unwrap_or(base.connection_content_max_bytes),
+            queue_in_memory_messages: self
+                .queue_in_memory_messages
+                .unwrap_or(base.queue_in_memory_messages),
         }
     }
 
@@ -266,6 +271,9 @@ pub struct Cli {
     /// Bytes of still-arriving message bodies one connection may hold [default: 268435456]
     #[arg(long, env = "BOURSE_CONNECTION_CONTENT_MAX_BYTES")]
     pub connection_content_max_bytes: Option<u64>,
+    /// Ready messages a queue keeps in memory before it pages to disk [default: 2048]
+    #[arg(long, env = "BOURSE_QUEUE_IN_MEMORY_MESSAGES")]
+    pub queue_in_memory_messages: Option<u32>,
     /// Connections open to one vhost, unless its [vhost_limits] entry says otherwise
     /// [default: 4294967295, unlimited]
     #[arg(long, env = "BOURSE_VHOST_MAX_CONNECTIONS")]
@@ -342,6 +350,7 @@ struct FileConfig {
     consumer_max_per_channel: Option<u32>,
     tx_max_bytes: Option<u64>,
     connection_content_max_bytes: Option<u64>,
+    queue_in_memory_messages: Option<u32>,
     vhost_max_connections: Option<u32>,
     vhost_max_queues: Option<u32>,
     vhost_max_exchanges: Option<u32>,
@@ -601,6 +610,11 @@ impl Config {
                     .connection_content_max_bytes
                     .or(file.connection_content_max_bytes)
                     .unwrap_or(base.vhost.connection_content_max_bytes),
+                queue_in_memory_messages: cli
+                    .queue_in_memory_messages
+                    .or(file.queue_in_memory_messages)
+                    .unwrap_or(base.vhost.queue_in_memory_messages)
+                    .max(1),
                 max_connections: cli
                     .vhost_max_connections
                     .or(file.vhost_max_connections)

@@ -62,6 +62,9 @@ pub struct VhostLimits {
     /// channels together); the body frame that crosses it closes the connection with 506
     /// RESOURCE_ERROR.
     pub connection_content_max_bytes: u64,
+    /// Ready messages a queue keeps in memory; beyond them it pages to disk (docs/overload.md).
+    /// Fixed for a queue when it is created.
+    pub queue_in_memory_messages: u32,
 }
 
 impl Default for VhostLimits {
@@ -74,6 +77,7 @@ impl Default for VhostLimits {
             consumer_max_per_channel: 65_536,
             tx_max_bytes: 256 << 20,
             connection_content_max_bytes: 256 << 20,
+            queue_in_memory_messages: crate::queue::IN_MEMORY_MESSAGES as u32,
         }
     }
 }

@@ -160,9 +160,19 @@ impl Channel {
                 exchange.spec.name, cx.vhost.name
             )));
         }
+        // Publishers mostly repeat their routing key: share the last one's name instead of
+        // allocating one per message (each queued message keeps it).
+        let routing_key = match &self.last_routing_key {
+            Some(last) if **last == *publish.routing_key.as_str() => last.clone(),
+            _ => {
+                let key = Name::from(publish.routing_key.as_str());
+                self.last_routing_key = Some(key.clone());
+                key
+            }
+        };
         self.pending = Some(PendingPublish {
             exchange,
-            routing_key: Name::from(publish.routing_key.as_str()),
+            routing_key,
             mandatory: publish.mandatory,
             header: None,
             body: Body::Empty,

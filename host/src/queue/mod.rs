@@ -194,7 +194,7 @@ impl Queue {
     /// through [`Queue::try_new`], which refuses them.
     pub fn new(spec: QueueSpec) -> Arc<Self> {
         let args = QueueArgs::parse(&spec.arguments).unwrap_or_default();
-        Self::with_args(spec, args, None, None)
+        Self::with_args(spec, args, None, None, IN_MEMORY_MESSAGES)
     }
 
     /// Creates an empty queue after validating its declare arguments.
@@ -218,8 +218,19 @@ impl Queue {
         store: Option<QueueStore>,
         paging: Option<Arc<MessageStore>>,
     ) -> Result<Arc<Self>, ArgError> {
+        Self::try_new_windowed(spec, store, paging, IN_MEMORY_MESSAGES)
+    }
+
+    /// [`Queue::try_new_paged`] keeping `in_memory` ready messages in memory instead of
+    /// [`IN_MEMORY_MESSAGES`].
+    pub fn try_new_windowed(
+        spec: QueueSpec,
+        store: Option<QueueStore>,
+        paging: Option<Arc<MessageStore>>,
+        in_memory: usize,
+    ) -> Result<Arc<Self>, ArgError> {
         let args = QueueArgs::parse(&spec.arguments)?;
-        Ok(Self::with_args(spec, args, store, paging))
+        Ok(Self::with_args(spec, args, store, paging, in_memory))
     }
 
     fn with_args(
@@ -227,6 +238,7 @@ impl Queue {
         args: QueueArgs,
         store: Option<QueueStore>,
         paging: Option<Arc<MessageStore>>,
+        in_memory: usize,
     ) -> Arc<Self> {
         let spill = Spill::new(paging, &spec.name);
         Arc::new_cyclic(|me| Self {
@@ -236,7 +248,7 @@ impl Queue {
                     args.max_priority,
                     store.clone(),
                     spill,
-                    IN_MEMORY_MESSAGES,
+                    in_memory,
                     args.message_ttl,
                 ),
                 consumers: Vec::new(),

@@ -234,8 +234,13 @@ impl VHost {
                         arguments: def.arguments,
                     };
                     let queue = store.map_err(|e| e.to_string()).and_then(|store| {
-                        Queue::try_new_paged(spec, Some(store), Some(durable.paging.clone()))
-                            .map_err(|e| format!("invalid arg '{}': {}", e.key, e.detail))
+                        Queue::try_new_windowed(
+                            spec,
+                            Some(store),
+                            Some(durable.paging.clone()),
+                            self.limits().queue_in_memory_messages as usize,
+                        )
+                        .map_err(|e| format!("invalid arg '{}': {}", e.key, e.detail))
                     });
                     match queue {
                         Ok(queue) => {

@@ -373,7 +373,8 @@ impl VHost {
         };
         let definition = durable.map(|_| queue_definition(&spec));
         let paging = self.durable.as_ref().map(|d| d.paging.clone());
-        let queue = Queue::try_new_paged(spec, store, paging).map_err(invalid)?;
+        let window = self.limits().queue_in_memory_messages as usize;
+        let queue = Queue::try_new_windowed(spec, store, paging, window).map_err(invalid)?;
         if let Some(definition) = definition
             && let Err(error) = self.log(&definition)
         {
