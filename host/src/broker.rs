@@ -57,8 +57,21 @@ impl Shared {
         self.user_usage
             .lock()
             .entry(user.to_owned())
-            .or_default()
+            .or_insert_with(|| {
+                let usage = crate::limits::UserUsage::default();
+                usage.set_limits(self.user_limits_of(user));
+                Arc::new(usage)
+            })
             .clone()
+    }
+
+    /// The limits of user `name`: the config file's, with the runtime ones over them.
+    fn user_limits_of(&self, name: &str) -> crate::limits::UserLimits {
+        let base = self.config.user_limits_for(name);
+        match self.meta.state().user_limits.get(name) {
+            Some(limits) => crate::meta::user_limits_over(limits, base),
+            None => base,
+        }
     }
 
     /// Applies a metadata command (`meta/`): checked, logged and synced, then in effect: users
@@ -82,9 +95,50 @@ impl Shared {
                     open.set_limits(self.limits_of(&vhost));
                 }
             }
+            MetaCommand::SetUserLimits { user, .. } => {
+                let usage = self.user_usage.lock().get(&user).cloned();
+                if let Some(usage) = usage {
+                    usage.set_limits(self.user_limits_of(&user));
+                }
+            }
+            // Access taken away takes effect at once: the user's connections close with 320
+            // (other changes of permissions reach open connections at their next read turn).
+            MetaCommand::DeleteUser { name } => {
+                let reason = crate::connection::user_deleted(&name);
+                self.open.force_close_where(|c| c.user == name, &reason);
+                self.user_usage.lock().remove(&name);
+            }
+            MetaCommand::ClearPermissions { user, vhost } => {
+                let reason = crate::connection::access_revoked(&vhost, &user);
+                self.open
+                    .force_close_where(|c| c.user == user && c.vhost == vhost, &reason);
+            }
             _ => {}
         }
         Ok(())
+    }
+
+    /// Every [`admission::SAMPLE_INTERVAL`](crate::vhost::admission::SAMPLE_INTERVAL), sums
+    /// the queued bytes of each vhost that has a `max-queued-bytes`.
+    async fn sample_queued_bytes(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(crate::vhost::admission::SAMPLE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stopped.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let limited: Vec<Arc<VHost>> = self
+                .vhosts
+                .read()
+                .values()
+                .filter(|v| v.admission().queued_bytes_max().is_some())
+                .cloned()
+                .collect();
+            for vhost in limited {
+                vhost.sample_queued_bytes();
+            }
+        }
     }
 
     /// The limits of vhost `name`: the config file's, with the runtime ones over them.
@@ -101,9 +155,8 @@ impl Shared {
         let Some(vhost) = self.vhosts.write().remove(name) else {
             return;
         };
-        for connection in self.open.list().iter().filter(|c| c.vhost == name) {
-            connection.force_close();
-        }
+        self.open
+            .force_close_where(|c| c.vhost == name, &format!("vhost '{name}' is deleted"));
         vhost.close_storage();
         let dir = crate::store::vhost_dir(&self.config.data_dir, name);
         if let Err(error) = std::fs::remove_dir_all(&dir)
@@ -184,6 +237,7 @@ impl Broker {
                 .with_context(|| format!("cannot open the storage of vhost '{name}'"))?;
         }
         let (stop, stopped) = watch::channel(false);
+        tokio::spawn(shared.clone().sample_queued_bytes(stopped.clone()));
         let accept = tokio::spawn(accept_loop(shared.clone(), listener, stopped));
         info!(%local_addr, "listening for AMQP connections");
         Ok(BrokerHandle {

@@ -128,6 +128,10 @@ pub struct VhostLimitOverrides {
     pub connection_content_max_bytes: Option<u64>,
     /// See [`VhostLimits::queue_in_memory_messages`].
     pub queue_in_memory_messages: Option<u32>,
+    /// See [`VhostLimits::max_queued_bytes`].
+    pub max_queued_bytes: Option<u64>,
+    /// See [`VhostLimits::max_publish_rate`].
+    pub max_publish_rate: Option<u64>,
     /// WASM exchanges (one instance each) the vhost may have; default `wasm_instances_max`,
     /// the broker's whole pool.
     pub wasm_instances_max: Option<u32>,
@@ -167,6 +171,8 @@ impl VhostLimitOverrides {
             queue_in_memory_messages: self
                 .queue_in_memory_messages
                 .unwrap_or(base.queue_in_memory_messages),
+            max_queued_bytes: self.max_queued_bytes.unwrap_or(base.max_queued_bytes),
+            max_publish_rate: self.max_publish_rate.unwrap_or(base.max_publish_rate),
         }
     }
 
@@ -284,6 +290,14 @@ pub struct Cli {
     /// Exchanges declared in one vhost, besides the pre-declared ones [default: 10000]
     #[arg(long, env = "BOURSE_VHOST_MAX_EXCHANGES")]
     pub vhost_max_exchanges: Option<u32>,
+    /// Body bytes of ready messages one vhost's queues may hold before its publishers are
+    /// blocked [default: unlimited]
+    #[arg(long, env = "BOURSE_VHOST_MAX_QUEUED_BYTES")]
+    pub vhost_max_queued_bytes: Option<u64>,
+    /// Messages per second one vhost's publishers may send together; above it they are
+    /// slowed [default: 0, unlimited]
+    #[arg(long, env = "BOURSE_VHOST_MAX_PUBLISH_RATE")]
+    pub vhost_max_publish_rate: Option<u64>,
     /// Bindings in one vhost [default: 1000000]
     #[arg(long, env = "BOURSE_VHOST_MAX_BINDINGS")]
     pub vhost_max_bindings: Option<u32>,
@@ -351,6 +365,8 @@ struct FileConfig {
     tx_max_bytes: Option<u64>,
     connection_content_max_bytes: Option<u64>,
     queue_in_memory_messages: Option<u32>,
+    vhost_max_queued_bytes: Option<u64>,
+    vhost_max_publish_rate: Option<u64>,
     vhost_max_connections: Option<u32>,
     vhost_max_queues: Option<u32>,
     vhost_max_exchanges: Option<u32>,
@@ -631,6 +647,14 @@ impl Config {
                     .vhost_max_bindings
                     .or(file.vhost_max_bindings)
                     .unwrap_or(base.vhost.max_bindings),
+                max_queued_bytes: cli
+                    .vhost_max_queued_bytes
+                    .or(file.vhost_max_queued_bytes)
+                    .unwrap_or(base.vhost.max_queued_bytes),
+                max_publish_rate: cli
+                    .vhost_max_publish_rate
+                    .or(file.vhost_max_publish_rate)
+                    .unwrap_or(base.vhost.max_publish_rate),
             },
         };
         let config = Config {

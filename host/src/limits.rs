@@ -65,6 +65,13 @@ pub struct VhostLimits {
     /// Ready messages a queue keeps in memory; beyond them it pages to disk (docs/overload.md).
     /// Fixed for a queue when it is created.
     pub queue_in_memory_messages: u32,
+    /// Body bytes of ready messages the vhost's queues may hold (`max-queued-bytes`); at it
+    /// the vhost's publishing connections are blocked until consumers bring it below
+    /// (`vhost/admission.rs`). `u64::MAX`: no limit.
+    pub max_queued_bytes: u64,
+    /// Messages per second the vhost's publishers may send together (`max-publish-rate`);
+    /// above it their connections stop reading for a while (state `flow`). 0: no limit.
+    pub max_publish_rate: u64,
 }
 
 impl Default for VhostLimits {
@@ -78,6 +85,8 @@ impl Default for VhostLimits {
             tx_max_bytes: 256 << 20,
             connection_content_max_bytes: 256 << 20,
             queue_in_memory_messages: crate::queue::IN_MEMORY_MESSAGES as u32,
+            max_queued_bytes: u64::MAX,
+            max_publish_rate: 0,
         }
     }
 }
@@ -150,9 +159,21 @@ pub struct UserLimits {
 pub struct UserUsage {
     connections: AtomicU32,
     channels: AtomicU32,
+    /// The user's limits now (the config file's with the runtime ones over them).
+    limits: parking_lot::Mutex<UserLimits>,
 }
 
 impl UserUsage {
+    /// The limits the next connection.open and channel.open are checked against.
+    pub fn limits(&self) -> UserLimits {
+        *self.limits.lock()
+    }
+
+    /// Changes the limits; what is open beyond a lowered limit stays.
+    pub fn set_limits(&self, limits: UserLimits) {
+        *self.limits.lock() = limits;
+    }
+
     /// Takes a connection slot for `user`, or refuses it (530).
     pub fn open_connection(
         self: &Arc<Self>,

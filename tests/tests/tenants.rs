@@ -7,7 +7,7 @@ use std::time::Duration;
 use bourse::auth::{Algorithm, PasswordHash};
 use bourse::meta::MetaCommand;
 use bourse_tests::connection::lapin_connect;
-use bourse_tests::raw::{reply_code, within};
+use bourse_tests::raw::{Handshake, RawClient, reply_code, within};
 use bourse_tests::{TestBroker, bounded, eventually};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
@@ -227,6 +227,360 @@ async fn vhost_limits_change_at_runtime_and_survive_a_restart() {
         ))
         .await
         .expect("no limit any more");
+    })
+    .await;
+}
+
+fn raw_login(user: &str, password: &str, vhost: &str) -> Handshake {
+    Handshake {
+        user: user.into(),
+        password: password.into(),
+        vhost: vhost.into(),
+        ..Handshake::default()
+    }
+}
+
+fn limits(pairs: &[(&str, i64)]) -> std::collections::BTreeMap<String, i64> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+}
+
+#[tokio::test]
+async fn deleting_a_user_or_revoking_its_access_closes_its_connections_with_320() {
+    bounded(Duration::from_secs(60), async {
+        let broker = TestBroker::start().await;
+        let Some(handle) = broker.handle() else {
+            return;
+        };
+        for command in [
+            put_vhost("t"),
+            put_user("alice", "pw"),
+            grant_all("alice", "t"),
+            grant_all("alice", "/"),
+            put_user("bob", "pw"),
+            grant_all("bob", "t"),
+        ] {
+            handle.execute(command).await.expect("meta command");
+        }
+        let (mut alice_t, _) =
+            RawClient::open_with(broker.addr(), raw_login("alice", "pw", "t")).await;
+        let (mut alice_root, _) =
+            RawClient::open_with(broker.addr(), raw_login("alice", "pw", "/")).await;
+        let bob = lapin_connect(&url(&broker, "bob", "pw", "t"))
+            .await
+            .expect("bob");
+
+        // Revoking alice's access to `t` closes only that connection.
+        handle
+            .execute(MetaCommand::ClearPermissions {
+                user: "alice".into(),
+                vhost: "t".into(),
+            })
+            .await
+            .expect("clear");
+        let closed = alice_t.expect_connection_close_code(320).await;
+        assert_eq!(
+            closed.text, "CONNECTION_FORCED - access to vhost 't' was revoked for user 'alice'",
+            "{closed:?}"
+        );
+        assert!(
+            !alice_root.wait_closed(Duration::from_millis(300)).await,
+            "her connection to / stays"
+        );
+
+        // Deleting her closes the rest; bob is untouched.
+        handle
+            .execute(MetaCommand::DeleteUser {
+                name: "alice".into(),
+            })
+            .await
+            .expect("delete");
+        let closed = alice_root.expect_connection_close_code(320).await;
+        assert_eq!(
+            closed.text, "CONNECTION_FORCED - user 'alice' was deleted",
+            "{closed:?}"
+        );
+        assert!(bob.status().connected());
+        declare_count(&bob, "still-here").await;
+        match lapin_connect(&url(&broker, "alice", "pw", "%2f")).await {
+            Ok(_) => panic!("a deleted user logged in"),
+            Err(e) => assert_eq!(reply_code(&e), Some(403), "{e}"),
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn changed_permissions_apply_to_open_connections_at_once() {
+    bounded(Duration::from_secs(60), async {
+        let broker = TestBroker::start().await;
+        let Some(handle) = broker.handle() else {
+            return;
+        };
+        for command in [
+            put_vhost("t"),
+            put_user("carol", "pw"),
+            grant_all("carol", "t"),
+        ] {
+            handle.execute(command).await.expect("meta command");
+        }
+        let carol = lapin_connect(&url(&broker, "carol", "pw", "t"))
+            .await
+            .expect("carol");
+        declare_count(&carol, "before").await;
+        handle
+            .execute(MetaCommand::SetPermissions {
+                user: "carol".into(),
+                vhost: "t".into(),
+                configure: "^mine-.*".into(),
+                write: ".*".into(),
+                read: ".*".into(),
+            })
+            .await
+            .expect("narrow");
+        // The same connection, a new channel: the narrower grant is in force.
+        let ch = within(carol.create_channel()).await.expect("channel");
+        let refused = within(ch.queue_declare(
+            "after".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        ))
+        .await;
+        assert_eq!(
+            refused.as_ref().err().and_then(reply_code),
+            Some(403),
+            "{refused:?}"
+        );
+        declare_count(&carol, "mine-after").await;
+        // Widened again: allowed again, still without reconnecting.
+        handle
+            .execute(grant_all("carol", "t"))
+            .await
+            .expect("widen");
+        declare_count(&carol, "after").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn user_limits_change_at_runtime_and_survive_a_restart() {
+    bounded(Duration::from_secs(60), async {
+        let mut broker = TestBroker::start().await;
+        let Some(handle) = broker.handle() else {
+            return;
+        };
+        for command in [put_user("dave", "pw"), grant_all("dave", "/")] {
+            handle.execute(command).await.expect("meta command");
+        }
+        let dave_url = url(&broker, "dave", "pw", "%2f");
+        let first = lapin_connect(&dave_url).await.expect("first");
+        handle
+            .execute(MetaCommand::SetUserLimits {
+                user: "dave".into(),
+                limits: limits(&[("max-connections", 1), ("max-channels", 1)]),
+            })
+            .await
+            .expect("limits");
+        assert!(
+            handle
+                .execute(MetaCommand::SetUserLimits {
+                    user: "dave".into(),
+                    limits: limits(&[("max-queues", 1)]),
+                })
+                .await
+                .is_err(),
+            "unknown user limits are refused"
+        );
+        match lapin_connect(&dave_url).await {
+            Ok(_) => panic!("a second connection past max-connections 1"),
+            Err(e) => {
+                assert_eq!(reply_code(&e), Some(530), "{e}");
+                assert!(e.to_string().contains("user connection limit (1)"), "{e}");
+            }
+        }
+        // The open connection gets the channel limit too.
+        let _ch = within(first.create_channel()).await.expect("one channel");
+        let second = within(first.create_channel()).await;
+        assert_eq!(
+            second.as_ref().err().and_then(reply_code),
+            Some(530),
+            "{second:?}"
+        );
+        drop(first);
+        broker.restart().await;
+        let dave_url = url(&broker, "dave", "pw", "%2f");
+        let _first = lapin_connect(&dave_url).await.expect("first after restart");
+        match lapin_connect(&dave_url).await {
+            Ok(_) => panic!("the limit did not survive the restart"),
+            Err(e) => assert_eq!(reply_code(&e), Some(530), "{e}"),
+        }
+        let handle = broker.handle().expect("in-process");
+        handle
+            .execute(MetaCommand::SetUserLimits {
+                user: "dave".into(),
+                limits: limits(&[("max-connections", -1)]),
+            })
+            .await
+            .expect("lift");
+        lapin_connect(&dave_url)
+            .await
+            .expect("no connection limit any more");
+    })
+    .await;
+}
+
+/// Publishes `count` messages of `size` bytes to queue `queue` and waits for their confirms.
+async fn publish_confirmed(conn: &lapin::Connection, queue: &str, count: usize, size: usize) {
+    let ch = bourse_tests::confirm_channel(conn).await;
+    let body = vec![b'x'; size];
+    let mut confirms = Vec::with_capacity(count);
+    for _ in 0..count {
+        confirms.push(
+            ch.basic_publish(
+                "".into(),
+                queue.into(),
+                Default::default(),
+                &body,
+                lapin::BasicProperties::default(),
+            )
+            .await
+            .expect("publish"),
+        );
+    }
+    for confirm in confirms {
+        assert!(confirm.await.expect("confirm").is_ack());
+    }
+}
+
+fn state_of(handle: &bourse::BrokerHandle, user: &str) -> Vec<&'static str> {
+    handle
+        .connections()
+        .iter()
+        .filter(|c| c.user == user)
+        .map(|c| c.state().as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_vhost_publish_rate_slows_its_publishers_only() {
+    bounded(Duration::from_secs(60), async {
+        let broker = TestBroker::start().await;
+        let Some(handle) = broker.handle() else {
+            return;
+        };
+        for command in [
+            put_vhost("metered"),
+            put_user("erin", "pw"),
+            grant_all("erin", "metered"),
+            MetaCommand::SetVhostLimits {
+                vhost: "metered".into(),
+                limits: limits(&[("max-publish-rate", 200)]),
+            },
+        ] {
+            handle.execute(command).await.expect("meta command");
+        }
+        let erin = lapin_connect(&url(&broker, "erin", "pw", "metered"))
+            .await
+            .expect("erin");
+        declare_count(&erin, "q").await;
+        let started = std::time::Instant::now();
+        let metered = tokio::spawn(async move {
+            // A second's burst (200), then 200/s. The wait comes after the read turn that
+            // went over (confirms of that turn go first), and a turn holds up to 341
+            // publishes: 1,000 take at least (1,000 - 200 - 341) / 200 = 2.3 s.
+            publish_confirmed(&erin, "q", 1_000, 16).await;
+            started.elapsed()
+        });
+        // Meanwhile her connection shows `flow`, and guest publishes in `/` unhindered.
+        let mut flow_seen = false;
+        for _ in 0..100 {
+            if state_of(handle, "erin").contains(&"flow") {
+                flow_seen = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(flow_seen, "the metered connection was never in flow");
+        let guest = lapin_connect(broker.url()).await.expect("guest");
+        declare_count(&guest, "free").await;
+        publish_confirmed(&guest, "free", 2_000, 16).await;
+        assert!(
+            !metered.is_finished(),
+            "2,000 publishes in / finished after the metered 1,000 (the rate leaked across vhosts?)"
+        );
+        let took = metered.await.expect("metered publisher");
+        assert!(
+            took >= Duration::from_millis(2_300),
+            "1,000 at 200/s took {took:?}"
+        );
+        eprintln!("1,000 publishes at max-publish-rate 200 took {took:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn max_queued_bytes_blocks_the_vhosts_publishers_until_its_queues_drain() {
+    bounded(Duration::from_secs(60), async {
+        let broker = TestBroker::start().await;
+        let Some(handle) = broker.handle() else {
+            return;
+        };
+        for command in [
+            put_vhost("small"),
+            put_user("frank", "pw"),
+            grant_all("frank", "small"),
+            MetaCommand::SetVhostLimits {
+                vhost: "small".into(),
+                limits: limits(&[("max-queued-bytes", 10_000)]),
+            },
+        ] {
+            handle.execute(command).await.expect("meta command");
+        }
+        let frank = lapin_connect(&url(&broker, "frank", "pw", "small"))
+            .await
+            .expect("frank");
+        declare_count(&frank, "buffer").await;
+        publish_confirmed(&frank, "buffer", 12, 1_000).await;
+        let small = handle.shared().vhost("small").expect("vhost");
+        assert!(
+            eventually(Duration::from_secs(5), || small.admission().is_full()).await,
+            "12,000 queued bytes over a 10,000 ceiling"
+        );
+        // A publish now blocks its connection (as RabbitMQ's alarms: `blocked` once it
+        // publishes); another vhost is not blocked.
+        let frank = std::sync::Arc::new(frank);
+        let waiting = {
+            let frank = frank.clone();
+            tokio::spawn(async move { publish_confirmed(&frank, "buffer", 1, 1_000).await })
+        };
+        assert!(
+            eventually(Duration::from_secs(5), || state_of(handle, "frank")
+                .contains(&"blocked"))
+            .await,
+            "the publisher is shown blocked"
+        );
+        let guest = lapin_connect(broker.url()).await.expect("guest");
+        declare_count(&guest, "elsewhere").await;
+        publish_confirmed(&guest, "elsewhere", 100, 1_000).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !waiting.is_finished(),
+            "a blocked vhost's publish was confirmed"
+        );
+        // A consumer in the vhost (its own connection) drains it: publishing resumes.
+        let drainer = lapin_connect(&url(&broker, "frank", "pw", "small"))
+            .await
+            .expect("drainer");
+        let ch = within(drainer.create_channel()).await.expect("channel");
+        within(ch.queue_purge("buffer".into(), Default::default()))
+            .await
+            .expect("purge");
+        within(waiting).await.expect("resumed after the drain");
+        assert!(
+            eventually(Duration::from_secs(5), || state_of(handle, "frank")
+                .iter()
+                .all(|s| *s == "running"))
+            .await
+        );
     })
     .await;
 }

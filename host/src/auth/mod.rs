@@ -72,6 +72,9 @@ pub struct UserStore {
     guest_loopback_only: bool,
     /// Checked against when the user does not exist, so that a login takes as long either way.
     decoy: PasswordHash,
+    /// Bumped by every [`UserStore::reload`]: open connections compare it once per read turn
+    /// and take their grants again when it moved.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl UserStore {
@@ -146,7 +149,13 @@ impl UserStore {
             topics: RwLock::new(topics),
             guest_loopback_only,
             decoy: PasswordHash::decoy(),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Changes with every reload of users and permissions (see [`UserStore::reload`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Checks a connection.start-ok response for `mechanism` from a peer at `peer`.
@@ -228,6 +237,8 @@ impl UserStore {
         *self.users.write() = users;
         *self.permissions.write() = grants;
         *self.topics.write() = topics;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// What `user` may do in `vhost`; None when it has no permissions there (connection.open

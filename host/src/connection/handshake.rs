@@ -14,7 +14,7 @@ use super::{Reader, Writer, send_connection_close};
 use crate::auth::{AuthError, MECHANISMS};
 use crate::broker::Shared;
 use crate::config::FRAME_MIN_SIZE;
-use crate::limits::{Held, Slot, UserLimits, UserUsage};
+use crate::limits::{Held, Slot, UserUsage};
 use crate::protocol::{AmqpError, Frame, PROTOCOL_HEADER, write_method};
 use crate::queue::ConnectionId;
 use crate::vhost::VHost;
@@ -39,9 +39,10 @@ pub(crate) struct Negotiated {
     pub slots: (Slot, Slot, Held),
     /// The user's counters and limits, for channel.open.
     pub user_usage: Arc<UserUsage>,
-    pub user_limits: UserLimits,
     /// What the user may do in the vhost.
     pub grants: Arc<crate::auth::Grants>,
+    /// The users' generation read before `grants` were taken.
+    pub grants_generation: u64,
 }
 
 /// Runs the handshake; starts the writer task once the protocol header is accepted. `None`
@@ -189,6 +190,7 @@ async fn negotiate(
     let vhost = shared.vhost(open.virtual_host.as_str()).ok_or_else(|| {
         AmqpError::not_allowed(format!("vhost {} not found", open.virtual_host)).on_method(10, 40)
     })?;
+    let grants_generation = shared.users.generation();
     let grants = shared
         .users
         .grants(&user.name, open.virtual_host.as_str())
@@ -211,7 +213,7 @@ async fn negotiate(
         .open_connection(&user.name)
         .map_err(|e| e.on_method(10, 40))?;
     let user_usage = shared.user_usage(&user.name);
-    let user_limits = config.user_limits_for(&user.name);
+    let user_limits = user_usage.limits();
     let user_slot = user_usage
         .open_connection(&user.name, &user_limits)
         .map_err(|e| e.on_method(10, 40))?;
@@ -231,8 +233,8 @@ async fn negotiate(
         blocked_notifications,
         slots: (broker_slot, vhost_slot, user_slot),
         user_usage,
-        user_limits,
         grants,
+        grants_generation,
     })
 }
 

@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 
 use crate::broker::Shared;
 use crate::channel::{Channel, Session};
-use crate::limits::{ContentBudget, Held, Slot, UserLimits, UserUsage, VhostLimits};
+use crate::limits::{ContentBudget, Held, Slot, UserUsage, VhostLimits};
 use crate::protocol::{AmqpError, Frame, parse_frame, write_method};
 use crate::queue::{ConnectionId, Queue};
 use crate::vhost::VHost;
@@ -83,13 +83,14 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, id:
         closing: HashMap::new(),
         wake: Arc::new(tokio::sync::Notify::new()),
         published: false,
+        turn_publishes: 0,
         blocked_notifications: negotiated.blocked_notifications,
         content: ContentBudget::new(limits.connection_content_max_bytes),
         limits,
         _slots: negotiated.slots,
         user_usage: negotiated.user_usage,
-        user_limits: negotiated.user_limits,
         grants: negotiated.grants,
+        grants_generation: negotiated.grants_generation,
         throttled: RefCell::new(Vec::new()),
         listed,
     };
@@ -196,6 +197,9 @@ struct Connection {
     wake: Arc<tokio::sync::Notify>,
     /// A basic.publish was received: the memory alarm blocks this connection.
     published: bool,
+    /// basic.publish methods of the current read turn, charged against the vhost's
+    /// publish rate when the turn ends.
+    turn_publishes: u32,
     /// The client asked for connection.blocked / connection.unblocked.
     blocked_notifications: bool,
     /// Bodies of messages still arriving on any channel, against
@@ -208,9 +212,10 @@ struct Connection {
     _slots: (Slot, Slot, Held),
     /// The user's counters and limits (channels over all its connections).
     user_usage: Arc<UserUsage>,
-    user_limits: UserLimits,
     /// What the user may do in the vhost (checked on every operation).
     grants: Arc<crate::auth::Grants>,
+    /// The users' generation `grants` were taken at (`UserStore::generation`).
+    grants_generation: u64,
     /// Queues in flow this connection published into during the current turn.
     throttled: RefCell<Vec<Arc<Queue>>>,
     /// Its entry in the broker's list of connections (state shown to operators).
@@ -239,8 +244,18 @@ impl Connection {
             if self.published && self.shared.memory.is_alarmed() {
                 self.block_while_memory_alarm().await;
             }
+            if self.published && self.vhost.admission().is_full() {
+                self.block_while_vhost_full(closing).await;
+            }
             if self.writer.is_congested() {
                 self.pause_while_congested().await;
+            }
+            // Users and permissions changed: later operations are checked against the new
+            // grants. One atomic load per turn.
+            if self.shared.users.generation() != self.grants_generation
+                && let Err(error) = self.refresh_grants()
+            {
+                return self.fail_connection(reader, 0, error).await;
             }
             let mut turn = 0;
             let more_buffered = loop {
@@ -273,6 +288,12 @@ impl Connection {
             self.flush_confirms();
             if !self.throttled.get_mut().is_empty() {
                 self.wait_for_flow(closing).await;
+            }
+            let published = std::mem::take(&mut self.turn_publishes);
+            if published > 0
+                && let Some(wait) = self.vhost.admission().charge(published)
+            {
+                self.wait_for_publish_rate(wait, closing).await;
             }
             // Let the tasks this turn woke run first: a delivery wakes the consumer's writer
             // task into this worker's LIFO slot, which no other worker may steal, so a
@@ -308,11 +329,9 @@ impl Connection {
                 _ = store_synced(&mut synced), if self.awaiting_sync() => {
                     continue;
                 }
-                () = self.listed.info.forced() => {
-                    let error = AmqpError::new(
-                        crate::protocol::ReplyCode::ConnectionForced,
-                        format!("vhost '{}' is deleted", self.vhost.name),
-                    );
+                reason = self.listed.info.forced() => {
+                    let error =
+                        AmqpError::new(crate::protocol::ReplyCode::ConnectionForced, reason);
                     return self.fail_connection(reader, 0, error).await;
                 }
                 // Cannot fail: `self.shared` keeps the sender alive. The guard `wait_for`
@@ -331,6 +350,31 @@ impl Connection {
                 Ok(_) => {}
                 Err(_) => return SOCKET_ERROR,
             }
+        }
+    }
+
+    /// Takes the user's grants in this vhost again after a change of users or permissions.
+    /// A user deleted, or whose access to the vhost was revoked, loses the connection (320),
+    /// in case the broker's own close of its connections (`Shared::execute_meta`) raced
+    /// with this connection's opening.
+    fn refresh_grants(&mut self) -> Result<(), AmqpError> {
+        let users = &self.shared.users;
+        self.grants_generation = users.generation();
+        let forced = |text: String| {
+            Err(AmqpError::new(
+                crate::protocol::ReplyCode::ConnectionForced,
+                text,
+            ))
+        };
+        if users.get(&self.user).is_none() {
+            return forced(user_deleted(&self.user));
+        }
+        match users.grants(&self.user, &self.vhost.name) {
+            Some(grants) => {
+                self.grants = grants;
+                Ok(())
+            }
+            None => forced(access_revoked(&self.vhost.name, &self.user)),
         }
     }
 
@@ -485,7 +529,7 @@ impl Connection {
                 }
                 let slot = self
                     .user_usage
-                    .open_channel(&self.user, &self.user_limits)
+                    .open_channel(&self.user, &self.user_usage.limits())
                     .map_err(|e| (0, e.on_method(ids.0, ids.1)))?;
                 let mut channel = Channel::new(ch, self.writer.clone());
                 channel.hold(slot);
@@ -520,9 +564,9 @@ impl Connection {
                     .on_method(ids.0, ids.1),
             )),
             method => {
-                if !self.published
-                    && matches!(method, AMQPClass::Basic(basic::AMQPMethod::Publish(_)))
-                {
+                let publish = matches!(method, AMQPClass::Basic(basic::AMQPMethod::Publish(_)));
+                self.turn_publishes += u32::from(publish);
+                if !self.published && publish {
                     // From now on the memory alarm blocks this connection; be woken when it
                     // sets, so an idle publisher is blocked (and told) at once.
                     self.published = true;
@@ -627,6 +671,63 @@ impl Connection {
                     }
                 }
             }
+        }
+        self.listed.info.set_state(ConnectionState::Running);
+    }
+
+    /// Stops reading while the vhost's queues hold its `max-queued-bytes` (RabbitMQ's memory
+    /// alarm, for one vhost): told with connection.blocked when the client asked for it.
+    async fn block_while_vhost_full(&mut self, closing: &mut tokio::sync::watch::Receiver<bool>) {
+        let mut full = self.vhost.admission().subscribe_full();
+        if !*full.borrow_and_update() {
+            return;
+        }
+        debug!(id = self.id, vhost = %self.vhost.name, "vhost queued-bytes limit: connection blocked");
+        self.listed.info.set_state(ConnectionState::Blocked);
+        if self.blocked_notifications {
+            let reason = format!("vhost '{}' holds its max-queued-bytes", self.vhost.name);
+            self.send_connection_method(connection::AMQPMethod::Blocked(connection::Blocked {
+                reason: reason.as_str().into(),
+            }));
+        }
+        loop {
+            tokio::select! {
+                // The sender lives in the vhost this connection holds.
+                _ = full.wait_for(|full| !full) => break,
+                _ = self.wake.notified() => self.close_timed_out_channels(),
+                () = async { drop(closing.wait_for(|closing| *closing).await) } => break,
+            }
+        }
+        self.listed.info.set_state(ConnectionState::Running);
+        if self.blocked_notifications {
+            self.send_connection_method(connection::AMQPMethod::Unblocked(
+                connection::Unblocked {},
+            ));
+        }
+    }
+
+    /// Stops reading for `wait`: the vhost's publishers went over its `max-publish-rate`
+    /// (state `flow`, as for a queue's flow control).
+    async fn wait_for_publish_rate(
+        &mut self,
+        wait: Duration,
+        closing: &mut tokio::sync::watch::Receiver<bool>,
+    ) {
+        self.listed.info.set_state(ConnectionState::Flow);
+        let mut wait = Some(wait);
+        'owed: while let Some(owed) = wait {
+            let until = tokio::time::Instant::now() + owed;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(until) => break,
+                    _ = self.wake.notified() => self.close_timed_out_channels(),
+                    () = async { drop(closing.wait_for(|closing| *closing).await) } => {
+                        break 'owed;
+                    }
+                }
+            }
+            // Still owed after a capped wait: wait on, at the rate in force now.
+            wait = self.vhost.admission().charge(0);
         }
         self.listed.info.set_state(ConnectionState::Running);
     }
@@ -737,4 +838,14 @@ pub(crate) fn send_connection_close(writer: &Writer, error: &AmqpError) {
             })),
         )
     });
+}
+
+/// connection.close text for the connections of a deleted user.
+pub(crate) fn user_deleted(user: &str) -> String {
+    format!("user '{user}' was deleted")
+}
+
+/// connection.close text for a user's connections to a vhost it may no longer open.
+pub(crate) fn access_revoked(vhost: &str, user: &str) -> String {
+    format!("access to vhost '{vhost}' was revoked for user '{user}'")
 }

@@ -54,8 +54,10 @@ pub struct ConnectionInfo {
     /// The vhost it opened.
     pub vhost: String,
     state: AtomicU8,
-    /// Raised to make the connection close with 320 (its vhost was deleted).
+    /// Raised to make the connection close with 320 (its vhost or user was deleted, its
+    /// access revoked), with the reason sent in connection.close.
     forced: tokio::sync::Notify,
+    forced_reason: Mutex<Option<String>>,
 }
 
 impl ConnectionInfo {
@@ -68,14 +70,22 @@ impl ConnectionInfo {
         self.state.store(state as u8, Ordering::Relaxed);
     }
 
-    /// Makes the connection close with 320 CONNECTION_FORCED at its next turn.
-    pub(crate) fn force_close(&self) {
+    /// Makes the connection close with 320 CONNECTION_FORCED and `reason` at its next turn
+    /// (the first reason given wins).
+    pub(crate) fn force_close(&self, reason: impl Into<String>) {
+        self.forced_reason
+            .lock()
+            .get_or_insert_with(|| reason.into());
         self.forced.notify_one();
     }
 
-    /// Resolves once [`ConnectionInfo::force_close`] was called.
-    pub(crate) async fn forced(&self) {
+    /// Resolves once [`ConnectionInfo::force_close`] was called, with its reason.
+    pub(crate) async fn forced(&self) -> String {
         self.forced.notified().await;
+        self.forced_reason
+            .lock()
+            .clone()
+            .unwrap_or_else(|| "connection closed by the broker".to_owned())
     }
 }
 
@@ -101,12 +111,32 @@ impl Connections {
             vhost: vhost.to_owned(),
             state: AtomicU8::new(ConnectionState::Running as u8),
             forced: tokio::sync::Notify::new(),
+            forced_reason: Mutex::new(None),
         });
         self.open.lock().insert(id, info.clone());
         Listed {
             connections: self.clone(),
             info,
         }
+    }
+
+    /// Closes with 320 and `reason` every open connection `which` selects; returns how many.
+    pub(crate) fn force_close_where(
+        &self,
+        which: impl Fn(&ConnectionInfo) -> bool,
+        reason: &str,
+    ) -> usize {
+        let chosen: Vec<_> = self
+            .open
+            .lock()
+            .values()
+            .filter(|c| which(c))
+            .cloned()
+            .collect();
+        for connection in &chosen {
+            connection.force_close(reason);
+        }
+        chosen.len()
     }
 
     /// Every open connection, in id order.

@@ -118,6 +118,14 @@ pub enum MetaCommand {
         /// One exchange; None: every exchange.
         exchange: Option<String>,
     },
+    /// Sets limits of a user, by RabbitMQ's names (`max-connections`, `max-channels`); a
+    /// negative value removes that limit. Limits not named keep the config file's.
+    SetUserLimits {
+        /// The user.
+        user: String,
+        /// Limit name → value.
+        limits: BTreeMap<String, i64>,
+    },
 }
 
 /// Why a command was refused (the management API maps these to its status codes).
@@ -145,25 +153,66 @@ pub struct VhostMeta {
     pub limits: BTreeMap<String, i64>,
 }
 
+/// The user limits a [`MetaCommand::SetUserLimits`] may name.
+pub const USER_LIMIT_NAMES: [&str; 2] = ["max-connections", "max-channels"];
+
+/// `base` (the config file's limits of a user) with its runtime limits over it.
+pub fn user_limits_over(
+    limits: &BTreeMap<String, i64>,
+    base: crate::limits::UserLimits,
+) -> crate::limits::UserLimits {
+    let mut out = base;
+    for (name, &value) in limits {
+        let value = Some(u32::try_from(value).unwrap_or(u32::MAX));
+        match name.as_str() {
+            "max-connections" => out.max_connections = value,
+            "max-channels" => out.max_channels = value,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Refuses a limit name not in `known`.
+fn check_limit_names(
+    what: &str,
+    limits: &BTreeMap<String, i64>,
+    known: &[&str],
+) -> Result<(), MetaError> {
+    match limits.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(unknown) => Err(MetaError::Invalid(format!(
+            "unknown {what} limit '{}' (known: {})",
+            unknown.chars().take(64).collect::<String>(),
+            known.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The vhost limits a [`MetaCommand::SetVhostLimits`] may name.
-pub const VHOST_LIMIT_NAMES: [&str; 4] = [
+pub const VHOST_LIMIT_NAMES: [&str; 6] = [
     "max-connections",
     "max-queues",
     "max-exchanges",
     "max-bindings",
+    "max-queued-bytes",
+    "max-publish-rate",
 ];
 
 impl VhostMeta {
     /// `base` (the config file's limits) with this vhost's runtime limits over it.
     pub fn limits_over(&self, base: crate::limits::VhostLimits) -> crate::limits::VhostLimits {
         let mut limits = base;
-        for (name, &value) in &self.limits {
-            let value = u32::try_from(value).unwrap_or(u32::MAX);
+        for (name, &wide) in &self.limits {
+            let value = u32::try_from(wide).unwrap_or(u32::MAX);
+            let wide = u64::try_from(wide).unwrap_or(u64::MAX);
             match name.as_str() {
                 "max-connections" => limits.max_connections = value,
                 "max-queues" => limits.max_queues = value,
                 "max-exchanges" => limits.max_exchanges = value,
                 "max-bindings" => limits.max_bindings = value,
+                "max-queued-bytes" => limits.max_queued_bytes = wide,
+                "max-publish-rate" => limits.max_publish_rate = wide,
                 _ => {}
             }
         }
@@ -213,6 +262,8 @@ pub struct MetaState {
     pub permissions: BTreeMap<(String, String), PermissionMeta>,
     /// By (user, vhost, exchange).
     pub topic_permissions: BTreeMap<(String, String, String), TopicPermissionMeta>,
+    /// Runtime limits by user (see [`MetaCommand::SetUserLimits`]).
+    pub user_limits: BTreeMap<String, BTreeMap<String, i64>>,
 }
 
 fn check_name(what: &str, name: &str) -> Result<(), MetaError> {
@@ -290,17 +341,11 @@ impl MetaState {
             }
             MetaCommand::SetVhostLimits { vhost, limits } => {
                 self.vhost_exists(vhost)?;
-                match limits
-                    .keys()
-                    .find(|k| !VHOST_LIMIT_NAMES.contains(&k.as_str()))
-                {
-                    Some(unknown) => Err(MetaError::Invalid(format!(
-                        "unknown vhost limit '{}' (known: {})",
-                        unknown.chars().take(64).collect::<String>(),
-                        VHOST_LIMIT_NAMES.join(", ")
-                    ))),
-                    None => Ok(()),
-                }
+                check_limit_names("vhost", limits, &VHOST_LIMIT_NAMES)
+            }
+            MetaCommand::SetUserLimits { user, limits } => {
+                self.user_exists(user)?;
+                check_limit_names("user", limits, &USER_LIMIT_NAMES)
             }
             MetaCommand::SetTopicPermissions {
                 user,
@@ -393,8 +438,24 @@ impl MetaState {
                     },
                 );
             }
+            MetaCommand::SetUserLimits { user, limits } => {
+                if self.users.contains_key(&user) {
+                    let meta = self.user_limits.entry(user.clone()).or_default();
+                    for (name, value) in limits {
+                        if value < 0 {
+                            meta.remove(&name);
+                        } else {
+                            meta.insert(name, value);
+                        }
+                    }
+                    if meta.is_empty() {
+                        self.user_limits.remove(&user);
+                    }
+                }
+            }
             MetaCommand::DeleteUser { name } => {
                 self.users.remove(&name);
+                self.user_limits.remove(&name);
                 self.permissions.retain(|(u, _), _| *u != name);
                 self.topic_permissions.retain(|(u, _, _), _| *u != name);
             }
@@ -467,6 +528,12 @@ impl MetaState {
                 tags: u.tags.clone(),
             });
         }
+        for (user, limits) in &self.user_limits {
+            out.push(MetaCommand::SetUserLimits {
+                user: user.clone(),
+                limits: limits.clone(),
+            });
+        }
         for ((user, vhost), p) in &self.permissions {
             out.push(MetaCommand::SetPermissions {
                 user: user.clone(),
@@ -490,7 +557,11 @@ impl MetaState {
 
     /// Entries held.
     pub fn len(&self) -> usize {
-        self.vhosts.len() + self.users.len() + self.permissions.len() + self.topic_permissions.len()
+        self.vhosts.len()
+            + self.users.len()
+            + self.permissions.len()
+            + self.topic_permissions.len()
+            + self.user_limits.len()
     }
 
     /// Whether nothing is held.

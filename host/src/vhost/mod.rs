@@ -6,6 +6,7 @@
 //! before the topology write lock is taken, which is held only to swap the change in.
 //! Publishing takes the topology read lock only, so a slow declare never stalls routing.
 
+pub mod admission;
 mod durable;
 mod equivalence;
 mod exchange;
@@ -15,6 +16,7 @@ mod route;
 mod tests;
 mod topology;
 
+pub use admission::Admission;
 pub use exchange::{Exchange, ExchangeSpec};
 pub use reply_to::{REPLY_TO_PREFIX, REPLY_TO_QUEUE, ReplyConsumer};
 pub use route::Routed;
@@ -73,6 +75,8 @@ pub struct VHost {
     limits: RwLock<VhostLimits>,
     /// Connections open to this vhost, against `limits.max_connections`.
     connections: Arc<AtomicU32>,
+    /// The publish rate and queued-bytes ceiling of its publishers (`admission.rs`).
+    admission: Admission,
 }
 
 /// The result of a queue declaration.
@@ -115,6 +119,7 @@ impl VHost {
             durable,
             limits: RwLock::new(VhostLimits::default()),
             connections: Arc::new(AtomicU32::new(0)),
+            admission: Admission::default(),
         };
         {
             let mut topology = vhost.topology.write();
@@ -150,6 +155,25 @@ impl VHost {
     /// Changes the limits; what exists beyond a lowered limit stays, new objects are refused.
     pub fn set_limits(&self, limits: VhostLimits) {
         *self.limits.write() = limits;
+        self.admission
+            .set(limits.max_publish_rate, limits.max_queued_bytes);
+        self.sample_queued_bytes();
+    }
+
+    /// What its publishers are admitted at: the publish rate and the queued-bytes ceiling.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// Sums the ready body bytes of the vhost's queues against `max-queued-bytes`, when it
+    /// has one (the broker calls it every `admission::SAMPLE_INTERVAL`).
+    pub fn sample_queued_bytes(&self) {
+        let Some(max) = self.admission.queued_bytes_max() else {
+            return;
+        };
+        let queues: Vec<Arc<Queue>> = self.topology.read().queues.values().cloned().collect();
+        let bytes: u64 = queues.iter().map(|q| q.message_bytes() as u64).sum();
+        self.admission.record(bytes, bytes >= max);
     }
 
     /// Takes a connection slot for `user` (connection.open), or refuses it with 530.
