@@ -15,7 +15,8 @@ use tracing::{info, warn};
 use crate::auth::UserStore;
 use crate::config::Config;
 use crate::exchange::Registry;
-use crate::exchange::wasm::PluginManager;
+use crate::exchange::wasm::tenant::{self, VhostPluginError};
+use crate::exchange::wasm::{PluginManager, PluginStatus};
 use crate::store::{StoreError, StoreOptions};
 use crate::vhost::VHost;
 
@@ -27,7 +28,8 @@ pub struct Shared {
     pub users: UserStore,
     /// Exchange types, built-in and plugins.
     pub registry: Registry,
-    /// WASM exchange-type plugins (when a plugin directory is configured).
+    /// WASM exchange-type plugins: the plugin directory's and each vhost's own (None only
+    /// when the WASM engine could not start).
     pub plugins: Option<PluginManager>,
     /// The memory high-watermark alarm (docs/memory.md).
     pub memory: crate::memory::MemoryMonitor,
@@ -113,6 +115,11 @@ impl Shared {
                 self.open
                     .force_close_where(|c| c.user == user && c.vhost == vhost, &reason);
             }
+            // Commands that did not come through `put_vhost_plugin` and its siblings (a
+            // replicated log): the file is expected in place; load what the state now says.
+            MetaCommand::PutVhostPlugin { vhost, .. }
+            | MetaCommand::RollbackVhostPlugin { vhost, .. }
+            | MetaCommand::DeleteVhostPlugin { vhost, .. } => self.sync_vhost_plugins(&vhost),
             _ => {}
         }
         Ok(())
@@ -141,6 +148,208 @@ impl Shared {
         }
     }
 
+    /// Makes `vhost`'s loaded plugin types match the metadata, and removes the plugin files no
+    /// version refers to.
+    fn sync_vhost_plugins(&self, vhost: &str) {
+        let Some(manager) = &self.plugins else { return };
+        let plugins = self
+            .meta
+            .state()
+            .vhosts
+            .get(vhost)
+            .map(|v| v.plugins.clone())
+            .unwrap_or_default();
+        manager
+            .vhost(vhost)
+            .sync(manager, &self.config.data_dir, &plugins);
+        self.remove_unused_plugin_files(vhost);
+    }
+
+    fn remove_unused_plugin_files(&self, vhost: &str) {
+        let plugins = self
+            .meta
+            .state()
+            .vhosts
+            .get(vhost)
+            .map(|v| v.plugins.clone())
+            .unwrap_or_default();
+        tenant::remove_unreferenced(&self.config.data_dir, vhost, &plugins);
+    }
+
+    /// The plugin set of an open vhost.
+    fn vhost_plugin_set(
+        &self,
+        vhost: &str,
+    ) -> Result<(&PluginManager, Arc<tenant::VhostPlugins>), VhostPluginError> {
+        if self.vhost(vhost).is_none() {
+            return Err(VhostPluginError::NoVhost(vhost.to_owned()));
+        }
+        let manager = self.plugins.as_ref().ok_or_else(|| {
+            VhostPluginError::Wasm(crate::exchange::wasm::WasmError::Engine(
+                "WASM plugins are disabled (the engine did not start)".into(),
+            ))
+        })?;
+        Ok((manager, manager.vhost(vhost)))
+    }
+
+    /// Checks that `user` (None: the operator, not checked) may manage type `name` of `vhost`
+    /// (`auth::plugin_access`).
+    fn authorize_plugin(
+        &self,
+        user: Option<&str>,
+        vhost: &str,
+        name: &str,
+    ) -> Result<(), VhostPluginError> {
+        let Some(user) = user else { return Ok(()) };
+        let found = self.users.get(user).ok_or_else(|| {
+            VhostPluginError::Meta(crate::meta::MetaError::NotFound(format!(
+                "user '{user}' not found"
+            )))
+        })?;
+        let grants = self.users.grants(user, vhost);
+        crate::auth::may_manage_vhost_plugin(&found, grants.as_deref(), vhost, name)?;
+        Ok(())
+    }
+
+    /// Uploads a component into `vhost` as the type its `describe` names: a new type of that
+    /// vhost only, or a new version of one it has (its exchanges move to it, all or nothing).
+    /// Refused, with nothing stored or logged, when it is larger than `wasm_upload_max_bytes`,
+    /// does not compile, link or describe itself, names a built-in or broker-wide type, or
+    /// `user` may not manage it. Slow (compiling, fsyncs): call it off the async threads.
+    pub fn put_vhost_plugin(
+        &self,
+        vhost: &str,
+        bytes: &[u8],
+        user: Option<&str>,
+    ) -> Result<PluginStatus, VhostPluginError> {
+        let max = self.config.wasm_upload_max_bytes;
+        if bytes.len() as u64 > max {
+            return Err(VhostPluginError::TooLarge {
+                size: bytes.len() as u64,
+                max,
+            });
+        }
+        let (manager, set) = self.vhost_plugin_set(vhost)?;
+        let _ops = set.lock();
+        let version = manager.prepare_bytes(bytes, &format!("upload to vhost '{vhost}'"))?;
+        let name = version.name.clone();
+        if let Some(taken) = set.name_taken(&name) {
+            return Err(taken);
+        }
+        self.authorize_plugin(user, vhost, &name)?;
+        let sha256 = version.sha256.clone();
+        let installed = tenant::store_component(&self.config.data_dir, vhost, &sha256, bytes)
+            .map_err(VhostPluginError::from)
+            .and_then(|()| Ok(set.install(manager, version)?));
+        let undo = match installed {
+            Ok(undo) => undo,
+            Err(error) => {
+                self.remove_unused_plugin_files(vhost);
+                return Err(error);
+            }
+        };
+        let command = crate::meta::MetaCommand::PutVhostPlugin {
+            vhost: vhost.to_owned(),
+            name: name.clone(),
+            sha256,
+        };
+        if let Err(error) = self.meta.execute(command) {
+            set.undo(undo);
+            self.remove_unused_plugin_files(vhost);
+            return Err(error.into());
+        }
+        self.remove_unused_plugin_files(vhost);
+        info!(vhost, plugin = %name, "vhost plugin installed");
+        set.status_of(&name)
+            .ok_or_else(|| VhostPluginError::UnknownPlugin {
+                vhost: vhost.to_owned(),
+                name,
+            })
+    }
+
+    /// Swaps type `name` of `vhost` back to its previous version (its exchanges with it).
+    pub fn rollback_vhost_plugin(
+        &self,
+        vhost: &str,
+        name: &str,
+        user: Option<&str>,
+    ) -> Result<PluginStatus, VhostPluginError> {
+        let (manager, set) = self.vhost_plugin_set(vhost)?;
+        let _ops = set.lock();
+        self.authorize_plugin(user, vhost, name)?;
+        let unknown = || VhostPluginError::UnknownPlugin {
+            vhost: vhost.to_owned(),
+            name: name.to_owned(),
+        };
+        let meta = self
+            .meta
+            .state()
+            .vhosts
+            .get(vhost)
+            .and_then(|v| v.plugins.get(name).cloned())
+            .ok_or_else(unknown)?;
+        let previous = meta.previous.ok_or_else(|| {
+            VhostPluginError::Wasm(crate::exchange::wasm::WasmError::NoPrevious(
+                name.to_owned(),
+            ))
+        })?;
+        let ty = set.get(name).ok_or_else(unknown)?;
+        let version = set.version_of(manager, &self.config.data_dir, Some(&ty), &previous)?;
+        let old = ty.current();
+        ty.swap_to(version)?;
+        let command = crate::meta::MetaCommand::RollbackVhostPlugin {
+            vhost: vhost.to_owned(),
+            name: name.to_owned(),
+        };
+        if let Err(error) = self.meta.execute(command) {
+            if let Err(error) = ty.swap_to(old) {
+                warn!(vhost, plugin = name, %error, "cannot undo a rollback that was not logged");
+            }
+            return Err(error.into());
+        }
+        info!(vhost, plugin = name, "vhost plugin rolled back");
+        set.status_of(name).ok_or_else(unknown)
+    }
+
+    /// Removes type `name` of `vhost`: new declares of it there are refused as for an
+    /// unknown type; its existing exchanges keep routing until deleted (as for a plugin
+    /// file deleted from the plugin directory).
+    pub fn delete_vhost_plugin(
+        &self,
+        vhost: &str,
+        name: &str,
+        user: Option<&str>,
+    ) -> Result<(), VhostPluginError> {
+        let (_, set) = self.vhost_plugin_set(vhost)?;
+        let _ops = set.lock();
+        self.authorize_plugin(user, vhost, name)?;
+        self.meta
+            .execute(crate::meta::MetaCommand::DeleteVhostPlugin {
+                vhost: vhost.to_owned(),
+                name: name.to_owned(),
+            })
+            .map_err(|e| match e {
+                crate::meta::MetaError::NotFound(_) if self.vhost(vhost).is_some() => {
+                    VhostPluginError::UnknownPlugin {
+                        vhost: vhost.to_owned(),
+                        name: name.to_owned(),
+                    }
+                }
+                other => other.into(),
+            })?;
+        set.unregister(name);
+        self.remove_unused_plugin_files(vhost);
+        Ok(())
+    }
+
+    /// The plugin types of `vhost` (empty for an unknown vhost).
+    pub fn vhost_plugins(&self, vhost: &str) -> Vec<PluginStatus> {
+        match (&self.plugins, self.vhost(vhost)) {
+            (Some(manager), Some(_)) => manager.vhost(vhost).status(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The limits of vhost `name`: the config file's, with the runtime ones over them.
     fn limits_of(&self, name: &str) -> crate::limits::VhostLimits {
         let base = self.config.vhost_limits_for(name);
@@ -158,6 +367,9 @@ impl Shared {
         self.open
             .force_close_where(|c| c.vhost == name, &format!("vhost '{name}' is deleted"));
         vhost.close_storage();
+        if let Some(manager) = &self.plugins {
+            manager.forget_vhost(name);
+        }
         let dir = crate::store::vhost_dir(&self.config.data_dir, name);
         if let Err(error) = std::fs::remove_dir_all(&dir)
             && error.kind() != std::io::ErrorKind::NotFound
@@ -173,9 +385,29 @@ impl Shared {
         if let Some(vhost) = vhosts.get(name) {
             return Ok(vhost.clone());
         }
+        // The vhost's own plugin types first, so that its durable exchanges of those types
+        // are restored with their routers.
+        let registry = match &self.plugins {
+            Some(manager) => {
+                let set = manager.vhost(name);
+                let plugins = self
+                    .meta
+                    .state()
+                    .vhosts
+                    .get(name)
+                    .map(|v| v.plugins.clone())
+                    .unwrap_or_default();
+                if !plugins.is_empty() {
+                    set.sync(manager, &self.config.data_dir, &plugins);
+                }
+                tenant::remove_unreferenced(&self.config.data_dir, name, &plugins);
+                set.registry()
+            }
+            None => self.registry.clone(),
+        };
         let vhost = VHost::open(
             name,
-            self.registry.clone(),
+            registry,
             &self.config.data_dir,
             StoreOptions::from_config(&self.config),
         )?;
@@ -306,6 +538,64 @@ impl BrokerHandle {
         self.shared.plugins.as_ref()
     }
 
+    /// Uploads a component into `vhost` (see `Shared::put_vhost_plugin`) on a blocking
+    /// thread. `user`: the user asking, checked with `auth::may_manage_vhost_plugin`; None
+    /// for the operator.
+    pub async fn put_vhost_plugin(
+        &self,
+        vhost: &str,
+        bytes: Vec<u8>,
+        user: Option<&str>,
+    ) -> Result<PluginStatus, VhostPluginError> {
+        let (shared, vhost, user) = (
+            self.shared.clone(),
+            vhost.to_owned(),
+            user.map(str::to_owned),
+        );
+        tokio::task::spawn_blocking(move || {
+            shared.put_vhost_plugin(&vhost, &bytes, user.as_deref())
+        })
+        .await
+        .map_err(|e| VhostPluginError::Storage(e.to_string()))?
+    }
+
+    /// Rolls type `name` of `vhost` back to its previous version, on a blocking thread.
+    pub async fn rollback_vhost_plugin(
+        &self,
+        vhost: &str,
+        name: &str,
+        user: Option<&str>,
+    ) -> Result<PluginStatus, VhostPluginError> {
+        let (shared, vhost, name) = (self.shared.clone(), vhost.to_owned(), name.to_owned());
+        let user = user.map(str::to_owned);
+        tokio::task::spawn_blocking(move || {
+            shared.rollback_vhost_plugin(&vhost, &name, user.as_deref())
+        })
+        .await
+        .map_err(|e| VhostPluginError::Storage(e.to_string()))?
+    }
+
+    /// Removes type `name` of `vhost`, on a blocking thread.
+    pub async fn delete_vhost_plugin(
+        &self,
+        vhost: &str,
+        name: &str,
+        user: Option<&str>,
+    ) -> Result<(), VhostPluginError> {
+        let (shared, vhost, name) = (self.shared.clone(), vhost.to_owned(), name.to_owned());
+        let user = user.map(str::to_owned);
+        tokio::task::spawn_blocking(move || {
+            shared.delete_vhost_plugin(&vhost, &name, user.as_deref())
+        })
+        .await
+        .map_err(|e| VhostPluginError::Storage(e.to_string()))?
+    }
+
+    /// The plugin types of `vhost`, with their versions and exchanges.
+    pub fn vhost_plugins(&self, vhost: &str) -> Vec<PluginStatus> {
+        self.shared.vhost_plugins(vhost)
+    }
+
     /// Shuts the broker down gracefully, within about [`SHUTDOWN_GRACE`] plus the final sync:
     /// stops accepting connections, closes every open connection with 320 CONNECTION_FORCED
     /// (RabbitMQ's "broker forced connection closure with reason 'shutdown'"), waits up to
@@ -352,11 +642,12 @@ impl Drop for BrokerHandle {
     }
 }
 
-/// Loads every plugin of `config.plugin_dir` (off the async threads: compiling is CPU work)
-/// and starts watching the directory. A plugin that fails to load is logged and skipped; if
-/// the WASM engine itself cannot start, the broker runs without plugins.
+/// Makes the plugin manager (always: vhosts may have plugins of their own; without a plugin
+/// directory the engine is made on first use). Loads every plugin of `config.plugin_dir` (off
+/// the async threads: compiling is CPU work) and starts watching the directory. A plugin
+/// that fails to load is logged and skipped; if the WASM engine itself cannot start, the
+/// broker runs without plugins.
 async fn start_plugins(config: &Config, registry: &Registry) -> Option<PluginManager> {
-    config.plugin_dir.as_ref()?;
     let manager = match PluginManager::new(config, registry.clone()) {
         Ok(manager) => manager,
         Err(error) => {
@@ -364,6 +655,9 @@ async fn start_plugins(config: &Config, registry: &Registry) -> Option<PluginMan
             return None;
         }
     };
+    if config.plugin_dir.is_none() {
+        return Some(manager);
+    }
     let scanning = manager.clone();
     match tokio::task::spawn_blocking(move || scanning.scan()).await {
         Ok(report) => info!(

@@ -50,6 +50,9 @@ pub struct Config {
     pub plugin_poll_ms: u64,
     /// Most WASM instances alive at once (sizes the engine's pooling allocator).
     pub wasm_instances_max: u32,
+    /// Largest component a tenant may upload into its vhost (docs/plugins.md, "Plugins per
+    /// vhost"); a larger upload is refused before it is compiled.
+    pub wasm_upload_max_bytes: u64,
     /// Delivery acknowledgement timeout (RabbitMQ's `consumer_timeout`): a channel holding a
     /// delivery unacknowledged for longer is closed with 406 and its unacked messages are
     /// requeued. None (or 0 in flags and file) turns it off, the default.
@@ -220,6 +223,7 @@ impl Default for Config {
             wasm_cache_dir: None,
             plugin_poll_ms: 1000,
             wasm_instances_max: 1000,
+            wasm_upload_max_bytes: 32 * 1024 * 1024,
             consumer_timeout_ms: None,
             segment_max_bytes: 64 * 1024 * 1024,
             wasm: WasmLimits::default(),
@@ -310,6 +314,9 @@ pub struct Cli {
     /// Most WASM instances alive at once (one per WASM exchange, plus reloads) [default: 1000]
     #[arg(long, env = "BOURSE_WASM_INSTANCES_MAX")]
     pub wasm_instances_max: Option<u32>,
+    /// Largest plugin a tenant may upload into its vhost, in bytes [default: 33554432]
+    #[arg(long, env = "BOURSE_WASM_UPLOAD_MAX_BYTES")]
+    pub wasm_upload_max_bytes: Option<u64>,
     /// Close a channel holding a delivery unacknowledged this long, in ms; 0 disables
     /// [default: 0, off]
     #[arg(long, env = "BOURSE_CONSUMER_TIMEOUT_MS")]
@@ -383,6 +390,7 @@ struct FileConfig {
     wasm_cache_dir: Option<PathBuf>,
     plugin_poll_ms: Option<u64>,
     wasm_instances_max: Option<u32>,
+    wasm_upload_max_bytes: Option<u64>,
     consumer_timeout_ms: Option<u64>,
     segment_max_bytes: Option<u32>,
     // The global WASM limits; `[vhost_limits."NAME"]` tables take the same keys.
@@ -694,6 +702,10 @@ impl Config {
                 .wasm_instances_max
                 .or(file.wasm_instances_max)
                 .unwrap_or(defaults.wasm_instances_max),
+            wasm_upload_max_bytes: cli
+                .wasm_upload_max_bytes
+                .or(file.wasm_upload_max_bytes)
+                .unwrap_or(defaults.wasm_upload_max_bytes),
             consumer_timeout_ms: cli
                 .consumer_timeout_ms
                 .or(file.consumer_timeout_ms)

@@ -6,6 +6,7 @@
 
 pub mod password;
 pub mod permissions;
+pub mod plugin_access;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -17,6 +18,7 @@ use tracing::warn;
 
 pub use password::{Algorithm, PasswordError, PasswordHash};
 pub use permissions::{Access, Grants, Pattern, Permissions, ResourceKind, TopicPermissions};
+pub use plugin_access::{PluginAccessDenied, may_manage_vhost_plugin};
 
 use crate::config::{Credential, PermissionSeed, TopicPermissionSeed, UserSeed};
 

@@ -171,9 +171,15 @@ pub trait Router: Send + Sync + 'static {
 }
 
 /// The exchange types known to a broker, by name. Shared by every vhost.
+///
+/// A vhost with plugins of its own sees a [`layered`](Registry::layered) registry: its own
+/// types over the broker-wide ones (built-ins and the plugin directory's), which stay visible
+/// to every vhost. Registering into the layer never touches the broker-wide registry.
 #[derive(Clone, Default)]
 pub struct Registry {
     types: Arc<RwLock<HashMap<String, Arc<dyn ExchangeType>>>>,
+    /// The broker-wide types under this vhost's own, for a layered registry.
+    below: Option<Arc<RwLock<HashMap<String, Arc<dyn ExchangeType>>>>>,
 }
 
 impl fmt::Debug for Registry {
@@ -203,8 +209,31 @@ impl Registry {
         self.types.write().remove(name)
     }
 
-    /// Looks up a type by name.
+    /// Looks up a type by name: this layer's own first, then the broker-wide ones below it.
     pub fn get(&self, name: &str) -> Option<Arc<dyn ExchangeType>> {
-        self.types.read().get(name).cloned()
+        if let Some(ty) = self.types.read().get(name) {
+            return Some(ty.clone());
+        }
+        self.below.as_ref()?.read().get(name).cloned()
+    }
+
+    /// An empty layer over this registry's own types (a vhost's plugins over the broker's):
+    /// what is registered into it is seen only through it, while types registered into this
+    /// registry later are seen through it too.
+    pub fn layered(&self) -> Self {
+        Self {
+            types: Arc::default(),
+            below: Some(self.types.clone()),
+        }
+    }
+
+    /// Whether `name` is a type of the registry below this layer (or of this registry, when
+    /// it is not a layer): a built-in or broker-wide type.
+    pub fn has_below(&self, name: &str) -> bool {
+        self.below
+            .as_ref()
+            .unwrap_or(&self.types)
+            .read()
+            .contains_key(name)
     }
 }

@@ -126,6 +126,32 @@ pub enum MetaCommand {
         /// Limit name → value.
         limits: BTreeMap<String, i64>,
     },
+    /// Makes the component `<vhost dir>/plugins/<sha256>.wasm` the current version of
+    /// exchange type `name` in `vhost` only; the version it replaces is kept for a rollback
+    /// (see [`plugins`]). The file is written and synced before the command is logged.
+    PutVhostPlugin {
+        /// The vhost.
+        vhost: String,
+        /// The type name, from the component's `describe`.
+        name: String,
+        /// Hex SHA-256 of the component's bytes: the file's name.
+        sha256: String,
+    },
+    /// Swaps a vhost's plugin type back to its previous version (which becomes the previous).
+    RollbackVhostPlugin {
+        /// The vhost.
+        vhost: String,
+        /// The type name.
+        name: String,
+    },
+    /// Removes a vhost's plugin type: new declares of it are refused; existing exchanges keep
+    /// routing until deleted.
+    DeleteVhostPlugin {
+        /// The vhost.
+        vhost: String,
+        /// The type name.
+        name: String,
+    },
 }
 
 /// Why a command was refused (the management API maps these to its status codes).
@@ -151,6 +177,8 @@ pub struct VhostMeta {
     pub tags: Vec<String>,
     /// Limits set at runtime (see [`MetaCommand::SetVhostLimits`]).
     pub limits: BTreeMap<String, i64>,
+    /// The vhost's own exchange-type plugins, by type name ([`plugins`]).
+    pub plugins: BTreeMap<String, plugins::VhostPluginMeta>,
 }
 
 /// The user limits a [`MetaCommand::SetUserLimits`] may name.
@@ -365,6 +393,9 @@ impl MetaState {
                 self.user_exists(user)?;
                 self.vhost_exists(vhost)
             }
+            MetaCommand::PutVhostPlugin { .. }
+            | MetaCommand::RollbackVhostPlugin { .. }
+            | MetaCommand::DeleteVhostPlugin { .. } => plugins::check(self, command),
         }
     }
 
@@ -393,10 +424,10 @@ impl MetaState {
                 description,
                 tags,
             } => {
-                let limits = self
+                let (limits, plugins) = self
                     .vhosts
                     .get(&name)
-                    .map(|v| v.limits.clone())
+                    .map(|v| (v.limits.clone(), v.plugins.clone()))
                     .unwrap_or_default();
                 self.vhosts.insert(
                     name,
@@ -404,6 +435,7 @@ impl MetaState {
                         description,
                         tags,
                         limits,
+                        plugins,
                     },
                 );
             }
@@ -501,6 +533,9 @@ impl MetaState {
                     !(*u == user && *v == vhost && exchange.as_ref().is_none_or(|e| e == x))
                 });
             }
+            MetaCommand::PutVhostPlugin { .. }
+            | MetaCommand::RollbackVhostPlugin { .. }
+            | MetaCommand::DeleteVhostPlugin { .. } => plugins::apply(self, command),
         }
     }
 
@@ -519,6 +554,7 @@ impl MetaState {
                     limits: v.limits.clone(),
                 });
             }
+            plugins::snapshot(name, &v.plugins, &mut out);
         }
         for (name, u) in &self.users {
             out.push(MetaCommand::PutUser {
@@ -562,6 +598,7 @@ impl MetaState {
             + self.permissions.len()
             + self.topic_permissions.len()
             + self.user_limits.len()
+            + self.vhosts.values().map(|v| v.plugins.len()).sum::<usize>()
     }
 
     /// Whether nothing is held.
@@ -715,5 +752,6 @@ impl Meta {
     }
 }
 
+pub mod plugins;
 #[cfg(test)]
 mod tests;

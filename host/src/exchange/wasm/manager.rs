@@ -7,6 +7,11 @@
 //! A file that is not a component, targets another major version of the WIT, or fails to
 //! compile, link or describe itself is logged with the reason and skipped; the broker runs on.
 //!
+//! The manager exists in every broker, with or without a plugin directory: it also holds the
+//! vhosts' own plugin sets ([`super::tenant`]). Without a plugin directory the engine and the
+//! compile cache are made on first use (the first vhost plugin), so a broker that never loads
+//! a plugin never creates them.
+//!
 //! Removing a type (its file deleted, or `remove`) unregisters it: declaring a new exchange of
 //! it fails with 406 as for any unknown type, while exchanges already declared keep routing on
 //! their instances (deleting a file must not break live traffic). If a file providing the type
@@ -22,7 +27,8 @@ use tracing::{error, info, warn};
 
 use super::cache::ArtifactCache;
 use super::plugin::{Settings, WasmExchangeType};
-use super::runtime::{self, PluginVersion, Runtime};
+use super::runtime::{self, EngineSettings, PluginVersion, Runtime};
+use super::tenant::VhostPlugins;
 use super::{ExchangeStatus, PluginStatus, VersionStatus, WasmError};
 use crate::config::Config;
 use crate::exchange::Registry;
@@ -42,10 +48,15 @@ impl std::fmt::Debug for PluginManager {
 }
 
 struct Inner {
-    runtime: Arc<Runtime>,
+    /// The engine and the settings its types share, made on first use ([`Self::core`]).
+    core: Mutex<Option<Core>>,
+    engine_settings: EngineSettings,
+    /// What the compile cache and the limits are made from.
+    config: Config,
     registry: Registry,
-    settings: Arc<Settings>,
     plugin_dir: Option<PathBuf>,
+    /// Each open vhost's own plugin types.
+    vhosts: Mutex<BTreeMap<String, Arc<VhostPlugins>>>,
     /// Every type ever loaded, by name (removed ones stay so they can come back).
     types: Mutex<BTreeMap<String, Entry>>,
     /// What the directory looked like at the last scan.
@@ -54,9 +65,37 @@ struct Inner {
     ops: Mutex<()>,
 }
 
+#[derive(Clone)]
+struct Core {
+    runtime: Arc<Runtime>,
+    settings: Arc<Settings>,
+}
+
 struct Entry {
     ty: Arc<WasmExchangeType>,
     registered: bool,
+}
+
+impl Inner {
+    /// The engine and settings, created now if this is the first use.
+    fn core(&self) -> Result<Core, WasmError> {
+        let mut core = self.core.lock();
+        if let Some(core) = core.as_ref() {
+            return Ok(core.clone());
+        }
+        let runtime = Runtime::shared(self.engine_settings)?;
+        let config = &self.config;
+        let settings = Arc::new(Settings {
+            global: config.wasm.clone(),
+            per_vhost: config.vhost_limits.clone(),
+            cache: ArtifactCache::for_config(config).map(Arc::new),
+            vhost_instances_max: config.wasm_instances_max,
+            instances: Default::default(),
+        });
+        let made = Core { runtime, settings };
+        *core = Some(made.clone());
+        Ok(made)
+    }
 }
 
 #[derive(Clone)]
@@ -80,28 +119,62 @@ pub struct ScanReport {
 }
 
 impl PluginManager {
-    /// A manager for `config` registering into `registry`. Creates (or shares) the engine;
-    /// loads nothing yet.
+    /// A manager for `config` registering into `registry`. With a plugin directory, creates
+    /// (or shares) the engine now; without one, on first use. Loads nothing yet.
     pub fn new(config: &Config, registry: Registry) -> Result<Self, WasmError> {
-        let runtime = Runtime::shared(runtime::engine_settings(config))?;
-        let settings = Arc::new(Settings {
-            global: config.wasm.clone(),
-            per_vhost: config.vhost_limits.clone(),
-            cache: ArtifactCache::for_config(config).map(Arc::new),
-            vhost_instances_max: config.wasm_instances_max,
-            instances: Default::default(),
-        });
-        Ok(Self {
+        let manager = Self {
             inner: Arc::new(Inner {
-                runtime,
+                core: Mutex::new(None),
+                engine_settings: runtime::engine_settings(config),
+                config: config.clone(),
                 registry,
-                settings,
+                vhosts: Mutex::new(BTreeMap::new()),
                 plugin_dir: config.plugin_dir.clone(),
                 types: Mutex::new(BTreeMap::new()),
                 files: Mutex::new(BTreeMap::new()),
                 ops: Mutex::new(()),
             }),
-        })
+        };
+        if manager.inner.plugin_dir.is_some() {
+            manager.inner.core()?;
+        }
+        Ok(manager)
+    }
+
+    /// The plugin types of `vhost` (an empty set over the broker-wide types at first).
+    pub fn vhost(&self, vhost: &str) -> Arc<VhostPlugins> {
+        self.inner
+            .vhosts
+            .lock()
+            .entry(vhost.to_owned())
+            .or_insert_with(|| VhostPlugins::new(vhost, self.inner.registry.layered()))
+            .clone()
+    }
+
+    /// Forgets a deleted vhost's plugin types (its exchanges are gone with it).
+    pub fn forget_vhost(&self, vhost: &str) {
+        self.inner.vhosts.lock().remove(vhost);
+    }
+
+    /// Compiles (or loads from the cache), checks and describes a component, as for the
+    /// plugin directory; `origin` says where it came from in logs and status.
+    pub fn prepare_bytes(
+        &self,
+        bytes: &[u8],
+        origin: &str,
+    ) -> Result<Arc<PluginVersion>, WasmError> {
+        let core = self.inner.core()?;
+        core.runtime.prepare(
+            bytes,
+            origin,
+            core.settings.cache.as_deref(),
+            &core.settings.global,
+        )
+    }
+
+    /// The settings (limits, instance counts per vhost, cache) plugin types share.
+    pub fn settings(&self) -> Result<Arc<Settings>, WasmError> {
+        Ok(self.inner.core()?.settings)
     }
 
     /// The directory this manager loads from.
@@ -176,25 +249,7 @@ impl PluginManager {
                 .ok_or_else(|| WasmError::UnknownPlugin(name.to_owned()))?;
             (entry.ty.clone(), entry.registered)
         };
-        let version = |v: &PluginVersion| VersionStatus {
-            version: v.version.clone(),
-            summary: v.summary.clone(),
-            sha256: v.sha256.clone(),
-            origin: v.origin.clone(),
-            compile_time: v.compile_time,
-            from_cache: v.from_cache,
-        };
-        Ok(PluginStatus {
-            name: name.to_owned(),
-            registered,
-            current: version(&ty.current()),
-            previous: ty.previous().map(|v| version(&v)),
-            exchanges: ty
-                .live()
-                .iter()
-                .map(|c| c.status())
-                .collect::<Vec<ExchangeStatus>>(),
-        })
+        Ok(plugin_status(name, &ty, registered))
     }
 
     fn ty(&self, name: &str) -> Result<Arc<WasmExchangeType>, WasmError> {
@@ -207,12 +262,7 @@ impl PluginManager {
     }
 
     fn prepare(&self, bytes: &[u8], origin: &Path) -> Result<Arc<PluginVersion>, WasmError> {
-        self.inner.runtime.prepare(
-            bytes,
-            &origin.display().to_string(),
-            self.inner.settings.cache.as_deref(),
-            &self.inner.settings.global,
-        )
+        self.prepare_bytes(bytes, &origin.display().to_string())
     }
 
     fn load_bytes_locked(&self, bytes: &[u8], origin: &Path) -> Result<String, WasmError> {
@@ -238,7 +288,7 @@ impl PluginManager {
                 ty
             }
             None => {
-                let ty = WasmExchangeType::new(version, self.inner.settings.clone());
+                let ty = WasmExchangeType::new(version, self.settings()?);
                 self.inner.types.lock().insert(
                     name.clone(),
                     Entry {
@@ -383,4 +433,27 @@ fn list_wasm(dir: &Path) -> std::io::Result<Vec<(PathBuf, Option<SystemTime>, u6
     }
     files.sort();
     Ok(files)
+}
+
+/// The status of type `name` served by `ty`.
+pub(super) fn plugin_status(name: &str, ty: &WasmExchangeType, registered: bool) -> PluginStatus {
+    let version = |v: &PluginVersion| VersionStatus {
+        version: v.version.clone(),
+        summary: v.summary.clone(),
+        sha256: v.sha256.clone(),
+        origin: v.origin.clone(),
+        compile_time: v.compile_time,
+        from_cache: v.from_cache,
+    };
+    PluginStatus {
+        name: name.to_owned(),
+        registered,
+        current: version(&ty.current()),
+        previous: ty.previous().map(|v| version(&v)),
+        exchanges: ty
+            .live()
+            .iter()
+            .map(|c| c.status())
+            .collect::<Vec<ExchangeStatus>>(),
+    }
 }

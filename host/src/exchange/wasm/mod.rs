@@ -16,6 +16,8 @@
 //! - [`plugin`]: the [`ExchangeType`](crate::exchange::ExchangeType) of one plugin, and the
 //!   all-or-nothing hot-reload swap.
 //! - [`manager`]: [`PluginManager`], loading from the plugin directory and watching it.
+//! - [`tenant`]: plugins per vhost: a vhost's own types, their stored files, and their
+//!   start-up load.
 //! - [`v0_1`]: the `bindgen!` of the 0.1 contract and lowering of broker values into it.
 //!
 //! Invariants: a plugin sees only WIT types, never host types; one instance serves one
@@ -32,6 +34,7 @@ pub mod output;
 pub mod plugin;
 pub mod router;
 pub mod runtime;
+pub mod tenant;
 pub mod v0_1;
 
 use std::time::Duration;
