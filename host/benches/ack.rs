@@ -178,7 +178,7 @@ fn loopback_writer(runtime: &tokio::runtime::Runtime) -> Arc<Writer> {
             while server.read(&mut buf).await.is_ok_and(|n| n > 0) {}
         });
         let (_read, write) = client.into_split();
-        tokio::spawn(task_writer.run(write));
+        tokio::spawn(task_writer.run(Box::new(write)));
     });
     writer
 }

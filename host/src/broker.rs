@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::auth::UserStore;
 use crate::config::Config;
+use crate::connection::{TlsError, TlsServer};
 use crate::exchange::Registry;
 use crate::exchange::wasm::tenant::{self, VhostPluginError};
 use crate::exchange::wasm::{PluginManager, PluginStatus};
@@ -429,6 +430,8 @@ pub struct BrokerHandle {
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
     accept: Option<JoinHandle<()>>,
+    /// The AMQPS listener, when configured: its address, its certificates, its accept loop.
+    tls: Option<(SocketAddr, Arc<TlsServer>, JoinHandle<()>)>,
 }
 
 impl Broker {
@@ -440,6 +443,18 @@ impl Broker {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
+        let tls_listener = match &config.tls {
+            Some(settings) => {
+                let server = TlsServer::new(settings.clone()).with_context(|| {
+                    format!("cannot start the TLS listener on {}", settings.listen)
+                })?;
+                let listener = TcpListener::bind(settings.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", settings.listen))?;
+                Some((listener, server))
+            }
+            None => None,
+        };
         let registry = Registry::with_builtins();
         let plugins = start_plugins(&config, &registry).await;
         let memory = crate::memory::MemoryMonitor::start(&config);
@@ -470,13 +485,32 @@ impl Broker {
         }
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(shared.clone().sample_queued_bytes(stopped.clone()));
-        let accept = tokio::spawn(accept_loop(shared.clone(), listener, stopped));
+        let tls = match tls_listener {
+            Some((listener, server)) => {
+                let addr = listener.local_addr()?;
+                let poll = shared.config.tls.as_ref().map_or(0, |t| t.reload_poll_ms);
+                if poll > 0 {
+                    server.watch(std::time::Duration::from_millis(poll));
+                }
+                let accept = tokio::spawn(accept_loop(
+                    shared.clone(),
+                    listener,
+                    stopped.clone(),
+                    Some(server.clone()),
+                ));
+                info!(%addr, "listening for AMQPS connections");
+                Some((addr, server, accept))
+            }
+            None => None,
+        };
+        let accept = tokio::spawn(accept_loop(shared.clone(), listener, stopped, None));
         info!(%local_addr, "listening for AMQP connections");
         Ok(BrokerHandle {
             shared,
             local_addr,
             stop,
             accept: Some(accept),
+            tls,
         })
     }
 }
@@ -485,6 +519,21 @@ impl BrokerHandle {
     /// The address the listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the AMQPS listener is bound to, when there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().map(|(addr, _, _)| *addr)
+    }
+
+    /// Re-reads the TLS certificate, key and CA files now (the listener also does it when
+    /// they change): later connections use them, open ones keep theirs. On an error the
+    /// previous certificates stay in use. Without a TLS listener, nothing to do.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        match &self.tls {
+            Some((_, server, _)) => server.reload(),
+            None => Ok(()),
+        }
     }
 
     /// Changes the memory high watermark, in bytes; the alarm is re-evaluated before this
@@ -608,6 +657,9 @@ impl BrokerHandle {
         if let Some(accept) = self.accept.take() {
             let _ = accept.await;
         }
+        if let Some((_, _, accept)) = self.tls.take() {
+            let _ = accept.await;
+        }
         self.shared.closing.send_replace(true);
         let open = self.shared.closing.receiver_count();
         if open > 0 {
@@ -671,10 +723,13 @@ async fn start_plugins(config: &Config, registry: &Registry) -> Option<PluginMan
     Some(manager)
 }
 
+/// Accepts connections until shutdown; with `tls`, each socket's TLS handshake runs in its
+/// own connection task.
 async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
     mut stopped: watch::Receiver<bool>,
+    tls: Option<Arc<TlsServer>>,
 ) {
     loop {
         tokio::select! {
@@ -682,7 +737,16 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(crate::connection::serve(shared.clone(), socket, peer, id));
+                    match &tls {
+                        Some(tls) => tokio::spawn(crate::connection::serve_tls(
+                            shared.clone(),
+                            tls.clone(),
+                            socket,
+                            peer,
+                            id,
+                        )),
+                        None => tokio::spawn(crate::connection::serve(shared.clone(), socket, peer, id)),
+                    };
                 }
                 Err(error) => {
                     // Typically EMFILE: back off briefly instead of spinning.

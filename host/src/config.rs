@@ -71,6 +71,29 @@ pub struct Config {
     /// Memory high watermark in bytes (RabbitMQ's `vm_memory_high_watermark.absolute`);
     /// overrides `memory_high_watermark` when set.
     pub memory_high_watermark_bytes: Option<u64>,
+    /// The AMQPS listener (docs/tls.md): present when `tls_listen`, `tls_cert_file` and
+    /// `tls_key_file` are all set.
+    pub tls: Option<TlsSettings>,
+}
+
+/// The AMQPS listener's settings (RabbitMQ's `listeners.ssl` and `ssl_options`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Address the TLS listener binds (usually port 5671).
+    pub listen: SocketAddr,
+    /// The server's certificate chain, PEM, leaf first.
+    pub cert_file: PathBuf,
+    /// The server's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// CA certificates, PEM, that client certificates must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// Ask clients for a certificate and verify it against `ca_file`.
+    pub verify_peer: bool,
+    /// With `verify_peer`: refuse clients that present no certificate.
+    pub fail_if_no_peer_cert: bool,
+    /// How often the files are checked for changes, in ms; 0 disables (reload is then only
+    /// on request).
+    pub reload_poll_ms: u64,
 }
 
 /// What one WASM exchange may consume. Every call runs under a deadline; every instance under
@@ -230,6 +253,7 @@ impl Default for Config {
             vhost_limits: BTreeMap::new(),
             memory_high_watermark: 0.4,
             memory_high_watermark_bytes: None,
+            tls: None,
         }
     }
 }
@@ -354,6 +378,28 @@ pub struct Cli {
     /// Block publishers above this resident memory, in bytes; overrides the fraction
     #[arg(long, env = "BOURSE_MEMORY_HIGH_WATERMARK_BYTES")]
     pub memory_high_watermark_bytes: Option<u64>,
+    /// Address and port of the AMQPS listener, usually 127.0.0.1:5671; needs the cert and key
+    /// [default: none, no TLS listener]
+    #[arg(long, env = "BOURSE_TLS_LISTEN", value_name = "ADDR:PORT")]
+    pub tls_listen: Option<SocketAddr>,
+    /// The server certificate chain (PEM) of the AMQPS listener
+    #[arg(long, env = "BOURSE_TLS_CERT_FILE", value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The server private key (PEM) of the AMQPS listener
+    #[arg(long, env = "BOURSE_TLS_KEY_FILE", value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to
+    #[arg(long, env = "BOURSE_TLS_CA_FILE", value_name = "FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Ask AMQPS clients for a certificate and verify it [default: false]
+    #[arg(long, env = "BOURSE_TLS_VERIFY_PEER")]
+    pub tls_verify_peer: Option<bool>,
+    /// With verification: refuse AMQPS clients without a certificate [default: false]
+    #[arg(long, env = "BOURSE_TLS_FAIL_IF_NO_PEER_CERT")]
+    pub tls_fail_if_no_peer_cert: Option<bool>,
+    /// How often the TLS files are checked for changes, in ms; 0 disables [default: 5000]
+    #[arg(long, env = "BOURSE_TLS_RELOAD_POLL_MS")]
+    pub tls_reload_poll_ms: Option<u64>,
 }
 
 /// The TOML file: the same keys as the flags, all optional, unknown keys rejected.
@@ -406,6 +452,13 @@ struct FileConfig {
     vhost_limits: BTreeMap<String, VhostLimitOverrides>,
     memory_high_watermark: Option<f64>,
     memory_high_watermark_bytes: Option<u64>,
+    tls_listen: Option<SocketAddr>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    tls_ca_file: Option<PathBuf>,
+    tls_verify_peer: Option<bool>,
+    tls_fail_if_no_peer_cert: Option<bool>,
+    tls_reload_poll_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -564,6 +617,7 @@ impl Config {
             None => FileConfig::default(),
         };
         let defaults = Config::default();
+        let tls = tls_settings(&cli, &file)?;
         let users = file
             .users
             .into_iter()
@@ -666,6 +720,7 @@ impl Config {
             },
         };
         let config = Config {
+            tls,
             listen: cli.listen.or(file.listen).unwrap_or(defaults.listen),
             data_dir: cli.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
             plugin_dir: cli.plugin_dir.or(file.plugin_dir),
@@ -860,6 +915,48 @@ fn check_wasm_limits(vhost: &str, limits: &WasmLimits) -> Result<(), ConfigError
     Ok(())
 }
 
+/// The AMQPS settings of flags over file: all of listen, cert and key, or none of them.
+fn tls_settings(cli: &Cli, file: &FileConfig) -> Result<Option<TlsSettings>, ConfigError> {
+    let listen = cli.tls_listen.or(file.tls_listen);
+    let cert_file = cli.tls_cert_file.clone().or(file.tls_cert_file.clone());
+    let key_file = cli.tls_key_file.clone().or(file.tls_key_file.clone());
+    let (listen, cert_file, key_file) = match (listen, cert_file, key_file) {
+        (Some(listen), Some(cert), Some(key)) => (listen, cert, key),
+        (None, None, None) => return Ok(None),
+        _ => {
+            return Err(ConfigError::Invalid(
+                "the TLS listener needs all of tls_listen, tls_cert_file and tls_key_file"
+                    .to_owned(),
+            ));
+        }
+    };
+    let ca_file = cli.tls_ca_file.clone().or(file.tls_ca_file.clone());
+    let verify_peer = cli
+        .tls_verify_peer
+        .or(file.tls_verify_peer)
+        .unwrap_or(false);
+    if verify_peer && ca_file.is_none() {
+        return Err(ConfigError::Invalid(
+            "tls_verify_peer needs tls_ca_file".to_owned(),
+        ));
+    }
+    Ok(Some(TlsSettings {
+        listen,
+        cert_file,
+        key_file,
+        ca_file,
+        verify_peer,
+        fail_if_no_peer_cert: cli
+            .tls_fail_if_no_peer_cert
+            .or(file.tls_fail_if_no_peer_cert)
+            .unwrap_or(false),
+        reload_poll_ms: cli
+            .tls_reload_poll_ms
+            .or(file.tls_reload_poll_ms)
+            .unwrap_or(5000),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -877,6 +974,36 @@ mod tests {
         let result = Config::from_cli(Cli::try_parse_from(argv).expect("flags parse"));
         let _ = std::fs::remove_file(&path);
         result
+    }
+
+    #[test]
+    fn tls_needs_listen_cert_and_key_together() {
+        let config = with_file(
+            "tls_listen = \"127.0.0.1:5671\"\ntls_cert_file = \"c.pem\"\n",
+            &[
+                "--tls-key-file",
+                "k.pem",
+                "--tls-verify-peer",
+                "true",
+                "--tls-ca-file",
+                "ca.pem",
+            ],
+        )
+        .expect("config");
+        let tls = config.tls.expect("TLS settings");
+        assert_eq!(tls.listen, SocketAddr::from(([127, 0, 0, 1], 5671)));
+        assert_eq!(tls.key_file, PathBuf::from("k.pem"));
+        assert!(tls.verify_peer && !tls.fail_if_no_peer_cert);
+        assert_eq!(tls.reload_poll_ms, 5000);
+        assert!(with_file("", &[]).expect("config").tls.is_none());
+        let error = with_file("tls_listen = \"127.0.0.1:5671\"\n", &[]).unwrap_err();
+        assert!(error.to_string().contains("tls_key_file"), "{error}");
+        let error = with_file(
+            "tls_listen = \"127.0.0.1:5671\"\ntls_cert_file = \"c\"\ntls_key_file = \"k\"\ntls_verify_peer = true\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("tls_ca_file"), "{error}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod connection;
 pub mod crash;
 pub mod exchanges;
 pub mod process;
+pub mod python;
 pub mod raw;
 pub mod wasm;
 

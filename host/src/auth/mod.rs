@@ -24,6 +24,9 @@ use crate::config::{Credential, PermissionSeed, TopicPermissionSeed, UserSeed};
 
 /// The mechanisms offered in connection.start, in preference order.
 pub const MECHANISMS: &str = "PLAIN AMQPLAIN";
+/// The mechanisms offered on a TLS connection whose client presented a verified certificate:
+/// EXTERNAL logs in as the certificate's common name.
+pub const MECHANISMS_WITH_EXTERNAL: &str = "PLAIN AMQPLAIN EXTERNAL";
 
 /// A user account.
 #[derive(Debug, Clone)]
@@ -184,6 +187,22 @@ impl UserStore {
         let user = user
             .filter(|_| matches)
             .ok_or_else(|| AuthError::Refused(mechanism.to_owned()))?;
+        if user.name == "guest" && self.guest_loopback_only && !peer.is_loopback() {
+            return Err(AuthError::LoopbackOnly(user.name.clone()));
+        }
+        Ok(user)
+    }
+
+    /// The EXTERNAL mechanism: `name` comes from a verified client certificate (its subject's
+    /// common name, RabbitMQ's `ssl_cert_login_from = common_name`), so only its existence
+    /// is checked, and guest's loopback rule.
+    pub fn authenticate_external(&self, name: &str, peer: IpAddr) -> Result<Arc<User>, AuthError> {
+        let user = self
+            .users
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| AuthError::Refused("EXTERNAL".to_owned()))?;
         if user.name == "guest" && self.guest_loopback_only && !peer.is_loopback() {
             return Err(AuthError::LoopbackOnly(user.name.clone()));
         }

@@ -7,11 +7,10 @@ use std::time::Duration;
 use amq_protocol::protocol::{AMQPClass, connection};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tracing::{debug, warn};
 
-use super::{Reader, Writer, send_connection_close};
-use crate::auth::{AuthError, MECHANISMS};
+use super::{Reader, SocketWrite, TlsInfo, Writer, send_connection_close};
+use crate::auth::{AuthError, MECHANISMS, MECHANISMS_WITH_EXTERNAL};
 use crate::broker::Shared;
 use crate::config::FRAME_MIN_SIZE;
 use crate::limits::{Held, Slot, UserUsage};
@@ -50,10 +49,11 @@ pub(crate) struct Negotiated {
 pub(crate) async fn run(
     shared: &Arc<Shared>,
     reader: &mut Reader,
-    socket: OwnedWriteHalf,
+    socket: SocketWrite,
     writer: &Arc<Writer>,
     peer: SocketAddr,
     id: ConnectionId,
+    tls: Option<&TlsInfo>,
 ) -> Option<Negotiated> {
     let mut header = [0u8; 8];
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.socket.read_exact(&mut header)).await {
@@ -74,7 +74,7 @@ pub(crate) async fn run(
     tokio::spawn(writer.clone().run(socket));
     let result = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        negotiate(shared, reader, writer, peer, heartbeat_offer),
+        negotiate(shared, reader, writer, peer, heartbeat_offer, tls),
     )
     .await;
     match result {
@@ -105,8 +105,15 @@ async fn negotiate(
     writer: &Arc<Writer>,
     peer: SocketAddr,
     heartbeat_offer: u16,
+    tls: Option<&TlsInfo>,
 ) -> Result<Negotiated, AmqpError> {
     let config = &shared.config;
+    // EXTERNAL only where a verified client certificate names the user.
+    let certificate_user = tls.and_then(|tls| tls.peer_cn.as_deref());
+    let mechanisms = match certificate_user {
+        Some(_) => MECHANISMS_WITH_EXTERNAL,
+        None => MECHANISMS,
+    };
     writer.write(|out| {
         write_method(
             out,
@@ -115,7 +122,7 @@ async fn negotiate(
                 version_major: 0,
                 version_minor: 9,
                 server_properties: server_properties(),
-                mechanisms: LongString::from(MECHANISMS.as_bytes().to_vec()),
+                mechanisms: LongString::from(mechanisms.as_bytes().to_vec()),
                 locales: LongString::from(b"en_US".to_vec()),
             })),
         )
@@ -129,19 +136,20 @@ async fn negotiate(
         }
     };
     let blocked_notifications = has_capability(&start_ok.client_properties, "connection.blocked");
-    let user = shared
-        .users
-        .authenticate(
-            start_ok.mechanism.as_str(),
-            start_ok.response.as_bytes(),
-            peer.ip(),
-        )
-        .map_err(|e| match e {
-            AuthError::Mechanism(_)
-            | AuthError::Malformed(_)
-            | AuthError::Refused(_)
-            | AuthError::LoopbackOnly(_) => AmqpError::access_refused(e).on_method(10, 11),
-        })?;
+    let user = match (start_ok.mechanism.as_str(), certificate_user) {
+        ("EXTERNAL", Some(name)) => shared.users.authenticate_external(name, peer.ip()),
+        (mechanism, _) => {
+            shared
+                .users
+                .authenticate(mechanism, start_ok.response.as_bytes(), peer.ip())
+        }
+    }
+    .map_err(|e| match e {
+        AuthError::Mechanism(_)
+        | AuthError::Malformed(_)
+        | AuthError::Refused(_)
+        | AuthError::LoopbackOnly(_) => AmqpError::access_refused(e).on_method(10, 11),
+    })?;
     writer.write(|out| {
         write_method(
             out,

@@ -10,9 +10,11 @@
 
 mod handshake;
 mod registry;
+mod tls;
 mod writer;
 
 pub use registry::{ConnectionInfo, ConnectionState, Connections};
+pub use tls::{TlsError, TlsInfo, TlsServer};
 pub use writer::{DrainWaiter, Writer};
 
 use std::cell::RefCell;
@@ -23,9 +25,8 @@ use std::time::Duration;
 
 use amq_protocol::protocol::{AMQPClass, basic, channel, connection};
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tracing::{debug, info, warn};
 
 use crate::broker::Shared;
@@ -47,29 +48,77 @@ const CLOSE_LINGER: Duration = Duration::from_secs(3);
 const READ_CHUNK_MIN: usize = 4096;
 const READ_CHUNK_MAX: usize = 256 << 10;
 
-/// Serves one accepted socket until it closes.
+/// The read side of a client socket: a TCP half, or the read side of a TLS stream. One
+/// dynamic call per socket read (not per frame).
+pub type SocketRead = Box<dyn AsyncRead + Send + Unpin>;
+/// The write side of a client socket.
+pub type SocketWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Serves one accepted plain-TCP socket until it closes.
 pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, id: ConnectionId) {
-    // Held until this task ends: broker shutdown waits for every receiver to go.
-    let mut closing = shared.closing.subscribe();
     let _ = socket.set_nodelay(true);
     let (read, write) = socket.into_split();
+    serve_stream(shared, Box::new(read), Box::new(write), peer, id, None).await;
+}
+
+/// Serves one socket accepted by the AMQPS listener: the TLS handshake first (bounded in
+/// time, in this task: a stalled peer holds nothing else), then AMQP over it.
+pub async fn serve_tls(
+    shared: Arc<Shared>,
+    tls: Arc<TlsServer>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    id: ConnectionId,
+) {
+    let _ = socket.set_nodelay(true);
+    let (stream, info) = match tls.accept(socket).await {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            debug!(id, %peer, %error, "TLS handshake failed");
+            return;
+        }
+    };
+    drop(tls);
+    let (read, write) = tokio::io::split(stream);
+    serve_stream(
+        shared,
+        Box::new(read),
+        Box::new(write),
+        peer,
+        id,
+        Some(info),
+    )
+    .await;
+}
+
+async fn serve_stream(
+    shared: Arc<Shared>,
+    read: SocketRead,
+    write: SocketWrite,
+    peer: SocketAddr,
+    id: ConnectionId,
+    tls: Option<TlsInfo>,
+) {
+    // Held until this task ends: broker shutdown waits for every receiver to go.
+    let mut closing = shared.closing.subscribe();
     let writer = Writer::new(shared.config.frame_max_bytes);
     let mut reader = Reader {
         socket: read,
         buf: BytesMut::new(),
         chunk: READ_CHUNK_MIN,
     };
-    let negotiated = match handshake::run(&shared, &mut reader, write, &writer, peer, id).await {
-        Some(negotiated) => negotiated,
-        None => return,
-    };
+    let negotiated =
+        match handshake::run(&shared, &mut reader, write, &writer, peer, id, tls.as_ref()).await {
+            Some(negotiated) => negotiated,
+            None => return,
+        };
     info!(id, %peer, user = %negotiated.user, vhost = %negotiated.vhost.name, "connection opened");
     // The per-connection limits of the vhost as it opens (a later change applies to new
     // connections).
     let limits = negotiated.vhost.limits();
     let listed = shared
         .open
-        .register(id, peer, &negotiated.user, &negotiated.vhost.name);
+        .register(id, peer, &negotiated.user, &negotiated.vhost.name, tls);
     let mut connection = Connection {
         id,
         shared,
@@ -128,7 +177,7 @@ async fn store_synced(synced: &mut Option<tokio::sync::watch::Receiver<crate::st
 
 /// The read half with its buffer.
 pub(crate) struct Reader {
-    socket: OwnedReadHalf,
+    socket: SocketRead,
     buf: BytesMut,
     chunk: usize,
 }

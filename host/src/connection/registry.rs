@@ -53,6 +53,8 @@ pub struct ConnectionInfo {
     pub user: String,
     /// The vhost it opened.
     pub vhost: String,
+    /// What TLS negotiated, for a connection of the AMQPS listener.
+    pub tls: Option<super::TlsInfo>,
     state: AtomicU8,
     /// Raised to make the connection close with 320 (its vhost or user was deleted, its
     /// access revoked), with the reason sent in connection.close.
@@ -103,12 +105,14 @@ impl Connections {
         peer: SocketAddr,
         user: &str,
         vhost: &str,
+        tls: Option<super::TlsInfo>,
     ) -> Listed {
         let info = Arc::new(ConnectionInfo {
             id,
             peer,
             user: user.to_owned(),
             vhost: vhost.to_owned(),
+            tls,
             state: AtomicU8::new(ConnectionState::Running as u8),
             forced: tokio::sync::Notify::new(),
             forced_reason: Mutex::new(None),

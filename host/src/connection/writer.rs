@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -183,7 +182,7 @@ impl Writer {
 
     /// Writes buffered frames until closed or the socket fails; sends a heartbeat when nothing
     /// was written for `heartbeat`.
-    pub async fn run(self: Arc<Self>, mut socket: OwnedWriteHalf) {
+    pub async fn run(self: Arc<Self>, mut socket: super::SocketWrite) {
         let mut spare: Vec<u8> = Vec::new();
         let mut last_write = Instant::now();
         loop {

@@ -177,10 +177,13 @@ pub trait Router: Send + Sync + 'static {
 /// to every vhost. Registering into the layer never touches the broker-wide registry.
 #[derive(Clone, Default)]
 pub struct Registry {
-    types: Arc<RwLock<HashMap<String, Arc<dyn ExchangeType>>>>,
+    types: Types,
     /// The broker-wide types under this vhost's own, for a layered registry.
-    below: Option<Arc<RwLock<HashMap<String, Arc<dyn ExchangeType>>>>>,
+    below: Option<Types>,
 }
+
+/// Exchange types by name, shared by the registries that see them.
+type Types = Arc<RwLock<HashMap<String, Arc<dyn ExchangeType>>>>;
 
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
