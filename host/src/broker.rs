@@ -86,6 +86,26 @@ impl Shared {
     ) -> Result<(), crate::meta::MetaError> {
         use crate::meta::{MetaCommand, MetaError};
         self.meta.execute(command.clone())?;
+        // Access taken away takes effect at once: the connections concerned close with 320,
+        // asked before the users reload so that a connection refreshing its grants meanwhile
+        // is given this reason, not "access revoked" (other changes of permissions reach
+        // open connections at their next read turn).
+        match &command {
+            MetaCommand::DeleteVhost { name } => {
+                let reason = crate::connection::vhost_deleted(name);
+                self.open.force_close_where(|c| c.vhost == *name, &reason);
+            }
+            MetaCommand::DeleteUser { name } => {
+                let reason = crate::connection::user_deleted(name);
+                self.open.force_close_where(|c| c.user == *name, &reason);
+            }
+            MetaCommand::ClearPermissions { user, vhost } => {
+                let reason = crate::connection::access_revoked(vhost, user);
+                self.open
+                    .force_close_where(|c| c.user == *user && c.vhost == *vhost, &reason);
+            }
+            _ => {}
+        }
         self.users.reload(&self.meta.state());
         match command {
             MetaCommand::PutVhost { name, .. } => {
@@ -104,17 +124,8 @@ impl Shared {
                     usage.set_limits(self.user_limits_of(&user));
                 }
             }
-            // Access taken away takes effect at once: the user's connections close with 320
-            // (other changes of permissions reach open connections at their next read turn).
             MetaCommand::DeleteUser { name } => {
-                let reason = crate::connection::user_deleted(&name);
-                self.open.force_close_where(|c| c.user == name, &reason);
                 self.user_usage.lock().remove(&name);
-            }
-            MetaCommand::ClearPermissions { user, vhost } => {
-                let reason = crate::connection::access_revoked(&vhost, &user);
-                self.open
-                    .force_close_where(|c| c.user == user && c.vhost == vhost, &reason);
             }
             // Commands that did not come through `put_vhost_plugin` and its siblings (a
             // replicated log): the file is expected in place; load what the state now says.
@@ -199,7 +210,7 @@ impl Shared {
         &self,
         user: Option<&str>,
         vhost: &str,
-        name: &str,
+        name: Option<&str>,
     ) -> Result<(), VhostPluginError> {
         let Some(user) = user else { return Ok(()) };
         let found = self.users.get(user).ok_or_else(|| {
@@ -231,14 +242,24 @@ impl Shared {
             });
         }
         let (manager, set) = self.vhost_plugin_set(vhost)?;
+        // A user who may upload nothing here is refused before the compile.
+        self.authorize_plugin(user, vhost, None)?;
         let _ops = set.lock();
         let version = manager.prepare_bytes(bytes, &format!("upload to vhost '{vhost}'"))?;
         let name = version.name.clone();
         if let Some(taken) = set.name_taken(&name) {
             return Err(taken);
         }
-        self.authorize_plugin(user, vhost, &name)?;
+        self.authorize_plugin(user, vhost, Some(&name))?;
         let sha256 = version.sha256.clone();
+        let command = crate::meta::MetaCommand::PutVhostPlugin {
+            vhost: vhost.to_owned(),
+            name: name.clone(),
+            sha256: sha256.clone(),
+        };
+        // The log's rules (an `x-` name, not a built-in) before the type is registered, so a
+        // name the log would refuse is never declarable, even briefly.
+        self.meta.state().check(&command)?;
         let installed = tenant::store_component(&self.config.data_dir, vhost, &sha256, bytes)
             .map_err(VhostPluginError::from)
             .and_then(|()| Ok(set.install(manager, version)?));
@@ -248,11 +269,6 @@ impl Shared {
                 self.remove_unused_plugin_files(vhost);
                 return Err(error);
             }
-        };
-        let command = crate::meta::MetaCommand::PutVhostPlugin {
-            vhost: vhost.to_owned(),
-            name: name.clone(),
-            sha256,
         };
         if let Err(error) = self.meta.execute(command) {
             set.undo(undo);
@@ -277,7 +293,7 @@ impl Shared {
     ) -> Result<PluginStatus, VhostPluginError> {
         let (manager, set) = self.vhost_plugin_set(vhost)?;
         let _ops = set.lock();
-        self.authorize_plugin(user, vhost, name)?;
+        self.authorize_plugin(user, vhost, Some(name))?;
         let unknown = || VhostPluginError::UnknownPlugin {
             vhost: vhost.to_owned(),
             name: name.to_owned(),
@@ -323,7 +339,7 @@ impl Shared {
     ) -> Result<(), VhostPluginError> {
         let (_, set) = self.vhost_plugin_set(vhost)?;
         let _ops = set.lock();
-        self.authorize_plugin(user, vhost, name)?;
+        self.authorize_plugin(user, vhost, Some(name))?;
         self.meta
             .execute(crate::meta::MetaCommand::DeleteVhostPlugin {
                 vhost: vhost.to_owned(),
@@ -365,8 +381,9 @@ impl Shared {
         let Some(vhost) = self.vhosts.write().remove(name) else {
             return;
         };
+        // Its connections were asked to close (`execute_meta`); one that opened since is too.
         self.open
-            .force_close_where(|c| c.vhost == name, &format!("vhost '{name}' is deleted"));
+            .force_close_where(|c| c.vhost == name, &crate::connection::vhost_deleted(name));
         vhost.close_storage();
         if let Some(manager) = &self.plugins {
             manager.forget_vhost(name);
@@ -581,8 +598,8 @@ impl BrokerHandle {
         &self.shared
     }
 
-    /// The WASM plugin manager (load, replace, rollback, remove, status), when the broker
-    /// was started with a plugin directory.
+    /// The WASM plugin manager (load, replace, rollback, remove, status); None only when
+    /// the WASM engine could not start.
     pub fn plugins(&self) -> Option<&PluginManager> {
         self.shared.plugins.as_ref()
     }

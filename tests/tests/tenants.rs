@@ -584,3 +584,67 @@ async fn max_queued_bytes_blocks_the_vhosts_publishers_until_its_queues_drain() 
     })
     .await;
 }
+
+#[tokio::test]
+async fn deleting_a_vhost_closes_its_blocked_publishers_too() {
+    bounded(Duration::from_secs(60), async {
+        let broker = TestBroker::start().await;
+        let Some(handle) = broker.handle() else {
+            return;
+        };
+        for command in [
+            put_vhost("doomed"),
+            put_user("gina", "pw"),
+            grant_all("gina", "doomed"),
+            MetaCommand::SetVhostLimits {
+                vhost: "doomed".into(),
+                limits: limits(&[("max-queued-bytes", 10_000)]),
+            },
+        ] {
+            handle.execute(command).await.expect("meta command");
+        }
+        let gina = lapin_connect(&url(&broker, "gina", "pw", "doomed"))
+            .await
+            .expect("gina");
+        declare_count(&gina, "buffer").await;
+        publish_confirmed(&gina, "buffer", 12, 1_000).await;
+        let doomed = handle.shared().vhost("doomed").expect("vhost");
+        assert!(eventually(Duration::from_secs(5), || doomed.admission().is_full()).await);
+        drop(doomed);
+        // A raw publisher: blocked (not reading) at the read turn after it published into
+        // the full vhost, here its second publish.
+        let (mut raw, _) =
+            RawClient::open_with(broker.addr(), raw_login("gina", "pw", "doomed")).await;
+        raw.open_channel(1).await;
+        for body in [&b"one more"[..], b"and another"] {
+            raw.publish(1, "", "buffer", body).await.expect("publish");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            eventually(Duration::from_secs(5), || state_of(handle, "gina")
+                .contains(&"blocked"))
+            .await,
+            "the publisher is blocked"
+        );
+        handle
+            .execute(MetaCommand::DeleteVhost {
+                name: "doomed".into(),
+            })
+            .await
+            .expect("delete");
+        // Closed at once, blocked or not, with the vhost's reason.
+        let closed = within(async { raw.expect_connection_close_code(320).await }).await;
+        assert_eq!(
+            closed.text, "CONNECTION_FORCED - vhost 'doomed' is deleted",
+            "{closed:?}"
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || state_of(handle, "gina")
+                .is_empty())
+            .await,
+            "a connection of the deleted vhost is still open: {:?}",
+            state_of(handle, "gina")
+        );
+    })
+    .await;
+}

@@ -290,14 +290,24 @@ impl Connection {
         loop {
             // Before the frames of the next read batch: one atomic load, and only for
             // connections that publish.
-            if self.published && self.shared.memory.is_alarmed() {
-                self.block_while_memory_alarm().await;
+            // A wait ends early when the connection is forced closed (its vhost or user
+            // deleted, its access revoked): a blocked publisher is closed like any other.
+            if self.published
+                && self.shared.memory.is_alarmed()
+                && let Some(reason) = self.block_while_memory_alarm().await
+            {
+                return self.force_close(reader, reason).await;
             }
-            if self.published && self.vhost.admission().is_full() {
-                self.block_while_vhost_full(closing).await;
+            if self.published
+                && self.vhost.admission().is_full()
+                && let Some(reason) = self.block_while_vhost_full(closing).await
+            {
+                return self.force_close(reader, reason).await;
             }
-            if self.writer.is_congested() {
-                self.pause_while_congested().await;
+            if self.writer.is_congested()
+                && let Some(reason) = self.pause_while_congested().await
+            {
+                return self.force_close(reader, reason).await;
             }
             // Users and permissions changed: later operations are checked against the new
             // grants. One atomic load per turn.
@@ -335,14 +345,17 @@ impl Connection {
                 }
             };
             self.flush_confirms();
-            if !self.throttled.get_mut().is_empty() {
-                self.wait_for_flow(closing).await;
+            if !self.throttled.get_mut().is_empty()
+                && let Some(reason) = self.wait_for_flow(closing).await
+            {
+                return self.force_close(reader, reason).await;
             }
             let published = std::mem::take(&mut self.turn_publishes);
             if published > 0
                 && let Some(wait) = self.vhost.admission().charge(published)
+                && let Some(reason) = self.wait_for_publish_rate(wait, closing).await
             {
-                self.wait_for_publish_rate(wait, closing).await;
+                return self.force_close(reader, reason).await;
             }
             // Let the tasks this turn woke run first: a delivery wakes the consumer's writer
             // task into this worker's LIFO slot, which no other worker may steal, so a
@@ -379,9 +392,7 @@ impl Connection {
                     continue;
                 }
                 reason = self.listed.info.forced() => {
-                    let error =
-                        AmqpError::new(crate::protocol::ReplyCode::ConnectionForced, reason);
-                    return self.fail_connection(reader, 0, error).await;
+                    return self.force_close(reader, reason).await;
                 }
                 // Cannot fail: `self.shared` keeps the sender alive. The guard `wait_for`
                 // returns is dropped inside: it must not live across the close below.
@@ -400,6 +411,12 @@ impl Connection {
                 Err(_) => return SOCKET_ERROR,
             }
         }
+    }
+
+    /// Closes the connection with 320 CONNECTION_FORCED and `reason`.
+    async fn force_close(&mut self, reader: &mut Reader, reason: String) -> &'static str {
+        let error = AmqpError::new(crate::protocol::ReplyCode::ConnectionForced, reason);
+        self.fail_connection(reader, 0, error).await
     }
 
     /// Takes the user's grants in this vhost again after a change of users or permissions.
@@ -674,11 +691,12 @@ impl Connection {
     /// Stops reading until the memory alarm clears, as RabbitMQ blocks a publishing
     /// connection: the socket is left unread (TCP back-pressure stops the client), the
     /// client's heartbeats are not checked (it may be blocked on a full socket), and ours keep
-    /// going out from the writer task. Consumer timeouts still close their channels.
-    async fn block_while_memory_alarm(&mut self) {
+    /// going out from the writer task. Consumer timeouts still close their channels. Returns
+    /// the reason when the connection was forced closed meanwhile.
+    async fn block_while_memory_alarm(&mut self) -> Option<String> {
         let mut alarm = self.shared.memory.subscribe();
         if !*alarm.borrow_and_update() {
-            return;
+            return None;
         }
         debug!(id = self.id, "memory alarm: connection blocked");
         self.listed.info.set_state(ConnectionState::Blocked);
@@ -692,6 +710,7 @@ impl Connection {
                 // Cannot fail: `self.shared` keeps the sender alive.
                 _ = alarm.wait_for(|alarmed| !alarmed) => break,
                 _ = self.wake.notified() => self.close_timed_out_channels(),
+                reason = self.listed.info.forced() => return Some(reason),
             }
         }
         debug!(id = self.id, "memory alarm cleared: connection resumes");
@@ -701,12 +720,17 @@ impl Connection {
                 connection::Unblocked {},
             ));
         }
+        None
     }
 
     /// Stops reading while the queues this connection just published into are in flow
     /// (`queue/flow.rs`): TCP back-pressure then slows the publisher to what those queues'
-    /// consumers take. Consumer timeouts still close channels; a broker shutdown ends the wait.
-    async fn wait_for_flow(&mut self, closing: &mut tokio::sync::watch::Receiver<bool>) {
+    /// consumers take. Consumer timeouts still close channels; a broker shutdown ends the
+    /// wait, and a forced close (returning its reason).
+    async fn wait_for_flow(
+        &mut self,
+        closing: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Option<String> {
         let queues = std::mem::take(self.throttled.get_mut());
         self.listed.info.set_state(ConnectionState::Flow);
         for queue in queues {
@@ -714,22 +738,28 @@ impl Connection {
                 tokio::select! {
                     () = queue.throttle() => break,
                     _ = self.wake.notified() => self.close_timed_out_channels(),
+                    reason = self.listed.info.forced() => return Some(reason),
                     () = async { drop(closing.wait_for(|closing| *closing).await) } => {
                         self.listed.info.set_state(ConnectionState::Running);
-                        return;
+                        return None;
                     }
                 }
             }
         }
         self.listed.info.set_state(ConnectionState::Running);
+        None
     }
 
     /// Stops reading while the vhost's queues hold its `max-queued-bytes` (RabbitMQ's memory
-    /// alarm, for one vhost): told with connection.blocked when the client asked for it.
-    async fn block_while_vhost_full(&mut self, closing: &mut tokio::sync::watch::Receiver<bool>) {
+    /// alarm, for one vhost): told with connection.blocked when the client asked for it. A
+    /// forced close (the vhost deleted) ends the wait with its reason.
+    async fn block_while_vhost_full(
+        &mut self,
+        closing: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Option<String> {
         let mut full = self.vhost.admission().subscribe_full();
         if !*full.borrow_and_update() {
-            return;
+            return None;
         }
         debug!(id = self.id, vhost = %self.vhost.name, "vhost queued-bytes limit: connection blocked");
         self.listed.info.set_state(ConnectionState::Blocked);
@@ -744,6 +774,7 @@ impl Connection {
                 // The sender lives in the vhost this connection holds.
                 _ = full.wait_for(|full| !full) => break,
                 _ = self.wake.notified() => self.close_timed_out_channels(),
+                reason = self.listed.info.forced() => return Some(reason),
                 () = async { drop(closing.wait_for(|closing| *closing).await) } => break,
             }
         }
@@ -753,15 +784,17 @@ impl Connection {
                 connection::Unblocked {},
             ));
         }
+        None
     }
 
     /// Stops reading for `wait`: the vhost's publishers went over its `max-publish-rate`
-    /// (state `flow`, as for a queue's flow control).
+    /// (state `flow`, as for a queue's flow control). A forced close ends the wait with its
+    /// reason.
     async fn wait_for_publish_rate(
         &mut self,
         wait: Duration,
         closing: &mut tokio::sync::watch::Receiver<bool>,
-    ) {
+    ) -> Option<String> {
         self.listed.info.set_state(ConnectionState::Flow);
         let mut wait = Some(wait);
         'owed: while let Some(owed) = wait {
@@ -770,6 +803,7 @@ impl Connection {
                 tokio::select! {
                     () = tokio::time::sleep_until(until) => break,
                     _ = self.wake.notified() => self.close_timed_out_channels(),
+                    reason = self.listed.info.forced() => return Some(reason),
                     () = async { drop(closing.wait_for(|closing| *closing).await) } => {
                         break 'owed;
                     }
@@ -779,17 +813,20 @@ impl Connection {
             wait = self.vhost.admission().charge(0);
         }
         self.listed.info.set_state(ConnectionState::Running);
+        None
     }
 
     /// Stops reading until the writer has drained below its congestion threshold: what this
     /// connection asks for comes back through its own socket, so a peer that does not read
-    /// cannot make the broker buffer without bound. Consumer timeouts still close channels.
-    async fn pause_while_congested(&mut self) {
+    /// cannot make the broker buffer without bound. Consumer timeouts still close channels;
+    /// a forced close ends the wait with its reason.
+    async fn pause_while_congested(&mut self) -> Option<String> {
         debug!(id = self.id, "writer congested: reading paused");
         loop {
             tokio::select! {
-                _ = self.writer.drained() => break,
+                _ = self.writer.drained() => return None,
                 _ = self.wake.notified() => self.close_timed_out_channels(),
+                reason = self.listed.info.forced() => return Some(reason),
             }
         }
     }
@@ -887,6 +924,11 @@ pub(crate) fn send_connection_close(writer: &Writer, error: &AmqpError) {
             })),
         )
     });
+}
+
+/// connection.close text for the connections of a deleted vhost.
+pub(crate) fn vhost_deleted(vhost: &str) -> String {
+    format!("vhost '{vhost}' is deleted")
 }
 
 /// connection.close text for the connections of a deleted user.

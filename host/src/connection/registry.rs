@@ -17,9 +17,11 @@ use crate::queue::ConnectionId;
 pub enum ConnectionState {
     /// Reading and serving requests.
     Running = 0,
-    /// Not reading for a while: it published into a queue whose consumers are behind.
+    /// Not reading for a while: it published into a queue whose consumers are behind, or
+    /// its vhost's publishers went over the vhost's `max-publish-rate`.
     Flow = 1,
-    /// Not reading until the memory alarm clears.
+    /// Not reading until the memory alarm clears, or its vhost's queues hold less than the
+    /// vhost's `max-queued-bytes`.
     Blocked = 2,
 }
 
@@ -81,13 +83,15 @@ impl ConnectionInfo {
         self.forced.notify_one();
     }
 
-    /// Resolves once [`ConnectionInfo::force_close`] was called, with its reason.
+    /// Resolves once [`ConnectionInfo::force_close`] was called, with its reason; at once if
+    /// it already was (so every wait of the connection sees it, not only the first).
     pub(crate) async fn forced(&self) -> String {
-        self.forced.notified().await;
-        self.forced_reason
-            .lock()
-            .clone()
-            .unwrap_or_else(|| "connection closed by the broker".to_owned())
+        loop {
+            if let Some(reason) = self.forced_reason.lock().clone() {
+                return reason;
+            }
+            self.forced.notified().await;
+        }
     }
 }
 
