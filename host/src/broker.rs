@@ -16,6 +16,7 @@ use crate::auth::UserStore;
 use crate::config::Config;
 use crate::connection::{TlsError, TlsServer};
 use crate::exchange::Registry;
+use crate::exchange::wasm::budget::VhostBudget;
 use crate::exchange::wasm::tenant::{self, VhostPluginError};
 use crate::exchange::wasm::{PluginManager, PluginStatus};
 use crate::store::{StoreError, StoreOptions};
@@ -116,6 +117,12 @@ impl Shared {
             MetaCommand::SetVhostLimits { vhost, .. } => {
                 if let Some(open) = self.vhost(&vhost) {
                     open.set_limits(self.limits_of(&vhost));
+                    self.apply_wasm_budget(&vhost);
+                }
+            }
+            MetaCommand::SetVhostExchangeTypes { vhost, .. } => {
+                if let Some(open) = self.vhost(&vhost) {
+                    open.set_exchange_types(self.exchange_types_of(&vhost));
                 }
             }
             MetaCommand::SetUserLimits { user, .. } => {
@@ -376,6 +383,38 @@ impl Shared {
         }
     }
 
+    /// Sets the WASM budget of `name` (deadline, memory, instances, CPU): its runtime limits
+    /// over the config's.
+    fn apply_wasm_budget(&self, name: &str) {
+        let Some(manager) = &self.plugins else { return };
+        let base = manager.config_budget(name);
+        let limits = match self.meta.state().vhosts.get(name) {
+            Some(meta) => meta.budget_over(base),
+            None => base,
+        };
+        manager.budget(name).set(limits);
+    }
+
+    /// The exchange-type allow list of `name`: set at runtime, else the config file's.
+    fn exchange_types_of(&self, name: &str) -> Option<Vec<String>> {
+        self.meta
+            .state()
+            .vhosts
+            .get(name)
+            .and_then(|v| v.exchange_types.clone())
+            .or_else(|| {
+                self.config
+                    .vhost_limits
+                    .get(name)
+                    .and_then(|o| o.exchange_types.clone())
+            })
+    }
+
+    /// The WASM budget of `vhost`, when plugins are enabled.
+    pub fn wasm_budget(&self, vhost: &str) -> Option<Arc<VhostBudget>> {
+        self.plugins.as_ref().map(|m| m.budget(vhost))
+    }
+
     /// Closes a deleted vhost: its connections get 320, its storage is closed and removed.
     fn remove_vhost(&self, name: &str) {
         let Some(vhost) = self.vhosts.write().remove(name) else {
@@ -423,6 +462,8 @@ impl Shared {
             }
             None => self.registry.clone(),
         };
+        // Before its exchanges are restored: they take their places in the budget.
+        self.apply_wasm_budget(name);
         let vhost = VHost::open(
             name,
             registry,
@@ -430,6 +471,7 @@ impl Shared {
             StoreOptions::from_config(&self.config),
         )?;
         vhost.set_limits(self.limits_of(name));
+        vhost.set_exchange_types(self.exchange_types_of(name));
         vhosts.insert(name.to_owned(), vhost.clone());
         Ok(vhost)
     }

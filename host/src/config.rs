@@ -116,6 +116,12 @@ pub struct WasmLimits {
     pub failures_max: u32,
     /// Routing decisions cached per exchange whose plugin declared them cacheable (0: none).
     pub route_cache_entries: u32,
+    /// Milliseconds of plugin calls per second one vhost's WASM exchanges may use together
+    /// (0: unlimited); over it, the vhost's publishers are slowed (state `flow`).
+    pub cpu_ms_per_sec: u64,
+    /// Sum of the memory caps of one vhost's WASM instances (`u64::MAX`: unlimited); a
+    /// declare past it is refused with 406.
+    pub memory_total_bytes: u64,
 }
 
 impl Default for WasmLimits {
@@ -129,6 +135,8 @@ impl Default for WasmLimits {
             state_entries_max: 65_536,
             failures_max: 5,
             route_cache_entries: 16_384,
+            cpu_ms_per_sec: 1000,
+            memory_total_bytes: u64::MAX,
         }
     }
 }
@@ -177,6 +185,13 @@ pub struct VhostLimitOverrides {
     pub wasm_failures_max: Option<u32>,
     /// See [`WasmLimits::route_cache_entries`].
     pub wasm_route_cache_entries: Option<u32>,
+    /// See [`WasmLimits::cpu_ms_per_sec`].
+    pub wasm_cpu_ms_per_sec: Option<u64>,
+    /// See [`WasmLimits::memory_total_bytes`].
+    pub wasm_memory_total_bytes: Option<u64>,
+    /// Exchange types the vhost may declare besides the built-ins and its own plugin types
+    /// (none: every type the broker has).
+    pub exchange_types: Option<Vec<String>>,
 }
 
 impl VhostLimitOverrides {
@@ -223,6 +238,10 @@ impl VhostLimitOverrides {
             route_cache_entries: self
                 .wasm_route_cache_entries
                 .unwrap_or(base.route_cache_entries),
+            cpu_ms_per_sec: self.wasm_cpu_ms_per_sec.unwrap_or(base.cpu_ms_per_sec),
+            memory_total_bytes: self
+                .wasm_memory_total_bytes
+                .unwrap_or(base.memory_total_bytes),
         }
     }
 }
@@ -372,6 +391,12 @@ pub struct Cli {
     /// Cached routing decisions per cacheable WASM exchange; 0 disables [default: 16384]
     #[arg(long, env = "BOURSE_WASM_ROUTE_CACHE_ENTRIES")]
     pub wasm_route_cache_entries: Option<u32>,
+    /// Milliseconds of WASM calls per second one vhost may use; 0 unlimited [default: 1000]
+    #[arg(long, env = "BOURSE_WASM_CPU_MS_PER_SEC")]
+    pub wasm_cpu_ms_per_sec: Option<u64>,
+    /// Sum of one vhost's WASM instance memory caps, in bytes [default: unlimited]
+    #[arg(long, env = "BOURSE_WASM_MEMORY_TOTAL_BYTES")]
+    pub wasm_memory_total_bytes: Option<u64>,
     /// Block publishers above this fraction of total memory, in (0, 1] [default: 0.4]
     #[arg(long, env = "BOURSE_MEMORY_HIGH_WATERMARK", value_name = "FRACTION")]
     pub memory_high_watermark: Option<f64>,
@@ -448,6 +473,8 @@ struct FileConfig {
     wasm_state_entries_max: Option<u32>,
     wasm_failures_max: Option<u32>,
     wasm_route_cache_entries: Option<u32>,
+    wasm_cpu_ms_per_sec: Option<u64>,
+    wasm_memory_total_bytes: Option<u64>,
     #[serde(default)]
     vhost_limits: BTreeMap<String, VhostLimitOverrides>,
     memory_high_watermark: Option<f64>,
@@ -653,6 +680,8 @@ impl Config {
             wasm_state_entries_max: cli.wasm_state_entries_max,
             wasm_failures_max: cli.wasm_failures_max,
             wasm_route_cache_entries: cli.wasm_route_cache_entries,
+            wasm_cpu_ms_per_sec: cli.wasm_cpu_ms_per_sec,
+            wasm_memory_total_bytes: cli.wasm_memory_total_bytes,
             ..Default::default()
         }
         .apply(
@@ -665,6 +694,8 @@ impl Config {
                 wasm_state_entries_max: file.wasm_state_entries_max,
                 wasm_failures_max: file.wasm_failures_max,
                 wasm_route_cache_entries: file.wasm_route_cache_entries,
+                wasm_cpu_ms_per_sec: file.wasm_cpu_ms_per_sec,
+                wasm_memory_total_bytes: file.wasm_memory_total_bytes,
                 ..Default::default()
             }
             .apply(&defaults.wasm),

@@ -14,6 +14,7 @@
 //! - [`limits`]: limits on what clients may create, and their counters.
 
 pub mod auth;
+pub mod blocking;
 pub mod broker;
 pub mod channel;
 pub mod config;

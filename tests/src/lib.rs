@@ -12,6 +12,7 @@ pub mod exchanges;
 pub mod process;
 pub mod python;
 pub mod raw;
+pub mod tenancy;
 pub mod wasm;
 
 use std::net::SocketAddr;

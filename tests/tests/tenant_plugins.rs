@@ -11,47 +11,17 @@ use std::time::Duration;
 
 use amq_protocol::types::FieldTable;
 use bourse::BrokerHandle;
-use bourse::auth::{Algorithm, PasswordHash};
 use bourse::exchange::wasm::tenant::VhostPluginError;
-use bourse::meta::MetaCommand;
 use bourse_tests::connection::lapin_connect;
 use bourse_tests::process::BrokerProcess;
 use bourse_tests::raw::within;
+use bourse_tests::tenancy::{grant, put_user, put_vhost, vhost_url};
 use bourse_tests::wasm::{
     assert_error, bodies, dedup_as_regex, plugin_bytes, publish_acked, seed_cache_key, table,
     test_cache_dir, text, try_bind, try_declare,
 };
 use bourse_tests::{TestBroker, bounded};
 use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
-
-fn put_vhost(name: &str) -> MetaCommand {
-    MetaCommand::PutVhost {
-        name: name.into(),
-        description: String::new(),
-        tags: vec![],
-    }
-}
-
-fn grant(user: &str, vhost: &str, configure: &str) -> MetaCommand {
-    MetaCommand::SetPermissions {
-        user: user.into(),
-        vhost: vhost.into(),
-        configure: configure.into(),
-        write: ".*".into(),
-        read: ".*".into(),
-    }
-}
-
-fn put_user(name: &str, tags: &[&str]) -> MetaCommand {
-    MetaCommand::PutUser {
-        name: name.into(),
-        password_hash: PasswordHash::new("pw", Algorithm::Sha256)
-            .expect("hash")
-            .to_rabbit(),
-        hashing_algorithm: "rabbit_password_hashing_sha256".into(),
-        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
-    }
-}
 
 /// A broker without a plugin directory (so every WASM type is a vhost's own), sharing the
 /// tests' compile cache, with vhosts `a` and `b` where guest may do everything.
@@ -75,10 +45,6 @@ async fn setup_vhosts(handle: &BrokerHandle) {
     ] {
         handle.execute(command).await.expect("meta command");
     }
-}
-
-fn vhost_url(base: &str, vhost: &str) -> String {
-    base.replace("/%2f", &format!("/{vhost}"))
 }
 
 async fn channel(base: &str, vhost: &str) -> (lapin::Connection, lapin::Channel) {
@@ -271,13 +237,13 @@ async fn bad_uploads_and_users_without_the_right_are_refused_with_nothing_stored
         let handle = broker.handle().expect("in-process broker");
         setup_vhosts(handle).await;
         for command in [
-            put_user("plain", &[]),
+            put_user("plain", "pw", &[]),
             grant("plain", "a", ".*"),
-            put_user("narrow", &["policymaker"]),
+            put_user("narrow", "pw", &["policymaker"]),
             grant("narrow", "a", "^x-acme-"),
-            put_user("maker", &["policymaker"]),
+            put_user("maker", "pw", &["policymaker"]),
             grant("maker", "a", ".*"),
-            put_user("admin", &["administrator"]),
+            put_user("admin", "pw", &["administrator"]),
         ] {
             handle.execute(command).await.expect("meta command");
         }

@@ -4,48 +4,16 @@
 
 use std::time::Duration;
 
-use bourse::auth::{Algorithm, PasswordHash};
 use bourse::meta::MetaCommand;
 use bourse_tests::connection::lapin_connect;
 use bourse_tests::raw::{Handshake, RawClient, reply_code, within};
+use bourse_tests::tenancy::{grant_all, limits, put_user, put_vhost, user_url};
 use bourse_tests::{TestBroker, bounded, eventually};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 
-fn put_user(name: &str, password: &str) -> MetaCommand {
-    MetaCommand::PutUser {
-        name: name.into(),
-        password_hash: PasswordHash::new(password, Algorithm::Sha256)
-            .expect("hash")
-            .to_rabbit(),
-        hashing_algorithm: "rabbit_password_hashing_sha256".into(),
-        tags: vec![],
-    }
-}
-
-fn put_vhost(name: &str) -> MetaCommand {
-    MetaCommand::PutVhost {
-        name: name.into(),
-        description: String::new(),
-        tags: vec![],
-    }
-}
-
-fn grant_all(user: &str, vhost: &str) -> MetaCommand {
-    MetaCommand::SetPermissions {
-        user: user.into(),
-        vhost: vhost.into(),
-        configure: ".*".into(),
-        write: ".*".into(),
-        read: ".*".into(),
-    }
-}
-
 fn url(broker: &TestBroker, user: &str, password: &str, vhost: &str) -> String {
-    broker
-        .url()
-        .replace("guest:guest@", &format!("{user}:{password}@"))
-        .replace("/%2f", &format!("/{vhost}"))
+    user_url(broker.url(), user, password, vhost)
 }
 
 async fn declare_count(conn: &lapin::Connection, queue: &str) -> u32 {
@@ -72,7 +40,7 @@ async fn a_vhost_and_user_created_at_runtime_are_isolated_and_durable() {
         };
         for command in [
             put_vhost("tenant-a"),
-            put_user("alice", "pw"),
+            put_user("alice", "pw", &[]),
             grant_all("alice", "tenant-a"),
         ] {
             handle.execute(command).await.expect("meta command");
@@ -240,10 +208,6 @@ fn raw_login(user: &str, password: &str, vhost: &str) -> Handshake {
     }
 }
 
-fn limits(pairs: &[(&str, i64)]) -> std::collections::BTreeMap<String, i64> {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
-}
-
 #[tokio::test]
 async fn deleting_a_user_or_revoking_its_access_closes_its_connections_with_320() {
     bounded(Duration::from_secs(60), async {
@@ -253,10 +217,10 @@ async fn deleting_a_user_or_revoking_its_access_closes_its_connections_with_320(
         };
         for command in [
             put_vhost("t"),
-            put_user("alice", "pw"),
+            put_user("alice", "pw", &[]),
             grant_all("alice", "t"),
             grant_all("alice", "/"),
-            put_user("bob", "pw"),
+            put_user("bob", "pw", &[]),
             grant_all("bob", "t"),
         ] {
             handle.execute(command).await.expect("meta command");
@@ -318,7 +282,7 @@ async fn changed_permissions_apply_to_open_connections_at_once() {
         };
         for command in [
             put_vhost("t"),
-            put_user("carol", "pw"),
+            put_user("carol", "pw", &[]),
             grant_all("carol", "t"),
         ] {
             handle.execute(command).await.expect("meta command");
@@ -368,7 +332,7 @@ async fn user_limits_change_at_runtime_and_survive_a_restart() {
         let Some(handle) = broker.handle() else {
             return;
         };
-        for command in [put_user("dave", "pw"), grant_all("dave", "/")] {
+        for command in [put_user("dave", "pw", &[]), grant_all("dave", "/")] {
             handle.execute(command).await.expect("meta command");
         }
         let dave_url = url(&broker, "dave", "pw", "%2f");
@@ -469,7 +433,7 @@ async fn a_vhost_publish_rate_slows_its_publishers_only() {
         };
         for command in [
             put_vhost("metered"),
-            put_user("erin", "pw"),
+            put_user("erin", "pw", &[]),
             grant_all("erin", "metered"),
             MetaCommand::SetVhostLimits {
                 vhost: "metered".into(),
@@ -526,7 +490,7 @@ async fn max_queued_bytes_blocks_the_vhosts_publishers_until_its_queues_drain() 
         };
         for command in [
             put_vhost("small"),
-            put_user("frank", "pw"),
+            put_user("frank", "pw", &[]),
             grant_all("frank", "small"),
             MetaCommand::SetVhostLimits {
                 vhost: "small".into(),
@@ -594,7 +558,7 @@ async fn deleting_a_vhost_closes_its_blocked_publishers_too() {
         };
         for command in [
             put_vhost("doomed"),
-            put_user("gina", "pw"),
+            put_user("gina", "pw", &[]),
             grant_all("gina", "doomed"),
             MetaCommand::SetVhostLimits {
                 vhost: "doomed".into(),

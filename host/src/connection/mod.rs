@@ -119,6 +119,7 @@ async fn serve_stream(
     let listed = shared
         .open
         .register(id, peer, &negotiated.user, &negotiated.vhost.name, tls);
+    let wasm_budget = shared.wasm_budget(&negotiated.vhost.name);
     let mut connection = Connection {
         id,
         shared,
@@ -141,6 +142,7 @@ async fn serve_stream(
         grants: negotiated.grants,
         grants_generation: negotiated.grants_generation,
         throttled: RefCell::new(Vec::new()),
+        wasm_budget,
         listed,
     };
     let reason = connection.run(&mut reader, &mut closing).await;
@@ -267,6 +269,8 @@ struct Connection {
     grants_generation: u64,
     /// Queues in flow this connection published into during the current turn.
     throttled: RefCell<Vec<Arc<Queue>>>,
+    /// The vhost's WASM budget: while it is spent, this connection's publishing waits.
+    wasm_budget: Option<Arc<crate::exchange::wasm::budget::VhostBudget>>,
     /// Its entry in the broker's list of connections (state shown to operators).
     listed: registry::Listed,
 }
@@ -323,8 +327,11 @@ impl Connection {
                 if turn == FRAMES_PER_TURN || self.writer.is_congested() {
                     break true;
                 }
-                // A queue this connection publishes into asked for flow: stop here.
-                if !self.throttled.get_mut().is_empty() {
+                // A queue this connection publishes into asked for flow, or the vhost's WASM
+                // budget is spent: stop here (one atomic load for the budget).
+                if !self.throttled.get_mut().is_empty()
+                    || self.wasm_budget.as_ref().is_some_and(|b| b.in_debt())
+                {
                     break true;
                 }
                 turn += 1;
@@ -353,7 +360,20 @@ impl Connection {
             let published = std::mem::take(&mut self.turn_publishes);
             if published > 0
                 && let Some(wait) = self.vhost.admission().charge(published)
-                && let Some(reason) = self.wait_for_publish_rate(wait, closing).await
+                && let Some(reason) = self
+                    .wait_in_flow(wait, |c| c.vhost.admission().charge(0), closing)
+                    .await
+            {
+                return self.force_close(reader, reason).await;
+            }
+            // The vhost's plugins (routing, or building instances for declares) used more
+            // than its WASM CPU budget: its connections stop reading until the budget
+            // refills (other vhosts' do not).
+            if self.wasm_budget.as_ref().is_some_and(|b| b.in_debt())
+                && let Some(wait) = self.wasm_budget.as_ref().and_then(|b| b.debt_wait())
+                && let Some(reason) = self
+                    .wait_in_flow(wait, |c| c.wasm_budget.as_ref()?.debt_wait(), closing)
+                    .await
             {
                 return self.force_close(reader, reason).await;
             }
@@ -787,12 +807,14 @@ impl Connection {
         None
     }
 
-    /// Stops reading for `wait`: the vhost's publishers went over its `max-publish-rate`
-    /// (state `flow`, as for a queue's flow control). A forced close ends the wait with its
+    /// Stops reading for `wait`, then for as long as `still_owed` says (state `flow`, as for
+    /// a queue's flow control): the vhost's publishers went over its `max-publish-rate`, or
+    /// its WASM exchanges over their CPU budget. A forced close ends the wait with its
     /// reason.
-    async fn wait_for_publish_rate(
+    async fn wait_in_flow(
         &mut self,
         wait: Duration,
+        still_owed: fn(&Self) -> Option<Duration>,
         closing: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Option<String> {
         self.listed.info.set_state(ConnectionState::Flow);
@@ -810,7 +832,7 @@ impl Connection {
                 }
             }
             // Still owed after a capped wait: wait on, at the rate in force now.
-            wait = self.vhost.admission().charge(0);
+            wait = still_owed(self);
         }
         self.listed.info.set_state(ConnectionState::Running);
         None

@@ -29,6 +29,8 @@ const COMPACT_MIN_RECORDS: u64 = 1_000;
 pub const NAME_MAX_BYTES: usize = 255;
 /// At most this many tags per user or vhost.
 pub const TAGS_MAX: usize = 32;
+/// At most this many names in a vhost's exchange-type allow list.
+pub const EXCHANGE_TYPES_MAX: usize = 256;
 
 /// One change to the metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,13 +90,23 @@ pub enum MetaCommand {
         vhost: String,
     },
     /// Sets limits of a vhost, by RabbitMQ's names (`max-connections`, `max-queues`) and
-    /// bourse's (`max-exchanges`, `max-bindings`); a negative value removes that limit.
-    /// Limits not named keep the config file's.
+    /// bourse's ([`VHOST_LIMIT_NAMES`]: exchanges, bindings, queued bytes, publish rate, and
+    /// the WASM budget); a negative value removes that limit. Limits not named keep the
+    /// config file's.
     SetVhostLimits {
         /// The vhost.
         vhost: String,
         /// Limit name → value.
         limits: BTreeMap<String, i64>,
+    },
+    /// Sets which exchange types a vhost may declare besides the built-ins and its own
+    /// plugin types: `types` None lifts the list (every type of the broker). Exchanges that
+    /// exist keep working.
+    SetVhostExchangeTypes {
+        /// The vhost.
+        vhost: String,
+        /// The allowed plugin types.
+        types: Option<Vec<String>>,
     },
     /// Sets a user's topic permissions on one exchange of a vhost.
     SetTopicPermissions {
@@ -179,6 +191,8 @@ pub struct VhostMeta {
     pub limits: BTreeMap<String, i64>,
     /// The vhost's own exchange-type plugins, by type name ([`plugins`]).
     pub plugins: BTreeMap<String, plugins::VhostPluginMeta>,
+    /// The exchange-type allow list set at runtime ([`MetaCommand::SetVhostExchangeTypes`]).
+    pub exchange_types: Option<Vec<String>>,
 }
 
 /// The user limits a [`MetaCommand::SetUserLimits`] may name.
@@ -218,16 +232,69 @@ fn check_limit_names(
 }
 
 /// The vhost limits a [`MetaCommand::SetVhostLimits`] may name.
-pub const VHOST_LIMIT_NAMES: [&str; 6] = [
+pub const VHOST_LIMIT_NAMES: [&str; 11] = [
     "max-connections",
     "max-queues",
     "max-exchanges",
     "max-bindings",
     "max-queued-bytes",
     "max-publish-rate",
+    "wasm-call-deadline-ms",
+    "wasm-memory-max-bytes",
+    "wasm-memory-total-bytes",
+    "wasm-instances-max",
+    "wasm-cpu-ms-per-sec",
 ];
 
+/// Longest `wasm-call-deadline-ms` accepted (a minute: beyond it a call is a hang).
+pub const WASM_CALL_DEADLINE_MS_MAX: i64 = 60_000;
+
+/// Refuses WASM budget values no exchange could work with.
+fn check_wasm_limits(limits: &BTreeMap<String, i64>) -> Result<(), MetaError> {
+    for (name, &value) in limits {
+        if value < 0 {
+            continue;
+        }
+        let refused = match name.as_str() {
+            "wasm-call-deadline-ms" => !(1..=WASM_CALL_DEADLINE_MS_MAX).contains(&value),
+            // One WASM page.
+            "wasm-memory-max-bytes" => value < 65_536,
+            _ => false,
+        };
+        if refused {
+            return Err(MetaError::Invalid(format!(
+                "invalid value {value} for vhost limit '{name}' (wasm-call-deadline-ms: 1 to \
+                 {WASM_CALL_DEADLINE_MS_MAX}; wasm-memory-max-bytes: at least 65536)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl VhostMeta {
+    /// `base` (the config file's WASM budget of the vhost) with this vhost's runtime WASM
+    /// limits over it.
+    pub fn budget_over(
+        &self,
+        base: crate::exchange::wasm::budget::BudgetLimits,
+    ) -> crate::exchange::wasm::budget::BudgetLimits {
+        let mut out = base;
+        for (name, &value) in &self.limits {
+            let wide = u64::try_from(value).unwrap_or(u64::MAX);
+            match name.as_str() {
+                "wasm-call-deadline-ms" => out.call_deadline_ms = wide,
+                "wasm-memory-max-bytes" => out.memory_max_bytes = wide,
+                "wasm-memory-total-bytes" => out.memory_total_bytes = wide,
+                "wasm-cpu-ms-per-sec" => out.cpu_ms_per_sec = wide,
+                "wasm-instances-max" => {
+                    out.instances_max = u32::try_from(value).unwrap_or(u32::MAX)
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// `base` (the config file's limits) with this vhost's runtime limits over it.
     pub fn limits_over(&self, base: crate::limits::VhostLimits) -> crate::limits::VhostLimits {
         let mut limits = base;
@@ -369,7 +436,23 @@ impl MetaState {
             }
             MetaCommand::SetVhostLimits { vhost, limits } => {
                 self.vhost_exists(vhost)?;
-                check_limit_names("vhost", limits, &VHOST_LIMIT_NAMES)
+                check_limit_names("vhost", limits, &VHOST_LIMIT_NAMES)?;
+                check_wasm_limits(limits)
+            }
+            MetaCommand::SetVhostExchangeTypes { vhost, types } => {
+                self.vhost_exists(vhost)?;
+                let too_many = types.as_ref().is_some_and(|t| t.len() > EXCHANGE_TYPES_MAX);
+                let bad = types
+                    .iter()
+                    .flatten()
+                    .find(|t| t.is_empty() || t.len() > NAME_MAX_BYTES);
+                if too_many || bad.is_some() {
+                    return Err(MetaError::Invalid(format!(
+                        "an exchange-type list holds at most {EXCHANGE_TYPES_MAX} names of 1 to \
+                         {NAME_MAX_BYTES} bytes"
+                    )));
+                }
+                Ok(())
             }
             MetaCommand::SetUserLimits { user, limits } => {
                 self.user_exists(user)?;
@@ -424,10 +507,16 @@ impl MetaState {
                 description,
                 tags,
             } => {
-                let (limits, plugins) = self
+                let (limits, plugins, exchange_types) = self
                     .vhosts
                     .get(&name)
-                    .map(|v| (v.limits.clone(), v.plugins.clone()))
+                    .map(|v| {
+                        (
+                            v.limits.clone(),
+                            v.plugins.clone(),
+                            v.exchange_types.clone(),
+                        )
+                    })
                     .unwrap_or_default();
                 self.vhosts.insert(
                     name,
@@ -436,6 +525,7 @@ impl MetaState {
                         tags,
                         limits,
                         plugins,
+                        exchange_types,
                     },
                 );
             }
@@ -448,6 +538,11 @@ impl MetaState {
                             meta.limits.insert(name, value);
                         }
                     }
+                }
+            }
+            MetaCommand::SetVhostExchangeTypes { vhost, types } => {
+                if let Some(meta) = self.vhosts.get_mut(&vhost) {
+                    meta.exchange_types = types;
                 }
             }
             MetaCommand::DeleteVhost { name } => {
@@ -552,6 +647,12 @@ impl MetaState {
                 out.push(MetaCommand::SetVhostLimits {
                     vhost: name.clone(),
                     limits: v.limits.clone(),
+                });
+            }
+            if v.exchange_types.is_some() {
+                out.push(MetaCommand::SetVhostExchangeTypes {
+                    vhost: name.clone(),
+                    types: v.exchange_types.clone(),
                 });
             }
             plugins::snapshot(name, &v.plugins, &mut out);

@@ -26,9 +26,10 @@ use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Weak};
 
 use amq_protocol::types::{AMQPValue, FieldTable};
-use parking_lot::{Mutex, MutexGuard, RwLock, RwLockWriteGuard};
+use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tracing::debug;
 
+use crate::blocking::blocking;
 use crate::exchange::{Binding, Name, Registry};
 use crate::limits::{Slot, VhostLimits};
 use crate::message::Message;
@@ -73,6 +74,9 @@ pub struct VHost {
     durable: Option<Durable>,
     /// What clients may create here (docs/limits.md); changeable at run time.
     limits: RwLock<VhostLimits>,
+    /// The plugin types of the broker that may be declared here (None: all of them);
+    /// built-ins and the vhost's own types always may.
+    exchange_types: RwLock<Option<Arc<[String]>>>,
     /// Connections open to this vhost, against `limits.max_connections`.
     connections: Arc<AtomicU32>,
     /// The publish rate and queued-bytes ceiling of its publishers (`admission.rs`).
@@ -118,6 +122,7 @@ impl VHost {
             me,
             durable,
             limits: RwLock::new(VhostLimits::default()),
+            exchange_types: RwLock::new(None),
             connections: Arc::new(AtomicU32::new(0)),
             admission: Admission::default(),
         };
@@ -160,6 +165,23 @@ impl VHost {
         self.sample_queued_bytes();
     }
 
+    /// Sets the broker's plugin types this vhost may declare (None: all); exchanges that
+    /// exist keep working whatever their type.
+    pub fn set_exchange_types(&self, types: Option<Vec<String>>) {
+        *self.exchange_types.write() = types.map(Into::into);
+    }
+
+    /// Whether exchanges of type `kind` (which exists) may be declared here.
+    fn type_allowed(&self, kind: &str) -> bool {
+        if crate::exchange::builtin::NAMES.contains(&kind) || !self.registry.has_below(kind) {
+            return true;
+        }
+        match &*self.exchange_types.read() {
+            Some(allowed) => allowed.iter().any(|t| t == kind),
+            None => true,
+        }
+    }
+
     /// What its publishers are admitted at: the publish rate and the queued-bytes ceiling.
     pub fn admission(&self) -> &Admission {
         &self.admission
@@ -171,7 +193,7 @@ impl VHost {
         let Some(max) = self.admission.queued_bytes_max() else {
             return;
         };
-        let queues: Vec<Arc<Queue>> = self.topology.read().queues.values().cloned().collect();
+        let queues: Vec<Arc<Queue>> = self.read_topology().queues.values().cloned().collect();
         let bytes: u64 = queues.iter().map(|q| q.message_bytes() as u64).sum();
         self.admission.record(bytes, bytes >= max);
     }
@@ -193,8 +215,7 @@ impl VHost {
 
     /// Looks up an exchange.
     pub fn exchange(&self, name: &str) -> Result<Arc<Exchange>, AmqpError> {
-        self.topology
-            .read()
+        self.read_topology()
             .exchanges
             .get(name)
             .cloned()
@@ -203,8 +224,7 @@ impl VHost {
 
     /// Looks up a queue.
     pub fn queue(&self, name: &str) -> Result<Arc<Queue>, AmqpError> {
-        self.topology
-            .read()
+        self.read_topology()
             .queues
             .get(name)
             .cloned()
@@ -215,7 +235,7 @@ impl VHost {
     /// [`Queue::memory_bytes`], summed). The queues are listed under the topology lock and
     /// asked after it is released.
     pub fn queued_memory_bytes(&self) -> usize {
-        let queues: Vec<Arc<Queue>> = self.topology.read().queues.values().cloned().collect();
+        let queues: Vec<Arc<Queue>> = self.read_topology().queues.values().cloned().collect();
         queues.iter().map(|q| q.memory_bytes()).sum()
     }
 
@@ -241,8 +261,16 @@ impl VHost {
         })?;
         // An existing exchange, pre-declared `amq.*` ones included, is only compared: RabbitMQ
         // looks the name up first and refuses the reserved prefix only when creating.
-        if let Some(existing) = self.topology.read().exchanges.get(&spec.name) {
+        if let Some(existing) = self.read_topology().exchanges.get(&spec.name) {
             return existing.check_equivalent(&spec, &self.name);
+        }
+        // Refused with an unknown type's code, when creating only: an exchange that exists
+        // keeps working (and redeclaring it too) after its type left the list.
+        if !self.type_allowed(&spec.kind) {
+            return Err(AmqpError::precondition_failed(format!(
+                "exchange type '{}' is not allowed in vhost '{}'",
+                spec.kind, self.name
+            )));
         }
         if spec.name.starts_with("amq.") {
             return Err(AmqpError::access_refused(format!(
@@ -270,7 +298,7 @@ impl VHost {
         let exchange = Arc::new(Exchange::new(spec, router));
         let spec = &exchange.spec;
         let _changes = self.lock_changes();
-        if let Some(existing) = self.topology.read().exchanges.get(&spec.name) {
+        if let Some(existing) = self.read_topology().exchanges.get(&spec.name) {
             // Lost a race: the winner's exchange stands; ours (and its instance) is dropped.
             return existing.check_equivalent(spec, &self.name);
         }
@@ -286,7 +314,7 @@ impl VHost {
     }
 
     fn check_exchange_limit(&self, spec: &ExchangeSpec) -> Result<(), AmqpError> {
-        let declared = self.topology.read().exchanges.len();
+        let declared = self.read_topology().exchanges.len();
         self.limits().check_exchanges(
             &self.name,
             &spec.name,
@@ -303,7 +331,7 @@ impl VHost {
             )));
         }
         let _changes = self.lock_changes();
-        let mut topology = self.topology.write();
+        let mut topology = self.write_topology();
         let Some(exchange) = topology.exchanges.get(name).cloned() else {
             // RabbitMQ 3.x answers delete-ok for a missing exchange.
             return Ok(());
@@ -343,6 +371,27 @@ impl VHost {
         }
     }
 
+    /// Takes the topology write lock. Routing holds the read lock across router calls, and a
+    /// tenant's plugin call may last its deadline (hundreds of ms if raised): a contended wait
+    /// lets the scheduler move this worker's other tasks elsewhere (other vhosts' connections
+    /// must not wait for this vhost's slow plugin).
+    fn write_topology(&self) -> RwLockWriteGuard<'_, Topology> {
+        match self.topology.try_write() {
+            Some(guard) => guard,
+            None => blocking(true, || self.topology.write()),
+        }
+    }
+
+    /// Takes the topology read lock, without blocking a tokio worker when a writer holds or
+    /// waits for it (behind a reader in a tenant's slow plugin call): see
+    /// [`VHost::write_topology`].
+    fn read_topology(&self) -> RwLockReadGuard<'_, Topology> {
+        match self.topology.try_read() {
+            Some(guard) => guard,
+            None => blocking(true, || self.topology.read()),
+        }
+    }
+
     /// Whether `exchange`'s router calls a plugin (calls of up to the setup deadline).
     fn slow_router(&self, exchange: &Exchange) -> bool {
         self.registry
@@ -363,7 +412,7 @@ impl VHost {
         if let Some(existing) = self.existing_queue(&spec)? {
             return Ok(existing);
         }
-        let declared = self.topology.read().queues.len();
+        let declared = self.read_topology().queues.len();
         self.limits()
             .check_queues(&self.name, &spec.name, declared)?;
         // rabbit_channel checks the dead-letter exchange's type before the other arguments.
@@ -408,7 +457,7 @@ impl VHost {
         }
         let host: Weak<dyn QueueHost> = self.me.clone();
         queue.attach(host);
-        self.topology.write().insert_queue(queue.clone());
+        self.write_topology().insert_queue(queue.clone());
         Ok(DeclaredQueue {
             queue,
             created: true,
@@ -418,7 +467,7 @@ impl VHost {
     /// The queue `spec` names if it exists and is equivalent (renewing its lease), an error if
     /// it exists and is not, None if it does not exist.
     fn existing_queue(&self, spec: &QueueSpec) -> Result<Option<DeclaredQueue>, AmqpError> {
-        let Some(existing) = self.topology.read().queues.get(&spec.name).cloned() else {
+        let Some(existing) = self.read_topology().queues.get(&spec.name).cloned() else {
             return Ok(None);
         };
         check_exclusive(&existing, spec.exclusive_owner.unwrap_or(0), &self.name)?;
@@ -460,7 +509,7 @@ impl VHost {
         if_empty: bool,
     ) -> Result<usize, AmqpError> {
         let _changes = self.lock_changes();
-        let Some(queue) = self.topology.read().queues.get(name).cloned() else {
+        let Some(queue) = self.read_topology().queues.get(name).cloned() else {
             // RabbitMQ 3.x answers delete-ok with 0 for a missing queue.
             return Ok(0);
         };
@@ -477,7 +526,7 @@ impl VHost {
                 self.name
             )));
         }
-        let mut topology = self.topology.write();
+        let mut topology = self.write_topology();
         topology.remove_queue(name);
         let dropped = self.finish(topology);
         let logged = self.log_queue_removed(&queue, dropped);
@@ -499,7 +548,7 @@ impl VHost {
     /// Deletes a queue without checks (auto-delete, exclusive owner gone).
     pub fn remove_queue(&self, queue: &Arc<Queue>) {
         let _changes = self.lock_changes();
-        let mut topology = self.topology.write();
+        let mut topology = self.write_topology();
         let removed = match topology.queues.get(queue.name()) {
             Some(q) if Arc::ptr_eq(q, queue) => topology.remove_queue(queue.name()).is_some(),
             _ => false,
@@ -517,7 +566,7 @@ impl VHost {
     /// Deletes every exclusive queue owned by a closing connection (indexed by owner: no scan
     /// of the vhost's queues).
     pub fn remove_exclusive_queues(&self, connection: ConnectionId) {
-        let owned = self.topology.read().exclusive_of(connection);
+        let owned = self.read_topology().exclusive_of(connection);
         for queue in owned {
             self.remove_queue(&queue);
         }
@@ -531,7 +580,7 @@ impl VHost {
     pub fn bind(&self, source: &str, binding: Binding) -> Result<(), AmqpError> {
         let _changes = self.lock_changes();
         let (exchange, durable) = {
-            let topology = self.topology.read();
+            let topology = self.read_topology();
             let exchange = self.bindable_source(&topology, source)?;
             topology.check_destination(&binding.destination, &self.name)?;
             if exchange.has_binding(&binding) {
@@ -565,7 +614,7 @@ impl VHost {
     pub fn unbind(&self, source: &str, binding: &Binding) -> Result<(), AmqpError> {
         let _changes = self.lock_changes();
         let (exchange, durable) = {
-            let topology = self.topology.read();
+            let topology = self.read_topology();
             let exchange = match self.bindable_source(&topology, source) {
                 Ok(exchange) => exchange,
                 Err(e) if e.code == crate::protocol::ReplyCode::NotFound => return Ok(()),
@@ -587,7 +636,7 @@ impl VHost {
         if !blocking(self.slow_router(&exchange), || exchange.unbind(binding)) {
             return Ok(());
         }
-        let mut topology = self.topology.write();
+        let mut topology = self.write_topology();
         topology.unbound(&exchange.spec.name, &binding.destination);
         if exchange.spec.auto_delete && !exchange.has_bindings() {
             topology.remove_exchange(&exchange.spec.name);
@@ -706,17 +755,4 @@ fn locked(queue: &Queue, vhost: &str) -> AmqpError {
          match that of the original declaration.",
         queue.name()
     ))
-}
-
-/// Runs `f`, which may block for milliseconds (fsync, a plugin's `init`), letting the tokio
-/// scheduler move this worker's other tasks elsewhere when `slow` and on a multi-threaded
-/// runtime; elsewhere (a current-thread runtime, a plain thread) it simply runs `f`.
-fn blocking<T>(slow: bool, f: impl FnOnce() -> T) -> T {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(handle) if slow && handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
 }

@@ -68,7 +68,7 @@ impl VHost {
         routed.seen.clear();
         routed.visited_set.clear();
         routed.pending.push(exchange.clone());
-        let topology = self.topology.read();
+        let topology = self.read_topology();
         while let Some(x) = routed.pending.pop() {
             let id = Arc::as_ptr(&x) as usize;
             if !routed.first_visit(id) {

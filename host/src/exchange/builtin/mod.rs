@@ -34,6 +34,9 @@ pub use topic::Topic;
 
 use super::{Destination, ExchangeType};
 
+/// The names of the built-in types.
+pub const NAMES: [&str; 4] = ["direct", "fanout", "topic", "headers"];
+
 /// The built-in exchange types, in the order RabbitMQ lists them.
 pub fn all() -> Vec<Arc<dyn ExchangeType>> {
     vec![

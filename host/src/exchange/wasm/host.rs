@@ -61,15 +61,34 @@ pub struct ExchangeCtx {
     pub exchange: Name,
     /// The exchange type (the plugin's name).
     pub plugin: Name,
-    /// The limits in force for this exchange.
+    /// The limits in force for this exchange when it was made (the deadline and memory cap
+    /// come from `budget`, which may change).
     pub limits: WasmLimits,
+    /// Its vhost's WASM budget.
+    pub budget: Arc<super::budget::VhostBudget>,
     log: Mutex<LogBudget>,
     state: Mutex<BTreeMap<String, Vec<u8>>>,
 }
 
 impl ExchangeCtx {
-    /// The shared context of one exchange (or of a scratch instance).
+    /// The context of a scratch instance (one that validates or describes), or of an
+    /// exchange outside any vhost budget: a budget of its own from `limits`.
     pub fn new(vhost: &str, exchange: &str, plugin: &str, limits: WasmLimits) -> Arc<Self> {
+        let budget = super::budget::VhostBudget::new(
+            vhost,
+            super::budget::BudgetLimits::of(&limits, u32::MAX),
+        );
+        Self::in_budget(vhost, exchange, plugin, limits, budget)
+    }
+
+    /// The shared context of one exchange of a vhost with `budget`.
+    pub fn in_budget(
+        vhost: &str,
+        exchange: &str,
+        plugin: &str,
+        limits: WasmLimits,
+        budget: Arc<super::budget::VhostBudget>,
+    ) -> Arc<Self> {
         let per_sec = f64::from(limits.log_lines_per_sec);
         Arc::new(Self {
             vhost: Name::from(vhost),
@@ -84,6 +103,7 @@ impl ExchangeCtx {
             }),
             state: Mutex::new(BTreeMap::new()),
             limits,
+            budget,
         })
     }
 
@@ -234,7 +254,7 @@ impl ResourceLimiter for Caps {
 impl HostState {
     /// Fresh store data: an empty WASI context whose stdout/stderr go to the exchange's log.
     pub fn new(ctx: Arc<ExchangeCtx>) -> Self {
-        let memory = usize::try_from(ctx.limits.memory_max_bytes).unwrap_or(usize::MAX);
+        let memory = usize::try_from(ctx.budget.memory_max_bytes()).unwrap_or(usize::MAX);
         let table = usize::try_from(ctx.limits.table_elements_max).unwrap_or(usize::MAX);
         let limits = StoreLimitsBuilder::new()
             .memory_size(memory)

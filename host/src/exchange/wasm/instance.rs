@@ -187,7 +187,7 @@ impl Instance {
         input: &RoutingInput<'_>,
         inputs: &Inputs,
     ) -> Result<Result<Vec<u64>, String>, CallError> {
-        let deadline = self.store.data().ctx.limits.call_deadline_ms;
+        let deadline = self.store.data().ctx.budget.call_deadline_ms();
         let router = self.bindings.bourse_exchange_router();
         let headers = match (&inputs.headers, input.properties.headers()) {
             (HeaderSelection::None, _) | (_, None) => FlatTable::default(),
@@ -245,7 +245,7 @@ fn past_deadline(
     let state = store.data_mut();
     let cpu = thread_cpu_ns();
     let now = Instant::now();
-    let deadline = Duration::from_millis(state.ctx.limits.call_deadline_ms.max(1));
+    let deadline = Duration::from_millis(state.ctx.budget.call_deadline_ms().max(1));
     match state.overrun.replace((cpu, now)) {
         None => Ok(UpdateDeadline::Continue(1)),
         Some((cpu_before, at)) => {

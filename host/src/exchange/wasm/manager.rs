@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 use tracing::{error, info, warn};
 
+use super::budget::{BudgetLimits, Budgets, VhostBudget};
 use super::cache::ArtifactCache;
 use super::plugin::{Settings, WasmExchangeType};
 use super::runtime::{self, EngineSettings, PluginVersion, Runtime};
@@ -57,6 +58,9 @@ struct Inner {
     plugin_dir: Option<PathBuf>,
     /// Each open vhost's own plugin types.
     vhosts: Mutex<BTreeMap<String, Arc<VhostPlugins>>>,
+    /// Each vhost's WASM budget; made with the manager (connections read it before any
+    /// engine exists).
+    budgets: Arc<Budgets>,
     /// Every type ever loaded, by name (removed ones stay so they can come back).
     types: Mutex<BTreeMap<String, Entry>>,
     /// What the directory looked like at the last scan.
@@ -89,8 +93,7 @@ impl Inner {
             global: config.wasm.clone(),
             per_vhost: config.vhost_limits.clone(),
             cache: ArtifactCache::for_config(config).map(Arc::new),
-            vhost_instances_max: config.wasm_instances_max,
-            instances: Default::default(),
+            budgets: self.budgets.clone(),
         });
         let made = Core { runtime, settings };
         *core = Some(made.clone());
@@ -129,6 +132,11 @@ impl PluginManager {
                 config: config.clone(),
                 registry,
                 vhosts: Mutex::new(BTreeMap::new()),
+                budgets: Arc::new(Budgets::new(
+                    config.wasm.clone(),
+                    config.vhost_limits.clone(),
+                    config.wasm_instances_max,
+                )),
                 plugin_dir: config.plugin_dir.clone(),
                 types: Mutex::new(BTreeMap::new()),
                 files: Mutex::new(BTreeMap::new()),
@@ -151,9 +159,20 @@ impl PluginManager {
             .clone()
     }
 
-    /// Forgets a deleted vhost's plugin types (its exchanges are gone with it).
+    /// Forgets a deleted vhost's plugin types and budget (its exchanges are gone with it).
     pub fn forget_vhost(&self, vhost: &str) {
         self.inner.vhosts.lock().remove(vhost);
+        self.inner.budgets.forget(vhost);
+    }
+
+    /// The WASM budget of `vhost` (made from the config on first use).
+    pub fn budget(&self, vhost: &str) -> Arc<VhostBudget> {
+        self.inner.budgets.get(vhost)
+    }
+
+    /// The config's budget of `vhost`, that runtime limits apply over.
+    pub fn config_budget(&self, vhost: &str) -> BudgetLimits {
+        self.inner.budgets.config_limits(vhost)
     }
 
     /// Compiles (or loads from the cache), checks and describes a component, as for the

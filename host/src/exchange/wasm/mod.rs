@@ -25,6 +25,7 @@
 //! by one plugin version; nothing a plugin does can panic the broker or stall it beyond the
 //! call deadline.
 
+pub mod budget;
 pub mod cache;
 mod counters;
 pub mod host;

@@ -14,7 +14,6 @@
 //! entirely by the old or entirely by the new version.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Weak};
 
 use amq_protocol::types::FieldTable as AmqpTable;
@@ -22,13 +21,13 @@ use parking_lot::Mutex;
 use tracing::info;
 
 use super::WasmError;
+use super::budget::{Budgets, VhostBudget};
 use super::cache::ArtifactCache;
 use super::host::ExchangeCtx;
 use super::router::{BuildError, RouterCore, WasmRouter};
 use super::runtime::PluginVersion;
 use crate::config::{VhostLimitOverrides, WasmLimits};
 use crate::exchange::{ExchangeType, Invalid, Router};
-use crate::limits::Slot;
 
 /// The limits that apply where, and where compiled artifacts are cached.
 #[derive(Debug, Clone)]
@@ -39,41 +38,24 @@ pub struct Settings {
     pub per_vhost: BTreeMap<String, VhostLimitOverrides>,
     /// The compiled-artifact cache (`None`: no disk cache, or one that could not be trusted).
     pub cache: Option<Arc<ArtifactCache>>,
-    /// WASM exchanges one vhost may have, unless its `[vhost_limits]` entry sets
-    /// `wasm_instances_max` (the broker's pool size: `wasm_instances_max`).
-    pub vhost_instances_max: u32,
-    /// WASM exchanges alive per vhost, over every plugin type.
-    pub instances: Arc<Mutex<HashMap<String, Arc<AtomicU32>>>>,
+    /// Each vhost's budget (deadline, memory, instances, CPU), changeable at runtime: one
+    /// tenant's exchanges cannot take the whole broker's pool of instances.
+    pub budgets: Arc<Budgets>,
 }
 
 impl Settings {
-    /// Takes an instance slot in `vhost` for a new exchange, or refuses it: one tenant's
-    /// exchanges cannot take the whole broker's pool of instances.
-    fn instance_slot(&self, vhost: &str) -> Result<Slot, Invalid> {
-        let max = self
-            .per_vhost
-            .get(vhost)
-            .and_then(|o| o.wasm_instances_max)
-            .unwrap_or(self.vhost_instances_max);
-        let counter = self
-            .instances
-            .lock()
-            .entry(vhost.to_owned())
-            .or_default()
-            .clone();
-        Slot::take(&counter, max).ok_or_else(|| {
-            Invalid(format!(
-                "vhost '{vhost}' has {max} WASM exchanges, its limit (wasm_instances_max)"
-            ))
-        })
-    }
-
-    /// The limits in force in `vhost`.
+    /// The limits in force in `vhost` (as the config file gives them; the budget's part may
+    /// have changed since, see [`Settings::budget`]).
     pub fn limits(&self, vhost: &str) -> WasmLimits {
         match self.per_vhost.get(vhost) {
             Some(overrides) => overrides.apply(&self.global),
             None => self.global.clone(),
         }
+    }
+
+    /// The budget of `vhost`.
+    pub fn budget(&self, vhost: &str) -> Arc<VhostBudget> {
+        self.budgets.get(vhost)
     }
 }
 
@@ -216,9 +198,10 @@ impl ExchangeType for WasmExchangeType {
         exchange: &str,
         arguments: &AmqpTable,
     ) -> Result<Box<dyn Router>, Invalid> {
-        let slot = self.settings.instance_slot(vhost)?;
+        let budget = self.settings.budget(vhost);
+        let admitted = budget.admit()?;
         let limits = self.settings.limits(vhost);
-        let ctx = ExchangeCtx::new(vhost, exchange, &self.name, limits);
+        let ctx = ExchangeCtx::in_budget(vhost, exchange, &self.name, limits, budget.clone());
         let build = |version: Arc<PluginVersion>, ctx: Arc<ExchangeCtx>| {
             RouterCore::create(version, ctx, arguments).map_err(|e| match e {
                 BuildError::Refused(text) => Invalid(text),
@@ -228,7 +211,12 @@ impl ExchangeType for WasmExchangeType {
         // Instantiate and `init` (up to the setup deadline) without the type's lock, so other
         // declares and swaps of this type do not wait for it.
         let version = self.current();
-        let core = build(version.clone(), ctx.clone())?;
+        // Building (instantiate, `init`) is charged to the vhost's CPU budget too: a tenant
+        // declaring exchange after exchange pays for it.
+        let before = version.runtime().ticks();
+        let built = build(version.clone(), ctx.clone());
+        budget.charge(version.runtime().ticks().saturating_sub(before));
+        let core = built?;
         // Holding the type's lock: a swap cannot miss this exchange. One that completed while
         // the instance was built means it runs the old version: build it again, now.
         let mut inner = self.inner.lock();
@@ -239,6 +227,6 @@ impl ExchangeType for WasmExchangeType {
         };
         inner.live.retain(|w| w.strong_count() > 0);
         inner.live.push(Arc::downgrade(&core));
-        Ok(Box::new(WasmRouter::new(core, slot)))
+        Ok(Box::new(WasmRouter::new(core, admitted)))
     }
 }

@@ -28,6 +28,7 @@ use amq_protocol::types::FieldTable as AmqpTable;
 use parking_lot::{Mutex, MutexGuard};
 use tracing::{Level, error, warn};
 
+use super::budget::Admitted;
 use super::host::ExchangeCtx;
 use super::instance::{CallError, Instance, thread_cpu_ns};
 use super::output::{ROUTE_IDS_TIMED, Throttle, WARN_INTERVAL, route_ids_max};
@@ -35,7 +36,6 @@ use super::runtime::{EPOCH_TICK, PluginVersion};
 use super::v0_1::{HeaderSelection, InputFields, Inputs};
 use super::{GLOBAL, counters::Counter};
 use crate::exchange::{Binding, Destination, Invalid, RouteError, Router, RoutingInput};
-use crate::limits::Slot;
 
 /// Counters of one exchange.
 #[derive(Debug, Default)]
@@ -396,7 +396,7 @@ impl RouterCore {
                     let called = EPOCH_TICK
                         * u32::try_from(ticks_after.saturating_sub(ticks_before).saturating_sub(1))
                             .unwrap_or(u32::MAX);
-                    let deadline_ms = self.ctx.limits.call_deadline_ms;
+                    let deadline_ms = self.ctx.budget.call_deadline_ms();
                     if called + host > Duration::from_millis(deadline_ms) {
                         out.truncate(start);
                         self.stats.oversized.fetch_add(1, Ordering::Relaxed);
@@ -532,14 +532,34 @@ fn cache_key<'m>(
 /// What the vhost holds: a handle on the shared core.
 pub struct WasmRouter {
     core: Arc<RouterCore>,
-    /// The exchange's place in its vhost's `wasm_instances_max`, given back when it goes.
-    _slot: Slot,
+    /// The exchange's place in its vhost's budget (an instance, its memory cap), given back
+    /// when it goes.
+    _admitted: Admitted,
 }
 
 impl WasmRouter {
-    /// Wraps a core holding `slot`.
-    pub fn new(core: Arc<RouterCore>, slot: Slot) -> Self {
-        Self { core, _slot: slot }
+    /// Wraps a core holding its place in the vhost's budget.
+    pub fn new(core: Arc<RouterCore>, admitted: Admitted) -> Self {
+        Self {
+            core,
+            _admitted: admitted,
+        }
+    }
+
+    /// Routes under the router lock, charging the vhost's budget with the ticks it took
+    /// (instance rebuilds after a failure included).
+    fn route_charged(
+        &self,
+        message: &RoutingInput<'_>,
+        out: &mut Vec<Destination>,
+    ) -> Result<(), RouteError> {
+        let mut state = self.core.state.lock();
+        let before = state.version.runtime().ticks();
+        let result = self.core.route_locked(&mut state, message, out);
+        let ticks = state.version.runtime().ticks().saturating_sub(before);
+        drop(state);
+        self.core.ctx.budget.charge(ticks);
+        result
     }
 }
 
@@ -625,7 +645,14 @@ impl Router for WasmRouter {
         message: &RoutingInput<'_>,
         out: &mut Vec<Destination>,
     ) -> Result<(), RouteError> {
-        let mut state = self.core.state.lock();
-        self.core.route_locked(&mut state, message, out)
+        let budget = &self.core.ctx.budget;
+        // A vhost with a long deadline, or whose calls were slow lately, routes through its
+        // WASM exchanges off the async workers and one call at a time: its slow plugin cannot
+        // hold up the other tenants' tasks of this worker.
+        if budget.offload() {
+            budget.in_slow_lane(|| self.route_charged(message, out))
+        } else {
+            self.route_charged(message, out)
+        }
     }
 }
