@@ -17,8 +17,9 @@ use crate::queue::ConnectionId;
 pub enum ConnectionState {
     /// Reading and serving requests.
     Running = 0,
-    /// Not reading for a while: it published into a queue whose consumers are behind, or
-    /// its vhost's publishers went over the vhost's `max-publish-rate`.
+    /// Not reading for a while: it published into a queue whose consumers are behind, its
+    /// vhost's publishers went over the vhost's `max-publish-rate`, or its vhost's plugins
+    /// over their CPU budget.
     Flow = 1,
     /// Not reading until the memory alarm clears, or its vhost's queues hold less than the
     /// vhost's `max-queued-bytes`.

@@ -174,7 +174,8 @@ impl VhostBudget {
         let max = self.instances_max.load(Ordering::Relaxed);
         let slot = Slot::take(&self.instances, max).ok_or_else(|| {
             Invalid(format!(
-                "vhost '{}' has {max} WASM exchanges, its limit (wasm-instances-max)",
+                "vhost '{}' has {max} WASM exchanges, its limit (wasm-instances-max; \
+                 wasm_instances_max in the config)",
                 self.vhost
             ))
         })?;
@@ -188,7 +189,8 @@ impl VhostBudget {
         if let Err(held) = reserved {
             return Err(Invalid(format!(
                 "vhost '{}' WASM exchanges hold {held} bytes of memory caps; another {bytes} \
-                 would pass its limit of {total} (wasm-memory-total-bytes)",
+                 would pass its limit of {total} (wasm-memory-total-bytes; \
+                 wasm_memory_total_bytes in the config)",
                 self.vhost
             )));
         }
