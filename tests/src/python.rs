@@ -115,3 +115,24 @@ pub fn pika_script(name: &str) -> PathBuf {
         .join("pika")
         .join(name)
 }
+
+/// Runs the pika script `name` of `tests/pika/` with `args` (bounded by `limit`), prints what
+/// it printed, and requires it to exit 0 having printed `done` (its last line), so a script
+/// that stopped early cannot pass.
+pub async fn run_pika_checks(name: &str, args: &[&std::ffi::OsStr], limit: Duration, done: &str) {
+    let script = pika_script(name);
+    let mut argv = vec![script.as_os_str()];
+    argv.extend_from_slice(args);
+    let out = run_python(&argv, limit).await;
+    println!("{}", out.stdout);
+    assert!(
+        out.success,
+        "{name} failed (exit {:?})\nstdout:\n{}\nstderr:\n{}",
+        out.code, out.stdout, out.stderr
+    );
+    assert!(
+        out.stdout.contains(done),
+        "{name} exited 0 without finishing its checks:\n{}",
+        out.stdout
+    );
+}

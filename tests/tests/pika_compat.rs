@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bourse_tests::TestBroker;
-use bourse_tests::python::{pika_script, require_pika, run_python};
+use bourse_tests::python::{require_pika, run_pika_checks};
 
 /// Upper bound for one whole test.
 const TEST_LIMIT: Duration = Duration::from_secs(120);
@@ -22,23 +22,13 @@ async fn pika_blocking_connection_compat() {
     bounded(async {
         require_pika().await;
         let broker = TestBroker::start().await;
-        let script = pika_script("compat.py");
-        let out = run_python(
-            &[script.as_os_str(), broker.url().as_ref()],
+        run_pika_checks(
+            "compat.py",
+            &[broker.url().as_ref()],
             Duration::from_secs(60),
+            "all pika checks passed",
         )
         .await;
-        println!("{}", out.stdout);
-        assert!(
-            out.success,
-            "compat.py failed (exit {:?})\nstdout:\n{}\nstderr:\n{}",
-            out.code, out.stdout, out.stderr
-        );
-        assert!(
-            out.stdout.contains("all pika checks passed"),
-            "compat.py exited 0 without finishing its checks:\n{}",
-            out.stdout
-        );
     })
     .await;
 }

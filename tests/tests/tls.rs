@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bourse::config::{Credential, TlsSettings, UserSeed};
 use bourse_tests::connection::lapin_connect;
-use bourse_tests::python::{pika_script, require_pika, run_python};
+use bourse_tests::python::{require_pika, run_pika_checks};
 use bourse_tests::raw::{reply_code, within};
 use bourse_tests::{TempDir, TestBroker, bounded};
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
@@ -526,9 +526,7 @@ async fn pika_over_tls_with_plain_and_external() {
         let ca_file = files.write("ca.pem", &ca.pem());
         let other_ca = files.write("other-ca.pem", &stranger.pem());
         let port = tls_addr(&broker).port().to_string();
-        let script = pika_script("tls.py");
         let args: Vec<&std::ffi::OsStr> = vec![
-            script.as_os_str(),
             port.as_ref(),
             ca_file.as_os_str(),
             client_cert.as_os_str(),
@@ -537,18 +535,13 @@ async fn pika_over_tls_with_plain_and_external() {
             "pw".as_ref(),
             other_ca.as_os_str(),
         ];
-        let out = run_python(&args, Duration::from_secs(60)).await;
-        println!("{}", out.stdout);
-        assert!(
-            out.success,
-            "tls.py failed (exit {:?})\nstdout:\n{}\nstderr:\n{}",
-            out.code, out.stdout, out.stderr
-        );
-        assert!(
-            out.stdout.contains("all pika TLS checks passed"),
-            "tls.py exited 0 without finishing its checks:\n{}",
-            out.stdout
-        );
+        run_pika_checks(
+            "tls.py",
+            &args,
+            Duration::from_secs(60),
+            "all pika TLS checks passed",
+        )
+        .await;
     })
     .await;
 }
