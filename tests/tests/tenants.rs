@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use bourse::meta::MetaCommand;
 use bourse_tests::connection::lapin_connect;
+use bourse_tests::process::BrokerProcess;
 use bourse_tests::raw::{Handshake, RawClient, reply_code, within};
-use bourse_tests::tenancy::{grant_all, limits, put_user, put_vhost, user_url};
+use bourse_tests::tenancy::{grant_all, limits, put_user, put_vhost, user_url, vhost_url};
 use bourse_tests::{TestBroker, bounded, eventually};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
@@ -609,6 +610,60 @@ async fn deleting_a_vhost_closes_its_blocked_publishers_too() {
             "a connection of the deleted vhost is still open: {:?}",
             state_of(handle, "gina")
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn vhosts_users_grants_and_limits_survive_a_sigkill_of_the_broker_process() {
+    bounded(Duration::from_secs(120), async {
+        // The binary has no metadata door yet (the management API comes next), so an
+        // in-process broker writes the metadata into the process's data directory; the
+        // process then restarts from it, and again after a SIGKILL.
+        let mut process = BrokerProcess::start().await;
+        process.kill();
+        {
+            let data_dir = process.data_dir().to_owned();
+            let mut broker = TestBroker::start_with(|cfg| cfg.data_dir = data_dir).await;
+            let handle = broker.handle().expect("in-process broker");
+            for command in [
+                put_vhost("kept"),
+                put_user("ulla", "pw", &[]),
+                grant_all("ulla", "kept"),
+                MetaCommand::SetVhostLimits {
+                    vhost: "kept".into(),
+                    limits: limits(&[("max-queues", 1)]),
+                },
+            ] {
+                handle.execute(command).await.expect("meta command");
+            }
+            broker.shutdown().await;
+        }
+        for round in ["restart", "after-sigkill"] {
+            process.restart().await;
+            let base = process.url();
+            let ulla = lapin_connect(&user_url(&base, "ulla", "pw", "kept"))
+                .await
+                .unwrap_or_else(|e| panic!("{round}: ulla logs in: {e}\n{}", process.log_tail()));
+            let ch = within(ulla.create_channel()).await.expect("channel");
+            within(ch.queue_declare("one".into(), Default::default(), FieldTable::default()))
+                .await
+                .expect("the first queue");
+            let ch = within(ulla.create_channel()).await.expect("channel");
+            let second =
+                within(ch.queue_declare("two".into(), Default::default(), FieldTable::default()))
+                    .await;
+            match second {
+                Ok(_) => panic!("{round}: max-queues 1 was forgotten"),
+                Err(e) => assert_eq!(reply_code(&e), Some(406), "{round}: {e}"),
+            }
+            // guest has no permissions in the vhost.
+            match lapin_connect(&vhost_url(&base, "kept")).await {
+                Ok(_) => panic!("{round}: guest opened a vhost it has no grant in"),
+                Err(e) => assert_eq!(reply_code(&e), Some(530), "{round}: {e}"),
+            }
+            drop(ulla);
+        }
     })
     .await;
 }
