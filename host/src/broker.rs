@@ -56,6 +56,18 @@ impl Shared {
         self.vhosts.read().get(name).cloned()
     }
 
+    /// Every open vhost, in name order.
+    pub fn vhost_list(&self) -> Vec<Arc<VHost>> {
+        let mut all: Vec<Arc<VHost>> = self.vhosts.read().values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// The open connections.
+    pub fn connection_list(&self) -> Vec<Arc<crate::connection::ConnectionInfo>> {
+        self.open.list()
+    }
+
     /// The connection and channel counters of `user`.
     pub(crate) fn user_usage(&self, user: &str) -> Arc<crate::limits::UserUsage> {
         self.user_usage
@@ -491,6 +503,8 @@ pub struct BrokerHandle {
     accept: Option<JoinHandle<()>>,
     /// The AMQPS listener, when configured: its address, its certificates, its accept loop.
     tls: Option<(SocketAddr, Arc<TlsServer>, JoinHandle<()>)>,
+    /// The management API's address and server task, when configured.
+    management: Option<(SocketAddr, JoinHandle<()>)>,
 }
 
 impl Broker {
@@ -512,6 +526,14 @@ impl Broker {
                     .with_context(|| format!("cannot listen on {}", settings.listen))?;
                 Some((listener, server))
             }
+            None => None,
+        };
+        let management_listener = match config.management_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (management API)"))?,
+            ),
             None => None,
         };
         let registry = Registry::with_builtins();
@@ -562,6 +584,19 @@ impl Broker {
             }
             None => None,
         };
+        let management = match management_listener {
+            Some(listener) => {
+                let addr = listener.local_addr()?;
+                let task = tokio::spawn(crate::management::serve(
+                    shared.clone(),
+                    listener,
+                    stopped.clone(),
+                ));
+                info!(%addr, "management API listening");
+                Some((addr, task))
+            }
+            None => None,
+        };
         let accept = tokio::spawn(accept_loop(shared.clone(), listener, stopped, None));
         info!(%local_addr, "listening for AMQP connections");
         Ok(BrokerHandle {
@@ -570,6 +605,7 @@ impl Broker {
             stop,
             accept: Some(accept),
             tls,
+            management,
         })
     }
 }
@@ -578,6 +614,11 @@ impl BrokerHandle {
     /// The address the listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the management API is bound to, when there is one.
+    pub fn management_addr(&self) -> Option<SocketAddr> {
+        self.management.as_ref().map(|(addr, _)| *addr)
     }
 
     /// The address the AMQPS listener is bound to, when there is one.
@@ -718,6 +759,10 @@ impl BrokerHandle {
         }
         if let Some((_, _, accept)) = self.tls.take() {
             let _ = accept.await;
+        }
+        if let Some((_, server)) = self.management.take() {
+            // Its graceful shutdown waits for requests in flight; not for ever.
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
         }
         self.shared.closing.send_replace(true);
         let open = self.shared.closing.receiver_count();

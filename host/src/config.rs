@@ -74,6 +74,9 @@ pub struct Config {
     /// The AMQPS listener (docs/tls.md): present when `tls_listen`, `tls_cert_file` and
     /// `tls_key_file` are all set.
     pub tls: Option<TlsSettings>,
+    /// Address of the management HTTP API (docs/operations.md); None: no API. The binary's
+    /// default is 127.0.0.1:15672; a `Config` built in code has none unless it asks.
+    pub management_listen: Option<SocketAddr>,
 }
 
 /// The AMQPS listener's settings (RabbitMQ's `listeners.ssl` and `ssl_options`).
@@ -273,6 +276,7 @@ impl Default for Config {
             memory_high_watermark: 0.4,
             memory_high_watermark_bytes: None,
             tls: None,
+            management_listen: None,
         }
     }
 }
@@ -403,6 +407,9 @@ pub struct Cli {
     /// Block publishers above this resident memory, in bytes; overrides the fraction
     #[arg(long, env = "BOURSE_MEMORY_HIGH_WATERMARK_BYTES")]
     pub memory_high_watermark_bytes: Option<u64>,
+    /// Address and port of the management HTTP API, or `off` [default: 127.0.0.1:15672]
+    #[arg(long, env = "BOURSE_MANAGEMENT_LISTEN", value_name = "ADDR:PORT|off")]
+    pub management_listen: Option<String>,
     /// Address and port of the AMQPS listener, usually 127.0.0.1:5671; needs the cert and key
     /// [default: none, no TLS listener]
     #[arg(long, env = "BOURSE_TLS_LISTEN", value_name = "ADDR:PORT")]
@@ -479,6 +486,7 @@ struct FileConfig {
     vhost_limits: BTreeMap<String, VhostLimitOverrides>,
     memory_high_watermark: Option<f64>,
     memory_high_watermark_bytes: Option<u64>,
+    management_listen: Option<String>,
     tls_listen: Option<SocketAddr>,
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
@@ -645,6 +653,19 @@ impl Config {
         };
         let defaults = Config::default();
         let tls = tls_settings(&cli, &file)?;
+        let management_listen = match cli
+            .management_listen
+            .as_deref()
+            .or(file.management_listen.as_deref())
+        {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 15672))),
+            Some("off") => None,
+            Some(addr) => Some(addr.parse().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "management_listen must be ADDR:PORT or off, not '{addr}'"
+                ))
+            })?),
+        };
         let users = file
             .users
             .into_iter()
@@ -752,6 +773,7 @@ impl Config {
         };
         let config = Config {
             tls,
+            management_listen,
             listen: cli.listen.or(file.listen).unwrap_or(defaults.listen),
             data_dir: cli.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
             plugin_dir: cli.plugin_dir.or(file.plugin_dir),

@@ -21,6 +21,7 @@ pub mod config;
 pub mod connection;
 pub mod exchange;
 pub mod limits;
+pub mod management;
 pub mod memory;
 pub mod message;
 pub mod meta;

@@ -9,6 +9,7 @@ pub mod basic;
 pub mod connection;
 pub mod crash;
 pub mod exchanges;
+pub mod http;
 pub mod process;
 pub mod python;
 pub mod raw;

@@ -263,6 +263,17 @@ impl BrokerProcess {
             .arg(self.addr.to_string())
             .arg("--data-dir")
             .arg(&self.data_dir)
+            // Tests run brokers side by side: no management API on the fixed 15672 unless
+            // the test asks for one.
+            .args(
+                (!self.args.iter().any(|a| {
+                    a.to_str()
+                        .is_some_and(|a| a.starts_with("--management-listen"))
+                }))
+                .then_some(["--management-listen", "off"])
+                .into_iter()
+                .flatten(),
+            )
             .args(&self.args)
             // Plain text in the log file, whatever the subscriber's colour default.
             .env("NO_COLOR", "1")

@@ -213,6 +213,21 @@ impl VHost {
         AmqpError::not_found(format!("no queue '{name}' in vhost '{}'", self.name))
     }
 
+    /// Every queue, in name order (for operators: a copy taken under the read lock).
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        let mut all: Vec<Arc<Queue>> = self.read_topology().queues.values().cloned().collect();
+        all.sort_by(|a, b| a.name().cmp(b.name()));
+        all
+    }
+
+    /// Every exchange, pre-declared ones included, in name order.
+    pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
+        let mut all: Vec<Arc<Exchange>> =
+            self.read_topology().exchanges.values().cloned().collect();
+        all.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+        all
+    }
+
     /// Looks up an exchange.
     pub fn exchange(&self, name: &str) -> Result<Arc<Exchange>, AmqpError> {
         self.read_topology()

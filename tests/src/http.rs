@@ -1,0 +1,124 @@
+//! A small client of the management HTTP API for tests: hyper's own client (what axum is
+//! built on), basic auth, JSON in and out.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// How long one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The API of one broker, as one user.
+pub struct Api {
+    base: String,
+    credentials: Option<(String, String)>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// A response: its status, the `WWW-Authenticate` header, the body as JSON (Null if empty).
+#[derive(Debug)]
+pub struct Reply {
+    /// The status.
+    pub status: StatusCode,
+    /// `WWW-Authenticate`, if sent.
+    pub authenticate: Option<String>,
+    /// The body.
+    pub json: Value,
+}
+
+impl Api {
+    /// The API at `addr`, as `user` with `password`.
+    pub fn new(addr: SocketAddr, user: &str, password: &str) -> Self {
+        Self {
+            base: format!("http://{addr}"),
+            credentials: Some((user.to_owned(), password.to_owned())),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// The same API without credentials.
+    pub fn anonymous(addr: SocketAddr) -> Self {
+        Self {
+            credentials: None,
+            ..Self::new(addr, "", "")
+        }
+    }
+
+    /// The same API as another user.
+    pub fn as_user(&self, user: &str, password: &str) -> Self {
+        Self {
+            base: self.base.clone(),
+            credentials: Some((user.to_owned(), password.to_owned())),
+            client: self.client.clone(),
+        }
+    }
+
+    /// Sends `method path` with `body` (raw bytes) and reads the reply.
+    pub async fn raw(&self, method: Method, path: &str, body: Vec<u8>) -> Reply {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/json");
+        if let Some((user, password)) = &self.credentials {
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            request = request.header("authorization", format!("Basic {token}"));
+        }
+        let request = request.body(Full::new(Bytes::from(body))).expect("request");
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
+            .await
+            .unwrap_or_else(|_| panic!("no answer to {path} within {REQUEST_TIMEOUT:?}"))
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let status = response.status();
+        let authenticate = response
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!(
+                    "{path}: not JSON ({e}): {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        };
+        Reply {
+            status,
+            authenticate,
+            json,
+        }
+    }
+
+    /// GET `path`.
+    pub async fn get(&self, path: &str) -> Reply {
+        self.raw(Method::GET, path, Vec::new()).await
+    }
+
+    /// PUT `path` with a JSON body.
+    pub async fn put(&self, path: &str, body: Value) -> Reply {
+        self.raw(Method::PUT, path, body.to_string().into_bytes())
+            .await
+    }
+
+    /// DELETE `path`.
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.raw(Method::DELETE, path, Vec::new()).await
+    }
+}
