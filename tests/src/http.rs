@@ -63,10 +63,24 @@ impl Api {
 
     /// Sends `method path` with `body` (raw bytes) and reads the reply.
     pub async fn raw(&self, method: Method, path: &str, body: Vec<u8>) -> Reply {
+        self.raw_with(method, path, body, &[]).await
+    }
+
+    /// Like [`raw`](Self::raw), with extra headers.
+    pub async fn raw_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
         let mut request = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
             .header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some((user, password)) = &self.credentials {
             let token =
                 base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
@@ -121,4 +135,17 @@ impl Api {
     pub async fn delete(&self, path: &str) -> Reply {
         self.raw(Method::DELETE, path, Vec::new()).await
     }
+}
+
+/// `text` percent-encoded for a path segment (everything but ASCII letters and digits).
+pub fn segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }

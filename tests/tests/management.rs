@@ -7,13 +7,17 @@ use std::time::Duration;
 
 use bourse::config::UserSeed;
 use bourse_tests::connection::lapin_connect;
-use bourse_tests::http::Api;
-use bourse_tests::raw::{reply_code, within};
+use bourse_tests::http::{Api, segment};
+use bourse_tests::raw::{RawClient, reply_code, within};
 use bourse_tests::tenancy::user_url;
 use bourse_tests::{TestBroker, bounded, confirm_channel};
 use hyper::{Method, StatusCode};
 use lapin::BasicProperties;
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::ExchangeKind;
+use lapin::options::{
+    BasicPublishOptions, ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use serde_json::json;
 
@@ -333,6 +337,169 @@ async fn bad_requests_get_rabbitmqs_json_errors() {
         let alarmed = api.get("/api/health/checks/alarms").await;
         assert_eq!(alarmed.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(alarmed.json["status"], "failed");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bindings_and_definitions_are_exported_in_rabbitmqs_format() {
+    bounded(LIMIT, async {
+        let (broker, api) = start().await;
+        let conn = lapin_connect(broker.url()).await.unwrap();
+        let ch = within(conn.create_channel()).await.unwrap();
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        for (name, kind) in [
+            ("orders", ExchangeKind::Direct),
+            ("audit", ExchangeKind::Fanout),
+        ] {
+            within(ch.exchange_declare(name.into(), kind, durable, FieldTable::default()))
+                .await
+                .unwrap();
+        }
+        within(ch.queue_declare(
+            "o1".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ))
+        .await
+        .unwrap();
+        within(ch.queue_declare(
+            "scratch".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        ))
+        .await
+        .unwrap();
+        within(ch.queue_bind(
+            "o1".into(),
+            "orders".into(),
+            "new".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ))
+        .await
+        .unwrap();
+        within(ch.exchange_bind(
+            "audit".into(),
+            "orders".into(),
+            "new".into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        ))
+        .await
+        .unwrap();
+        api.put(
+            "/api/vhost-limits/%2F/max-connections",
+            json!({"value": 50}),
+        )
+        .await;
+
+        let bindings = api.get("/api/bindings/%2F").await.json;
+        let list = bindings.as_array().unwrap();
+        let has = |source: &str, destination: &str, kind: &str, key: &str| {
+            list.iter().any(|b| {
+                b["source"] == source
+                    && b["destination"] == destination
+                    && b["destination_type"] == kind
+                    && b["routing_key"] == key
+            })
+        };
+        assert!(has("", "o1", "queue", "o1"), "{bindings}");
+        assert!(has("orders", "o1", "queue", "new"), "{bindings}");
+        assert!(has("orders", "audit", "exchange", "new"), "{bindings}");
+
+        let defs = api.get("/api/definitions").await;
+        assert_eq!(defs.status, StatusCode::OK);
+        let defs = defs.json;
+        let names = |key: &str| -> Vec<String> {
+            defs[key]
+                .as_array()
+                .unwrap_or_else(|| panic!("{key} missing: {defs}"))
+                .iter()
+                .map(|o| o["name"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        };
+        assert_eq!(names("queues"), ["o1"], "transient queues are not exported");
+        let mut exchanges = names("exchanges");
+        exchanges.sort();
+        assert_eq!(
+            exchanges,
+            ["audit", "orders"],
+            "no amq.* or default exchange"
+        );
+        assert!(names("vhosts").contains(&"/".to_owned()));
+        let guest = defs["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["name"] == "guest")
+            .expect("guest exported");
+        assert_eq!(
+            guest["password_hash"],
+            api.get("/api/users/guest").await.json["password_hash"]
+        );
+        assert_eq!(
+            defs["bindings"].as_array().unwrap().len(),
+            2,
+            "{}",
+            defs["bindings"]
+        );
+        assert_eq!(
+            defs["parameters"],
+            json!([{"vhost": "/", "component": "vhost-limits", "name": "limits",
+                    "value": {"max-connections": 50}}])
+        );
+        for key in [
+            "permissions",
+            "topic_permissions",
+            "policies",
+            "global_parameters",
+        ] {
+            assert!(defs[key].is_array(), "{key}: {defs}");
+        }
+        // Administrators only.
+        let refused = api.as_user("watcher", "pw").get("/api/definitions").await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn deleting_a_connection_closes_it_with_320_and_the_reason() {
+    bounded(LIMIT, async {
+        let (broker, api) = start().await;
+        let (mut raw, _) = RawClient::open(broker.addr()).await;
+        let listed = api.get("/api/connections").await.json;
+        let name = listed[0]["name"].as_str().expect("a connection").to_owned();
+        assert_eq!(
+            api.get(&format!("/api/connections/{}", segment(&name)))
+                .await
+                .json["user"],
+            "guest"
+        );
+        // Not someone else's to close.
+        let other = api
+            .as_user("manager", "pw")
+            .delete(&format!("/api/connections/{}", segment(&name)))
+            .await;
+        assert_eq!(other.status, StatusCode::NOT_FOUND);
+        let closed = api
+            .raw_with(
+                Method::DELETE,
+                &format!("/api/connections/{}", segment(&name)),
+                Vec::new(),
+                &[("x-reason", "maintenance window")],
+            )
+            .await;
+        assert_eq!(closed.status, StatusCode::NO_CONTENT);
+        let reason = raw.expect_connection_close_code(320).await;
+        assert_eq!(reason.text, "CONNECTION_FORCED - maintenance window");
     })
     .await;
 }

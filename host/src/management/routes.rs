@@ -15,6 +15,8 @@ use super::error::ApiError;
 use super::json::table;
 use crate::auth::{Algorithm, PasswordHash};
 use crate::broker::Shared;
+use crate::connection::ConnectionInfo;
+use crate::exchange::Destination;
 use crate::meta::{MetaCommand, VhostMeta};
 use crate::vhost::VHost;
 
@@ -53,7 +55,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/queues/{vhost}/{name}", get(queue_get))
         .route("/api/exchanges", get(exchanges_all))
         .route("/api/exchanges/{vhost}", get(exchanges_in))
+        .route("/api/bindings", get(bindings_all))
+        .route("/api/bindings/{vhost}", get(bindings_in))
+        .route("/api/definitions", get(definitions))
         .route("/api/connections", get(connections))
+        .route(
+            "/api/connections/{name}",
+            get(connection_get).delete(connection_delete),
+        )
         .route("/api/health/checks/alarms", get(alarms))
         .fallback(|| async { ApiError::not_found() })
         .with_state(shared)
@@ -603,17 +612,75 @@ async fn exchanges_in(
     ))
 }
 
-async fn connections(State(shared): State<Arc<Shared>>, who: Who) -> Api {
-    let local = shared.config.listen;
-    let list: Vec<Value> = shared
+/// The connections `who` may see: all for monitoring users, their own for the others (as
+/// RabbitMQ).
+fn visible_connections(shared: &Shared, who: &Who) -> Vec<Arc<ConnectionInfo>> {
+    shared
         .connection_list()
-        .iter()
-        // As RabbitMQ: monitoring users see every connection, others their own.
+        .into_iter()
         .filter(|c| who.sees_all() || c.user == who.user.name)
-        .map(|c| {
-            let tls = c.tls.as_ref();
-            json!({
-                "name": format!("{} -> {}", c.peer, local),
+        .collect()
+}
+
+/// RabbitMQ's connection name: `peer -> listener`.
+fn connection_name(shared: &Shared, c: &ConnectionInfo) -> String {
+    let local = match &c.tls {
+        Some(_) => shared
+            .config
+            .tls
+            .as_ref()
+            .map_or(shared.config.listen, |t| t.listen),
+        None => shared.config.listen,
+    };
+    format!("{} -> {}", c.peer, local)
+}
+
+async fn connection_get(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path(name): Path<String>,
+) -> Api {
+    let found = visible_connections(&shared, &who)
+        .into_iter()
+        .find(|c| connection_name(&shared, c) == name)
+        .ok_or_else(ApiError::not_found)?;
+    ok(connection_json(&shared, &found))
+}
+
+/// Closes a connection with 320 CONNECTION_FORCED and the `X-Reason` header's text, as
+/// RabbitMQ (administrators close any, others their own).
+async fn connection_delete(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Api {
+    let found = visible_connections(&shared, &who)
+        .into_iter()
+        .find(|c| connection_name(&shared, c) == name)
+        .ok_or_else(ApiError::not_found)?;
+    let reason = headers
+        .get("x-reason")
+        .and_then(|v| v.to_str().ok())
+        .map(|r| r.chars().take(200).collect::<String>())
+        .unwrap_or_else(|| "Closed via management plugin".to_owned());
+    found.force_close(reason);
+    no_content()
+}
+
+async fn connections(State(shared): State<Arc<Shared>>, who: Who) -> Api {
+    let list: Vec<Value> = visible_connections(&shared, &who)
+        .iter()
+        .map(|c| connection_json(&shared, c))
+        .collect();
+    ok(Value::Array(list))
+}
+
+fn connection_json(shared: &Shared, c: &ConnectionInfo) -> Value {
+    let local = shared.config.listen;
+    let tls = c.tls.as_ref();
+    json!({
+                "name": connection_name(shared, c),
                 "node": node_name(),
                 "user": c.user,
                 "vhost": c.vhost,
@@ -627,10 +694,160 @@ async fn connections(State(shared): State<Arc<Shared>>, who: Who) -> Api {
                 "ssl_protocol": tls.map(|t| t.protocol),
                 "ssl_cipher": tls.map(|t| t.cipher.clone()),
                 "peer_cert_subject": tls.and_then(|t| t.peer_cert_subject.clone()),
+    })
+}
+
+fn binding_json(vhost: &str, source: &str, b: &crate::exchange::Binding) -> Value {
+    let (destination, destination_type) = match &b.destination {
+        Destination::Queue(name) => (name.to_string(), "queue"),
+        Destination::Exchange(name) => (name.to_string(), "exchange"),
+    };
+    json!({
+        "source": source,
+        "vhost": vhost,
+        "destination": destination,
+        "destination_type": destination_type,
+        "routing_key": b.routing_key.to_string(),
+        "arguments": table(&b.arguments),
+        "properties_key": b.routing_key.to_string(),
+    })
+}
+
+/// The bindings of `vhost` as RabbitMQ lists them: the default exchange's implicit binding
+/// of every queue by its name first, then each exchange's.
+fn vhost_bindings(vhost: &VHost) -> Vec<Value> {
+    let mut out: Vec<Value> = vhost
+        .queues()
+        .iter()
+        .map(|q| {
+            json!({
+                "source": "", "vhost": vhost.name.to_string(),
+                "destination": q.name().to_string(), "destination_type": "queue",
+                "routing_key": q.name().to_string(), "arguments": {},
+                "properties_key": q.name().to_string(),
             })
         })
         .collect();
+    for exchange in vhost.exchanges() {
+        for binding in exchange.bindings() {
+            out.push(binding_json(&vhost.name, &exchange.spec.name, &binding));
+        }
+    }
+    out
+}
+
+async fn bindings_all(State(shared): State<Arc<Shared>>, who: Who) -> Api {
+    let mut list = Vec::new();
+    for vhost in visible_vhosts(&shared, &who) {
+        list.extend(vhost_bindings(&vhost));
+    }
     ok(Value::Array(list))
+}
+
+async fn bindings_in(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path(vhost): Path<String>,
+) -> Api {
+    let open = open_vhost(&shared, &who, &vhost)?;
+    ok(Value::Array(vhost_bindings(&open)))
+}
+
+/// GET /api/definitions: the broker's definitions in RabbitMQ's format (users with their
+/// hashes, vhosts, permissions, topic permissions, vhost limits as parameters, and the
+/// durable queues, exchanges and bindings clients declared; exclusive queues and the
+/// pre-declared exchanges are left out, as RabbitMQ does).
+async fn definitions(State(shared): State<Arc<Shared>>, who: Who) -> Api {
+    who.require_admin()?;
+    let state = shared.meta.state();
+    let version = env!("CARGO_PKG_VERSION");
+    let users: Vec<Value> = state
+        .users
+        .iter()
+        .map(|(name, u)| {
+            json!({
+                "name": name, "password_hash": u.password_hash,
+                "hashing_algorithm": u.hashing_algorithm, "tags": u.tags, "limits": {},
+            })
+        })
+        .collect();
+    let vhosts: Vec<Value> = state
+        .vhosts
+        .iter()
+        .map(|(name, v)| {
+            json!({
+                "name": name, "description": v.description, "tags": v.tags,
+                "metadata": { "description": v.description, "tags": v.tags },
+                "limits": [],
+            })
+        })
+        .collect();
+    let permissions: Vec<Value> = state
+        .permissions
+        .iter()
+        .map(|((user, vhost), p)| permission_json(user, vhost, p))
+        .collect();
+    let topic_permissions: Vec<Value> = state
+        .topic_permissions
+        .iter()
+        .map(|((user, vhost, exchange), t)| {
+            json!({
+                "user": user, "vhost": vhost, "exchange": exchange,
+                "write": t.write, "read": t.read,
+            })
+        })
+        .collect();
+    let parameters: Vec<Value> = state
+        .vhosts
+        .iter()
+        .filter(|(_, v)| !v.limits.is_empty())
+        .map(|(name, v)| {
+            json!({
+                "vhost": name, "component": "vhost-limits", "name": "limits", "value": v.limits,
+            })
+        })
+        .collect();
+    let (mut queues, mut exchanges, mut bindings) = (Vec::new(), Vec::new(), Vec::new());
+    for vhost in shared.vhost_list() {
+        for q in vhost.queues() {
+            if q.spec.durable && q.spec.exclusive_owner.is_none() {
+                queues.push(json!({
+                    "name": q.name().to_string(), "vhost": vhost.name.to_string(),
+                    "durable": true, "auto_delete": q.spec.auto_delete,
+                    "arguments": table(&q.spec.arguments),
+                }));
+            }
+        }
+        for x in vhost.exchanges() {
+            let name = x.spec.name.to_string();
+            if !x.spec.durable || name.is_empty() || name.starts_with("amq.") {
+                continue;
+            }
+            exchanges.push(exchange_json(&vhost.name, &x));
+        }
+        for x in vhost.exchanges() {
+            let source = x.spec.name.to_string();
+            for b in x.bindings() {
+                bindings.push(binding_json(&vhost.name, &source, &b));
+            }
+        }
+    }
+    ok(json!({
+        "rabbit_version": version,
+        "rabbitmq_version": version,
+        "product_name": "bourse",
+        "product_version": version,
+        "users": users,
+        "vhosts": vhosts,
+        "permissions": permissions,
+        "topic_permissions": topic_permissions,
+        "parameters": parameters,
+        "global_parameters": [],
+        "policies": [],
+        "queues": queues,
+        "exchanges": exchanges,
+        "bindings": bindings,
+    }))
 }
 
 async fn alarms(State(shared): State<Arc<Shared>>, _who: Who) -> Api {
