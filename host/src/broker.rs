@@ -564,6 +564,12 @@ impl Broker {
                 .add_vhost(name)
                 .with_context(|| format!("cannot open the storage of vhost '{name}'"))?;
         }
+        if let Some(path) = shared.config.load_definitions.clone() {
+            let importing = shared.clone();
+            tokio::task::spawn_blocking(move || load_definitions(&importing, &path))
+                .await
+                .context("loading definitions")??;
+        }
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(shared.clone().sample_queued_bytes(stopped.clone()));
         let tls = match tls_listener {
@@ -825,6 +831,21 @@ async fn start_plugins(config: &Config, registry: &Registry) -> Option<PluginMan
     }
     manager.watch(std::time::Duration::from_millis(config.plugin_poll_ms));
     Some(manager)
+}
+
+/// Imports `path` (RabbitMQ's definitions format) at start-up; what it skips is logged.
+fn load_definitions(shared: &Shared, path: &std::path::Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read definitions file {}", path.display()))?;
+    let document: serde_json::Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("definitions file {} is not JSON", path.display()))?;
+    let warnings = crate::definitions::import(shared, &document)
+        .with_context(|| format!("cannot load definitions file {}", path.display()))?;
+    for warning in &warnings {
+        warn!(file = %path.display(), %warning, "definitions");
+    }
+    info!(file = %path.display(), "definitions loaded");
+    Ok(())
 }
 
 /// Accepts connections until shutdown; with `tls`, each socket's TLS handshake runs in its

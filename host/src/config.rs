@@ -77,6 +77,9 @@ pub struct Config {
     /// Address of the management HTTP API (docs/operations.md); None: no API. The binary's
     /// default is 127.0.0.1:15672; a `Config` built in code has none unless it asks.
     pub management_listen: Option<SocketAddr>,
+    /// A definitions file (RabbitMQ's JSON format) imported at every start, after the meta
+    /// log is replayed (RabbitMQ's `load_definitions`): docs/operations.md.
+    pub load_definitions: Option<PathBuf>,
 }
 
 /// The AMQPS listener's settings (RabbitMQ's `listeners.ssl` and `ssl_options`).
@@ -277,6 +280,7 @@ impl Default for Config {
             memory_high_watermark_bytes: None,
             tls: None,
             management_listen: None,
+            load_definitions: None,
         }
     }
 }
@@ -407,6 +411,9 @@ pub struct Cli {
     /// Block publishers above this resident memory, in bytes; overrides the fraction
     #[arg(long, env = "BOURSE_MEMORY_HIGH_WATERMARK_BYTES")]
     pub memory_high_watermark_bytes: Option<u64>,
+    /// A definitions file (RabbitMQ's JSON format) imported at every start
+    #[arg(long, env = "BOURSE_LOAD_DEFINITIONS", value_name = "FILE")]
+    pub load_definitions: Option<PathBuf>,
     /// Address and port of the management HTTP API, or `off` [default: 127.0.0.1:15672]
     #[arg(long, env = "BOURSE_MANAGEMENT_LISTEN", value_name = "ADDR:PORT|off")]
     pub management_listen: Option<String>,
@@ -487,6 +494,7 @@ struct FileConfig {
     memory_high_watermark: Option<f64>,
     memory_high_watermark_bytes: Option<u64>,
     management_listen: Option<String>,
+    load_definitions: Option<PathBuf>,
     tls_listen: Option<SocketAddr>,
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
@@ -774,6 +782,7 @@ impl Config {
         let config = Config {
             tls,
             management_listen,
+            load_definitions: cli.load_definitions.or(file.load_definitions),
             listen: cli.listen.or(file.listen).unwrap_or(defaults.listen),
             data_dir: cli.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
             plugin_dir: cli.plugin_dir.or(file.plugin_dir),

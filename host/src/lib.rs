@@ -19,6 +19,7 @@ pub mod broker;
 pub mod channel;
 pub mod config;
 pub mod connection;
+pub mod definitions;
 pub mod exchange;
 pub mod limits;
 pub mod management;

@@ -503,3 +503,152 @@ async fn deleting_a_connection_closes_it_with_320_and_the_reason() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_rabbitmq_definitions_export_loads_and_works() {
+    bounded(LIMIT, async {
+        let (broker, api) = start().await;
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("data/rabbitmq-3.10.8-definitions.json");
+        let bytes = std::fs::read(&file).expect("test data");
+        let imported = api.raw(Method::POST, "/api/definitions", bytes).await;
+        assert_eq!(imported.status, StatusCode::OK, "{:?}", imported.json);
+        let warnings: Vec<String> = imported.json["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_str().unwrap().to_owned())
+            .collect();
+        assert!(
+            warnings.iter().any(|w| w.contains("1 policies")),
+            "the policy is not reported as ignored: {warnings:?}"
+        );
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("alice.quorum") && w.contains("quorum")),
+            "{warnings:?}"
+        );
+        // Alice logs in with her RabbitMQ password hash, under her RabbitMQ permissions.
+        let url = user_url(broker.url(), "alice", "alicepw", "tenant-a");
+        let conn = lapin_connect(&url).await.expect("alice's RabbitMQ hash");
+        let ch = confirm_channel(&conn).await;
+        let confirm = within(ch.basic_publish(
+            "orders".into(),
+            "new".into(),
+            BasicPublishOptions::default(),
+            b"order",
+            BasicProperties::default(),
+        ))
+        .await
+        .unwrap();
+        within(confirm)
+            .await
+            .expect("routed by the imported binding");
+        let queue = api.get("/api/queues/tenant-a/alice.jobs").await.json;
+        assert_eq!(queue["messages_ready"], 1, "{queue}");
+        assert_eq!(
+            queue["arguments"],
+            json!({"x-dead-letter-exchange": "audit", "x-max-length": 1000, "x-message-ttl": 30000})
+        );
+        let ch = within(conn.create_channel()).await.unwrap();
+        let denied = within(ch.queue_declare(
+            "bob.q".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        ))
+        .await;
+        assert_eq!(denied.err().and_then(|e| reply_code(&e)), Some(403));
+        assert_eq!(
+            api.get("/api/vhost-limits/tenant-a").await.json,
+            json!([{"vhost": "tenant-a", "value": {"max-connections": 20, "max-queues": 50}}])
+        );
+        assert_eq!(
+            api.get("/api/vhosts/tenant-a").await.json["description"],
+            "tenant A"
+        );
+        let bad = api
+            .raw(Method::POST, "/api/definitions", b"[1, 2]".to_vec())
+            .await;
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn definitions_round_trip_into_a_fresh_broker() {
+    bounded(LIMIT, async {
+        let (source, api) = start().await;
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("data/rabbitmq-3.10.8-definitions.json");
+        let imported = api
+            .raw(
+                Method::POST,
+                "/api/definitions",
+                std::fs::read(&file).unwrap(),
+            )
+            .await;
+        assert_eq!(imported.status, StatusCode::OK);
+        let exported = api.get("/api/definitions").await.json;
+        let (fresh, fresh_api) = start().await;
+        let loaded = fresh_api
+            .raw(
+                Method::POST,
+                "/api/definitions",
+                exported.to_string().into_bytes(),
+            )
+            .await;
+        assert_eq!(loaded.status, StatusCode::OK, "{:?}", loaded.json);
+        assert_eq!(
+            loaded.json["warnings"],
+            json!([]),
+            "bourse's own export loads cleanly"
+        );
+        let again = fresh_api.get("/api/definitions").await.json;
+        assert_eq!(
+            again, exported,
+            "bourse -> JSON -> fresh bourse is not identical"
+        );
+        drop((source, fresh));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn load_definitions_imports_a_file_at_start_up() {
+    bounded(LIMIT, async {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("data/rabbitmq-3.10.8-definitions.json");
+        let broker = TestBroker::start_with(|cfg| cfg.load_definitions = Some(file)).await;
+        let url = user_url(broker.url(), "alice", "alicepw", "tenant-a");
+        let conn = lapin_connect(&url).await.expect("alice from the file");
+        let ch = within(conn.create_channel()).await.unwrap();
+        within(ch.queue_declare(
+            "alice.jobs".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ))
+        .await
+        .expect("the file's queue");
+        // A broken file stops the start.
+        let dir = bourse_tests::TempDir::new();
+        let bad = dir.path.join("bad.json");
+        std::fs::write(&bad, "{\"users\": 3}").unwrap();
+        let error = match bourse::Broker::start(bourse::Config {
+            listen: ([127, 0, 0, 1], 0).into(),
+            data_dir: dir.path.join("data"),
+            load_definitions: Some(bad),
+            ..bourse::Config::default()
+        })
+        .await
+        {
+            Ok(_) => panic!("a broken definitions file was accepted"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(error.contains("users must be a list"), "{error}");
+    })
+    .await;
+}

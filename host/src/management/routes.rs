@@ -57,7 +57,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/exchanges/{vhost}", get(exchanges_in))
         .route("/api/bindings", get(bindings_all))
         .route("/api/bindings/{vhost}", get(bindings_in))
-        .route("/api/definitions", get(definitions))
+        .route(
+            "/api/definitions",
+            get(definitions)
+                .post(definitions_post)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    crate::definitions::DEFINITIONS_MAX_BYTES,
+                )),
+        )
         .route("/api/connections", get(connections))
         .route(
             "/api/connections/{name}",
@@ -751,6 +758,24 @@ async fn bindings_in(
 ) -> Api {
     let open = open_vhost(&shared, &who, &vhost)?;
     ok(Value::Array(vhost_bindings(&open)))
+}
+
+/// POST /api/definitions: imports a definitions document (`crate::definitions`); answers
+/// what was skipped, if anything, as `{"warnings": [...]}`.
+async fn definitions_post(State(shared): State<Arc<Shared>>, who: Who, body: Bytes) -> Api {
+    who.require_admin()?;
+    let document: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    let importing = shared.clone();
+    let warnings =
+        tokio::task::spawn_blocking(move || crate::definitions::import(&importing, &document))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    for warning in &warnings {
+        tracing::warn!(%warning, "definitions import");
+    }
+    ok(json!({ "warnings": warnings }))
 }
 
 /// GET /api/definitions: the broker's definitions in RabbitMQ's format (users with their
