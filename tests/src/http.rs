@@ -17,6 +17,7 @@ use serde_json::Value;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The API of one broker, as one user.
+#[derive(Clone)]
 pub struct Api {
     base: String,
     credentials: Option<(String, String)>,

@@ -652,3 +652,141 @@ async fn load_definitions_imports_a_file_at_start_up() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn tenants_upload_roll_back_and_remove_plugins_over_http() {
+    use bourse_tests::wasm::{dedup_as_regex, plugin_bytes, seed_cache_key, test_cache_dir};
+    bounded(Duration::from_secs(120), async {
+        let broker = TestBroker::start_with(|cfg| {
+            cfg.management_listen = Some(([127, 0, 0, 1], 0).into());
+            cfg.wasm_cache_dir = Some(test_cache_dir());
+            seed_cache_key(&cfg.data_dir);
+            let mut guest = UserSeed::clear("guest", "guest");
+            guest.tags = vec!["administrator".into()];
+            let mut maker = UserSeed::clear("maker", "pw");
+            maker.tags = vec!["policymaker".into()];
+            let mut manager = UserSeed::clear("manager", "pw");
+            manager.tags = vec!["management".into()];
+            cfg.users = vec![guest, maker, manager];
+        })
+        .await;
+        let addr = broker.handle().unwrap().management_addr().unwrap();
+        let admin = Api::new(addr, "guest", "guest");
+        admin.put("/api/vhosts/t", json!({})).await;
+        for user in ["maker", "manager"] {
+            admin
+                .put(
+                    &format!("/api/permissions/t/{user}"),
+                    json!({"configure": ".*", "write": ".*", "read": ".*"}),
+                )
+                .await;
+        }
+        let maker = admin.as_user("maker", "pw");
+        let upload = |api: &Api, bytes: Vec<u8>| {
+            let api = api.clone();
+            async move { api.raw(Method::POST, "/api/plugins/t", bytes).await }
+        };
+        let up = upload(&maker, plugin_bytes("x-regex")).await;
+        assert_eq!(up.status, StatusCode::OK, "{:?}", up.json);
+        assert_eq!(up.json["name"], "x-regex");
+        assert_eq!(up.json["scope"], "t");
+        let first = up.json["current"]["sha256"].clone();
+        // Declarable in t only.
+        let url = user_url(broker.url(), "maker", "pw", "t");
+        let conn = lapin_connect(&url).await.unwrap();
+        let ch = within(conn.create_channel()).await.unwrap();
+        within(ch.exchange_declare(
+            "r".into(),
+            ExchangeKind::Custom("x-regex".into()),
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        ))
+        .await
+        .expect("x-regex in t");
+        let root = lapin_connect(broker.url()).await.unwrap();
+        let rch = within(root.create_channel()).await.unwrap();
+        let elsewhere = within(rch.exchange_declare(
+            "r".into(),
+            ExchangeKind::Custom("x-regex".into()),
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        ))
+        .await;
+        assert_eq!(elsewhere.err().and_then(|e| reply_code(&e)), Some(406));
+        let listed = maker.get("/api/plugins/t").await.json;
+        assert_eq!(listed[0]["exchanges"][0]["name"], "r", "{listed}");
+        // A new version, then back.
+        let second = upload(&maker, dedup_as_regex()).await;
+        assert_eq!(second.status, StatusCode::OK, "{:?}", second.json);
+        assert_eq!(second.json["previous"]["sha256"], first);
+        let back = maker
+            .raw(Method::POST, "/api/plugins/t/x-regex/rollback", Vec::new())
+            .await;
+        assert_eq!(back.status, StatusCode::OK, "{:?}", back.json);
+        assert_eq!(back.json["current"]["sha256"], first);
+        // Who may not, and what is not a component.
+        let denied = upload(&admin.as_user("manager", "pw"), plugin_bytes("x-regex")).await;
+        assert_eq!(denied.status, StatusCode::UNAUTHORIZED, "{:?}", denied.json);
+        let garbage = upload(&maker, b"not wasm".to_vec()).await;
+        assert_eq!(
+            garbage.status,
+            StatusCode::BAD_REQUEST,
+            "{:?}",
+            garbage.json
+        );
+        assert_eq!(garbage.json["error"], "bad_request");
+        // Everything is listed: the vhost's type with its scope.
+        let all = admin.get("/api/plugins").await.json;
+        assert!(
+            all.as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "x-regex" && p["scope"] == "t"),
+            "{all}"
+        );
+        let removed = maker.delete("/api/plugins/t/x-regex").await;
+        assert_eq!(removed.status, StatusCode::NO_CONTENT);
+        assert_eq!(maker.get("/api/plugins/t").await.json, json!([]));
+        assert_eq!(
+            maker.delete("/api/plugins/t/x-regex").await.status,
+            StatusCode::NOT_FOUND
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_oversized_plugin_upload_gets_413() {
+    bounded(LIMIT, async {
+        let broker = TestBroker::start_with(|cfg| {
+            cfg.management_listen = Some(([127, 0, 0, 1], 0).into());
+            cfg.wasm_upload_max_bytes = 1000;
+        })
+        .await;
+        let api = Api::new(
+            broker.handle().unwrap().management_addr().unwrap(),
+            "guest",
+            "guest",
+        );
+        for size in [1001, 100_000] {
+            let reply = api
+                .raw(Method::POST, "/api/plugins/%2F", vec![0; size])
+                .await;
+            assert_eq!(
+                reply.status,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "{size}: {:?}",
+                reply.json
+            );
+            assert!(
+                reply.json["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("wasm_upload_max_bytes"),
+                "{:?}",
+                reply.json
+            );
+        }
+    })
+    .await;
+}

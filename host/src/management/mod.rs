@@ -11,6 +11,7 @@
 mod auth;
 mod error;
 mod json;
+mod plugins;
 mod routes;
 
 use std::net::SocketAddr;

@@ -24,6 +24,10 @@ type Api = Result<Response, ApiError>;
 
 /// Every route, over the broker's state.
 pub fn router(shared: Arc<Shared>) -> Router {
+    // One byte over the limit reaches the broker, which answers with the limit's name.
+    let upload_limit = usize::try_from(shared.config.wasm_upload_max_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1);
     Router::new()
         .route("/api/overview", get(overview))
         .route("/api/whoami", get(whoami))
@@ -71,6 +75,21 @@ pub fn router(shared: Arc<Shared>) -> Router {
             get(connection_get).delete(connection_delete),
         )
         .route("/api/health/checks/alarms", get(alarms))
+        .route("/api/plugins", get(super::plugins::list))
+        .route(
+            "/api/plugins/{vhost}",
+            get(super::plugins::of_vhost)
+                .post(super::plugins::upload)
+                .layer(axum::extract::DefaultBodyLimit::max(upload_limit)),
+        )
+        .route(
+            "/api/plugins/{vhost}/{name}/rollback",
+            axum::routing::post(super::plugins::rollback),
+        )
+        .route(
+            "/api/plugins/{vhost}/{name}",
+            axum::routing::delete(super::plugins::remove),
+        )
         .fallback(|| async { ApiError::not_found() })
         .with_state(shared)
 }

@@ -41,6 +41,10 @@ pub mod v0_1;
 use std::time::Duration;
 
 pub use counters::GlobalStatus;
+
+/// The WIT package this host serves; a plugin loads only if it was built against a 0.1.x
+/// version of it (`runtime.rs`).
+pub const WIT_PACKAGE: &str = "bourse:exchange@0.1.0";
 pub use manager::{PluginManager, ScanReport};
 
 /// Process-wide counters.

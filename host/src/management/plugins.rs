@@ -1,0 +1,172 @@
+//! bourse's own routes under `/api/plugins`: the exchange-type plugins of the broker (its
+//! plugin directory) and of each vhost, with their versions and per-exchange stats; a
+//! tenant's upload, rollback and removal in its vhost (who may: `auth::plugin_access`).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
+use serde_json::{Value, json};
+
+use super::auth::Who;
+use super::error::ApiError;
+use crate::broker::Shared;
+use crate::exchange::wasm::tenant::VhostPluginError;
+use crate::exchange::wasm::{ExchangeStatus, PluginStatus, VersionStatus};
+
+type Api = Result<Response, ApiError>;
+
+impl From<VhostPluginError> for ApiError {
+    fn from(error: VhostPluginError) -> Self {
+        let reason = error.to_string();
+        match error {
+            VhostPluginError::TooLarge { .. } => ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                error: "payload_too_large",
+                reason,
+            },
+            VhostPluginError::NoVhost(_) | VhostPluginError::UnknownPlugin { .. } => {
+                ApiError::not_found()
+            }
+            VhostPluginError::Denied(_) => ApiError::not_authorised(reason),
+            VhostPluginError::NameTaken { .. } | VhostPluginError::Wasm(_) => {
+                ApiError::bad_request(reason)
+            }
+            VhostPluginError::Meta(meta) => meta.into(),
+            VhostPluginError::Storage(_) => ApiError::internal(reason),
+        }
+    }
+}
+
+fn version_json(v: &VersionStatus) -> Value {
+    json!({
+        "version": v.version, "summary": v.summary, "sha256": v.sha256, "origin": v.origin,
+        "compile_ms": v.compile_time.as_secs_f64() * 1e3, "from_cache": v.from_cache,
+        "wit": crate::exchange::wasm::WIT_PACKAGE,
+    })
+}
+
+fn exchange_json(x: &ExchangeStatus) -> Value {
+    json!({
+        "vhost": x.vhost, "name": x.exchange, "plugin_version": x.plugin_version,
+        "plugin_sha256": x.plugin_sha256, "bindings": x.bindings, "cacheable": x.cacheable,
+        "failed": x.failed, "routed": x.routed, "cache_hits": x.cache_hits,
+        "failures": x.failures, "deadlines": x.deadlines, "caps": x.caps, "traps": x.traps,
+        "unknown_ids": x.unknown_ids, "oversized": x.oversized,
+        "plugin_errors": x.plugin_errors, "replaced": x.replaced, "reloads": x.reloads,
+        "log_lines_dropped": x.log_lines_dropped, "state_entries": x.state_entries,
+    })
+}
+
+/// One plugin type: `scope` is `broker` for the plugin directory's, else its vhost. Only the
+/// exchanges of vhosts the user sees are listed.
+fn plugin_json(who: &Who, scope: &str, p: &PluginStatus) -> Value {
+    json!({
+        "name": p.name,
+        "scope": scope,
+        "state": if p.registered { "registered" } else { "removed" },
+        "current": version_json(&p.current),
+        "previous": p.previous.as_ref().map(version_json),
+        "exchanges": p.exchanges.iter().filter(|x| who.sees_vhost(&x.vhost))
+            .map(exchange_json).collect::<Vec<_>>(),
+    })
+}
+
+/// GET /api/plugins: the broker's plugin types and those of every vhost the user sees.
+pub async fn list(State(shared): State<Arc<Shared>>, who: Who) -> Api {
+    let mut out: Vec<Value> = shared
+        .plugins
+        .as_ref()
+        .map(|m| m.status())
+        .unwrap_or_default()
+        .iter()
+        .map(|p| plugin_json(&who, "broker", p))
+        .collect();
+    for vhost in shared.vhost_list() {
+        if who.sees_vhost(&vhost.name) {
+            out.extend(
+                shared
+                    .vhost_plugins(&vhost.name)
+                    .iter()
+                    .map(|p| plugin_json(&who, &vhost.name, p)),
+            );
+        }
+    }
+    Ok(Json(Value::Array(out)).into_response())
+}
+
+/// GET /api/plugins/{vhost}: the vhost's own plugin types.
+pub async fn of_vhost(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path(vhost): Path<String>,
+) -> Api {
+    who.require_vhost(&vhost)?;
+    if shared.vhost(&vhost).is_none() {
+        return Err(ApiError::not_found());
+    }
+    let list: Vec<Value> = shared
+        .vhost_plugins(&vhost)
+        .iter()
+        .map(|p| plugin_json(&who, &vhost, p))
+        .collect();
+    Ok(Json(Value::Array(list)).into_response())
+}
+
+/// POST /api/plugins/{vhost}: the body is a component; it becomes the vhost's type of the
+/// name it describes (a new type, or a new version of one). Answers the type's status.
+pub async fn upload(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path(vhost): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Api {
+    let max = shared.config.wasm_upload_max_bytes;
+    let body = body.map_err(|e| ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        error: "payload_too_large",
+        reason: format!("{e} (wasm_upload_max_bytes is {max})"),
+    })?;
+    let user = who.user.name.clone();
+    let uploading = shared.clone();
+    let scope = vhost.clone();
+    let status =
+        tokio::task::spawn_blocking(move || uploading.put_vhost_plugin(&vhost, &body, Some(&user)))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(Json(plugin_json(&who, &scope, &status)).into_response())
+}
+
+/// POST /api/plugins/{vhost}/{name}/rollback: back to the previous version.
+pub async fn rollback(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Api {
+    let user = who.user.name.clone();
+    let working = shared.clone();
+    let scope = vhost.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        working.rollback_vhost_plugin(&vhost, &name, Some(&user))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(Json(plugin_json(&who, &scope, &status)).into_response())
+}
+
+/// DELETE /api/plugins/{vhost}/{name}: removes the type (its exchanges keep routing).
+pub async fn remove(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Api {
+    let user = who.user.name.clone();
+    let working = shared.clone();
+    tokio::task::spawn_blocking(move || working.delete_vhost_plugin(&vhost, &name, Some(&user)))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
