@@ -156,7 +156,7 @@ wait_port() { # port, seconds
 start_bourse() {
     rm -rf "$work/bourse-data"
     (ulimit -n 20000; exec "$bourse_bin" --listen "127.0.0.1:$bourse_port" \
-        --data-dir "$work/bourse-data" --plugin-dir "$plugin_dir" --management-listen off) >>"$work/bourse.log" 2>&1 &
+        --data-dir "$work/bourse-data" --plugin-dir "$plugin_dir" --management-listen off --prometheus-listen off) >>"$work/bourse.log" 2>&1 &
     broker_pid=$!
     broker_uri="amqp://guest:guest@127.0.0.1:$bourse_port/%2f"
     wait_port "$bourse_port" 30 || { tail -20 "$work/bourse.log" >&2; echo "bourse did not start" >&2; exit 1; }

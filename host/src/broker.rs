@@ -505,6 +505,8 @@ pub struct BrokerHandle {
     tls: Option<(SocketAddr, Arc<TlsServer>, JoinHandle<()>)>,
     /// The management API's address and server task, when configured.
     management: Option<(SocketAddr, JoinHandle<()>)>,
+    /// The Prometheus endpoint's address and server task, when configured.
+    prometheus: Option<(SocketAddr, JoinHandle<()>)>,
 }
 
 impl Broker {
@@ -533,6 +535,14 @@ impl Broker {
                 TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("cannot listen on {addr} (management API)"))?,
+            ),
+            None => None,
+        };
+        let prometheus_listener = match config.prometheus_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (Prometheus endpoint)"))?,
             ),
             None => None,
         };
@@ -603,6 +613,19 @@ impl Broker {
             }
             None => None,
         };
+        let prometheus = match prometheus_listener {
+            Some(listener) => {
+                let addr = listener.local_addr()?;
+                let task = tokio::spawn(crate::management::serve_metrics(
+                    shared.clone(),
+                    listener,
+                    stopped.clone(),
+                ));
+                info!(%addr, "Prometheus endpoint listening");
+                Some((addr, task))
+            }
+            None => None,
+        };
         let accept = tokio::spawn(accept_loop(shared.clone(), listener, stopped, None));
         info!(%local_addr, "listening for AMQP connections");
         Ok(BrokerHandle {
@@ -612,6 +635,7 @@ impl Broker {
             accept: Some(accept),
             tls,
             management,
+            prometheus,
         })
     }
 }
@@ -620,6 +644,11 @@ impl BrokerHandle {
     /// The address the listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the Prometheus endpoint is bound to, when there is one.
+    pub fn prometheus_addr(&self) -> Option<SocketAddr> {
+        self.prometheus.as_ref().map(|(addr, _)| *addr)
     }
 
     /// The address the management API is bound to, when there is one.
@@ -766,7 +795,10 @@ impl BrokerHandle {
         if let Some((_, _, accept)) = self.tls.take() {
             let _ = accept.await;
         }
-        if let Some((_, server)) = self.management.take() {
+        for (_, server) in [self.management.take(), self.prometheus.take()]
+            .into_iter()
+            .flatten()
+        {
             // Its graceful shutdown waits for requests in flight; not for ever.
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
         }

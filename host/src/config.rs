@@ -77,6 +77,9 @@ pub struct Config {
     /// Address of the management HTTP API (docs/operations.md); None: no API. The binary's
     /// default is 127.0.0.1:15672; a `Config` built in code has none unless it asks.
     pub management_listen: Option<SocketAddr>,
+    /// Address of the Prometheus endpoint (`/metrics`); None: none. The binary's default is
+    /// 127.0.0.1:15692.
+    pub prometheus_listen: Option<SocketAddr>,
     /// A definitions file (RabbitMQ's JSON format) imported at every start, after the meta
     /// log is replayed (RabbitMQ's `load_definitions`): docs/operations.md.
     pub load_definitions: Option<PathBuf>,
@@ -280,6 +283,7 @@ impl Default for Config {
             memory_high_watermark_bytes: None,
             tls: None,
             management_listen: None,
+            prometheus_listen: None,
             load_definitions: None,
         }
     }
@@ -414,6 +418,9 @@ pub struct Cli {
     /// A definitions file (RabbitMQ's JSON format) imported at every start
     #[arg(long, env = "BOURSE_LOAD_DEFINITIONS", value_name = "FILE")]
     pub load_definitions: Option<PathBuf>,
+    /// Address and port of the Prometheus endpoint, or `off` [default: 127.0.0.1:15692]
+    #[arg(long, env = "BOURSE_PROMETHEUS_LISTEN", value_name = "ADDR:PORT|off")]
+    pub prometheus_listen: Option<String>,
     /// Address and port of the management HTTP API, or `off` [default: 127.0.0.1:15672]
     #[arg(long, env = "BOURSE_MANAGEMENT_LISTEN", value_name = "ADDR:PORT|off")]
     pub management_listen: Option<String>,
@@ -494,6 +501,7 @@ struct FileConfig {
     memory_high_watermark: Option<f64>,
     memory_high_watermark_bytes: Option<u64>,
     management_listen: Option<String>,
+    prometheus_listen: Option<String>,
     load_definitions: Option<PathBuf>,
     tls_listen: Option<SocketAddr>,
     tls_cert_file: Option<PathBuf>,
@@ -661,19 +669,20 @@ impl Config {
         };
         let defaults = Config::default();
         let tls = tls_settings(&cli, &file)?;
-        let management_listen = match cli
-            .management_listen
-            .as_deref()
-            .or(file.management_listen.as_deref())
-        {
-            None => Some(SocketAddr::from(([127, 0, 0, 1], 15672))),
-            Some("off") => None,
-            Some(addr) => Some(addr.parse().map_err(|_| {
-                ConfigError::Invalid(format!(
-                    "management_listen must be ADDR:PORT or off, not '{addr}'"
-                ))
-            })?),
-        };
+        let management_listen = listen_or_off(
+            "management_listen",
+            cli.management_listen
+                .as_deref()
+                .or(file.management_listen.as_deref()),
+            15672,
+        )?;
+        let prometheus_listen = listen_or_off(
+            "prometheus_listen",
+            cli.prometheus_listen
+                .as_deref()
+                .or(file.prometheus_listen.as_deref()),
+            15692,
+        )?;
         let users = file
             .users
             .into_iter()
@@ -782,6 +791,7 @@ impl Config {
         let config = Config {
             tls,
             management_listen,
+            prometheus_listen,
             load_definitions: cli.load_definitions.or(file.load_definitions),
             listen: cli.listen.or(file.listen).unwrap_or(defaults.listen),
             data_dir: cli.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
@@ -975,6 +985,21 @@ fn check_wasm_limits(vhost: &str, limits: &WasmLimits) -> Result<(), ConfigError
         )));
     }
     Ok(())
+}
+
+/// An HTTP listener's address: `off` for none, loopback on `port` when not given.
+fn listen_or_off(
+    key: &str,
+    value: Option<&str>,
+    port: u16,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    match value {
+        None => Ok(Some(SocketAddr::from(([127, 0, 0, 1], port)))),
+        Some("off") => Ok(None),
+        Some(addr) => addr.parse().map(Some).map_err(|_| {
+            ConfigError::Invalid(format!("{key} must be ADDR:PORT or off, not '{addr}'"))
+        }),
+    }
 }
 
 /// The AMQPS settings of flags over file: all of listen, cert and key, or none of them.

@@ -121,6 +121,32 @@ impl Api {
         }
     }
 
+    /// GET `path` as text (the Prometheus endpoint), with its status and content type.
+    pub async fn get_text(&self, path: &str) -> (StatusCode, String, String) {
+        let request = Request::builder()
+            .uri(format!("{}{path}", self.base))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
+            .await
+            .unwrap_or_else(|_| panic!("no answer to {path} within {REQUEST_TIMEOUT:?}"))
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let status = response.status();
+        let kind = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, kind, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// GET `path`.
     pub async fn get(&self, path: &str) -> Reply {
         self.raw(Method::GET, path, Vec::new()).await

@@ -102,6 +102,23 @@ impl BrokerProcess {
         unreachable!("the loop returns or panics")
     }
 
+    /// Tests run brokers side by side: no management API or Prometheus endpoint on their
+    /// fixed ports unless the test asks for one.
+    fn http_defaults(&self) -> Vec<&'static str> {
+        let given = |flag: &str| {
+            self.args
+                .iter()
+                .any(|a| a.to_str().is_some_and(|a| a.starts_with(flag)))
+        };
+        let mut out = Vec::new();
+        for flag in ["--management-listen", "--prometheus-listen"] {
+            if !given(flag) {
+                out.extend([flag, "off"]);
+            }
+        }
+        out
+    }
+
     /// Kills the broker if it runs (see [`BrokerProcess::kill`]), then starts it again on the
     /// same data directory and port.
     pub async fn restart(&mut self) {
@@ -263,17 +280,7 @@ impl BrokerProcess {
             .arg(self.addr.to_string())
             .arg("--data-dir")
             .arg(&self.data_dir)
-            // Tests run brokers side by side: no management API on the fixed 15672 unless
-            // the test asks for one.
-            .args(
-                (!self.args.iter().any(|a| {
-                    a.to_str()
-                        .is_some_and(|a| a.starts_with("--management-listen"))
-                }))
-                .then_some(["--management-listen", "off"])
-                .into_iter()
-                .flatten(),
-            )
+            .args(self.http_defaults())
             .args(&self.args)
             // Plain text in the log file, whatever the subscriber's colour default.
             .env("NO_COLOR", "1")

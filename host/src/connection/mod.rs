@@ -358,6 +358,9 @@ impl Connection {
                 return self.force_close(reader, reason).await;
             }
             let published = std::mem::take(&mut self.turn_publishes);
+            if published > 0 {
+                self.vhost.count_published(published);
+            }
             if published > 0
                 && let Some(wait) = self.vhost.admission().charge(published)
                 && let Some(reason) = self

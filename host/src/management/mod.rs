@@ -11,6 +11,7 @@
 mod auth;
 mod error;
 mod json;
+mod metrics;
 mod plugins;
 mod routes;
 
@@ -29,9 +30,26 @@ pub use error::ApiError;
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
+    stopped: watch::Receiver<bool>,
+) {
+    serve_router(routes::router(shared), listener, stopped).await;
+}
+
+/// Serves the Prometheus endpoint on `listener` until `stopped` turns true.
+pub(crate) async fn serve_metrics(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    stopped: watch::Receiver<bool>,
+) {
+    serve_router(metrics::router(shared), listener, stopped).await;
+}
+
+async fn serve_router(
+    router: axum::Router,
+    listener: TcpListener,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let app = routes::router(shared).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router.into_make_service_with_connect_info::<SocketAddr>();
     let shutdown = async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };

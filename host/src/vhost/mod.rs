@@ -81,6 +81,8 @@ pub struct VHost {
     connections: Arc<AtomicU32>,
     /// The publish rate and queued-bytes ceiling of its publishers (`admission.rs`).
     admission: Admission,
+    /// basic.publish methods received, for metrics (added once per connection read turn).
+    published: std::sync::atomic::AtomicU64,
 }
 
 /// The result of a queue declaration.
@@ -125,6 +127,7 @@ impl VHost {
             exchange_types: RwLock::new(None),
             connections: Arc::new(AtomicU32::new(0)),
             admission: Admission::default(),
+            published: std::sync::atomic::AtomicU64::new(0),
         };
         {
             let mut topology = vhost.topology.write();
@@ -180,6 +183,17 @@ impl VHost {
             Some(allowed) => allowed.iter().any(|t| t == kind),
             None => true,
         }
+    }
+
+    /// Counts `n` basic.publish methods received (a connection's read turn).
+    pub fn count_published(&self, n: u32) {
+        self.published
+            .fetch_add(u64::from(n), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// basic.publish methods received since the vhost opened.
+    pub fn published_total(&self) -> u64 {
+        self.published.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// What its publishers are admitted at: the publish rate and the queued-bytes ceiling.

@@ -1,0 +1,226 @@
+//! The Prometheus endpoint (`/metrics`, `/metrics/per-object`; docs/operations.md), with
+//! RabbitMQ's metric names where it has them and `bourse_*` ones for the rest (per vhost and
+//! per plugin). Every series is read from the broker's state at scrape time into a fresh
+//! registry, so the data path pays for nothing but one counter add per read turn (messages
+//! received, per vhost).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::broker::Shared;
+
+type Labels = Vec<(String, String)>;
+
+/// The metrics routes.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(aggregated))
+        .route("/metrics/per-object", get(per_object))
+        .with_state(shared)
+}
+
+async fn aggregated(State(shared): State<Arc<Shared>>) -> Response {
+    respond(render(&shared, false))
+}
+
+async fn per_object(State(shared): State<Arc<Shared>>) -> Response {
+    respond(render(&shared, true))
+}
+
+fn respond(text: String) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
+    let g: Gauge = Gauge::default();
+    g.set(value);
+    registry.register(name, help, g);
+}
+
+fn count(value: usize) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// The exposition text: totals, per vhost and per plugin; with `per_object`, per queue too.
+pub fn render(shared: &Shared, per_object: bool) -> String {
+    let mut registry = Registry::default();
+    let vhosts = shared.vhost_list();
+    let (mut ready, mut unacked, mut consumers, mut queues, mut received) = (0, 0, 0, 0, 0u64);
+    let received_by_vhost: Family<Labels, Counter> = Family::default();
+    let queue_ready: Family<Labels, Gauge> = Family::default();
+    let queue_unacked: Family<Labels, Gauge> = Family::default();
+    let queue_consumers: Family<Labels, Gauge> = Family::default();
+    for vhost in &vhosts {
+        let name = vhost.name.to_string();
+        let total = vhost.published_total();
+        received += total;
+        received_by_vhost
+            .get_or_create(&vec![("vhost".to_owned(), name.clone())])
+            .inc_by(total);
+        for q in vhost.queues() {
+            let (r, u, c) = (q.message_count(), q.unacked_count(), q.consumer_count());
+            ready += r;
+            unacked += u;
+            consumers += c;
+            queues += 1;
+            if per_object {
+                let labels = vec![
+                    ("vhost".to_owned(), name.clone()),
+                    ("queue".to_owned(), q.name().to_string()),
+                ];
+                queue_ready.get_or_create(&labels).set(count(r));
+                queue_unacked.get_or_create(&labels).set(count(u));
+                queue_consumers.get_or_create(&labels).set(count(c));
+            }
+        }
+    }
+    gauge(
+        &mut registry,
+        "rabbitmq_connections",
+        "Connections open",
+        count(shared.connection_list().len()),
+    );
+    gauge(&mut registry, "rabbitmq_queues", "Queues", queues);
+    gauge(
+        &mut registry,
+        "rabbitmq_consumers",
+        "Consumers",
+        count(consumers),
+    );
+    if !per_object {
+        gauge(
+            &mut registry,
+            "rabbitmq_queue_messages_ready",
+            "Messages ready to be delivered, over all queues",
+            count(ready),
+        );
+        gauge(
+            &mut registry,
+            "rabbitmq_queue_messages_unacked",
+            "Messages delivered and not yet acknowledged, over all queues",
+            count(unacked),
+        );
+        gauge(
+            &mut registry,
+            "rabbitmq_queue_messages",
+            "Ready and unacknowledged messages, over all queues",
+            count(ready + unacked),
+        );
+    }
+    gauge(
+        &mut registry,
+        "rabbitmq_alarms_memory_used_watermark",
+        "1 while the memory alarm is on",
+        i64::from(shared.memory.is_alarmed()),
+    );
+    let received_total: Counter = Counter::default();
+    received_total.inc_by(received);
+    registry.register(
+        "rabbitmq_global_messages_received",
+        "Messages published to the broker (basic.publish methods received)",
+        received_total,
+    );
+    registry.register(
+        "bourse_vhost_messages_received",
+        "Messages published into each vhost",
+        received_by_vhost,
+    );
+    if per_object {
+        registry.register(
+            "rabbitmq_queue_messages_ready",
+            "Messages ready to be delivered, per queue",
+            queue_ready,
+        );
+        registry.register(
+            "rabbitmq_queue_messages_unacked",
+            "Messages delivered and not yet acknowledged, per queue",
+            queue_unacked,
+        );
+        registry.register(
+            "rabbitmq_queue_consumers",
+            "Consumers per queue",
+            queue_consumers,
+        );
+    }
+    plugins(shared, &mut registry, &vhosts);
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &registry);
+    out
+}
+
+/// `bourse_plugin_*`: per plugin type and vhost, summed over its exchanges.
+fn plugins(shared: &Shared, registry: &mut Registry, vhosts: &[Arc<crate::vhost::VHost>]) {
+    let exchanges: Family<Labels, Gauge> = Family::default();
+    let series = [
+        ("bourse_plugin_routed", "Messages routed by a plugin call"),
+        (
+            "bourse_plugin_cache_hits",
+            "Messages routed from the decision cache",
+        ),
+        ("bourse_plugin_failures", "Failed plugin calls (any reason)"),
+        (
+            "bourse_plugin_deadlines",
+            "Plugin calls stopped at their deadline",
+        ),
+        (
+            "bourse_plugin_caps",
+            "Plugin calls stopped at a memory or table cap",
+        ),
+        ("bourse_plugin_traps", "Plugin calls that trapped otherwise"),
+    ];
+    let families: Vec<Family<Labels, Counter>> = series.iter().map(|_| Family::default()).collect();
+    let mut all = shared
+        .plugins
+        .as_ref()
+        .map(|m| m.status())
+        .unwrap_or_default();
+    for vhost in vhosts {
+        all.extend(shared.vhost_plugins(&vhost.name));
+    }
+    for plugin in &all {
+        for x in &plugin.exchanges {
+            let labels = vec![
+                ("plugin".to_owned(), plugin.name.clone()),
+                ("vhost".to_owned(), x.vhost.clone()),
+            ];
+            exchanges.get_or_create(&labels).inc();
+            let values = [
+                x.routed,
+                x.cache_hits,
+                x.failures,
+                x.deadlines,
+                x.caps,
+                x.traps,
+            ];
+            for (family, value) in families.iter().zip(values) {
+                family.get_or_create(&labels).inc_by(value);
+            }
+        }
+    }
+    registry.register(
+        "bourse_plugin_exchanges",
+        "Exchanges of each plugin type per vhost",
+        exchanges,
+    );
+    for ((name, help), family) in series.iter().zip(families) {
+        registry.register(*name, *help, family);
+    }
+}
