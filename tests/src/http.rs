@@ -88,10 +88,7 @@ impl Api {
             request = request.header("authorization", format!("Basic {token}"));
         }
         let request = request.body(Full::new(Bytes::from(body))).expect("request");
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
-            .await
-            .unwrap_or_else(|_| panic!("no answer to {path} within {REQUEST_TIMEOUT:?}"))
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let response = self.send(path, request).await;
         let status = response.status();
         let authenticate = response
             .headers()
@@ -121,16 +118,25 @@ impl Api {
         }
     }
 
+    /// Sends a request, bounded by [`REQUEST_TIMEOUT`].
+    async fn send(
+        &self,
+        path: &str,
+        request: Request<Full<Bytes>>,
+    ) -> hyper::Response<hyper::body::Incoming> {
+        tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
+            .await
+            .unwrap_or_else(|_| panic!("no answer to {path} within {REQUEST_TIMEOUT:?}"))
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
     /// GET `path` as text (the Prometheus endpoint), with its status and content type.
     pub async fn get_text(&self, path: &str) -> (StatusCode, String, String) {
         let request = Request::builder()
             .uri(format!("{}{path}", self.base))
             .body(Full::new(Bytes::new()))
             .expect("request");
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
-            .await
-            .unwrap_or_else(|_| panic!("no answer to {path} within {REQUEST_TIMEOUT:?}"))
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let response = self.send(path, request).await;
         let status = response.status();
         let kind = response
             .headers()

@@ -75,6 +75,19 @@ fn plugin_json(who: &Who, scope: &str, p: &PluginStatus) -> Value {
     })
 }
 
+/// Runs a plugin operation as `who` on a blocking thread (compiling and fsyncs are slow).
+async fn as_user<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    who: &Who,
+    operation: impl FnOnce(&Shared, &str) -> Result<T, VhostPluginError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let (shared, user) = (shared.clone(), who.user.name.clone());
+    tokio::task::spawn_blocking(move || operation(&shared, &user))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(ApiError::from)
+}
+
 /// GET /api/plugins: the broker's plugin types and those of every vhost the user sees.
 pub async fn list(State(shared): State<Arc<Shared>>, who: Who) -> Api {
     let mut out: Vec<Value> = shared
@@ -130,13 +143,11 @@ pub async fn upload(
         error: "payload_too_large",
         reason: format!("{e} (wasm_upload_max_bytes is {max})"),
     })?;
-    let user = who.user.name.clone();
-    let uploading = shared.clone();
     let scope = vhost.clone();
-    let status =
-        tokio::task::spawn_blocking(move || uploading.put_vhost_plugin(&vhost, &body, Some(&user)))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))??;
+    let status = as_user(&shared, &who, move |shared, user| {
+        shared.put_vhost_plugin(&vhost, &body, Some(user))
+    })
+    .await?;
     Ok(Json(plugin_json(&who, &scope, &status)).into_response())
 }
 
@@ -146,14 +157,11 @@ pub async fn rollback(
     who: Who,
     Path((vhost, name)): Path<(String, String)>,
 ) -> Api {
-    let user = who.user.name.clone();
-    let working = shared.clone();
     let scope = vhost.clone();
-    let status = tokio::task::spawn_blocking(move || {
-        working.rollback_vhost_plugin(&vhost, &name, Some(&user))
+    let status = as_user(&shared, &who, move |shared, user| {
+        shared.rollback_vhost_plugin(&vhost, &name, Some(user))
     })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
+    .await?;
     Ok(Json(plugin_json(&who, &scope, &status)).into_response())
 }
 
@@ -163,10 +171,9 @@ pub async fn remove(
     who: Who,
     Path((vhost, name)): Path<(String, String)>,
 ) -> Api {
-    let user = who.user.name.clone();
-    let working = shared.clone();
-    tokio::task::spawn_blocking(move || working.delete_vhost_plugin(&vhost, &name, Some(&user)))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+    as_user(&shared, &who, move |shared, user| {
+        shared.delete_vhost_plugin(&vhost, &name, Some(user))
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
