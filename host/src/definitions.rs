@@ -324,6 +324,10 @@ fn tags(value: Option<&Value>) -> Vec<String> {
 
 /// Declare or binding arguments: JSON values as AMQP field values, at most as deep as a
 /// client's tables may be (`protocol/table.rs`), so what is logged restores.
+pub fn arguments(value: Option<&Value>) -> Result<FieldTable, ImportError> {
+    table(value)
+}
+
 fn table(value: Option<&Value>) -> Result<FieldTable, ImportError> {
     let mut out = FieldTable::default();
     match value {

@@ -790,3 +790,119 @@ async fn an_oversized_plugin_upload_gets_413() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn exchanges_queues_and_bindings_are_declared_and_deleted_over_http() {
+    bounded(LIMIT, async {
+        let (broker, api) = start().await;
+        let put = api
+            .put(
+                "/api/exchanges/%2F/orders",
+                json!({"type": "direct", "durable": true}),
+            )
+            .await;
+        assert_eq!(put.status, StatusCode::CREATED, "{:?}", put.json);
+        let q = api
+            .put(
+                "/api/queues/%2F/o1",
+                json!({"durable": true, "arguments": {"x-max-length": 10}}),
+            )
+            .await;
+        assert_eq!(q.status, StatusCode::CREATED, "{:?}", q.json);
+        assert_eq!(
+            api.put(
+                "/api/queues/%2F/o1",
+                json!({"durable": true, "arguments": {"x-max-length": 10}})
+            )
+            .await
+            .status,
+            StatusCode::NO_CONTENT
+        );
+        let different = api
+            .put("/api/queues/%2F/o1", json!({"durable": false}))
+            .await;
+        assert_eq!(
+            different.status,
+            StatusCode::BAD_REQUEST,
+            "inequivalent redeclare"
+        );
+        let bind = api
+            .raw(
+                Method::POST,
+                "/api/bindings/%2F/e/orders/q/o1",
+                json!({"routing_key": "new"}).to_string().into_bytes(),
+            )
+            .await;
+        assert_eq!(bind.status, StatusCode::CREATED, "{:?}", bind.json);
+        // An AMQP publisher sees the declared topology.
+        let conn = lapin_connect(broker.url()).await.unwrap();
+        let ch = confirm_channel(&conn).await;
+        within(ch.basic_publish(
+            "orders".into(),
+            "new".into(),
+            BasicPublishOptions::default(),
+            b"o",
+            BasicProperties::default(),
+        ))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+        assert_eq!(
+            api.get("/api/queues/%2F/o1").await.json["messages_ready"],
+            1
+        );
+        assert_eq!(
+            api.delete("/api/queues/%2F/o1/contents").await.status,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            api.get("/api/queues/%2F/o1").await.json["messages_ready"],
+            0
+        );
+        assert_eq!(
+            api.delete("/api/bindings/%2F/e/orders/q/o1/new")
+                .await
+                .status,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            api.delete("/api/bindings/%2F/e/orders/q/o1/new")
+                .await
+                .status,
+            StatusCode::NOT_FOUND
+        );
+        let unknown_type = api
+            .put("/api/exchanges/%2F/x", json!({"type": "x-nothing"}))
+            .await;
+        assert_eq!(unknown_type.status, StatusCode::BAD_REQUEST);
+        // The user's AMQP permissions apply: the monitoring user sees vhost t but has no
+        // permissions there.
+        api.put("/api/vhosts/t", json!({})).await;
+        let watcher = api.as_user("watcher", "pw");
+        let refused = watcher.put("/api/queues/t/w", json!({})).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::UNAUTHORIZED,
+            "{:?}",
+            refused.json
+        );
+        assert_eq!(
+            api.delete("/api/queues/%2F/o1").await.status,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            api.get("/api/queues/%2F/o1").await.status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            api.delete("/api/exchanges/%2F/orders").await.status,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            api.delete("/api/exchanges/%2F/orders").await.status,
+            StatusCode::NOT_FOUND
+        );
+    })
+    .await;
+}

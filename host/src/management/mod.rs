@@ -12,6 +12,7 @@ mod auth;
 mod error;
 mod json;
 mod metrics;
+mod objects;
 mod plugins;
 mod routes;
 

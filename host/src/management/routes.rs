@@ -56,7 +56,29 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/api/queues", get(queues_all))
         .route("/api/queues/{vhost}", get(queues_in))
-        .route("/api/queues/{vhost}/{name}", get(queue_get))
+        .route(
+            "/api/queues/{vhost}/{name}",
+            get(queue_get)
+                .put(super::objects::queue_put)
+                .delete(super::objects::queue_delete),
+        )
+        .route(
+            "/api/queues/{vhost}/{name}/contents",
+            axum::routing::delete(super::objects::queue_purge),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}",
+            axum::routing::put(super::objects::exchange_put)
+                .delete(super::objects::exchange_delete),
+        )
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{target}",
+            axum::routing::post(super::objects::binding_post),
+        )
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{target}/{props}",
+            axum::routing::delete(super::objects::binding_delete),
+        )
         .route("/api/exchanges", get(exchanges_all))
         .route("/api/exchanges/{vhost}", get(exchanges_in))
         .route("/api/bindings", get(bindings_all))

@@ -1,0 +1,256 @@
+//! Declaring, deleting and purging through the API, as RabbitMQ's management plugin does it:
+//! exchanges, queues and bindings in a vhost, checked against the user's AMQP permissions
+//! there (the same rules as the AMQP methods: `channel/access.rs`), applied through the same
+//! `VHost` calls as a channel's.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use super::auth::Who;
+use super::error::ApiError;
+use crate::auth::{Access, ResourceKind};
+use crate::broker::Shared;
+use crate::exchange::{Binding, Destination};
+use crate::protocol::{AmqpError, ReplyCode};
+use crate::queue::QueueSpec;
+use crate::vhost::{ExchangeSpec, VHost};
+
+type Api = Result<Response, ApiError>;
+
+/// Not a client connection: exclusive queues are not this caller's.
+const API_CONNECTION: crate::queue::ConnectionId = 0;
+
+impl From<AmqpError> for ApiError {
+    fn from(error: AmqpError) -> Self {
+        match error.code {
+            ReplyCode::NotFound => ApiError::not_found(),
+            ReplyCode::AccessRefused => ApiError::not_authorised(error.text),
+            _ => ApiError::bad_request(error.text),
+        }
+    }
+}
+
+/// The open vhost, and a check of `access` on `name` with the user's permissions there.
+struct Scope {
+    vhost: Arc<VHost>,
+    grants: Arc<crate::auth::Grants>,
+}
+
+impl Scope {
+    fn of(shared: &Shared, who: &Who, vhost: &str) -> Result<Self, ApiError> {
+        who.require_vhost(vhost)?;
+        let open = shared.vhost(vhost).ok_or_else(ApiError::not_found)?;
+        let grants = shared
+            .users
+            .grants(&who.user.name, vhost)
+            .ok_or_else(|| ApiError::not_authorised("Access refused."))?;
+        Ok(Self {
+            vhost: open,
+            grants,
+        })
+    }
+
+    fn may(&self, access: Access, kind: ResourceKind, name: &str) -> Result<(), ApiError> {
+        self.grants
+            .check(access, kind, name)
+            .map_err(ApiError::from)
+    }
+}
+
+fn body_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
+    if body.is_empty() {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::bad_request("expected a JSON object")),
+        Err(error) => Err(ApiError::bad_request(format!("invalid JSON: {error}"))),
+    }
+}
+
+fn flag(body: &serde_json::Map<String, Value>, key: &str, default: bool) -> bool {
+    body.get(key).and_then(Value::as_bool).unwrap_or(default)
+}
+
+fn arguments(
+    body: &serde_json::Map<String, Value>,
+) -> Result<amq_protocol::types::FieldTable, ApiError> {
+    crate::definitions::arguments(body.get("arguments"))
+        .map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// Runs a vhost change on a blocking thread (it may log and sync).
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, AmqpError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+/// PUT /api/exchanges/{vhost}/{name}: `{"type", "durable", "auto_delete", "internal",
+/// "arguments"}`; configure on the exchange.
+pub async fn exchange_put(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Api {
+    let scope = Scope::of(&shared, &who, &vhost)?;
+    let body = body_object(&body)?;
+    scope.may(Access::Configure, ResourceKind::Exchange, &name)?;
+    let kind = body
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("type is required"))?;
+    let spec = ExchangeSpec {
+        name: name.as_str().into(),
+        kind: kind.into(),
+        durable: flag(&body, "durable", true),
+        auto_delete: flag(&body, "auto_delete", false),
+        internal: flag(&body, "internal", false),
+        arguments: arguments(&body)?,
+    };
+    let existed = scope.vhost.exchange(&name).is_ok();
+    let open = scope.vhost.clone();
+    blocking(move || open.declare_exchange(spec)).await?;
+    Ok(created_or_updated(existed))
+}
+
+/// DELETE /api/exchanges/{vhost}/{name}; configure on the exchange.
+pub async fn exchange_delete(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Api {
+    let scope = Scope::of(&shared, &who, &vhost)?;
+    scope.may(Access::Configure, ResourceKind::Exchange, &name)?;
+    scope.vhost.exchange(&name).map_err(ApiError::from)?;
+    let open = scope.vhost.clone();
+    blocking(move || open.delete_exchange(&name, false)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// PUT /api/queues/{vhost}/{name}: `{"durable", "auto_delete", "arguments"}`; configure on
+/// the queue.
+pub async fn queue_put(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Api {
+    let scope = Scope::of(&shared, &who, &vhost)?;
+    let body = body_object(&body)?;
+    scope.may(Access::Configure, ResourceKind::Queue, &name)?;
+    let spec = QueueSpec {
+        name: name.as_str().into(),
+        durable: flag(&body, "durable", true),
+        exclusive_owner: None,
+        auto_delete: flag(&body, "auto_delete", false),
+        arguments: arguments(&body)?,
+    };
+    let existed = scope.vhost.queue(&name).is_ok();
+    let open = scope.vhost.clone();
+    blocking(move || open.declare_queue(spec).map(|_| ())).await?;
+    Ok(created_or_updated(existed))
+}
+
+/// DELETE /api/queues/{vhost}/{name}; configure on the queue.
+pub async fn queue_delete(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Api {
+    let scope = Scope::of(&shared, &who, &vhost)?;
+    scope.may(Access::Configure, ResourceKind::Queue, &name)?;
+    scope.vhost.queue(&name).map_err(ApiError::from)?;
+    let open = scope.vhost.clone();
+    blocking(move || open.delete_queue(&name, API_CONNECTION, false, false)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// DELETE /api/queues/{vhost}/{name}/contents: purge; read on the queue.
+pub async fn queue_purge(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Api {
+    let scope = Scope::of(&shared, &who, &vhost)?;
+    scope.may(Access::Read, ResourceKind::Queue, &name)?;
+    let queue = scope.vhost.queue(&name).map_err(ApiError::from)?;
+    queue.purge();
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn destination(kind: &str, name: &str) -> Result<(Destination, ResourceKind), ApiError> {
+    match kind {
+        "q" => Ok((Destination::Queue(name.into()), ResourceKind::Queue)),
+        "e" => Ok((Destination::Exchange(name.into()), ResourceKind::Exchange)),
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+/// POST /api/bindings/{vhost}/e/{source}/{q|e}/{destination}: `{"routing_key",
+/// "arguments"}`; write on the destination, read on the source. Answers 201.
+pub async fn binding_post(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, source, kind, target)): Path<(String, String, String, String)>,
+    body: Bytes,
+) -> Api {
+    let scope = Scope::of(&shared, &who, &vhost)?;
+    let body = body_object(&body)?;
+    let (destination, target_kind) = destination(&kind, &target)?;
+    scope.may(Access::Write, target_kind, &target)?;
+    scope.may(Access::Read, ResourceKind::Exchange, &source)?;
+    let key = body
+        .get("routing_key")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let binding = Binding {
+        destination,
+        routing_key: key.as_str().into(),
+        arguments: arguments(&body)?,
+    };
+    let open = scope.vhost.clone();
+    blocking(move || open.bind(&source, binding)).await?;
+    Ok(StatusCode::CREATED.into_response())
+}
+
+/// DELETE /api/bindings/{vhost}/e/{source}/{q|e}/{destination}/{props}: removes the binding
+/// whose `properties_key` is `props` (the routing key, for bindings without arguments).
+pub async fn binding_delete(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, source, kind, target, props)): Path<(String, String, String, String, String)>,
+) -> Api {
+    let scope = Scope::of(&shared, &who, &vhost)?;
+    let (destination, target_kind) = destination(&kind, &target)?;
+    scope.may(Access::Write, target_kind, &target)?;
+    scope.may(Access::Read, ResourceKind::Exchange, &source)?;
+    let exchange = scope.vhost.exchange(&source).map_err(ApiError::from)?;
+    let binding = exchange
+        .bindings()
+        .into_iter()
+        .find(|b| b.destination == destination && *b.routing_key == *props)
+        .ok_or_else(ApiError::not_found)?;
+    let open = scope.vhost.clone();
+    blocking(move || open.unbind(&source, &binding)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn created_or_updated(existed: bool) -> Response {
+    if existed {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::CREATED
+    }
+    .into_response()
+}
