@@ -852,6 +852,44 @@ async fn exchanges_queues_and_bindings_are_declared_and_deleted_over_http() {
             api.get("/api/queues/%2F/o1").await.json["messages_ready"],
             1
         );
+        // Publishing through the API (rabbitmqadmin's `publish`).
+        let published = api
+            .raw(
+                Method::POST,
+                "/api/exchanges/%2F/orders/publish",
+                json!({"routing_key": "new", "payload": "aGk=", "payload_encoding": "base64",
+                       "properties": {"delivery_mode": 2, "headers": {"h": 1}}})
+                .to_string()
+                .into_bytes(),
+            )
+            .await;
+        assert_eq!(
+            published.json,
+            json!({"routed": true}),
+            "{:?}",
+            published.status
+        );
+        let nowhere = api
+            .raw(
+                Method::POST,
+                "/api/exchanges/%2F/orders/publish",
+                json!({"routing_key": "old", "payload": "x"})
+                    .to_string()
+                    .into_bytes(),
+            )
+            .await;
+        assert_eq!(nowhere.json, json!({"routed": false}));
+        assert_eq!(api.get("/api/queues/%2F/o1").await.json["messages"], 2);
+        let first = within(ch.basic_get("o1".into(), Default::default()))
+            .await
+            .unwrap();
+        assert_eq!(first.expect("the AMQP message").delivery.data, b"o");
+        let second = within(ch.basic_get("o1".into(), Default::default()))
+            .await
+            .unwrap();
+        let second = second.expect("the HTTP message");
+        assert_eq!(second.delivery.data, b"hi");
+        assert_eq!(second.properties.delivery_mode(), &Some(2));
         assert_eq!(
             api.delete("/api/queues/%2F/o1/contents").await.status,
             StatusCode::NO_CONTENT

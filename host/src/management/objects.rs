@@ -254,3 +254,137 @@ fn created_or_updated(existed: bool) -> Response {
     }
     .into_response()
 }
+
+/// POST /api/exchanges/{vhost}/{name}/publish: `{"routing_key", "payload",
+/// "payload_encoding": "string" | "base64", "properties": {...}}`; write on the exchange.
+/// Answers `{"routed": bool}` (as RabbitMQ: for tests and debugging, not a fast path; no
+/// confirm waits for the disk).
+pub async fn publish(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Api {
+    use base64::Engine as _;
+    let scope = Scope::of(&shared, &who, &vhost)?;
+    let body = body_object(&body)?;
+    let exchange_name = if name == "amq.default" {
+        ""
+    } else {
+        name.as_str()
+    };
+    scope.may(
+        Access::Write,
+        ResourceKind::Exchange,
+        if exchange_name.is_empty() {
+            "amq.default"
+        } else {
+            exchange_name
+        },
+    )?;
+    let exchange = scope
+        .vhost
+        .exchange(exchange_name)
+        .map_err(ApiError::from)?;
+    let routing_key = body
+        .get("routing_key")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let payload = body
+        .get("payload")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("payload is required"))?;
+    let payload = match body.get("payload_encoding").and_then(Value::as_str) {
+        None | Some("string") => Bytes::copy_from_slice(payload.as_bytes()),
+        Some("base64") => Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(payload)
+                .map_err(|e| ApiError::bad_request(format!("payload is not base64: {e}")))?,
+        ),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "payload_encoding must be string or base64, not {other}"
+            )));
+        }
+    };
+    if payload.len() as u64 > shared.config.max_message_bytes {
+        return Err(ApiError::bad_request(
+            "payload larger than max_message_bytes",
+        ));
+    }
+    let properties = properties(body.get("properties"))?;
+    let raw = crate::protocol::encode_properties(&properties).map_err(ApiError::from)?;
+    let message = Arc::new(crate::message::Message::new(
+        exchange.spec.name.clone(),
+        routing_key.as_str().into(),
+        &properties,
+        raw,
+        payload,
+    ));
+    let open = scope.vhost.clone();
+    let routed = tokio::task::spawn_blocking(move || {
+        let mut routed = crate::vhost::Routed::default();
+        open.route(
+            &exchange,
+            &message,
+            &properties,
+            &[&routing_key],
+            &mut routed,
+        );
+        let reached = !routed.queues.is_empty() || !routed.replies.is_empty();
+        for queue in routed.queues.drain(..) {
+            queue.publish(message.clone());
+        }
+        for reply in routed.replies.drain(..) {
+            reply.deliver_reply(&message);
+        }
+        reached
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(axum::Json(serde_json::json!({ "routed": routed })).into_response())
+}
+
+/// The AMQP properties RabbitMQ's publish route takes.
+fn properties(value: Option<&Value>) -> Result<amq_protocol::protocol::BasicProperties, ApiError> {
+    let mut p = amq_protocol::protocol::BasicProperties::default();
+    let Some(map) = value.and_then(Value::as_object) else {
+        return Ok(p);
+    };
+    let text = |key: &str| map.get(key).and_then(Value::as_str).map(|s| s.into());
+    if let Some(mode) = map.get("delivery_mode").and_then(Value::as_u64) {
+        p = p.with_delivery_mode(u8::try_from(mode).unwrap_or(1));
+    }
+    if let Some(priority) = map.get("priority").and_then(Value::as_u64) {
+        p = p.with_priority(u8::try_from(priority).unwrap_or(u8::MAX));
+    }
+    if let Some(v) = text("content_type") {
+        p = p.with_content_type(v);
+    }
+    if let Some(v) = text("correlation_id") {
+        p = p.with_correlation_id(v);
+    }
+    if let Some(v) = text("message_id") {
+        p = p.with_message_id(v);
+    }
+    if let Some(v) = text("reply_to") {
+        p = p.with_reply_to(v);
+    }
+    if let Some(v) = text("expiration") {
+        p = p.with_expiration(v);
+    }
+    if let Some(v) = text("type") {
+        p = p.with_type(v);
+    }
+    if let Some(v) = text("app_id") {
+        p = p.with_app_id(v);
+    }
+    if let Some(headers) = map.get("headers") {
+        p = p.with_headers(
+            crate::definitions::arguments(Some(headers))
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        );
+    }
+    Ok(p)
+}

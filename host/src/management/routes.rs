@@ -72,6 +72,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
                 .delete(super::objects::exchange_delete),
         )
         .route(
+            "/api/exchanges/{vhost}/{name}/publish",
+            axum::routing::post(super::objects::publish),
+        )
+        .route(
             "/api/bindings/{vhost}/e/{source}/{kind}/{target}",
             axum::routing::post(super::objects::binding_post),
         )
