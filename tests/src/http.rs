@@ -88,19 +88,8 @@ impl Api {
             request = request.header("authorization", format!("Basic {token}"));
         }
         let request = request.body(Full::new(Bytes::from(body))).expect("request");
-        let response = self.send(path, request).await;
-        let status = response.status();
-        let authenticate = response
-            .headers()
-            .get("www-authenticate")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let (status, headers, bytes) = self.send(path, request).await;
+        let authenticate = header(&headers, "www-authenticate");
         let json = if bytes.is_empty() {
             Value::Null
         } else {
@@ -118,16 +107,19 @@ impl Api {
         }
     }
 
-    /// Sends a request, bounded by [`REQUEST_TIMEOUT`].
+    /// Sends a request and reads the whole reply, bounded by [`REQUEST_TIMEOUT`].
     async fn send(
         &self,
         path: &str,
         request: Request<Full<Bytes>>,
-    ) -> hyper::Response<hyper::body::Incoming> {
-        tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
+    ) -> (StatusCode, hyper::HeaderMap, Bytes) {
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
             .await
             .unwrap_or_else(|_| panic!("no answer to {path} within {REQUEST_TIMEOUT:?}"))
-            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.expect("body").to_bytes();
+        (parts.status, parts.headers, bytes)
     }
 
     /// GET `path` as text (the Prometheus endpoint), with its status and content type.
@@ -136,20 +128,8 @@ impl Api {
             .uri(format!("{}{path}", self.base))
             .body(Full::new(Bytes::new()))
             .expect("request");
-        let response = self.send(path, request).await;
-        let status = response.status();
-        let kind = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let (status, headers, bytes) = self.send(path, request).await;
+        let kind = header(&headers, "content-type").unwrap_or_default();
         (status, kind, String::from_utf8_lossy(&bytes).into_owned())
     }
 
@@ -181,4 +161,11 @@ pub fn segment(text: &str) -> String {
             }
         })
         .collect()
+}
+
+fn header(headers: &hyper::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }

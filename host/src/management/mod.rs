@@ -9,6 +9,7 @@
 //! blocking thread: each one is synced to the meta log).
 
 mod auth;
+mod definitions;
 mod error;
 mod json;
 mod metrics;

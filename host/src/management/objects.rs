@@ -9,10 +9,12 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::auth::Who;
 use super::error::ApiError;
+use super::json::table;
+use super::routes::{body_object, created_or_updated, node_name, ok};
 use crate::auth::{Access, ResourceKind};
 use crate::broker::Shared;
 use crate::exchange::{Binding, Destination};
@@ -43,8 +45,7 @@ struct Scope {
 
 impl Scope {
     fn of(shared: &Shared, who: &Who, vhost: &str) -> Result<Self, ApiError> {
-        who.require_vhost(vhost)?;
-        let open = shared.vhost(vhost).ok_or_else(ApiError::not_found)?;
+        let open = open_vhost(shared, who, vhost)?;
         let grants = shared
             .users
             .grants(&who.user.name, vhost)
@@ -59,17 +60,6 @@ impl Scope {
         self.grants
             .check(access, kind, name)
             .map_err(ApiError::from)
-    }
-}
-
-fn body_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
-    if body.is_empty() {
-        return Ok(serde_json::Map::new());
-    }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::bad_request("expected a JSON object")),
-        Err(error) => Err(ApiError::bad_request(format!("invalid JSON: {error}"))),
     }
 }
 
@@ -120,7 +110,7 @@ pub async fn exchange_put(
     let existed = scope.vhost.exchange(&name).is_ok();
     let open = scope.vhost.clone();
     blocking(move || open.declare_exchange(spec)).await?;
-    Ok(created_or_updated(existed))
+    created_or_updated(existed)
 }
 
 /// DELETE /api/exchanges/{vhost}/{name}; configure on the exchange.
@@ -158,7 +148,7 @@ pub async fn queue_put(
     let existed = scope.vhost.queue(&name).is_ok();
     let open = scope.vhost.clone();
     blocking(move || open.declare_queue(spec).map(|_| ())).await?;
-    Ok(created_or_updated(existed))
+    created_or_updated(existed)
 }
 
 /// DELETE /api/queues/{vhost}/{name}; configure on the queue.
@@ -244,15 +234,6 @@ pub async fn binding_delete(
     let open = scope.vhost.clone();
     blocking(move || open.unbind(&source, &binding)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-fn created_or_updated(existed: bool) -> Response {
-    if existed {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::CREATED
-    }
-    .into_response()
 }
 
 /// POST /api/exchanges/{vhost}/{name}/publish: `{"routing_key", "payload",
@@ -387,4 +368,167 @@ fn properties(value: Option<&Value>) -> Result<amq_protocol::protocol::BasicProp
         );
     }
     Ok(p)
+}
+
+// Listing: what GET shows of them.
+
+pub(super) fn queue_json(vhost: &str, q: &crate::queue::Queue) -> Value {
+    let (ready, unacked) = (q.message_count(), q.unacked_count());
+    json!({
+        "name": q.name().to_string(),
+        "vhost": vhost,
+        "durable": q.spec.durable,
+        "auto_delete": q.spec.auto_delete,
+        "exclusive": q.spec.exclusive_owner.is_some(),
+        "arguments": table(&q.spec.arguments),
+        "type": "classic",
+        "state": "running",
+        "node": node_name(),
+        "consumers": q.consumer_count(),
+        "messages": ready + unacked,
+        "messages_ready": ready,
+        "messages_unacknowledged": unacked,
+        "message_bytes": q.message_bytes(),
+        "memory": q.memory_bytes(),
+    })
+}
+
+fn visible_vhosts(shared: &Shared, who: &Who) -> Vec<Arc<VHost>> {
+    shared
+        .vhost_list()
+        .into_iter()
+        .filter(|v| who.sees_vhost(&v.name))
+        .collect()
+}
+
+pub async fn queues_all(State(shared): State<Arc<Shared>>, who: Who) -> Api {
+    let mut list = Vec::new();
+    for vhost in visible_vhosts(&shared, &who) {
+        list.extend(vhost.queues().iter().map(|q| queue_json(&vhost.name, q)));
+    }
+    ok(Value::Array(list))
+}
+
+fn open_vhost(shared: &Shared, who: &Who, vhost: &str) -> Result<Arc<VHost>, ApiError> {
+    who.require_vhost(vhost)?;
+    shared.vhost(vhost).ok_or_else(ApiError::not_found)
+}
+
+pub async fn queues_in(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path(vhost): Path<String>,
+) -> Api {
+    let open = open_vhost(&shared, &who, &vhost)?;
+    ok(Value::Array(
+        open.queues()
+            .iter()
+            .map(|q| queue_json(&vhost, q))
+            .collect(),
+    ))
+}
+
+pub async fn queue_get(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Api {
+    let open = open_vhost(&shared, &who, &vhost)?;
+    let queue = open.queue(&name).map_err(|_| ApiError::not_found())?;
+    ok(queue_json(&vhost, &queue))
+}
+
+pub(super) fn exchange_json(vhost: &str, x: &crate::vhost::Exchange) -> Value {
+    json!({
+        "name": x.spec.name.to_string(),
+        "vhost": vhost,
+        "type": x.spec.kind.to_string(),
+        "durable": x.spec.durable,
+        "auto_delete": x.spec.auto_delete,
+        "internal": x.spec.internal,
+        "arguments": table(&x.spec.arguments),
+    })
+}
+
+pub async fn exchanges_all(State(shared): State<Arc<Shared>>, who: Who) -> Api {
+    let mut list = Vec::new();
+    for vhost in visible_vhosts(&shared, &who) {
+        list.extend(
+            vhost
+                .exchanges()
+                .iter()
+                .map(|x| exchange_json(&vhost.name, x)),
+        );
+    }
+    ok(Value::Array(list))
+}
+
+pub async fn exchanges_in(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path(vhost): Path<String>,
+) -> Api {
+    let open = open_vhost(&shared, &who, &vhost)?;
+    ok(Value::Array(
+        open.exchanges()
+            .iter()
+            .map(|x| exchange_json(&vhost, x))
+            .collect(),
+    ))
+}
+
+pub(super) fn binding_json(vhost: &str, source: &str, b: &crate::exchange::Binding) -> Value {
+    let (destination, destination_type) = match &b.destination {
+        Destination::Queue(name) => (name.to_string(), "queue"),
+        Destination::Exchange(name) => (name.to_string(), "exchange"),
+    };
+    json!({
+        "source": source,
+        "vhost": vhost,
+        "destination": destination,
+        "destination_type": destination_type,
+        "routing_key": b.routing_key.to_string(),
+        "arguments": table(&b.arguments),
+        "properties_key": b.routing_key.to_string(),
+    })
+}
+
+/// The bindings of `vhost` as RabbitMQ lists them: the default exchange's implicit binding
+/// of every queue by its name first, then each exchange's.
+fn vhost_bindings(vhost: &VHost) -> Vec<Value> {
+    let mut out: Vec<Value> = vhost
+        .queues()
+        .iter()
+        .map(|q| {
+            json!({
+                "source": "", "vhost": vhost.name.to_string(),
+                "destination": q.name().to_string(), "destination_type": "queue",
+                "routing_key": q.name().to_string(), "arguments": {},
+                "properties_key": q.name().to_string(),
+            })
+        })
+        .collect();
+    for exchange in vhost.exchanges() {
+        for binding in exchange.bindings() {
+            out.push(binding_json(&vhost.name, &exchange.spec.name, &binding));
+        }
+    }
+    out
+}
+
+pub async fn bindings_all(State(shared): State<Arc<Shared>>, who: Who) -> Api {
+    let mut list = Vec::new();
+    for vhost in visible_vhosts(&shared, &who) {
+        list.extend(vhost_bindings(&vhost));
+    }
+    ok(Value::Array(list))
+}
+
+pub async fn bindings_in(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path(vhost): Path<String>,
+) -> Api {
+    let open = open_vhost(&shared, &who, &vhost)?;
+    ok(Value::Array(vhost_bindings(&open)))
 }

@@ -12,11 +12,9 @@ use serde_json::{Value, json};
 
 use super::auth::Who;
 use super::error::ApiError;
-use super::json::table;
 use crate::auth::{Algorithm, PasswordHash};
 use crate::broker::Shared;
 use crate::connection::ConnectionInfo;
-use crate::exchange::Destination;
 use crate::meta::{MetaCommand, VhostMeta};
 use crate::vhost::VHost;
 
@@ -54,11 +52,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/api/vhost-limits/{vhost}/{name}",
             axum::routing::put(vhost_limit_put).delete(vhost_limit_delete),
         )
-        .route("/api/queues", get(queues_all))
-        .route("/api/queues/{vhost}", get(queues_in))
+        .route("/api/queues", get(super::objects::queues_all))
+        .route("/api/queues/{vhost}", get(super::objects::queues_in))
         .route(
             "/api/queues/{vhost}/{name}",
-            get(queue_get)
+            get(super::objects::queue_get)
                 .put(super::objects::queue_put)
                 .delete(super::objects::queue_delete),
         )
@@ -83,14 +81,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/api/bindings/{vhost}/e/{source}/{kind}/{target}/{props}",
             axum::routing::delete(super::objects::binding_delete),
         )
-        .route("/api/exchanges", get(exchanges_all))
-        .route("/api/exchanges/{vhost}", get(exchanges_in))
-        .route("/api/bindings", get(bindings_all))
-        .route("/api/bindings/{vhost}", get(bindings_in))
+        .route("/api/exchanges", get(super::objects::exchanges_all))
+        .route("/api/exchanges/{vhost}", get(super::objects::exchanges_in))
+        .route("/api/bindings", get(super::objects::bindings_all))
+        .route("/api/bindings/{vhost}", get(super::objects::bindings_in))
         .route(
             "/api/definitions",
-            get(definitions)
-                .post(definitions_post)
+            get(super::definitions::export)
+                .post(super::definitions::import)
                 .layer(axum::extract::DefaultBodyLimit::max(
                     crate::definitions::DEFINITIONS_MAX_BYTES,
                 )),
@@ -120,16 +118,16 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-fn ok(value: Value) -> Api {
+pub(super) fn ok(value: Value) -> Api {
     Ok(Json(value).into_response())
 }
 
-fn no_content() -> Api {
+pub(super) fn no_content() -> Api {
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// 201 for a new object, 204 for a changed one, as RabbitMQ.
-fn created_or_updated(existed: bool) -> Api {
+pub(super) fn created_or_updated(existed: bool) -> Api {
     Ok(if existed {
         StatusCode::NO_CONTENT
     } else {
@@ -139,7 +137,7 @@ fn created_or_updated(existed: bool) -> Api {
 }
 
 /// Applies a metadata command on a blocking thread (it syncs the meta log).
-async fn execute(shared: &Arc<Shared>, command: MetaCommand) -> Result<(), ApiError> {
+pub(super) async fn execute(shared: &Arc<Shared>, command: MetaCommand) -> Result<(), ApiError> {
     let shared = shared.clone();
     tokio::task::spawn_blocking(move || shared.execute_meta(command))
         .await
@@ -148,7 +146,7 @@ async fn execute(shared: &Arc<Shared>, command: MetaCommand) -> Result<(), ApiEr
 }
 
 /// A JSON object body; anything else is 400 with the parser's reason.
-fn body_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
+pub(super) fn body_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
     if body.is_empty() {
         return Ok(serde_json::Map::new());
     }
@@ -195,7 +193,7 @@ fn tags_field(body: &serde_json::Map<String, Value>) -> Result<Option<Vec<String
     }
 }
 
-fn node_name() -> &'static str {
+pub(super) fn node_name() -> &'static str {
     static NAME: OnceLock<String> = OnceLock::new();
     NAME.get_or_init(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -431,7 +429,7 @@ async fn user_delete(State(shared): State<Arc<Shared>>, who: Who, Path(name): Pa
     no_content()
 }
 
-fn permission_json(user: &str, vhost: &str, p: &crate::meta::PermissionMeta) -> Value {
+pub(super) fn permission_json(user: &str, vhost: &str, p: &crate::meta::PermissionMeta) -> Value {
     json!({
         "user": user, "vhost": vhost,
         "configure": p.configure, "write": p.write, "read": p.read,
@@ -563,107 +561,6 @@ async fn vhost_limit_delete(
     no_content()
 }
 
-fn queue_json(vhost: &str, q: &crate::queue::Queue) -> Value {
-    let (ready, unacked) = (q.message_count(), q.unacked_count());
-    json!({
-        "name": q.name().to_string(),
-        "vhost": vhost,
-        "durable": q.spec.durable,
-        "auto_delete": q.spec.auto_delete,
-        "exclusive": q.spec.exclusive_owner.is_some(),
-        "arguments": table(&q.spec.arguments),
-        "type": "classic",
-        "state": "running",
-        "node": node_name(),
-        "consumers": q.consumer_count(),
-        "messages": ready + unacked,
-        "messages_ready": ready,
-        "messages_unacknowledged": unacked,
-        "message_bytes": q.message_bytes(),
-        "memory": q.memory_bytes(),
-    })
-}
-
-fn visible_vhosts(shared: &Shared, who: &Who) -> Vec<Arc<VHost>> {
-    shared
-        .vhost_list()
-        .into_iter()
-        .filter(|v| who.sees_vhost(&v.name))
-        .collect()
-}
-
-async fn queues_all(State(shared): State<Arc<Shared>>, who: Who) -> Api {
-    let mut list = Vec::new();
-    for vhost in visible_vhosts(&shared, &who) {
-        list.extend(vhost.queues().iter().map(|q| queue_json(&vhost.name, q)));
-    }
-    ok(Value::Array(list))
-}
-
-fn open_vhost(shared: &Shared, who: &Who, vhost: &str) -> Result<Arc<VHost>, ApiError> {
-    who.require_vhost(vhost)?;
-    shared.vhost(vhost).ok_or_else(ApiError::not_found)
-}
-
-async fn queues_in(State(shared): State<Arc<Shared>>, who: Who, Path(vhost): Path<String>) -> Api {
-    let open = open_vhost(&shared, &who, &vhost)?;
-    ok(Value::Array(
-        open.queues()
-            .iter()
-            .map(|q| queue_json(&vhost, q))
-            .collect(),
-    ))
-}
-
-async fn queue_get(
-    State(shared): State<Arc<Shared>>,
-    who: Who,
-    Path((vhost, name)): Path<(String, String)>,
-) -> Api {
-    let open = open_vhost(&shared, &who, &vhost)?;
-    let queue = open.queue(&name).map_err(|_| ApiError::not_found())?;
-    ok(queue_json(&vhost, &queue))
-}
-
-fn exchange_json(vhost: &str, x: &crate::vhost::Exchange) -> Value {
-    json!({
-        "name": x.spec.name.to_string(),
-        "vhost": vhost,
-        "type": x.spec.kind.to_string(),
-        "durable": x.spec.durable,
-        "auto_delete": x.spec.auto_delete,
-        "internal": x.spec.internal,
-        "arguments": table(&x.spec.arguments),
-    })
-}
-
-async fn exchanges_all(State(shared): State<Arc<Shared>>, who: Who) -> Api {
-    let mut list = Vec::new();
-    for vhost in visible_vhosts(&shared, &who) {
-        list.extend(
-            vhost
-                .exchanges()
-                .iter()
-                .map(|x| exchange_json(&vhost.name, x)),
-        );
-    }
-    ok(Value::Array(list))
-}
-
-async fn exchanges_in(
-    State(shared): State<Arc<Shared>>,
-    who: Who,
-    Path(vhost): Path<String>,
-) -> Api {
-    let open = open_vhost(&shared, &who, &vhost)?;
-    ok(Value::Array(
-        open.exchanges()
-            .iter()
-            .map(|x| exchange_json(&vhost, x))
-            .collect(),
-    ))
-}
-
 /// The connections `who` may see: all for monitoring users, their own for the others (as
 /// RabbitMQ).
 fn visible_connections(shared: &Shared, who: &Who) -> Vec<Arc<ConnectionInfo>> {
@@ -747,177 +644,6 @@ fn connection_json(shared: &Shared, c: &ConnectionInfo) -> Value {
                 "ssl_cipher": tls.map(|t| t.cipher.clone()),
                 "peer_cert_subject": tls.and_then(|t| t.peer_cert_subject.clone()),
     })
-}
-
-fn binding_json(vhost: &str, source: &str, b: &crate::exchange::Binding) -> Value {
-    let (destination, destination_type) = match &b.destination {
-        Destination::Queue(name) => (name.to_string(), "queue"),
-        Destination::Exchange(name) => (name.to_string(), "exchange"),
-    };
-    json!({
-        "source": source,
-        "vhost": vhost,
-        "destination": destination,
-        "destination_type": destination_type,
-        "routing_key": b.routing_key.to_string(),
-        "arguments": table(&b.arguments),
-        "properties_key": b.routing_key.to_string(),
-    })
-}
-
-/// The bindings of `vhost` as RabbitMQ lists them: the default exchange's implicit binding
-/// of every queue by its name first, then each exchange's.
-fn vhost_bindings(vhost: &VHost) -> Vec<Value> {
-    let mut out: Vec<Value> = vhost
-        .queues()
-        .iter()
-        .map(|q| {
-            json!({
-                "source": "", "vhost": vhost.name.to_string(),
-                "destination": q.name().to_string(), "destination_type": "queue",
-                "routing_key": q.name().to_string(), "arguments": {},
-                "properties_key": q.name().to_string(),
-            })
-        })
-        .collect();
-    for exchange in vhost.exchanges() {
-        for binding in exchange.bindings() {
-            out.push(binding_json(&vhost.name, &exchange.spec.name, &binding));
-        }
-    }
-    out
-}
-
-async fn bindings_all(State(shared): State<Arc<Shared>>, who: Who) -> Api {
-    let mut list = Vec::new();
-    for vhost in visible_vhosts(&shared, &who) {
-        list.extend(vhost_bindings(&vhost));
-    }
-    ok(Value::Array(list))
-}
-
-async fn bindings_in(
-    State(shared): State<Arc<Shared>>,
-    who: Who,
-    Path(vhost): Path<String>,
-) -> Api {
-    let open = open_vhost(&shared, &who, &vhost)?;
-    ok(Value::Array(vhost_bindings(&open)))
-}
-
-/// POST /api/definitions: imports a definitions document (`crate::definitions`); answers
-/// what was skipped, if anything, as `{"warnings": [...]}`.
-async fn definitions_post(State(shared): State<Arc<Shared>>, who: Who, body: Bytes) -> Api {
-    who.require_admin()?;
-    let document: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
-    let importing = shared.clone();
-    let warnings =
-        tokio::task::spawn_blocking(move || crate::definitions::import(&importing, &document))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    for warning in &warnings {
-        tracing::warn!(%warning, "definitions import");
-    }
-    ok(json!({ "warnings": warnings }))
-}
-
-/// GET /api/definitions: the broker's definitions in RabbitMQ's format (users with their
-/// hashes, vhosts, permissions, topic permissions, vhost limits as parameters, and the
-/// durable queues, exchanges and bindings clients declared; exclusive queues and the
-/// pre-declared exchanges are left out, as RabbitMQ does).
-async fn definitions(State(shared): State<Arc<Shared>>, who: Who) -> Api {
-    who.require_admin()?;
-    let state = shared.meta.state();
-    let version = env!("CARGO_PKG_VERSION");
-    let users: Vec<Value> = state
-        .users
-        .iter()
-        .map(|(name, u)| {
-            json!({
-                "name": name, "password_hash": u.password_hash,
-                "hashing_algorithm": u.hashing_algorithm, "tags": u.tags, "limits": {},
-            })
-        })
-        .collect();
-    let vhosts: Vec<Value> = state
-        .vhosts
-        .iter()
-        .map(|(name, v)| {
-            json!({
-                "name": name, "description": v.description, "tags": v.tags,
-                "metadata": { "description": v.description, "tags": v.tags },
-                "limits": [],
-            })
-        })
-        .collect();
-    let permissions: Vec<Value> = state
-        .permissions
-        .iter()
-        .map(|((user, vhost), p)| permission_json(user, vhost, p))
-        .collect();
-    let topic_permissions: Vec<Value> = state
-        .topic_permissions
-        .iter()
-        .map(|((user, vhost, exchange), t)| {
-            json!({
-                "user": user, "vhost": vhost, "exchange": exchange,
-                "write": t.write, "read": t.read,
-            })
-        })
-        .collect();
-    let parameters: Vec<Value> = state
-        .vhosts
-        .iter()
-        .filter(|(_, v)| !v.limits.is_empty())
-        .map(|(name, v)| {
-            json!({
-                "vhost": name, "component": "vhost-limits", "name": "limits", "value": v.limits,
-            })
-        })
-        .collect();
-    let (mut queues, mut exchanges, mut bindings) = (Vec::new(), Vec::new(), Vec::new());
-    for vhost in shared.vhost_list() {
-        for q in vhost.queues() {
-            if q.spec.durable && q.spec.exclusive_owner.is_none() {
-                queues.push(json!({
-                    "name": q.name().to_string(), "vhost": vhost.name.to_string(),
-                    "durable": true, "auto_delete": q.spec.auto_delete,
-                    "arguments": table(&q.spec.arguments),
-                }));
-            }
-        }
-        for x in vhost.exchanges() {
-            let name = x.spec.name.to_string();
-            if !x.spec.durable || name.is_empty() || name.starts_with("amq.") {
-                continue;
-            }
-            exchanges.push(exchange_json(&vhost.name, &x));
-        }
-        for x in vhost.exchanges() {
-            let source = x.spec.name.to_string();
-            for b in x.bindings() {
-                bindings.push(binding_json(&vhost.name, &source, &b));
-            }
-        }
-    }
-    ok(json!({
-        "rabbit_version": version,
-        "rabbitmq_version": version,
-        "product_name": "bourse",
-        "product_version": version,
-        "users": users,
-        "vhosts": vhosts,
-        "permissions": permissions,
-        "topic_permissions": topic_permissions,
-        "parameters": parameters,
-        "global_parameters": [],
-        "policies": [],
-        "queues": queues,
-        "exchanges": exchanges,
-        "bindings": bindings,
-    }))
 }
 
 async fn alarms(State(shared): State<Arc<Shared>>, _who: Who) -> Api {
