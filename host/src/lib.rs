@@ -12,6 +12,7 @@
 //! - [`auth`]: users and SASL.
 //! - [`memory`]: the memory high-watermark alarm that blocks publishers.
 //! - [`limits`]: limits on what clients may create, and their counters.
+//! - [`stats`]: message counters for the management API and metrics.
 
 pub mod auth;
 pub mod blocking;
@@ -29,6 +30,7 @@ pub mod meta;
 pub mod names;
 pub mod protocol;
 pub mod queue;
+pub mod stats;
 pub mod store;
 pub mod vhost;
 

@@ -18,12 +18,8 @@ pub static malloc_conf: &[u8; 43] = b"background_thread:true,dirty_decay_ms:1000
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("BOURSE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
     let config = bourse::Config::from_cli(bourse::config::Cli::parse())?;
+    init_logging(&config);
     let broker = bourse::Broker::start(config).await?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -35,4 +31,24 @@ async fn main() -> anyhow::Result<()> {
     broker.shutdown().await;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Logs to stderr with `log_level` (or `BOURSE_LOG`) as the filter, as text or JSON lines;
+/// colour only when stderr is a terminal and `NO_COLOR` is unset (docs/operations.md).
+fn init_logging(config: &bourse::Config) {
+    use std::io::IsTerminal;
+    let filter = EnvFilter::try_from_env("BOURSE_LOG")
+        .or_else(|_| EnvFilter::try_new(&config.log_level))
+        .unwrap_or_else(|error| {
+            eprintln!("log_level '{}': {error}; using info", config.log_level);
+            EnvFilter::new("info")
+        });
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        bourse::config::LogFormat::Json => builder.json().init(),
+        bourse::config::LogFormat::Text => builder.with_ansi(colour).init(),
+    }
 }

@@ -148,6 +148,33 @@ impl Api {
     pub async fn delete(&self, path: &str) -> Reply {
         self.raw(Method::DELETE, path, Vec::new()).await
     }
+
+    /// POST `path` with a JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.raw(Method::POST, path, body.to_string().into_bytes())
+            .await
+    }
+
+    /// GETs `path` every 100 ms until `check` accepts the JSON, for up to `limit`; the last
+    /// JSON read either way, and whether it was accepted.
+    pub async fn get_until(
+        &self,
+        path: &str,
+        limit: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> (bool, Value) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let reply = self.get(path).await;
+            if reply.status == StatusCode::OK && check(&reply.json) {
+                return (true, reply.json);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return (false, reply.json);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// `text` percent-encoded for a path segment (everything but ASCII letters and digits).
@@ -168,4 +195,33 @@ fn header(headers: &hyper::HeaderMap, name: &str) -> Option<String> {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
+}
+
+/// A broker with its API on an ephemeral port; users guest (administrator), `tagless`,
+/// `watcher` (monitoring) and `manager` (management), all with password `pw` but guest.
+pub async fn api_broker() -> (crate::TestBroker, Api) {
+    api_broker_with(|_| {}).await
+}
+
+/// [`api_broker`] with more configuration.
+pub async fn api_broker_with(adjust: impl FnOnce(&mut bourse::Config)) -> (crate::TestBroker, Api) {
+    use bourse::config::UserSeed;
+    let broker = crate::TestBroker::start_with(|cfg| {
+        cfg.management_listen = Some(([127, 0, 0, 1], 0).into());
+        let mut guest = UserSeed::clear("guest", "guest");
+        guest.tags = vec!["administrator".into()];
+        let mut watcher = UserSeed::clear("watcher", "pw");
+        watcher.tags = vec!["monitoring".into()];
+        let mut manager = UserSeed::clear("manager", "pw");
+        manager.tags = vec!["management".into()];
+        cfg.users = vec![guest, UserSeed::clear("tagless", "pw"), watcher, manager];
+        adjust(cfg);
+    })
+    .await;
+    let addr = broker
+        .handle()
+        .expect("in-process broker")
+        .management_addr()
+        .expect("a management listener");
+    (broker, Api::new(addr, "guest", "guest"))
 }

@@ -50,6 +50,8 @@ pub struct Shared {
     pub(crate) open: Arc<crate::connection::Connections>,
     /// Vhosts, users and permissions, durable (`meta/`).
     pub meta: crate::meta::Meta,
+    /// Message rates, sampled by the management API.
+    pub rates: crate::stats::Rates,
 }
 
 impl Shared {
@@ -300,6 +302,8 @@ pub struct BrokerHandle {
     tls: Option<(SocketAddr, Arc<TlsServer>, JoinHandle<()>)>,
     /// The management API's address and server task, when configured.
     management: Option<(SocketAddr, JoinHandle<()>)>,
+    /// The management API's HTTPS address and server task, when configured.
+    management_tls: Option<(SocketAddr, JoinHandle<()>)>,
     /// The Prometheus endpoint's address and server task, when configured.
     prometheus: Option<(SocketAddr, JoinHandle<()>)>,
 }
@@ -333,6 +337,14 @@ impl Broker {
             ),
             None => None,
         };
+        let management_tls_listener = match config.management_tls_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (management API, HTTPS)"))?,
+            ),
+            None => None,
+        };
         let prometheus_listener = match config.prometheus_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -362,6 +374,7 @@ impl Broker {
             user_usage: Default::default(),
             closing: watch::Sender::new(false),
             open: Default::default(),
+            rates: Default::default(),
             config,
         });
         for name in state.vhosts.keys() {
@@ -394,6 +407,26 @@ impl Broker {
                 Some((addr, server, accept))
             }
             None => None,
+        };
+        if management_listener.is_some() || management_tls_listener.is_some() {
+            tokio::spawn(crate::management::sample_rates(
+                shared.clone(),
+                stopped.clone(),
+            ));
+        }
+        let management_tls = match (management_tls_listener, &tls) {
+            (Some(listener), Some((_, server, _))) => {
+                let addr = listener.local_addr()?;
+                let task = tokio::spawn(crate::management::serve_tls(
+                    shared.clone(),
+                    listener,
+                    server.clone(),
+                    stopped.clone(),
+                ));
+                info!(%addr, "management API listening over HTTPS");
+                Some((addr, task))
+            }
+            _ => None,
         };
         let management = match management_listener {
             Some(listener) => {
@@ -430,6 +463,7 @@ impl Broker {
             accept: Some(accept),
             tls,
             management,
+            management_tls,
             prometheus,
         })
     }
@@ -444,6 +478,11 @@ impl BrokerHandle {
     /// The address the Prometheus endpoint is bound to, when there is one.
     pub fn prometheus_addr(&self) -> Option<SocketAddr> {
         self.prometheus.as_ref().map(|(addr, _)| *addr)
+    }
+
+    /// The address the management API's HTTPS listener is bound to, when there is one.
+    pub fn management_tls_addr(&self) -> Option<SocketAddr> {
+        self.management_tls.as_ref().map(|(addr, _)| *addr)
     }
 
     /// The address the management API is bound to, when there is one.
@@ -590,9 +629,13 @@ impl BrokerHandle {
         if let Some((_, _, accept)) = self.tls.take() {
             let _ = accept.await;
         }
-        for (_, server) in [self.management.take(), self.prometheus.take()]
-            .into_iter()
-            .flatten()
+        for (_, server) in [
+            self.management.take(),
+            self.management_tls.take(),
+            self.prometheus.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             // Its graceful shutdown waits for requests in flight; not for ever.
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, server).await;

@@ -47,6 +47,8 @@ pub struct Session<'a> {
     pub throttled: &'a std::cell::RefCell<Vec<Arc<Queue>>>,
     /// What the user may do in the vhost: every operation is checked (`access.rs`).
     pub grants: &'a crate::auth::Grants,
+    /// Messages published per exchange during the current read turn.
+    pub exchanges: &'a std::cell::RefCell<crate::vhost::ExchangeTally>,
 }
 
 impl Session<'_> {
@@ -94,10 +96,10 @@ pub(crate) struct ReplyState {
 
 impl Channel {
     /// Opens channel `id`.
-    pub fn new(id: u16, writer: Arc<Writer>) -> Self {
+    pub fn new(id: u16, connection: ConnectionId, writer: Arc<Writer>) -> Self {
         Self {
             id,
-            outlet: ChannelOutlet::new(id, writer),
+            outlet: ChannelOutlet::new(id, connection, writer),
             consumers: HashMap::new(),
             consumer_prefetch: 0,
             last_queue: None,
@@ -158,6 +160,7 @@ impl Channel {
                     ));
                 }
                 self.confirms.get_or_insert_with(Default::default);
+                self.outlet.info.confirm.set(1);
                 if !select.nowait {
                     self.reply(
                         cx,
@@ -213,6 +216,7 @@ impl Channel {
                     self.kick_consumed_queues();
                 } else {
                     self.consumer_prefetch = qos.prefetch_count.into();
+                    self.outlet.info.prefetch.set(qos.prefetch_count.into());
                 }
                 self.reply(cx, AMQPClass::Basic(B::QosOk(basic::QosOk {})));
                 Ok(())
@@ -224,10 +228,11 @@ impl Channel {
                     if let Some(reply) = self.reply.take() {
                         cx.vhost.unregister_reply_consumer(&reply.name);
                     }
-                } else if let Some((consumer, queue)) = self.consumers.remove(tag)
-                    && queue.remove_consumer(&consumer)
-                {
-                    cx.vhost.remove_queue(&queue);
+                } else if let Some((consumer, queue)) = self.consumers.remove(tag) {
+                    self.note_consumers();
+                    if queue.remove_consumer(&consumer) {
+                        cx.vhost.remove_queue(&queue);
+                    }
                 }
                 if !cancel.nowait {
                     self.reply(
@@ -368,7 +373,18 @@ impl Channel {
                 }
             })?;
         self.consumers.insert(tag, (consumer, queue));
+        self.note_consumers();
         Ok(())
+    }
+
+    /// Keeps the consumer count the management API shows.
+    fn note_consumers(&self) {
+        self.outlet.info.consumers.set(self.consumers.len() as u64);
+    }
+
+    /// The channel's shared side: its deliveries and counts.
+    pub fn outlet(&self) -> &Arc<ChannelOutlet> {
+        &self.outlet
     }
 
     fn tag_in_use(&self, tag: &str) -> bool {
@@ -436,6 +452,9 @@ impl Channel {
             return Ok(());
         }
         let taken = self.outlet.take_unacked(tag, multiple)?;
+        if matches!(how, Settle::Ack) {
+            self.outlet.info.acked.add(taken.len() as u64);
+        }
         apply_settlement(how, taken);
         if self.outlet.global_prefetch() != 0 {
             // Channel-wide credit came back: every queue consumed here may deliver again.
@@ -453,6 +472,7 @@ impl Channel {
                     ));
                 }
                 self.tx.get_or_insert_with(Default::default);
+                self.outlet.info.transactional.set(1);
                 self.reply(cx, AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})));
                 Ok(())
             }
@@ -500,6 +520,9 @@ impl Channel {
         }
         for (how, tag, multiple) in tx.settlements {
             let taken = self.outlet.take_unacked(tag, multiple)?;
+            if matches!(how, Settle::Ack) {
+                self.outlet.info.acked.add(taken.len() as u64);
+            }
             apply_settlement(how, taken);
         }
         self.kick_consumed_queues();
@@ -520,6 +543,7 @@ impl Channel {
         for tag in self.outlet.take_cancelled() {
             self.consumers.remove(&tag);
         }
+        self.note_consumers();
     }
 
     fn kick_consumed_queues(&self) {

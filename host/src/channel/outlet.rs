@@ -17,7 +17,8 @@ use crate::connection::Writer;
 use crate::exchange::Name;
 use crate::message::{Message, QueuedMessage};
 use crate::protocol::{AmqpError, Deliver, write_content, write_deliver, write_method};
-use crate::queue::{Consumer, Outlet, Queue};
+use crate::queue::{ConnectionId, Consumer, Outlet, Queue};
+use crate::stats::{Deliveries, MessageStats, OwnedCounter};
 use crate::vhost::ReplyConsumer;
 
 /// A delivered message awaiting ack, nack or reject.
@@ -38,8 +39,29 @@ pub struct Unacked {
 pub struct ChannelOutlet {
     me: Weak<ChannelOutlet>,
     channel: u16,
+    connection: ConnectionId,
     writer: Arc<Writer>,
     state: Mutex<OutletState>,
+    /// What the management API shows of the channel; written by the channel's own task.
+    pub info: ChannelCounters,
+}
+
+/// A channel's counts that only its own task changes (its publishes, acks, consumers and
+/// prefetch), read by the management API.
+#[derive(Debug, Default)]
+pub struct ChannelCounters {
+    /// basic.publish received.
+    pub published: OwnedCounter,
+    /// Deliveries acknowledged.
+    pub acked: OwnedCounter,
+    /// Consumers open on it.
+    pub consumers: OwnedCounter,
+    /// basic.qos global=false prefetch, for consumers created next.
+    pub prefetch: OwnedCounter,
+    /// 1 once in confirm mode.
+    pub confirm: OwnedCounter,
+    /// 1 once transactional.
+    pub transactional: OwnedCounter,
 }
 
 struct OutletState {
@@ -53,6 +75,8 @@ struct OutletState {
     cancelled: Vec<Name>,
     /// The delivery acknowledgement timeout, when configured.
     timeout: Option<AckTimeout>,
+    /// Deliveries made, for the management API.
+    delivered: Deliveries,
 }
 
 /// RabbitMQ's `consumer_timeout`: a delivery left unacknowledged longer than `after` closes the
@@ -69,11 +93,13 @@ struct AckTimeout {
 
 impl ChannelOutlet {
     /// The outlet of a newly opened channel.
-    pub fn new(channel: u16, writer: Arc<Writer>) -> Arc<Self> {
+    pub fn new(channel: u16, connection: ConnectionId, writer: Arc<Writer>) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
             channel,
+            connection,
             writer,
+            info: ChannelCounters::default(),
             state: Mutex::new(OutletState {
                 next_tag: 0,
                 unacked: VecDeque::new(),
@@ -82,6 +108,7 @@ impl ChannelOutlet {
                 closed: false,
                 cancelled: Vec::new(),
                 timeout: None,
+                delivered: Deliveries::default(),
             }),
         })
     }
@@ -212,6 +239,7 @@ impl ChannelOutlet {
                 frame_max,
             );
         });
+        state.delivered.count(true, no_ack, entry.redelivered);
         if !no_ack {
             let delivered_at = self.watch_delivery(&mut state);
             state.unacked.push_back(Unacked {
@@ -222,6 +250,36 @@ impl ChannelOutlet {
                 delivered_at,
             });
         }
+    }
+
+    /// Whether the channel is still open.
+    pub fn is_open(&self) -> bool {
+        !self.state.lock().closed
+    }
+
+    /// The channel's number.
+    pub fn number(&self) -> u16 {
+        self.channel
+    }
+
+    /// The connection it belongs to.
+    pub fn connection(&self) -> ConnectionId {
+        self.connection
+    }
+
+    /// Its message counts: deliveries (counted under the delivery lock), publishes and acks.
+    pub fn message_stats(&self) -> MessageStats {
+        let delivered = self.state.lock().delivered;
+        MessageStats {
+            publish: self.info.published.get(),
+            delivered,
+            ack: self.info.acked.get(),
+        }
+    }
+
+    /// Deliveries waiting for an ack.
+    pub fn unacked_count(&self) -> usize {
+        self.state.lock().unacked.len()
     }
 
     /// With a consumer timeout: the delivery time to record, and the timer started or woken
@@ -396,6 +454,9 @@ impl Outlet for ChannelOutlet {
             return Err(entry);
         }
         state.next_tag = tag;
+        state
+            .delivered
+            .count(false, consumer.no_ack, entry.redelivered);
         if !consumer.no_ack {
             consumer.unacked.fetch_add(1, Ordering::Relaxed);
             let delivered_at = self.watch_delivery(&mut state);
@@ -408,6 +469,10 @@ impl Outlet for ChannelOutlet {
             });
         }
         Ok(())
+    }
+
+    fn channel(&self) -> Option<(ConnectionId, u16)> {
+        Some((self.connection, self.channel))
     }
 
     fn cancelled_by_server(&self, consumer: &Consumer) {

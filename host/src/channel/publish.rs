@@ -170,6 +170,7 @@ impl Channel {
                 key
             }
         };
+        self.outlet.info.published.add(1);
         self.pending = Some(PendingPublish {
             exchange,
             routing_key,
@@ -373,6 +374,7 @@ impl Channel {
         }
         // A reply handed to a direct reply-to consumer counts as routed.
         let unroutable = self.routed.queues.is_empty() && self.routed.replies.is_empty();
+        cx.exchanges.borrow_mut().count(&exchange, !unroutable);
         if unroutable && mandatory {
             let frame_max = cx.writer.frame_max();
             cx.writer.write(|out| {

@@ -7,10 +7,15 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use clap::Parser;
 use serde::Deserialize;
 
 use crate::limits::{Limits, MAX_MESSAGE_BYTES_CEILING, UserLimits, VhostLimits};
+
+mod cli;
+mod file;
+
+pub use cli::Cli;
+use file::FileConfig;
 
 /// Broker settings after flags, environment and file have been merged.
 #[derive(Debug, Clone)]
@@ -80,9 +85,29 @@ pub struct Config {
     /// Address of the Prometheus endpoint (`/metrics`); None: none. The binary's default is
     /// 127.0.0.1:15692.
     pub prometheus_listen: Option<SocketAddr>,
+    /// Address of the management API over HTTPS, with the AMQPS listener's certificate and
+    /// key (RabbitMQ's `management.ssl.port`, usually 15671); None: no HTTPS listener.
+    pub management_tls_listen: Option<SocketAddr>,
+    /// How often the management API samples the message counters for its rates (RabbitMQ's
+    /// `collect_statistics_interval`).
+    pub management_sample_interval_ms: u64,
+    /// Log filter (`info`, `debug`, `bourse=debug,info`, ...); `BOURSE_LOG` overrides it.
+    pub log_level: String,
+    /// Log line format.
+    pub log_format: LogFormat,
     /// A definitions file (RabbitMQ's JSON format) imported at every start, after the meta
     /// log is replayed (RabbitMQ's `load_definitions`): docs/operations.md.
     pub load_definitions: Option<PathBuf>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event (colour only on a terminal).
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// The AMQPS listener's settings (RabbitMQ's `listeners.ssl` and `ssl_options`).
@@ -284,6 +309,10 @@ impl Default for Config {
             tls: None,
             management_listen: None,
             prometheus_listen: None,
+            management_tls_listen: None,
+            management_sample_interval_ms: 5000,
+            log_level: "info".to_owned(),
+            log_format: LogFormat::Text,
             load_definitions: None,
         }
     }
@@ -291,241 +320,6 @@ impl Default for Config {
 
 /// The smallest frame_max a client may negotiate (AMQP 0-9-1 4.2.3, and RabbitMQ's floor).
 pub const FRAME_MIN_SIZE: u32 = 4096;
-
-/// Command-line flags; each one can also come from its environment variable.
-#[derive(Debug, Parser)]
-#[command(
-    name = "bourse",
-    version,
-    about = "An AMQP 0-9-1 broker with WebAssembly exchange types"
-)]
-pub struct Cli {
-    /// Address and port to listen on for AMQP connections [default: 127.0.0.1:5672]
-    #[arg(long, env = "BOURSE_LISTEN", value_name = "ADDR:PORT")]
-    pub listen: Option<SocketAddr>,
-    /// Directory holding durable definitions and persistent messages [default: ./bourse-data]
-    #[arg(long, env = "BOURSE_DATA_DIR", value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Directory of WASM exchange-type plugins (*.wasm) loaded at start-up
-    #[arg(long, env = "BOURSE_PLUGIN_DIR", value_name = "DIR")]
-    pub plugin_dir: Option<PathBuf>,
-    /// TOML configuration file; flags and environment variables override its keys
-    #[arg(long, env = "BOURSE_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Largest frame accepted, in bytes (at least 4096) [default: 131072]
-    #[arg(long, env = "BOURSE_FRAME_MAX_BYTES")]
-    pub frame_max_bytes: Option<u32>,
-    /// Highest channel number a connection may open [default: 2047]
-    #[arg(long, env = "BOURSE_CHANNEL_MAX")]
-    pub channel_max: Option<u16>,
-    /// Heartbeat interval proposed to clients, in seconds; 0 disables [default: 60]
-    #[arg(long, env = "BOURSE_HEARTBEAT_SECS")]
-    pub heartbeat_secs: Option<u16>,
-    /// Largest message body accepted, in bytes, at most 536870912 [default: 134217728]
-    #[arg(long, env = "BOURSE_MAX_MESSAGE_BYTES")]
-    pub max_message_bytes: Option<u64>,
-    /// Connections open at once on the broker [default: 65536]
-    #[arg(long, env = "BOURSE_CONNECTION_MAX")]
-    pub connection_max: Option<u32>,
-    /// Consumers on one channel [default: 65536]
-    #[arg(long, env = "BOURSE_CONSUMER_MAX_PER_CHANNEL")]
-    pub consumer_max_per_channel: Option<u32>,
-    /// Body bytes one transaction may buffer before tx.commit [default: 268435456]
-    #[arg(long, env = "BOURSE_TX_MAX_BYTES")]
-    pub tx_max_bytes: Option<u64>,
-    /// Bytes of still-arriving message bodies one connection may hold [default: 268435456]
-    #[arg(long, env = "BOURSE_CONNECTION_CONTENT_MAX_BYTES")]
-    pub connection_content_max_bytes: Option<u64>,
-    /// Ready messages a queue keeps in memory before it pages to disk [default: 2048]
-    #[arg(long, env = "BOURSE_QUEUE_IN_MEMORY_MESSAGES")]
-    pub queue_in_memory_messages: Option<u32>,
-    /// Connections open to one vhost, unless its [vhost_limits] entry says otherwise
-    /// [default: 4294967295, unlimited]
-    #[arg(long, env = "BOURSE_VHOST_MAX_CONNECTIONS")]
-    pub vhost_max_connections: Option<u32>,
-    /// Queues in one vhost [default: 100000]
-    #[arg(long, env = "BOURSE_VHOST_MAX_QUEUES")]
-    pub vhost_max_queues: Option<u32>,
-    /// Exchanges declared in one vhost, besides the pre-declared ones [default: 10000]
-    #[arg(long, env = "BOURSE_VHOST_MAX_EXCHANGES")]
-    pub vhost_max_exchanges: Option<u32>,
-    /// Body bytes of ready messages one vhost's queues may hold before its publishers are
-    /// blocked [default: unlimited]
-    #[arg(long, env = "BOURSE_VHOST_MAX_QUEUED_BYTES")]
-    pub vhost_max_queued_bytes: Option<u64>,
-    /// Messages per second one vhost's publishers may send together; above it they are
-    /// slowed [default: 0, unlimited]
-    #[arg(long, env = "BOURSE_VHOST_MAX_PUBLISH_RATE")]
-    pub vhost_max_publish_rate: Option<u64>,
-    /// Bindings in one vhost [default: 1000000]
-    #[arg(long, env = "BOURSE_VHOST_MAX_BINDINGS")]
-    pub vhost_max_bindings: Option<u32>,
-    /// Cache of compiled WASM plugins [default: <data-dir>/wasm-cache]
-    #[arg(long, env = "BOURSE_WASM_CACHE_DIR", value_name = "DIR")]
-    pub wasm_cache_dir: Option<PathBuf>,
-    /// How often the plugin directory is polled for changes, in ms; 0 disables [default: 1000]
-    #[arg(long, env = "BOURSE_PLUGIN_POLL_MS")]
-    pub plugin_poll_ms: Option<u64>,
-    /// Most WASM instances alive at once (one per WASM exchange, plus reloads) [default: 1000]
-    #[arg(long, env = "BOURSE_WASM_INSTANCES_MAX")]
-    pub wasm_instances_max: Option<u32>,
-    /// Largest plugin a tenant may upload into its vhost, in bytes [default: 33554432]
-    #[arg(long, env = "BOURSE_WASM_UPLOAD_MAX_BYTES")]
-    pub wasm_upload_max_bytes: Option<u64>,
-    /// Close a channel holding a delivery unacknowledged this long, in ms; 0 disables
-    /// [default: 0, off]
-    #[arg(long, env = "BOURSE_CONSUMER_TIMEOUT_MS")]
-    pub consumer_timeout_ms: Option<u64>,
-    /// Size of a queue's message segment files, in bytes (4096 to 1 GiB) [default: 67108864]
-    #[arg(long, env = "BOURSE_SEGMENT_MAX_BYTES")]
-    pub segment_max_bytes: Option<u32>,
-    /// Deadline of one WASM route call, in ms [default: 5]
-    #[arg(long, env = "BOURSE_WASM_CALL_DEADLINE_MS")]
-    pub wasm_call_deadline_ms: Option<u64>,
-    /// Deadline of other WASM calls (init, bindings, validate), in ms [default: 200]
-    #[arg(long, env = "BOURSE_WASM_SETUP_DEADLINE_MS")]
-    pub wasm_setup_deadline_ms: Option<u64>,
-    /// Largest linear memory of one WASM instance, in bytes [default: 16777216]
-    #[arg(long, env = "BOURSE_WASM_MEMORY_MAX_BYTES")]
-    pub wasm_memory_max_bytes: Option<u64>,
-    /// Largest table of one WASM instance, in elements [default: 50000]
-    #[arg(long, env = "BOURSE_WASM_TABLE_ELEMENTS_MAX")]
-    pub wasm_table_elements_max: Option<u64>,
-    /// Plugin log lines per second per exchange [default: 10]
-    #[arg(long, env = "BOURSE_WASM_LOG_LINES_PER_SEC")]
-    pub wasm_log_lines_per_sec: Option<u32>,
-    /// Entries in one WASM exchange's state store [default: 65536]
-    #[arg(long, env = "BOURSE_WASM_STATE_ENTRIES_MAX")]
-    pub wasm_state_entries_max: Option<u32>,
-    /// Consecutive failed WASM calls before an exchange is marked failed [default: 5]
-    #[arg(long, env = "BOURSE_WASM_FAILURES_MAX")]
-    pub wasm_failures_max: Option<u32>,
-    /// Cached routing decisions per cacheable WASM exchange; 0 disables [default: 16384]
-    #[arg(long, env = "BOURSE_WASM_ROUTE_CACHE_ENTRIES")]
-    pub wasm_route_cache_entries: Option<u32>,
-    /// Milliseconds of WASM calls per second one vhost may use; 0 unlimited [default: 1000]
-    #[arg(long, env = "BOURSE_WASM_CPU_MS_PER_SEC")]
-    pub wasm_cpu_ms_per_sec: Option<u64>,
-    /// Sum of one vhost's WASM instance memory caps, in bytes [default: unlimited]
-    #[arg(long, env = "BOURSE_WASM_MEMORY_TOTAL_BYTES")]
-    pub wasm_memory_total_bytes: Option<u64>,
-    /// Block publishers above this fraction of total memory, in (0, 1] [default: 0.4]
-    #[arg(long, env = "BOURSE_MEMORY_HIGH_WATERMARK", value_name = "FRACTION")]
-    pub memory_high_watermark: Option<f64>,
-    /// Block publishers above this resident memory, in bytes; overrides the fraction
-    #[arg(long, env = "BOURSE_MEMORY_HIGH_WATERMARK_BYTES")]
-    pub memory_high_watermark_bytes: Option<u64>,
-    /// A definitions file (RabbitMQ's JSON format) imported at every start
-    #[arg(long, env = "BOURSE_LOAD_DEFINITIONS", value_name = "FILE")]
-    pub load_definitions: Option<PathBuf>,
-    /// Address and port of the Prometheus endpoint, or `off` [default: 127.0.0.1:15692]
-    #[arg(long, env = "BOURSE_PROMETHEUS_LISTEN", value_name = "ADDR:PORT|off")]
-    pub prometheus_listen: Option<String>,
-    /// Address and port of the management HTTP API, or `off` [default: 127.0.0.1:15672]
-    #[arg(long, env = "BOURSE_MANAGEMENT_LISTEN", value_name = "ADDR:PORT|off")]
-    pub management_listen: Option<String>,
-    /// Address and port of the AMQPS listener, usually 127.0.0.1:5671; needs the cert and key
-    /// [default: none, no TLS listener]
-    #[arg(long, env = "BOURSE_TLS_LISTEN", value_name = "ADDR:PORT")]
-    pub tls_listen: Option<SocketAddr>,
-    /// The server certificate chain (PEM) of the AMQPS listener
-    #[arg(long, env = "BOURSE_TLS_CERT_FILE", value_name = "FILE")]
-    pub tls_cert_file: Option<PathBuf>,
-    /// The server private key (PEM) of the AMQPS listener
-    #[arg(long, env = "BOURSE_TLS_KEY_FILE", value_name = "FILE")]
-    pub tls_key_file: Option<PathBuf>,
-    /// CA certificates (PEM) that client certificates must chain to
-    #[arg(long, env = "BOURSE_TLS_CA_FILE", value_name = "FILE")]
-    pub tls_ca_file: Option<PathBuf>,
-    /// Ask AMQPS clients for a certificate and verify it [default: false]
-    #[arg(long, env = "BOURSE_TLS_VERIFY_PEER")]
-    pub tls_verify_peer: Option<bool>,
-    /// With verification: refuse AMQPS clients without a certificate [default: false]
-    #[arg(long, env = "BOURSE_TLS_FAIL_IF_NO_PEER_CERT")]
-    pub tls_fail_if_no_peer_cert: Option<bool>,
-    /// How often the TLS files are checked for changes, in ms; 0 disables [default: 5000]
-    #[arg(long, env = "BOURSE_TLS_RELOAD_POLL_MS")]
-    pub tls_reload_poll_ms: Option<u64>,
-}
-
-/// The TOML file: the same keys as the flags, all optional, unknown keys rejected.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<SocketAddr>,
-    data_dir: Option<PathBuf>,
-    plugin_dir: Option<PathBuf>,
-    frame_max_bytes: Option<u32>,
-    channel_max: Option<u16>,
-    heartbeat_secs: Option<u16>,
-    max_message_bytes: Option<u64>,
-    connection_max: Option<u32>,
-    consumer_max_per_channel: Option<u32>,
-    tx_max_bytes: Option<u64>,
-    connection_content_max_bytes: Option<u64>,
-    queue_in_memory_messages: Option<u32>,
-    vhost_max_queued_bytes: Option<u64>,
-    vhost_max_publish_rate: Option<u64>,
-    vhost_max_connections: Option<u32>,
-    vhost_max_queues: Option<u32>,
-    vhost_max_exchanges: Option<u32>,
-    vhost_max_bindings: Option<u32>,
-    #[serde(default)]
-    user_limits: BTreeMap<String, UserLimits>,
-    guest_loopback_only: Option<bool>,
-    #[serde(default)]
-    users: Vec<UserEntry>,
-    #[serde(default)]
-    permissions: Vec<PermissionSeed>,
-    #[serde(default)]
-    topic_permissions: Vec<TopicPermissionSeed>,
-    wasm_cache_dir: Option<PathBuf>,
-    plugin_poll_ms: Option<u64>,
-    wasm_instances_max: Option<u32>,
-    wasm_upload_max_bytes: Option<u64>,
-    consumer_timeout_ms: Option<u64>,
-    segment_max_bytes: Option<u32>,
-    // The global WASM limits; `[vhost_limits."NAME"]` tables take the same keys.
-    wasm_call_deadline_ms: Option<u64>,
-    wasm_setup_deadline_ms: Option<u64>,
-    wasm_memory_max_bytes: Option<u64>,
-    wasm_table_elements_max: Option<u64>,
-    wasm_log_lines_per_sec: Option<u32>,
-    wasm_state_entries_max: Option<u32>,
-    wasm_failures_max: Option<u32>,
-    wasm_route_cache_entries: Option<u32>,
-    wasm_cpu_ms_per_sec: Option<u64>,
-    wasm_memory_total_bytes: Option<u64>,
-    #[serde(default)]
-    vhost_limits: BTreeMap<String, VhostLimitOverrides>,
-    memory_high_watermark: Option<f64>,
-    memory_high_watermark_bytes: Option<u64>,
-    management_listen: Option<String>,
-    prometheus_listen: Option<String>,
-    load_definitions: Option<PathBuf>,
-    tls_listen: Option<SocketAddr>,
-    tls_cert_file: Option<PathBuf>,
-    tls_key_file: Option<PathBuf>,
-    tls_ca_file: Option<PathBuf>,
-    tls_verify_peer: Option<bool>,
-    tls_fail_if_no_peer_cert: Option<bool>,
-    tls_reload_poll_ms: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UserEntry {
-    name: String,
-    /// A clear password, hashed at start-up.
-    password: Option<String>,
-    /// Or RabbitMQ's `password_hash` (base64; empty: no password login).
-    password_hash: Option<String>,
-    /// RabbitMQ's `hashing_algorithm` for `password_hash` [default:
-    /// rabbit_password_hashing_sha256].
-    hashing_algorithm: Option<String>,
-    #[serde(default)]
-    tags: Vec<String>,
-}
 
 /// A user's permissions in a vhost, as RabbitMQ's `set_permissions` takes them.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -683,6 +477,14 @@ impl Config {
                 .or(file.prometheus_listen.as_deref()),
             15692,
         )?;
+        let management_tls_listen = cli.management_tls_listen.or(file.management_tls_listen);
+        if management_tls_listen.is_some() && tls.is_none() {
+            return Err(ConfigError::Invalid(
+                "management_tls_listen serves the AMQPS listener's certificate: it needs \
+                 tls_listen, tls_cert_file and tls_key_file"
+                    .to_owned(),
+            ));
+        }
         let users = file
             .users
             .into_iter()
@@ -792,6 +594,20 @@ impl Config {
             tls,
             management_listen,
             prometheus_listen,
+            management_tls_listen,
+            management_sample_interval_ms: cli
+                .management_sample_interval_ms
+                .or(file.management_sample_interval_ms)
+                .unwrap_or(defaults.management_sample_interval_ms)
+                .max(100),
+            log_level: cli
+                .log_level
+                .or(file.log_level)
+                .unwrap_or(defaults.log_level),
+            log_format: cli
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(defaults.log_format),
             load_definitions: cli.load_definitions.or(file.load_definitions),
             listen: cli.listen.or(file.listen).unwrap_or(defaults.listen),
             data_dir: cli.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),

@@ -1,6 +1,7 @@
 //! The configuration's merge rules: flags over environment over file, checks, seeds.
 
 use super::*;
+use clap::Parser;
 
 fn with_file(toml: &str, args: &[&str]) -> Result<Config, ConfigError> {
     let path = std::env::temp_dir().join(format!(
@@ -181,4 +182,28 @@ fn memory_watermark_flags_read_their_environment_variables() {
             .unwrap_or_else(|| panic!("no flag {id}"));
         assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(env), "{id}");
     }
+}
+
+#[test]
+fn management_tls_needs_the_amqps_certificate() {
+    let refused = Config::from_cli(
+        Cli::try_parse_from(["bourse", "--management-tls-listen", "127.0.0.1:15671"])
+            .expect("flags parse"),
+    );
+    assert!(
+        matches!(&refused, Err(ConfigError::Invalid(why)) if why.contains("management_tls_listen")),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn log_settings_come_from_the_file_or_the_flags() {
+    let config = with_file("log_level = \"debug\"\nlog_format = \"json\"\n", &[]).unwrap();
+    assert_eq!(config.log_level, "debug");
+    assert_eq!(config.log_format, LogFormat::Json);
+    let config = with_file("log_format = \"json\"\n", &["--log-format", "text"]).unwrap();
+    assert_eq!(config.log_format, LogFormat::Text);
+    assert!(with_file("log_format = \"xml\"\n", &[]).is_err());
+    let config = with_file("", &["--management-sample-interval-ms", "1"]).unwrap();
+    assert_eq!(config.management_sample_interval_ms, 100, "floored");
 }

@@ -35,7 +35,8 @@ use crate::channel::{Channel, Session};
 use crate::limits::{ContentBudget, Held, Slot, UserUsage, VhostLimits};
 use crate::protocol::{AmqpError, Frame, parse_frame, write_method};
 use crate::queue::{ConnectionId, Queue};
-use crate::vhost::VHost;
+use crate::stats::OwnedCounter;
+use crate::vhost::{ExchangeTally, VHost};
 
 /// Frames handled per turn of a connection's loop before it yields to other tasks (about 340
 /// small published messages: each is three frames).
@@ -107,6 +108,7 @@ async fn serve_stream(
         socket: read,
         buf: BytesMut::new(),
         chunk: READ_CHUNK_MIN,
+        received: Arc::new(OwnedCounter::default()),
     };
     let negotiated =
         match handshake::run(&shared, &mut reader, write, &writer, peer, id, tls.as_ref()).await {
@@ -117,9 +119,20 @@ async fn serve_stream(
     // The per-connection limits of the vhost as it opens (a later change applies to new
     // connections).
     let limits = negotiated.vhost.limits();
-    let listed = shared
-        .open
-        .register(id, peer, &negotiated.user, &negotiated.vhost.name, tls);
+    let listed = shared.open.register(
+        registry::Opened {
+            id,
+            peer,
+            user: negotiated.user.clone(),
+            vhost: negotiated.vhost.name.to_string(),
+            tls,
+            frame_max: negotiated.frame_max,
+            channel_max: negotiated.channel_max,
+            heartbeat_secs: negotiated.heartbeat.map_or(0, |h| h.as_secs()),
+        },
+        writer.clone(),
+        reader.received.clone(),
+    );
     let wasm_budget = shared.wasm_budget(&negotiated.vhost.name);
     let mut connection = Connection {
         id,
@@ -143,6 +156,7 @@ async fn serve_stream(
         grants: negotiated.grants,
         grants_generation: negotiated.grants_generation,
         throttled: RefCell::new(Vec::new()),
+        exchange_tally: RefCell::new(ExchangeTally::default()),
         wasm_budget,
         listed,
     };
@@ -183,6 +197,8 @@ pub(crate) struct Reader {
     socket: SocketRead,
     buf: BytesMut,
     chunk: usize,
+    /// Bytes read (RabbitMQ's `recv_oct`), shown through the connection's entry.
+    received: Arc<OwnedCounter>,
 }
 
 impl Reader {
@@ -207,6 +223,7 @@ impl Reader {
             self.buf.reserve(self.chunk);
         }
         let n = self.socket.read_buf(&mut self.buf).await?;
+        self.received.add(n as u64);
         // Grow the read size while reads come back full, so busy connections make fewer
         // syscalls and idle ones keep a small buffer.
         if n >= self.chunk / 2 {
@@ -270,6 +287,8 @@ struct Connection {
     grants_generation: u64,
     /// Queues in flow this connection published into during the current turn.
     throttled: RefCell<Vec<Arc<Queue>>>,
+    /// What this turn published per exchange (added to the exchange's counters at its end).
+    exchange_tally: RefCell<ExchangeTally>,
     /// The vhost's WASM budget: while it is spent, this connection's publishing waits.
     wasm_budget: Option<Arc<crate::exchange::wasm::budget::VhostBudget>>,
     /// Its entry in the broker's list of connections (state shown to operators).
@@ -361,6 +380,7 @@ impl Connection {
             let published = std::mem::take(&mut self.turn_publishes);
             if published > 0 {
                 self.vhost.count_published(published);
+                self.exchange_tally.get_mut().flush();
             }
             if published > 0
                 && let Some(wait) = self.vhost.admission().charge(published)
@@ -532,6 +552,7 @@ impl Connection {
             content: &self.content,
             user: &self.user,
             throttled: &self.throttled,
+            exchanges: &self.exchange_tally,
             grants: &self.grants,
         };
         (cx, &mut self.channels)
@@ -621,7 +642,8 @@ impl Connection {
                     .user_usage
                     .open_channel(&self.user, &self.user_usage.limits())
                     .map_err(|e| (0, e.on_method(ids.0, ids.1)))?;
-                let mut channel = Channel::new(ch, self.writer.clone());
+                let mut channel = Channel::new(ch, self.id, self.writer.clone());
+                self.listed.info.channel_opened(channel.outlet());
                 channel.hold(slot);
                 if let Some(ms) = self.shared.config.consumer_timeout_ms {
                     channel.set_consumer_timeout(Duration::from_millis(ms), self.wake.clone());

@@ -4,12 +4,16 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::SystemTime;
 
 use parking_lot::Mutex;
 
+use super::Writer;
+use crate::channel::ChannelOutlet;
 use crate::queue::ConnectionId;
+use crate::stats::OwnedCounter;
 
 /// What a connection is doing, as RabbitMQ names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +50,6 @@ impl ConnectionState {
 }
 
 /// One open connection (past connection.open).
-#[derive(Debug)]
 pub struct ConnectionInfo {
     /// The broker's id for it.
     pub id: ConnectionId,
@@ -58,6 +61,20 @@ pub struct ConnectionInfo {
     pub vhost: String,
     /// What TLS negotiated, for a connection of the AMQPS listener.
     pub tls: Option<super::TlsInfo>,
+    /// Negotiated frame size.
+    pub frame_max: u32,
+    /// Negotiated highest channel number.
+    pub channel_max: u16,
+    /// Negotiated heartbeat interval in seconds (0: none).
+    pub heartbeat_secs: u64,
+    /// When connection.open was accepted.
+    pub connected_at: SystemTime,
+    /// Bytes read from the client.
+    received: Arc<OwnedCounter>,
+    /// Its frames out (bytes sent).
+    writer: Arc<Writer>,
+    /// Its channels, as the connection opened them (closed ones are pruned).
+    channels: Mutex<Vec<Weak<ChannelOutlet>>>,
     state: AtomicU8,
     /// Raised to make the connection close with 320 (its vhost or user was deleted, its
     /// access revoked), with the reason sent in connection.close.
@@ -65,7 +82,44 @@ pub struct ConnectionInfo {
     forced_reason: Mutex<Option<String>>,
 }
 
+/// What a connection negotiated, for its entry.
+pub(crate) struct Opened {
+    pub id: ConnectionId,
+    pub peer: SocketAddr,
+    pub user: String,
+    pub vhost: String,
+    pub tls: Option<super::TlsInfo>,
+    pub frame_max: u32,
+    pub channel_max: u16,
+    pub heartbeat_secs: u64,
+}
+
 impl ConnectionInfo {
+    /// Bytes received from and sent to the client (RabbitMQ's `recv_oct`, `send_oct`).
+    pub fn octets(&self) -> (u64, u64) {
+        (self.received.get(), self.writer.sent.get())
+    }
+
+    /// Its open channels, in channel-number order.
+    pub fn channels(&self) -> Vec<Arc<ChannelOutlet>> {
+        let mut open: Vec<Arc<ChannelOutlet>> = self
+            .channels
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|c| c.is_open())
+            .collect();
+        open.sort_by_key(|c| c.number());
+        open
+    }
+
+    /// Records a newly opened channel (and forgets closed ones).
+    pub(crate) fn channel_opened(&self, outlet: &Arc<ChannelOutlet>) {
+        let mut channels = self.channels.lock();
+        channels.retain(|c| c.upgrade().is_some_and(|c| c.is_open()));
+        channels.push(Arc::downgrade(outlet));
+    }
+
     /// The current state.
     pub fn state(&self) -> ConnectionState {
         ConnectionState::from_u8(self.state.load(Ordering::Relaxed))
@@ -106,18 +160,24 @@ impl Connections {
     /// Lists a connection until the returned guard is dropped.
     pub(crate) fn register(
         self: &Arc<Self>,
-        id: ConnectionId,
-        peer: SocketAddr,
-        user: &str,
-        vhost: &str,
-        tls: Option<super::TlsInfo>,
+        opened: Opened,
+        writer: Arc<Writer>,
+        received: Arc<OwnedCounter>,
     ) -> Listed {
+        let id = opened.id;
         let info = Arc::new(ConnectionInfo {
             id,
-            peer,
-            user: user.to_owned(),
-            vhost: vhost.to_owned(),
-            tls,
+            peer: opened.peer,
+            user: opened.user,
+            vhost: opened.vhost,
+            tls: opened.tls,
+            frame_max: opened.frame_max,
+            channel_max: opened.channel_max,
+            heartbeat_secs: opened.heartbeat_secs,
+            connected_at: SystemTime::now(),
+            received,
+            writer,
+            channels: Mutex::new(Vec::new()),
             state: AtomicU8::new(ConnectionState::Running as u8),
             forced: tokio::sync::Notify::new(),
             forced_reason: Mutex::new(None),

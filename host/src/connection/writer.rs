@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::protocol::write_heartbeat;
+use crate::stats::OwnedCounter;
 
 /// Something that stopped writing to a congested connection and wants to hear when it
 /// drained (a queue that has deliveries for it). The writer owns this trait so that it never
@@ -48,6 +49,8 @@ pub struct Writer {
     frame_max: AtomicU32,
     /// Heartbeat interval in seconds (0 = none), fixed by tune-ok after the task started.
     heartbeat_secs: AtomicU32,
+    /// Bytes written to the socket (RabbitMQ's `send_oct`), by the writer task alone.
+    pub sent: OwnedCounter,
 }
 
 #[derive(Default)]
@@ -68,6 +71,7 @@ impl Writer {
             congested: AtomicBool::new(false),
             frame_max: AtomicU32::new(frame_max),
             heartbeat_secs: AtomicU32::new(0),
+            sent: OwnedCounter::default(),
         })
     }
 
@@ -206,6 +210,7 @@ impl Writer {
                 if socket.write_all(&spare).await.is_err() {
                     break;
                 }
+                self.sent.add(spare.len() as u64);
                 last_write = Instant::now();
                 spare.clear();
                 if spare.capacity() > KEEP_BUFFER_BYTES {

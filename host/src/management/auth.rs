@@ -48,6 +48,15 @@ impl Who {
         }
     }
 
+    /// Refuses a request that needs the `monitoring` (or `administrator`) tag.
+    pub fn require_monitoring(&self) -> Result<(), ApiError> {
+        if self.sees_all() {
+            Ok(())
+        } else {
+            Err(ApiError::not_authorised("Not monitor user"))
+        }
+    }
+
     /// Refuses a request about `vhost` from a user who may not see it (RabbitMQ: 401).
     pub fn require_vhost(&self, vhost: &str) -> Result<(), ApiError> {
         if self.sees_vhost(vhost) {

@@ -20,6 +20,7 @@ use crate::broker::Shared;
 use crate::exchange::{Binding, Destination};
 use crate::protocol::{AmqpError, ReplyCode};
 use crate::queue::QueueSpec;
+use crate::stats::Rates;
 use crate::vhost::{ExchangeSpec, VHost};
 
 type Api = Result<Response, ApiError>;
@@ -38,13 +39,13 @@ impl From<AmqpError> for ApiError {
 }
 
 /// The open vhost, and a check of `access` on `name` with the user's permissions there.
-struct Scope {
-    vhost: Arc<VHost>,
+pub(super) struct Scope {
+    pub(super) vhost: Arc<VHost>,
     grants: Arc<crate::auth::Grants>,
 }
 
 impl Scope {
-    fn of(shared: &Shared, who: &Who, vhost: &str) -> Result<Self, ApiError> {
+    pub(super) fn of(shared: &Shared, who: &Who, vhost: &str) -> Result<Self, ApiError> {
         let open = open_vhost(shared, who, vhost)?;
         let grants = shared
             .users
@@ -56,7 +57,12 @@ impl Scope {
         })
     }
 
-    fn may(&self, access: Access, kind: ResourceKind, name: &str) -> Result<(), ApiError> {
+    pub(super) fn may(
+        &self,
+        access: Access,
+        kind: ResourceKind,
+        name: &str,
+    ) -> Result<(), ApiError> {
         self.grants
             .check(access, kind, name)
             .map_err(ApiError::from)
@@ -229,150 +235,14 @@ pub async fn binding_delete(
     let binding = exchange
         .bindings()
         .into_iter()
-        .find(|b| b.destination == destination && *b.routing_key == *props)
+        .find(|b| b.destination == destination && properties_key(b) == props)
         .ok_or_else(ApiError::not_found)?;
     let open = scope.vhost.clone();
     blocking(move || open.unbind(&source, &binding)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// POST /api/exchanges/{vhost}/{name}/publish: `{"routing_key", "payload",
-/// "payload_encoding": "string" | "base64", "properties": {...}}`; write on the exchange.
-/// Answers `{"routed": bool}` (as RabbitMQ: for tests and debugging, not a fast path; no
-/// confirm waits for the disk).
-pub async fn publish(
-    State(shared): State<Arc<Shared>>,
-    who: Who,
-    Path((vhost, name)): Path<(String, String)>,
-    body: Bytes,
-) -> Api {
-    use base64::Engine as _;
-    let scope = Scope::of(&shared, &who, &vhost)?;
-    let body = body_object(&body)?;
-    let exchange_name = if name == "amq.default" {
-        ""
-    } else {
-        name.as_str()
-    };
-    scope.may(
-        Access::Write,
-        ResourceKind::Exchange,
-        if exchange_name.is_empty() {
-            "amq.default"
-        } else {
-            exchange_name
-        },
-    )?;
-    let exchange = scope
-        .vhost
-        .exchange(exchange_name)
-        .map_err(ApiError::from)?;
-    let routing_key = body
-        .get("routing_key")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let payload = body
-        .get("payload")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::bad_request("payload is required"))?;
-    let payload = match body.get("payload_encoding").and_then(Value::as_str) {
-        None | Some("string") => Bytes::copy_from_slice(payload.as_bytes()),
-        Some("base64") => Bytes::from(
-            base64::engine::general_purpose::STANDARD
-                .decode(payload)
-                .map_err(|e| ApiError::bad_request(format!("payload is not base64: {e}")))?,
-        ),
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "payload_encoding must be string or base64, not {other}"
-            )));
-        }
-    };
-    if payload.len() as u64 > shared.config.max_message_bytes {
-        return Err(ApiError::bad_request(
-            "payload larger than max_message_bytes",
-        ));
-    }
-    let properties = properties(body.get("properties"))?;
-    let raw = crate::protocol::encode_properties(&properties).map_err(ApiError::from)?;
-    let message = Arc::new(crate::message::Message::new(
-        exchange.spec.name.clone(),
-        routing_key.as_str().into(),
-        &properties,
-        raw,
-        payload,
-    ));
-    let open = scope.vhost.clone();
-    let routed = tokio::task::spawn_blocking(move || {
-        let mut routed = crate::vhost::Routed::default();
-        open.route(
-            &exchange,
-            &message,
-            &properties,
-            &[&routing_key],
-            &mut routed,
-        );
-        let reached = !routed.queues.is_empty() || !routed.replies.is_empty();
-        for queue in routed.queues.drain(..) {
-            queue.publish(message.clone());
-        }
-        for reply in routed.replies.drain(..) {
-            reply.deliver_reply(&message);
-        }
-        reached
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(axum::Json(serde_json::json!({ "routed": routed })).into_response())
-}
-
-/// The AMQP properties RabbitMQ's publish route takes.
-fn properties(value: Option<&Value>) -> Result<amq_protocol::protocol::BasicProperties, ApiError> {
-    let mut p = amq_protocol::protocol::BasicProperties::default();
-    let Some(map) = value.and_then(Value::as_object) else {
-        return Ok(p);
-    };
-    let text = |key: &str| map.get(key).and_then(Value::as_str).map(|s| s.into());
-    if let Some(mode) = map.get("delivery_mode").and_then(Value::as_u64) {
-        p = p.with_delivery_mode(u8::try_from(mode).unwrap_or(1));
-    }
-    if let Some(priority) = map.get("priority").and_then(Value::as_u64) {
-        p = p.with_priority(u8::try_from(priority).unwrap_or(u8::MAX));
-    }
-    if let Some(v) = text("content_type") {
-        p = p.with_content_type(v);
-    }
-    if let Some(v) = text("correlation_id") {
-        p = p.with_correlation_id(v);
-    }
-    if let Some(v) = text("message_id") {
-        p = p.with_message_id(v);
-    }
-    if let Some(v) = text("reply_to") {
-        p = p.with_reply_to(v);
-    }
-    if let Some(v) = text("expiration") {
-        p = p.with_expiration(v);
-    }
-    if let Some(v) = text("type") {
-        p = p.with_type(v);
-    }
-    if let Some(v) = text("app_id") {
-        p = p.with_app_id(v);
-    }
-    if let Some(headers) = map.get("headers") {
-        p = p.with_headers(
-            crate::definitions::arguments(Some(headers))
-                .map_err(|e| ApiError::bad_request(e.to_string()))?,
-        );
-    }
-    Ok(p)
-}
-
-// Listing: what GET shows of them.
-
-pub(super) fn queue_json(vhost: &str, q: &crate::queue::Queue) -> Value {
+pub(super) fn queue_json(rates: &Rates, vhost: &str, q: &crate::queue::Queue) -> Value {
     let (ready, unacked) = (q.message_count(), q.unacked_count());
     json!({
         "name": q.name().to_string(),
@@ -390,6 +260,7 @@ pub(super) fn queue_json(vhost: &str, q: &crate::queue::Queue) -> Value {
         "messages_unacknowledged": unacked,
         "message_bytes": q.message_bytes(),
         "memory": q.memory_bytes(),
+        "message_stats": super::rates::queue(rates, vhost, q),
     })
 }
 
@@ -404,7 +275,12 @@ fn visible_vhosts(shared: &Shared, who: &Who) -> Vec<Arc<VHost>> {
 pub async fn queues_all(State(shared): State<Arc<Shared>>, who: Who) -> Api {
     let mut list = Vec::new();
     for vhost in visible_vhosts(&shared, &who) {
-        list.extend(vhost.queues().iter().map(|q| queue_json(&vhost.name, q)));
+        list.extend(
+            vhost
+                .queues()
+                .iter()
+                .map(|q| queue_json(&shared.rates, &vhost.name, q)),
+        );
     }
     ok(Value::Array(list))
 }
@@ -423,7 +299,7 @@ pub async fn queues_in(
     ok(Value::Array(
         open.queues()
             .iter()
-            .map(|q| queue_json(&vhost, q))
+            .map(|q| queue_json(&shared.rates, &vhost, q))
             .collect(),
     ))
 }
@@ -435,10 +311,10 @@ pub async fn queue_get(
 ) -> Api {
     let open = open_vhost(&shared, &who, &vhost)?;
     let queue = open.queue(&name).map_err(|_| ApiError::not_found())?;
-    ok(queue_json(&vhost, &queue))
+    ok(queue_json(&shared.rates, &vhost, &queue))
 }
 
-pub(super) fn exchange_json(vhost: &str, x: &crate::vhost::Exchange) -> Value {
+pub(super) fn exchange_json(rates: &Rates, vhost: &str, x: &crate::vhost::Exchange) -> Value {
     json!({
         "name": x.spec.name.to_string(),
         "vhost": vhost,
@@ -447,6 +323,7 @@ pub(super) fn exchange_json(vhost: &str, x: &crate::vhost::Exchange) -> Value {
         "auto_delete": x.spec.auto_delete,
         "internal": x.spec.internal,
         "arguments": table(&x.spec.arguments),
+        "message_stats": super::rates::exchange(rates, vhost, x),
     })
 }
 
@@ -457,7 +334,7 @@ pub async fn exchanges_all(State(shared): State<Arc<Shared>>, who: Who) -> Api {
             vhost
                 .exchanges()
                 .iter()
-                .map(|x| exchange_json(&vhost.name, x)),
+                .map(|x| exchange_json(&shared.rates, &vhost.name, x)),
         );
     }
     ok(Value::Array(list))
@@ -472,9 +349,21 @@ pub async fn exchanges_in(
     ok(Value::Array(
         open.exchanges()
             .iter()
-            .map(|x| exchange_json(&vhost, x))
+            .map(|x| exchange_json(&shared.rates, &vhost, x))
             .collect(),
     ))
+}
+
+/// GET /api/exchanges/{vhost}/{name} (`amq.default` names the default exchange).
+pub async fn exchange_get(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Api {
+    let open = open_vhost(&shared, &who, &vhost)?;
+    let name = if name == "amq.default" { "" } else { &name };
+    let x = open.exchange(name).map_err(|_| ApiError::not_found())?;
+    ok(exchange_json(&shared.rates, &vhost, &x))
 }
 
 pub(super) fn binding_json(vhost: &str, source: &str, b: &crate::exchange::Binding) -> Value {
@@ -489,8 +378,110 @@ pub(super) fn binding_json(vhost: &str, source: &str, b: &crate::exchange::Bindi
         "destination_type": destination_type,
         "routing_key": b.routing_key.to_string(),
         "arguments": table(&b.arguments),
-        "properties_key": b.routing_key.to_string(),
+        "properties_key": properties_key(b),
     })
+}
+
+/// What names one binding among those from a source to a destination in routes (RabbitMQ's
+/// `properties_key`): the routing key, and for a binding with arguments `~` and a digest of
+/// them (RabbitMQ's digest differs; clients take the key from a listing).
+pub(super) fn properties_key(b: &Binding) -> String {
+    if b.arguments.inner().is_empty() {
+        return b.routing_key.to_string();
+    }
+    use base64::Engine;
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(table(&b.arguments).to_string().as_bytes());
+    let short = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..9]);
+    format!("{}~{short}", b.routing_key)
+}
+
+/// The bindings of the exchange `source` in `vhost` that `keep` selects.
+fn bindings_where(
+    shared: &Shared,
+    who: &Who,
+    vhost: &str,
+    keep: impl Fn(&str, &Binding) -> bool,
+) -> Result<Vec<Value>, ApiError> {
+    let open = open_vhost(shared, who, vhost)?;
+    let mut out = Vec::new();
+    for x in open.exchanges() {
+        for b in x.bindings() {
+            if keep(&x.spec.name, &b) {
+                out.push(binding_json(vhost, &x.spec.name, &b));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// GET /api/bindings/{vhost}/e/{source}/{q|e}/{destination}
+pub async fn bindings_between(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, source, kind, target)): Path<(String, String, String, String)>,
+) -> Api {
+    let (destination, _) = destination(&kind, &target)?;
+    let list = bindings_where(&shared, &who, &vhost, |x, b| {
+        x == source && b.destination == destination
+    })?;
+    ok(Value::Array(list))
+}
+
+/// GET /api/bindings/{vhost}/e/{source}/{q|e}/{destination}/{props}
+pub async fn binding_get(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, source, kind, target, props)): Path<(String, String, String, String, String)>,
+) -> Api {
+    let (destination, _) = destination(&kind, &target)?;
+    let mut list = bindings_where(&shared, &who, &vhost, |x, b| {
+        x == source && b.destination == destination && properties_key(b) == props
+    })?;
+    ok(list.pop().ok_or_else(ApiError::not_found)?)
+}
+
+/// GET /api/queues/{vhost}/{name}/bindings: the default exchange's implicit one, then the
+/// rest.
+pub async fn queue_bindings(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Api {
+    let open = open_vhost(&shared, &who, &vhost)?;
+    if open.queue(&name).is_err() {
+        return Err(ApiError::not_found());
+    }
+    let queue = Destination::Queue(name.as_str().into());
+    let mut list = vec![json!({
+        "source": "", "vhost": vhost, "destination": name, "destination_type": "queue",
+        "routing_key": name, "arguments": {}, "properties_key": name,
+    })];
+    list.extend(bindings_where(&shared, &who, &vhost, |_, b| {
+        b.destination == queue
+    })?);
+    ok(Value::Array(list))
+}
+
+/// GET /api/exchanges/{vhost}/{name}/bindings/source
+pub async fn exchange_bindings_source(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Api {
+    let list = bindings_where(&shared, &who, &vhost, |x, _| x == name)?;
+    ok(Value::Array(list))
+}
+
+/// GET /api/exchanges/{vhost}/{name}/bindings/destination
+pub async fn exchange_bindings_destination(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Api {
+    let target = Destination::Exchange(name.as_str().into());
+    let list = bindings_where(&shared, &who, &vhost, |_, b| b.destination == target)?;
+    ok(Value::Array(list))
 }
 
 /// The bindings of `vhost` as RabbitMQ lists them: the default exchange's implicit binding

@@ -12,9 +12,9 @@ use serde_json::{Value, json};
 
 use super::auth::Who;
 use super::error::ApiError;
+use super::{access, activity, rates};
 use crate::auth::{Algorithm, PasswordHash};
 use crate::broker::Shared;
-use crate::connection::ConnectionInfo;
 use crate::meta::{MetaCommand, VhostMeta};
 use crate::vhost::VHost;
 
@@ -39,12 +39,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/api/users/{name}",
             get(user_get).put(user_put).delete(user_delete),
         )
-        .route("/api/permissions", get(permissions))
+        .route("/api/permissions", get(access::permissions))
         .route(
             "/api/permissions/{vhost}/{user}",
-            get(permission_get)
-                .put(permission_put)
-                .delete(permission_delete),
+            get(access::permission_get)
+                .put(access::permission_put)
+                .delete(access::permission_delete),
         )
         .route("/api/vhost-limits", get(vhost_limits_all))
         .route("/api/vhost-limits/{vhost}", get(vhost_limits_of))
@@ -66,20 +66,17 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route(
             "/api/exchanges/{vhost}/{name}",
-            axum::routing::put(super::objects::exchange_put)
+            get(super::objects::exchange_get)
+                .put(super::objects::exchange_put)
                 .delete(super::objects::exchange_delete),
         )
         .route(
             "/api/exchanges/{vhost}/{name}/publish",
-            axum::routing::post(super::objects::publish),
+            axum::routing::post(super::messages::publish),
         )
         .route(
             "/api/bindings/{vhost}/e/{source}/{kind}/{target}",
-            axum::routing::post(super::objects::binding_post),
-        )
-        .route(
-            "/api/bindings/{vhost}/e/{source}/{kind}/{target}/{props}",
-            axum::routing::delete(super::objects::binding_delete),
+            get(super::objects::bindings_between).post(super::objects::binding_post),
         )
         .route("/api/exchanges", get(super::objects::exchanges_all))
         .route("/api/exchanges/{vhost}", get(super::objects::exchanges_in))
@@ -93,10 +90,59 @@ pub fn router(shared: Arc<Shared>) -> Router {
                     crate::definitions::DEFINITIONS_MAX_BYTES,
                 )),
         )
-        .route("/api/connections", get(connections))
+        .route("/api/connections", get(activity::connections))
         .route(
             "/api/connections/{name}",
-            get(connection_get).delete(connection_delete),
+            get(activity::connection_get).delete(activity::connection_delete),
+        )
+        .route(
+            "/api/connections/{name}/channels",
+            get(activity::connection_channels),
+        )
+        .route("/api/channels", get(activity::channels))
+        .route("/api/channels/{name}", get(activity::channel_get))
+        .route("/api/vhosts/{vhost}/channels", get(activity::channels_in))
+        .route("/api/consumers", get(activity::consumers))
+        .route("/api/consumers/{vhost}", get(activity::consumers_in))
+        .route("/api/nodes", get(nodes))
+        .route("/api/nodes/{name}", get(node_get))
+        .route("/api/aliveness-test/{vhost}", get(aliveness))
+        .route("/api/vhosts/{vhost}/permissions", get(access::of_vhost))
+        .route("/api/users/{name}/permissions", get(access::of_user))
+        .route("/api/topic-permissions", get(access::topic_all))
+        .route(
+            "/api/topic-permissions/{vhost}/{user}",
+            get(access::topic_get)
+                .put(access::topic_put)
+                .delete(access::topic_delete),
+        )
+        .route(
+            "/api/queues/{vhost}/{name}/get",
+            axum::routing::post(super::messages::get),
+        )
+        .route(
+            "/api/queues/{vhost}/{name}/bindings",
+            get(super::objects::queue_bindings),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/source",
+            get(super::objects::exchange_bindings_source),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/destination",
+            get(super::objects::exchange_bindings_destination),
+        )
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{target}/{props}",
+            get(super::objects::binding_get).delete(super::objects::binding_delete),
+        )
+        .route(
+            "/api/definitions/{vhost}",
+            get(super::definitions::export_vhost)
+                .post(super::definitions::import_vhost)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    crate::definitions::DEFINITIONS_MAX_BYTES,
+                )),
         )
         .route("/api/health/checks/alarms", get(alarms))
         .route("/api/plugins", get(super::plugins::list))
@@ -157,7 +203,7 @@ pub(super) fn body_object(body: &Bytes) -> Result<serde_json::Map<String, Value>
     }
 }
 
-fn string_field(
+pub(super) fn string_field(
     body: &serde_json::Map<String, Value>,
     key: &str,
 ) -> Result<Option<String>, ApiError> {
@@ -229,11 +275,13 @@ async fn overview(State(shared): State<Arc<Shared>>, who: Who) -> Api {
         queues += vhost.queues().len();
         exchanges += vhost.exchanges().len();
     }
-    let connections = shared
+    let visible: Vec<_> = shared
         .connection_list()
-        .iter()
+        .into_iter()
         .filter(|c| who.sees_all() || c.user == who.user.name)
-        .count();
+        .collect();
+    let connections = visible.len();
+    let channels: usize = visible.iter().map(|c| c.channels().len()).sum();
     let version = env!("CARGO_PKG_VERSION");
     let mut listeners = vec![json!({
         "node": node_name(), "protocol": "amqp",
@@ -252,7 +300,9 @@ async fn overview(State(shared): State<Arc<Shared>>, who: Who) -> Api {
         "rabbitmq_version": version,
         "cluster_name": node_name(),
         "node": node_name(),
+        "message_stats": rates::vhosts(&shared.rates, &vhosts),
         "object_totals": {
+            "channels": channels,
             "connections": connections,
             "queues": queues,
             "exchanges": exchanges,
@@ -267,13 +317,98 @@ async fn overview(State(shared): State<Arc<Shared>>, who: Who) -> Api {
     }))
 }
 
+/// This node, as RabbitMQ describes one (the fields its clients and console read).
+fn node_json(shared: &Shared) -> Value {
+    static STARTED: OnceLock<std::time::Instant> = OnceLock::new();
+    let started = STARTED.get_or_init(std::time::Instant::now);
+    let processors = std::thread::available_parallelism().map_or(1, |n| n.get());
+    json!({
+        "name": node_name(),
+        "type": "disc",
+        "running": true,
+        "os_pid": std::process::id().to_string(),
+        "mem_used": shared.memory.rss_bytes().unwrap_or(0),
+        "mem_limit": shared.memory.watermark_bytes(),
+        "mem_alarm": shared.memory.is_alarmed(),
+        "disk_free_alarm": false,
+        "processors": processors,
+        "uptime": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "sockets_used": shared.connection_list().len(),
+        "rates_mode": "basic",
+        "partitions": [],
+        "product_name": "bourse",
+        "product_version": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// GET /api/nodes (monitoring users and administrators, as RabbitMQ).
+async fn nodes(State(shared): State<Arc<Shared>>, who: Who) -> Api {
+    who.require_monitoring()?;
+    ok(json!([node_json(&shared)]))
+}
+
+/// GET /api/nodes/{name}
+async fn node_get(State(shared): State<Arc<Shared>>, who: Who, Path(name): Path<String>) -> Api {
+    who.require_monitoring()?;
+    if name != node_name() {
+        return Err(ApiError::not_found());
+    }
+    ok(node_json(&shared))
+}
+
+/// GET /api/aliveness-test/{vhost}: a message through a queue of the vhost and back (RabbitMQ
+/// declares `aliveness-test` and publishes into it; here the queue is the API's own and
+/// never listed).
+async fn aliveness(State(shared): State<Arc<Shared>>, who: Who, Path(vhost): Path<String>) -> Api {
+    who.require_vhost(&vhost)?;
+    let open = shared.vhost(&vhost).ok_or_else(ApiError::not_found)?;
+    let queue = crate::queue::Queue::new(crate::queue::QueueSpec {
+        name: "aliveness-test".into(),
+        durable: false,
+        exclusive_owner: None,
+        auto_delete: false,
+        arguments: Default::default(),
+    });
+    let properties = Default::default();
+    let raw = crate::protocol::encode_properties(&properties).map_err(ApiError::from)?;
+    let body = axum::body::Bytes::from_static(b"test_message");
+    let message = Arc::new(crate::message::Message::new(
+        "".into(),
+        "aliveness-test".into(),
+        &properties,
+        raw,
+        body.clone(),
+    ));
+    queue.publish(message);
+    let back = queue.get(true).map(|(entry, _)| entry.message.body.clone());
+    if back.as_ref() != Some(&body) || shared.memory.is_alarmed() {
+        let reason = format!("vhost '{}' could not take a message", open.name);
+        return Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "failed", "reason": reason })),
+        )
+            .into_response());
+    }
+    ok(json!({ "status": "ok" }))
+}
+
 async fn whoami(who: Who) -> Api {
     ok(json!({ "name": who.user.name, "tags": who.user.tags }))
 }
 
-fn vhost_json(name: &str, meta: &VhostMeta, open: Option<&VHost>) -> Value {
-    let (ready, unacked, _) = open.map(counts).unwrap_or_default();
+fn vhost_json(
+    rates: &crate::stats::Rates,
+    name: &str,
+    meta: &VhostMeta,
+    open: Option<&Arc<VHost>>,
+) -> Value {
+    let (ready, unacked, _) = open.map(|v| counts(v)).unwrap_or_default();
+    let stats = match open {
+        Some(v) => rates::vhosts(rates, std::slice::from_ref(v)),
+        None => json!({}),
+    };
     json!({
+        "message_stats": stats,
         "name": name,
         "description": meta.description,
         "tags": meta.tags,
@@ -292,7 +427,7 @@ async fn vhosts(State(shared): State<Arc<Shared>>, who: Who) -> Api {
         .vhosts
         .iter()
         .filter(|(name, _)| who.sees_vhost(name))
-        .map(|(name, meta)| vhost_json(name, meta, shared.vhost(name).as_deref()))
+        .map(|(name, meta)| vhost_json(&shared.rates, name, meta, shared.vhost(name).as_ref()))
         .collect();
     ok(Value::Array(list))
 }
@@ -301,7 +436,12 @@ async fn vhost_get(State(shared): State<Arc<Shared>>, who: Who, Path(vhost): Pat
     who.require_vhost(&vhost)?;
     let state = shared.meta.state();
     let meta = state.vhosts.get(&vhost).ok_or_else(ApiError::not_found)?;
-    ok(vhost_json(&vhost, meta, shared.vhost(&vhost).as_deref()))
+    ok(vhost_json(
+        &shared.rates,
+        &vhost,
+        meta,
+        shared.vhost(&vhost).as_ref(),
+    ))
 }
 
 async fn vhost_put(
@@ -429,80 +569,6 @@ async fn user_delete(State(shared): State<Arc<Shared>>, who: Who, Path(name): Pa
     no_content()
 }
 
-pub(super) fn permission_json(user: &str, vhost: &str, p: &crate::meta::PermissionMeta) -> Value {
-    json!({
-        "user": user, "vhost": vhost,
-        "configure": p.configure, "write": p.write, "read": p.read,
-    })
-}
-
-async fn permissions(State(shared): State<Arc<Shared>>, who: Who) -> Api {
-    who.require_admin()?;
-    let state = shared.meta.state();
-    ok(Value::Array(
-        state
-            .permissions
-            .iter()
-            .map(|((user, vhost), p)| permission_json(user, vhost, p))
-            .collect(),
-    ))
-}
-
-async fn permission_get(
-    State(shared): State<Arc<Shared>>,
-    who: Who,
-    Path((vhost, user)): Path<(String, String)>,
-) -> Api {
-    who.require_admin()?;
-    let state = shared.meta.state();
-    let p = state
-        .permissions
-        .get(&(user.clone(), vhost.clone()))
-        .ok_or_else(ApiError::not_found)?;
-    ok(permission_json(&user, &vhost, p))
-}
-
-async fn permission_put(
-    State(shared): State<Arc<Shared>>,
-    who: Who,
-    Path((vhost, user)): Path<(String, String)>,
-    body: Bytes,
-) -> Api {
-    who.require_admin()?;
-    let body = body_object(&body)?;
-    let field = |key: &str| -> Result<String, ApiError> {
-        string_field(&body, key)?.ok_or_else(|| ApiError::bad_request(format!("{key} is required")))
-    };
-    let (configure, write, read) = (field("configure")?, field("write")?, field("read")?);
-    let existed = shared
-        .meta
-        .state()
-        .permissions
-        .contains_key(&(user.clone(), vhost.clone()));
-    execute(
-        &shared,
-        MetaCommand::SetPermissions {
-            user,
-            vhost,
-            configure,
-            write,
-            read,
-        },
-    )
-    .await?;
-    created_or_updated(existed)
-}
-
-async fn permission_delete(
-    State(shared): State<Arc<Shared>>,
-    who: Who,
-    Path((vhost, user)): Path<(String, String)>,
-) -> Api {
-    who.require_admin()?;
-    execute(&shared, MetaCommand::ClearPermissions { user, vhost }).await?;
-    no_content()
-}
-
 fn limits_json(vhost: &str, meta: &VhostMeta) -> Option<Value> {
     (!meta.limits.is_empty()).then(|| json!({ "vhost": vhost, "value": meta.limits }))
 }
@@ -559,91 +625,6 @@ async fn vhost_limit_delete(
     let limits = [(name, -1)].into_iter().collect();
     execute(&shared, MetaCommand::SetVhostLimits { vhost, limits }).await?;
     no_content()
-}
-
-/// The connections `who` may see: all for monitoring users, their own for the others (as
-/// RabbitMQ).
-fn visible_connections(shared: &Shared, who: &Who) -> Vec<Arc<ConnectionInfo>> {
-    shared
-        .connection_list()
-        .into_iter()
-        .filter(|c| who.sees_all() || c.user == who.user.name)
-        .collect()
-}
-
-/// RabbitMQ's connection name: `peer -> listener`.
-fn connection_name(shared: &Shared, c: &ConnectionInfo) -> String {
-    let local = match &c.tls {
-        Some(_) => shared
-            .config
-            .tls
-            .as_ref()
-            .map_or(shared.config.listen, |t| t.listen),
-        None => shared.config.listen,
-    };
-    format!("{} -> {}", c.peer, local)
-}
-
-async fn connection_get(
-    State(shared): State<Arc<Shared>>,
-    who: Who,
-    Path(name): Path<String>,
-) -> Api {
-    let found = visible_connections(&shared, &who)
-        .into_iter()
-        .find(|c| connection_name(&shared, c) == name)
-        .ok_or_else(ApiError::not_found)?;
-    ok(connection_json(&shared, &found))
-}
-
-/// Closes a connection with 320 CONNECTION_FORCED and the `X-Reason` header's text, as
-/// RabbitMQ (administrators close any, others their own).
-async fn connection_delete(
-    State(shared): State<Arc<Shared>>,
-    who: Who,
-    Path(name): Path<String>,
-    headers: axum::http::HeaderMap,
-) -> Api {
-    let found = visible_connections(&shared, &who)
-        .into_iter()
-        .find(|c| connection_name(&shared, c) == name)
-        .ok_or_else(ApiError::not_found)?;
-    let reason = headers
-        .get("x-reason")
-        .and_then(|v| v.to_str().ok())
-        .map(|r| r.chars().take(200).collect::<String>())
-        .unwrap_or_else(|| "Closed via management plugin".to_owned());
-    found.force_close(reason);
-    no_content()
-}
-
-async fn connections(State(shared): State<Arc<Shared>>, who: Who) -> Api {
-    let list: Vec<Value> = visible_connections(&shared, &who)
-        .iter()
-        .map(|c| connection_json(&shared, c))
-        .collect();
-    ok(Value::Array(list))
-}
-
-fn connection_json(shared: &Shared, c: &ConnectionInfo) -> Value {
-    let local = shared.config.listen;
-    let tls = c.tls.as_ref();
-    json!({
-                "name": connection_name(shared, c),
-                "node": node_name(),
-                "user": c.user,
-                "vhost": c.vhost,
-                "state": c.state().as_str(),
-                "protocol": "AMQP 0-9-1",
-                "peer_host": c.peer.ip().to_string(),
-                "peer_port": c.peer.port(),
-                "host": local.ip().to_string(),
-                "port": local.port(),
-                "ssl": tls.is_some(),
-                "ssl_protocol": tls.map(|t| t.protocol),
-                "ssl_cipher": tls.map(|t| t.cipher.clone()),
-                "peer_cert_subject": tls.and_then(|t| t.peer_cert_subject.clone()),
-    })
 }
 
 async fn alarms(State(shared): State<Arc<Shared>>, _who: Who) -> Api {

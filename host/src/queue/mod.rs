@@ -38,6 +38,7 @@ use tracing::warn;
 
 use crate::exchange::Name;
 use crate::message::{Message, QueuedMessage};
+use crate::stats::MessageStats;
 use crate::store::{MessageStore, QueueStore, Ticket};
 use ready::Ready;
 pub use ready::Spill;
@@ -62,6 +63,12 @@ pub trait Outlet: Send + Sync {
 
     /// Tells the client that the server cancelled `consumer` (its queue was deleted).
     fn cancelled_by_server(&self, consumer: &Consumer);
+
+    /// The connection and channel number deliveries go to, for the management API's consumer
+    /// list (None for an outlet that is not a client's channel).
+    fn channel(&self) -> Option<(ConnectionId, u16)> {
+        None
+    }
 }
 
 /// What a queue needs from the vhost it belongs to. Never called with a queue lock held.
@@ -177,6 +184,8 @@ struct QueueState {
     /// `x-expires`: last declare, basic.get or consumer departure.
     last_used: Instant,
     flow: flow::FlowState,
+    /// Messages in and out, for the management API.
+    stats: MessageStats,
 }
 
 /// Why a consumer could not be added.
@@ -262,6 +271,7 @@ impl Queue {
                 armed: None,
                 last_used: Instant::now(),
                 flow: flow::FlowState::default(),
+                stats: MessageStats::default(),
             }),
             flow: AtomicBool::new(false),
             flow_cleared: Notify::new(),
@@ -293,6 +303,16 @@ impl Queue {
     /// The features its declare arguments asked for.
     pub fn args(&self) -> &QueueArgs {
         &self.args
+    }
+
+    /// Messages published into it, delivered and acked since it was created.
+    pub fn message_stats(&self) -> MessageStats {
+        self.state.lock().stats
+    }
+
+    /// Its consumers, highest priority first.
+    pub fn consumers(&self) -> Vec<Arc<Consumer>> {
+        self.state.lock().consumers.clone()
     }
 
     /// Number of messages ready for delivery.
@@ -375,6 +395,7 @@ impl Queue {
                 }
             }
         }
+        state.stats.publish += 1;
         let mut entry = QueuedMessage {
             seq: 0,
             message,
@@ -497,6 +518,10 @@ impl Queue {
             let (position, redelivered) = (entry.position, entry.redelivered);
             active.outlet.offer(active, me, entry)?;
             state.flow.delivered();
+            state
+                .stats
+                .delivered
+                .count(false, active.no_ack, redelivered);
             if !active.no_ack {
                 state.unacked += 1;
             }
@@ -514,6 +539,10 @@ impl Queue {
             match consumer.outlet.offer(consumer, me, entry) {
                 Ok(()) => {
                     state.flow.delivered();
+                    state
+                        .stats
+                        .delivered
+                        .count(false, consumer.no_ack, redelivered);
                     if !consumer.no_ack {
                         state.unacked += 1;
                     }
@@ -552,6 +581,7 @@ impl Queue {
         };
         if let Some(entry) = &got {
             state.flow.delivered();
+            state.stats.delivered.count(true, no_ack, entry.redelivered);
             if !no_ack {
                 state.unacked += 1;
             }
@@ -567,6 +597,7 @@ impl Queue {
     pub fn settle(self: &Arc<Self>, count: usize, positions: &[u64]) {
         let mut state = self.state.lock();
         state.unacked = state.unacked.saturating_sub(count);
+        state.stats.ack += count as u64;
         if !state.deleted {
             for &position in positions {
                 self.forget(position);

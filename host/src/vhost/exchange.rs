@@ -1,6 +1,8 @@
 //! A declared exchange: its declaration, its bindings (owned here, indexed) and its router.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use amq_protocol::types::{AMQPValue, FieldTable};
 use foldhash::HashMap;
@@ -35,6 +37,53 @@ pub struct Exchange {
     /// The host's copy of the bindings; the router's index can be rebuilt from it.
     bindings: Mutex<BindingIndex>,
     router: RwLock<Box<dyn Router>>,
+    /// Messages published into it (RabbitMQ's `publish_in`), added a read turn at a time by
+    /// each connection's [`ExchangeTally`].
+    publish_in: AtomicU64,
+    /// Of those, messages it routed somewhere (`publish_out`).
+    publish_out: AtomicU64,
+}
+
+/// A connection's count of what it published into one exchange during a read turn: the
+/// exchange's shared counters are added to once per turn (or when the publisher moves to
+/// another exchange), not once per message.
+#[derive(Default)]
+pub struct ExchangeTally {
+    exchange: Option<Arc<Exchange>>,
+    publish_in: u64,
+    publish_out: u64,
+}
+
+impl ExchangeTally {
+    /// Counts one message published into `exchange`; `routed` when it reached a queue.
+    pub fn count(&mut self, exchange: &Arc<Exchange>, routed: bool) {
+        if !self
+            .exchange
+            .as_ref()
+            .is_some_and(|x| Arc::ptr_eq(x, exchange))
+        {
+            self.flush();
+            self.exchange = Some(exchange.clone());
+        }
+        self.publish_in += 1;
+        self.publish_out += u64::from(routed);
+    }
+
+    /// Adds the counts to the exchange.
+    pub fn flush(&mut self) {
+        if let Some(x) = self.exchange.take() {
+            x.publish_in.fetch_add(self.publish_in, Ordering::Relaxed);
+            x.publish_out.fetch_add(self.publish_out, Ordering::Relaxed);
+        }
+        self.publish_in = 0;
+        self.publish_out = 0;
+    }
+}
+
+impl Drop for ExchangeTally {
+    fn drop(&mut self) {
+        self.flush();
+    }
 }
 
 impl Exchange {
@@ -52,7 +101,17 @@ impl Exchange {
             alternate,
             bindings: Mutex::new(BindingIndex::default()),
             router: RwLock::new(router),
+            publish_in: AtomicU64::new(0),
+            publish_out: AtomicU64::new(0),
         }
+    }
+
+    /// Messages published into it and, of those, routed on (`publish_in`, `publish_out`).
+    pub fn publish_counts(&self) -> (u64, u64) {
+        (
+            self.publish_in.load(Ordering::Relaxed),
+            self.publish_out.load(Ordering::Relaxed),
+        )
     }
 
     /// The router, for routing.

@@ -17,7 +17,7 @@ mod tests;
 mod topology;
 
 pub use admission::Admission;
-pub use exchange::{Exchange, ExchangeSpec};
+pub use exchange::{Exchange, ExchangeSpec, ExchangeTally};
 pub use reply_to::{REPLY_TO_PREFIX, REPLY_TO_QUEUE, ReplyConsumer};
 pub use route::Routed;
 

@@ -1,0 +1,305 @@
+//! Messages through the API, as RabbitMQ's management plugin offers them for tests and
+//! debugging: publish into an exchange, and get (and requeue or drop) from a queue. Neither
+//! is a fast path; both are checked against the user's AMQP permissions in the vhost.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::auth::Who;
+use super::error::ApiError;
+use super::json::table;
+use super::objects::Scope;
+use super::routes::{body_object, ok};
+use crate::auth::{Access, ResourceKind};
+use crate::broker::Shared;
+
+type Api = Result<Response, ApiError>;
+
+/// At most this many messages per get request.
+const GET_MAX: u64 = 10_000;
+
+/// POST /api/exchanges/{vhost}/{name}/publish: `{"routing_key", "payload",
+/// "payload_encoding": "string" | "base64", "properties": {...}}`; write on the exchange.
+/// Answers `{"routed": bool}` (as RabbitMQ: for tests and debugging, not a fast path; no
+/// confirm waits for the disk).
+pub async fn publish(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Api {
+    use base64::Engine as _;
+    let scope = Scope::of(&shared, &who, &vhost)?;
+    let body = body_object(&body)?;
+    let exchange_name = if name == "amq.default" {
+        ""
+    } else {
+        name.as_str()
+    };
+    scope.may(
+        Access::Write,
+        ResourceKind::Exchange,
+        if exchange_name.is_empty() {
+            "amq.default"
+        } else {
+            exchange_name
+        },
+    )?;
+    let exchange = scope
+        .vhost
+        .exchange(exchange_name)
+        .map_err(ApiError::from)?;
+    let routing_key = body
+        .get("routing_key")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let payload = body
+        .get("payload")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("payload is required"))?;
+    let payload = match body.get("payload_encoding").and_then(Value::as_str) {
+        None | Some("string") => Bytes::copy_from_slice(payload.as_bytes()),
+        Some("base64") => Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(payload)
+                .map_err(|e| ApiError::bad_request(format!("payload is not base64: {e}")))?,
+        ),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "payload_encoding must be string or base64, not {other}"
+            )));
+        }
+    };
+    if payload.len() as u64 > shared.config.max_message_bytes {
+        return Err(ApiError::bad_request(
+            "payload larger than max_message_bytes",
+        ));
+    }
+    let properties = properties(body.get("properties"))?;
+    let raw = crate::protocol::encode_properties(&properties).map_err(ApiError::from)?;
+    let message = Arc::new(crate::message::Message::new(
+        exchange.spec.name.clone(),
+        routing_key.as_str().into(),
+        &properties,
+        raw,
+        payload,
+    ));
+    let open = scope.vhost.clone();
+    let routed = tokio::task::spawn_blocking(move || {
+        let mut routed = crate::vhost::Routed::default();
+        open.route(
+            &exchange,
+            &message,
+            &properties,
+            &[&routing_key],
+            &mut routed,
+        );
+        let reached = !routed.queues.is_empty() || !routed.replies.is_empty();
+        crate::vhost::ExchangeTally::default().count(&exchange, reached);
+        open.count_published(1);
+        for queue in routed.queues.drain(..) {
+            queue.publish(message.clone());
+        }
+        for reply in routed.replies.drain(..) {
+            reply.deliver_reply(&message);
+        }
+        reached
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(axum::Json(serde_json::json!({ "routed": routed })).into_response())
+}
+
+/// The AMQP properties RabbitMQ's publish route takes.
+fn properties(value: Option<&Value>) -> Result<amq_protocol::protocol::BasicProperties, ApiError> {
+    let mut p = amq_protocol::protocol::BasicProperties::default();
+    let Some(map) = value.and_then(Value::as_object) else {
+        return Ok(p);
+    };
+    let text = |key: &str| map.get(key).and_then(Value::as_str).map(|s| s.into());
+    if let Some(mode) = map.get("delivery_mode").and_then(Value::as_u64) {
+        p = p.with_delivery_mode(u8::try_from(mode).unwrap_or(1));
+    }
+    if let Some(priority) = map.get("priority").and_then(Value::as_u64) {
+        p = p.with_priority(u8::try_from(priority).unwrap_or(u8::MAX));
+    }
+    if let Some(v) = text("content_type") {
+        p = p.with_content_type(v);
+    }
+    if let Some(v) = text("correlation_id") {
+        p = p.with_correlation_id(v);
+    }
+    if let Some(v) = text("message_id") {
+        p = p.with_message_id(v);
+    }
+    if let Some(v) = text("reply_to") {
+        p = p.with_reply_to(v);
+    }
+    if let Some(v) = text("expiration") {
+        p = p.with_expiration(v);
+    }
+    if let Some(v) = text("type") {
+        p = p.with_type(v);
+    }
+    if let Some(v) = text("app_id") {
+        p = p.with_app_id(v);
+    }
+    if let Some(headers) = map.get("headers") {
+        p = p.with_headers(
+            crate::definitions::arguments(Some(headers))
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        );
+    }
+    Ok(p)
+}
+
+// Listing: what GET shows of them.
+
+/// What a get does with the messages it took.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AckMode {
+    /// Back to the queue, marked redelivered (RabbitMQ's `ack_requeue_true` and
+    /// `reject_requeue_true`).
+    Requeue,
+    /// Removed (`ack_requeue_false`).
+    Ack,
+    /// Removed and dead-lettered when the queue has a dead-letter exchange
+    /// (`reject_requeue_false`).
+    Reject,
+}
+
+/// POST /api/queues/{vhost}/{name}/get: `{"count", "ackmode", "encoding", "truncate"}`;
+/// read on the queue. Answers RabbitMQ's list of messages.
+pub async fn get(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Api {
+    let scope = Scope::of(&shared, &who, &vhost)?;
+    let body = body_object(&body)?;
+    scope.may(Access::Read, ResourceKind::Queue, &name)?;
+    let queue = scope
+        .vhost
+        .queue(&name)
+        .map_err(|_| ApiError::not_found())?;
+    let count = match body.get("count") {
+        None => 1,
+        Some(v) => v
+            .as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            .filter(|n| (1..=GET_MAX).contains(n))
+            .ok_or_else(|| ApiError::bad_request(format!("count must be 1 to {GET_MAX}")))?,
+    };
+    let mode = match body.get("ackmode").and_then(Value::as_str) {
+        Some("ack_requeue_true" | "reject_requeue_true") => AckMode::Requeue,
+        Some("ack_requeue_false") => AckMode::Ack,
+        Some("reject_requeue_false") => AckMode::Reject,
+        _ => {
+            return Err(ApiError::bad_request(
+                "ackmode must be ack_requeue_true, ack_requeue_false, reject_requeue_true \
+                 or reject_requeue_false",
+            ));
+        }
+    };
+    let base64_only = match body.get("encoding").and_then(Value::as_str) {
+        None | Some("auto") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "encoding must be auto or base64, not {other}"
+            )));
+        }
+    };
+    let truncate = body
+        .get("truncate")
+        .and_then(Value::as_u64)
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let list = tokio::task::spawn_blocking(move || {
+        let mut taken = Vec::new();
+        let mut out = Vec::new();
+        for _ in 0..count {
+            // Taken as unacked, whatever the mode: a stored message stays in the store until
+            // it is settled below (requeued ones come back after a crash too).
+            let Some((entry, remaining)) = queue.get(false) else {
+                break;
+            };
+            out.push(message_json(&entry, remaining, base64_only, truncate));
+            taken.push(entry);
+        }
+        match mode {
+            AckMode::Requeue => queue.requeue(taken),
+            AckMode::Ack => {
+                let positions: Vec<u64> = taken
+                    .iter()
+                    .map(|e| e.position)
+                    .filter(|p| *p != 0)
+                    .collect();
+                queue.settle(taken.len(), &positions);
+            }
+            AckMode::Reject => queue.reject(taken),
+        }
+        out
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    ok(Value::Array(list))
+}
+
+fn message_json(
+    entry: &crate::message::QueuedMessage,
+    remaining: usize,
+    base64_only: bool,
+    truncate: usize,
+) -> Value {
+    use base64::Engine as _;
+    let m = &entry.message;
+    let body = &m.body[..m.body.len().min(truncate)];
+    let (payload, encoding) = match std::str::from_utf8(body) {
+        Ok(text) if !base64_only => (text.to_owned(), "string"),
+        _ => (
+            base64::engine::general_purpose::STANDARD.encode(body),
+            "base64",
+        ),
+    };
+    json!({
+        "payload_bytes": m.body.len(),
+        "redelivered": entry.redelivered,
+        "exchange": m.exchange.to_string(),
+        "routing_key": m.routing_key.to_string(),
+        "message_count": remaining,
+        "properties": properties_json(&m.properties()),
+        "payload": payload,
+        "payload_encoding": encoding,
+    })
+}
+
+/// A message's properties as RabbitMQ's API shows them (only those set).
+fn properties_json(p: &amq_protocol::protocol::BasicProperties) -> Value {
+    let mut out = serde_json::Map::new();
+    let mut put = |key: &str, value: Option<Value>| {
+        if let Some(value) = value {
+            out.insert(key.to_owned(), value);
+        }
+    };
+    let text = |s: Option<&amq_protocol::types::ShortString>| s.map(|s| json!(s.as_str()));
+    put("content_type", text(p.content_type().as_ref()));
+    put("content_encoding", text(p.content_encoding().as_ref()));
+    put("headers", p.headers().as_ref().map(table));
+    put("delivery_mode", p.delivery_mode().map(|m| json!(m)));
+    put("priority", p.priority().map(|m| json!(m)));
+    put("correlation_id", text(p.correlation_id().as_ref()));
+    put("reply_to", text(p.reply_to().as_ref()));
+    put("expiration", text(p.expiration().as_ref()));
+    put("message_id", text(p.message_id().as_ref()));
+    put("timestamp", p.timestamp().map(|m| json!(m)));
+    put("type", text(p.kind().as_ref()));
+    put("user_id", text(p.user_id().as_ref()));
+    put("app_id", text(p.app_id().as_ref()));
+    Value::Object(out)
+}
