@@ -8,6 +8,7 @@
 pub mod basic;
 pub mod connection;
 pub mod crash;
+pub mod ctl;
 pub mod exchanges;
 pub mod http;
 pub mod process;
