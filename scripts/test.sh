@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite from a fresh clone: installs what it needs (the wasm32-wasip2
-# target, a Python venv with pika and componentize-py), builds every plugin, then runs the
-# plugin tests and the workspace's unit, property and integration tests.
+# target, a Python venv with pika and componentize-py, Debian's Chromium and playwright-core
+# for the web console test), builds every plugin, then runs the plugin tests and the
+# workspace's unit, property and integration tests.
 #
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
@@ -16,6 +17,19 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 "$venv/bin/python" -c 'import pika' 2>/dev/null || "$venv/bin/pip" install --quiet 'pika==1.3.2'
+
+step "Chromium and playwright-core (web console test)"
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "chromium is missing and cannot be installed without root: apt-get install chromium" >&2
+        exit 1
+    fi
+fi
+(cd tests/console && npm ci --no-audit --no-fund --loglevel=error)
 
 step "plugins: build, native tests, component smoke checks"
 VENV="$venv" plugins/build.sh --test --check

@@ -133,6 +133,11 @@ impl Api {
         (status, kind, String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// The API's base URL, `http://host:port`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// GET `path`.
     pub async fn get(&self, path: &str) -> Reply {
         self.raw(Method::GET, path, Vec::new()).await

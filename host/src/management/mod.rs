@@ -11,6 +11,7 @@
 mod access;
 mod activity;
 mod auth;
+mod console;
 mod definitions;
 mod error;
 mod json;

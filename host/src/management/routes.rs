@@ -160,6 +160,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/api/plugins/{vhost}/{name}",
             axum::routing::delete(super::plugins::remove),
         )
+        .route("/", get(super::console::index))
+        .route("/console/{file}", get(super::console::file))
         .fallback(|| async { ApiError::not_found() })
         .with_state(shared)
 }
