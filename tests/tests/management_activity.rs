@@ -572,3 +572,97 @@ async fn bindings_with_arguments_are_told_apart_by_their_properties_key() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn plugin_stats_show_latency_memory_the_last_error_and_log_lines() {
+    use bourse_tests::wasm::{plugin_bytes, seed_cache_key, test_cache_dir};
+    bounded(LIMIT, async {
+        let (broker, api) = api_broker_with(|cfg| {
+            cfg.wasm_cache_dir = Some(test_cache_dir());
+            seed_cache_key(&cfg.data_dir);
+            cfg.prometheus_listen = Some(([127, 0, 0, 1], 0).into());
+        })
+        .await;
+        let uploaded = api
+            .raw(
+                hyper::Method::POST,
+                "/api/plugins/%2F",
+                plugin_bytes("x-noisy"),
+            )
+            .await;
+        assert_eq!(uploaded.status, StatusCode::OK, "{}", uploaded.json);
+        api.put("/api/exchanges/%2F/noisy", json!({"type": "x-noisy"}))
+            .await;
+        api.put("/api/queues/%2F/heard", json!({})).await;
+        let bound = api
+            .post(
+                "/api/bindings/%2F/e/noisy/q/heard",
+                json!({"routing_key": ""}),
+            )
+            .await;
+        assert_eq!(bound.status, StatusCode::CREATED, "{}", bound.json);
+        let publish = |key: &'static str| {
+            let api = api.clone();
+            async move {
+                api.post(
+                    "/api/exchanges/%2F/noisy/publish",
+                    json!({"routing_key": key, "payload": "p", "payload_encoding": "string"}),
+                )
+                .await
+            }
+        };
+        for i in 0..32 {
+            // Distinct keys: the decision cache must not answer them.
+            let key: &'static str = Box::leak(format!("plain-{i}").into_boxed_str());
+            assert_eq!(publish(key).await.json, json!({"routed": true}));
+        }
+        publish("log").await;
+        publish("error").await;
+        let plugins = api.get("/api/plugins/%2F").await.json;
+        let x = &plugins[0]["exchanges"][0];
+        assert_eq!(x["name"], "noisy", "{plugins}");
+        let samples = x["latency_us"]["samples"].as_u64().unwrap_or(0);
+        assert!(samples >= 4, "{x}");
+        let (p50, p99) = (
+            x["latency_us"]["p50"].as_f64().unwrap_or(0.0),
+            x["latency_us"]["p99"].as_f64().unwrap_or(0.0),
+        );
+        assert!(p50 > 0.0 && p99 >= p50, "{x}");
+        assert!(x["memory_bytes"].as_u64() > Some(0), "{x}");
+        assert!(x["busy_ms"].as_f64().is_some(), "{x}");
+        assert!(x["cache_hit_ratio"].as_f64().is_some(), "{x}");
+        let error = &x["last_error"];
+        assert!(
+            error["reason"].as_str().is_some_and(|r| !r.is_empty())
+                && error["at"].as_u64() > Some(0),
+            "{x}"
+        );
+        let logs = x["logs"].as_array().expect("log lines");
+        assert!(!logs.is_empty(), "{x}");
+        let line = &logs[logs.len() - 1];
+        assert!(
+            line["text"].as_str().is_some_and(|t| t.len() <= 1100),
+            "a 1 MiB line is cut: {}",
+            line["text"].as_str().map(str::len).unwrap_or(0)
+        );
+        assert!(
+            line["level"].is_string() && line["at"].as_u64() > Some(0),
+            "{line}"
+        );
+        // Prometheus has the per-plugin series too.
+        let addr = broker.handle().unwrap().prometheus_addr().unwrap();
+        let (_, _, text) = Api::anonymous(addr).get_text("/metrics").await;
+        for series in [
+            "bourse_plugin_call_p99_seconds{",
+            "bourse_plugin_memory_bytes{",
+            "bourse_plugin_busy_seconds_total{",
+        ] {
+            let line = text.lines().find(|l| l.starts_with(series));
+            assert!(
+                line.is_some_and(|l| l.contains("plugin=\"x-noisy\"")),
+                "{series}: {line:?}"
+            );
+        }
+    })
+    .await;
+}

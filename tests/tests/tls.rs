@@ -1,7 +1,8 @@
 //! AMQPS (issue 11): the TLS listener beside the plain one, with lapin and pika; server
 //! certificates a client must trust, client certificates the broker verifies, the EXTERNAL
 //! mechanism logging in as the certificate's common name, certificates reloaded while the
-//! broker runs, and peers that never finish a TLS handshake.
+//! broker runs, and peers that never finish a TLS handshake. And the management API over
+//! HTTPS with the same certificate (issue 12).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -542,6 +543,96 @@ async fn pika_over_tls_with_plain_and_external() {
             "all pika TLS checks passed",
         )
         .await;
+    })
+    .await;
+}
+
+/// GET `path` over HTTPS trusting `trust`, with basic auth when `login` is given: the status
+/// line and the body, or the connection's error.
+async fn https_get(
+    addr: SocketAddr,
+    trust: &Ca,
+    path: &str,
+    login: Option<(&str, &str)>,
+) -> std::io::Result<(String, String)> {
+    use base64::Engine as _;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(trust.pem().as_bytes()).expect("CA PEM"))
+        .expect("CA");
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocols")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut tls = within(connector.connect(name, tcp)).await?;
+    let auth = login.map_or(String::new(), |(user, password)| {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        format!("Authorization: Basic {token}\r\n")
+    });
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    within(tls.read_to_end(&mut response)).await?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    ))
+}
+
+#[tokio::test]
+async fn the_management_api_serves_https_with_the_amqps_certificate() {
+    bounded(LIMIT, async {
+        let ca = Ca::new("https CA");
+        let files = Files::new();
+        files.server(&ca);
+        let settings = files.settings(None, false);
+        let broker = TestBroker::start_with(|config| {
+            config.tls = Some(settings);
+            config.management_tls_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+            let mut guest = UserSeed::clear("guest", "guest");
+            guest.tags = vec!["administrator".into()];
+            config.users = vec![guest];
+        })
+        .await;
+        let addr = broker
+            .handle()
+            .unwrap()
+            .management_tls_addr()
+            .expect("an HTTPS listener");
+        // A peer that never starts its handshake holds up no one.
+        let _stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (status, body) = https_get(addr, &ca, "/api/whoami", Some(("guest", "guest")))
+            .await
+            .expect("HTTPS request");
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        let me: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(me["name"], "guest");
+        let (status, body) = https_get(addr, &ca, "/api/overview", None).await.unwrap();
+        assert!(status.starts_with("HTTP/1.1 401"), "{status}");
+        assert!(body.contains("not_authorised"), "{body}");
+        let (status, body) = https_get(addr, &ca, "/", None).await.unwrap();
+        assert!(
+            status.starts_with("HTTP/1.1 200") && body.contains("<html"),
+            "{status}"
+        );
+        // A client that does not trust the certificate gets no session.
+        let stranger = Ca::new("another CA");
+        assert!(
+            https_get(addr, &stranger, "/api/whoami", None)
+                .await
+                .is_err()
+        );
     })
     .await;
 }

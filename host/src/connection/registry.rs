@@ -82,6 +82,19 @@ pub struct ConnectionInfo {
     forced_reason: Mutex<Option<String>>,
 }
 
+impl std::fmt::Debug for ConnectionInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionInfo")
+            .field("id", &self.id)
+            .field("peer", &self.peer)
+            .field("user", &self.user)
+            .field("vhost", &self.vhost)
+            .field("tls", &self.tls)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a connection negotiated, for its entry.
 pub(crate) struct Opened {
     pub id: ConnectionId,

@@ -169,6 +169,9 @@ pub fn render(shared: &Shared, per_object: bool) -> String {
 /// `bourse_plugin_*`: per plugin type and vhost, summed over its exchanges.
 fn plugins(shared: &Shared, registry: &mut Registry, vhosts: &[Arc<crate::vhost::VHost>]) {
     let exchanges: Family<Labels, Gauge> = Family::default();
+    let memory: Family<Labels, Gauge> = Family::default();
+    let p99: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> = Family::default();
+    let busy: Family<Labels, Counter<f64, std::sync::atomic::AtomicU64>> = Family::default();
     let series = [
         ("bourse_plugin_routed", "Messages routed by a plugin call"),
         (
@@ -202,6 +205,17 @@ fn plugins(shared: &Shared, registry: &mut Registry, vhosts: &[Arc<crate::vhost:
                 ("vhost".to_owned(), x.vhost.clone()),
             ];
             exchanges.get_or_create(&labels).inc();
+            memory
+                .get_or_create(&labels)
+                .inc_by(i64::try_from(x.memory_bytes).unwrap_or(i64::MAX));
+            busy.get_or_create(&labels).inc_by(x.busy.as_secs_f64());
+            // The slowest exchange's p99 stands for the plugin in the vhost.
+            if let Some(d) = x.latency_p99 {
+                let gauge = p99.get_or_create(&labels);
+                if d.as_secs_f64() > gauge.get() {
+                    gauge.set(d.as_secs_f64());
+                }
+            }
             let values = [
                 x.routed,
                 x.cache_hits,
@@ -219,6 +233,21 @@ fn plugins(shared: &Shared, registry: &mut Registry, vhosts: &[Arc<crate::vhost:
         "bourse_plugin_exchanges",
         "Exchanges of each plugin type per vhost",
         exchanges,
+    );
+    registry.register(
+        "bourse_plugin_memory_bytes",
+        "Linear memory of the live instances of each plugin type per vhost",
+        memory,
+    );
+    registry.register(
+        "bourse_plugin_call_p99_seconds",
+        "99th percentile of sampled route calls (the slowest exchange's)",
+        p99,
+    );
+    registry.register(
+        "bourse_plugin_busy_seconds",
+        "Time spent in route calls, by the engine's tick",
+        busy,
     );
     for ((name, help), family) in series.iter().zip(families) {
         registry.register(*name, *help, family);

@@ -58,7 +58,24 @@ fn exchange_json(x: &ExchangeStatus) -> Value {
         "unknown_ids": x.unknown_ids, "oversized": x.oversized,
         "plugin_errors": x.plugin_errors, "replaced": x.replaced, "reloads": x.reloads,
         "log_lines_dropped": x.log_lines_dropped, "state_entries": x.state_entries,
+        "latency_us": {
+            "p50": x.latency_p50.map(|d| d.as_secs_f64() * 1e6),
+            "p99": x.latency_p99.map(|d| d.as_secs_f64() * 1e6),
+            "samples": x.latency_samples,
+        },
+        "busy_ms": x.busy.as_secs_f64() * 1e3,
+        "memory_bytes": x.memory_bytes,
+        "cache_hit_ratio": hit_ratio(x.cache_hits, x.routed),
+        "last_error": x.last_error.as_ref().map(|(at, reason)| json!({"at": at, "reason": reason})),
+        "logs": x.logs.iter().map(|l| json!({"at": l.at_ms, "level": l.level, "text": l.text}))
+            .collect::<Vec<_>>(),
     })
+}
+
+/// Cache hits over all messages routed, None before any.
+fn hit_ratio(hits: u64, calls: u64) -> Option<f64> {
+    let total = hits + calls;
+    (total > 0).then(|| hits as f64 / total as f64)
 }
 
 /// One plugin type: `scope` is `broker` for the plugin directory's, else its vhost. Only the

@@ -15,6 +15,7 @@
 //! A component importing anything else is refused at load (the link error names the import).
 
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::ops::Bound;
 use std::sync::Arc;
@@ -100,6 +101,7 @@ impl ExchangeCtx {
                 burst: per_sec * 5.0,
                 last: Instant::now(),
                 dropped: 0,
+                recent: VecDeque::new(),
             }),
             state: Mutex::new(BTreeMap::new()),
             limits,
@@ -109,14 +111,28 @@ impl ExchangeCtx {
 
     /// Logs one plugin line through the per-exchange budget.
     pub fn log(&self, level: Level, text: &str) {
+        let text = super::output::bounded_to(text, LOG_LINE_MAX_BYTES);
         let dropped_before = {
             let mut budget = self.log.lock();
-            match budget.take() {
-                Some(dropped) => dropped,
-                None => return,
+            let Some(dropped) = budget.take() else {
+                return;
+            };
+            if budget.recent.len() == RECENT_LOG_LINES {
+                budget.recent.pop_front();
             }
+            budget.recent.push_back(LogLine {
+                at_ms: now_millis(),
+                level: match level {
+                    Level::ERROR => "error",
+                    Level::WARN => "warn",
+                    Level::INFO => "info",
+                    Level::DEBUG => "debug",
+                    Level::TRACE => "trace",
+                },
+                text: text.to_string(),
+            });
+            dropped
         };
-        let text = super::output::bounded_to(text, LOG_LINE_MAX_BYTES);
         if dropped_before > 0 {
             event!(Level::WARN, exchange = %self.exchange, vhost = %self.vhost,
                 plugin = %self.plugin, dropped = dropped_before, "plugin log lines dropped (rate limit)");
@@ -136,6 +152,11 @@ impl ExchangeCtx {
         }
     }
 
+    /// The last log lines let through, oldest first.
+    pub fn recent_logs(&self) -> Vec<LogLine> {
+        self.log.lock().recent.iter().cloned().collect()
+    }
+
     /// Log lines dropped so far by the rate limit and not yet reported.
     pub fn log_dropped(&self) -> u64 {
         self.log.lock().dropped
@@ -147,13 +168,28 @@ impl ExchangeCtx {
     }
 }
 
-/// A token bucket of log lines.
+/// A token bucket of log lines, and the last lines let through.
 struct LogBudget {
     tokens: f64,
     per_sec: f64,
     burst: f64,
     last: Instant,
     dropped: u64,
+    recent: VecDeque<LogLine>,
+}
+
+/// Log lines of an exchange kept for its stats.
+pub const RECENT_LOG_LINES: usize = 32;
+
+/// One plugin log line, as the management API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// `error`, `warn`, `info`, `debug` or `trace`.
+    pub level: &'static str,
+    /// The text, bounded to the log line limit.
+    pub text: String,
 }
 
 impl LogBudget {
@@ -201,6 +237,8 @@ pub struct Caps {
     limits: StoreLimits,
     /// The last cap hit, cleared by the caller before each call.
     pub hit: Option<CapHit>,
+    /// The largest linear memory granted so far, in bytes.
+    pub memory_bytes: usize,
 }
 
 impl ResourceLimiter for Caps {
@@ -211,7 +249,9 @@ impl ResourceLimiter for Caps {
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let verdict = self.limits.memory_growing(current, desired, maximum);
-        if !matches!(verdict, Ok(true)) {
+        if matches!(verdict, Ok(true)) {
+            self.memory_bytes = self.memory_bytes.max(desired);
+        } else {
             self.hit = Some(CapHit::Memory(desired));
         }
         verdict
@@ -282,7 +322,11 @@ impl HostState {
             ctx,
             wasi,
             table: ResourceTable::new(),
-            caps: Caps { limits, hit: None },
+            caps: Caps {
+                limits,
+                hit: None,
+                memory_bytes: 0,
+            },
             overrun: None,
             overrun_since: None,
         }

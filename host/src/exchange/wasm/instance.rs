@@ -226,6 +226,11 @@ impl Instance {
             .map(|answer| answer.map_err(bounded_owned))
     }
 
+    /// The largest linear memory the instance was granted, in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        self.store.data().caps.memory_bytes
+    }
+
     /// The exchange context this instance serves.
     pub fn ctx(&self) -> &Arc<ExchangeCtx> {
         &self.store.data().ctx

@@ -30,6 +30,7 @@ pub mod cache;
 mod counters;
 pub mod host;
 pub mod instance;
+pub mod latency;
 pub mod manager;
 pub mod output;
 pub mod plugin;
@@ -216,4 +217,18 @@ pub struct ExchangeStatus {
     pub warnings_suppressed: u64,
     /// Entries in its state store.
     pub state_entries: usize,
+    /// Median duration of the sampled `route` calls (None before any).
+    pub latency_p50: Option<std::time::Duration>,
+    /// 99th percentile of the sampled `route` calls.
+    pub latency_p99: Option<std::time::Duration>,
+    /// `route` calls timed (one in `latency::SAMPLE_EVERY`).
+    pub latency_samples: u64,
+    /// Time spent in routing calls, by the engine's tick (wall time, not CPU time).
+    pub busy: std::time::Duration,
+    /// The live instance's largest linear memory, in bytes (0 without one).
+    pub memory_bytes: usize,
+    /// The last failure: when (ms since the epoch) and why.
+    pub last_error: Option<(u64, String)>,
+    /// Its last log lines, oldest first.
+    pub logs: Vec<host::LogLine>,
 }

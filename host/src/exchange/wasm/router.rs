@@ -31,6 +31,7 @@ use tracing::{Level, error, warn};
 use super::budget::Admitted;
 use super::host::ExchangeCtx;
 use super::instance::{CallError, Instance, thread_cpu_ns};
+use super::latency::Latency;
 use super::output::{ROUTE_IDS_TIMED, Throttle, WARN_INTERVAL, route_ids_max};
 use super::runtime::{EPOCH_TICK, PluginVersion};
 use super::v0_1::{HeaderSelection, InputFields, Inputs};
@@ -103,6 +104,12 @@ pub struct RouterState {
     failed: Option<String>,
     /// Per-message warnings of this exchange.
     warnings: Throttle,
+    /// Sampled durations of `route` calls.
+    latency: Latency,
+    /// Engine ticks that passed during routing calls (time in the plugin, by the tick).
+    busy_ticks: u64,
+    /// The last failure: when (ms since the epoch) and why.
+    last_error: Option<(u64, String)>,
 }
 
 /// A freshly built instance: initialised, bindings replayed.
@@ -165,6 +172,9 @@ impl RouterCore {
                 consecutive_failures: 0,
                 failed: None,
                 warnings: Throttle::new(WARN_INTERVAL),
+                latency: Latency::default(),
+                busy_ticks: 0,
+                last_error: None,
             }),
         }))
     }
@@ -247,6 +257,13 @@ impl RouterCore {
             log_lines_dropped: self.ctx.log_dropped(),
             warnings_suppressed: state.warnings.suppressed(),
             state_entries: self.ctx.state_len(),
+            latency_p50: state.latency.quantile(0.5),
+            latency_p99: state.latency.quantile(0.99),
+            latency_samples: state.latency.samples(),
+            busy: EPOCH_TICK * u32::try_from(state.busy_ticks).unwrap_or(u32::MAX),
+            memory_bytes: state.instance.as_ref().map_or(0, Instance::memory_bytes),
+            last_error: state.last_error.clone(),
+            logs: self.ctx.recent_logs(),
         }
     }
 
@@ -255,6 +272,7 @@ impl RouterCore {
     fn fail(&self, state: &mut RouterState, reason: &str, error: Option<&CallError>) {
         state.instance = None;
         state.consecutive_failures += 1;
+        state.last_error = Some((super::host::now_millis(), reason.to_owned()));
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
         GLOBAL.add(Counter::Failures);
         match error {
@@ -360,7 +378,14 @@ impl RouterCore {
         let mut instance = self.take_ready(state).map_err(RouteError)?;
         // The engine's tick counter, not `Instant::now()`: two atomic loads per call.
         let ticks_before = state.version.runtime().ticks();
-        let result = instance.route(message, &state.inputs);
+        let result = if state.latency.should_time() {
+            let started = Instant::now();
+            let result = instance.route(message, &state.inputs);
+            state.latency.record(started.elapsed());
+            result
+        } else {
+            instance.route(message, &state.inputs)
+        };
         let ticks_after = state.version.runtime().ticks();
         if result.is_ok() {
             state.instance = Some(instance);
@@ -557,6 +582,7 @@ impl WasmRouter {
         let before = state.version.runtime().ticks();
         let result = self.core.route_locked(&mut state, message, out);
         let ticks = state.version.runtime().ticks().saturating_sub(before);
+        state.busy_ticks += ticks;
         drop(state);
         self.core.ctx.budget.charge(ticks);
         result
