@@ -104,6 +104,44 @@ async fn metrics_follow_known_traffic() {
             Some(1.0),
             "{per}"
         );
+        assert_eq!(
+            value(&per, "rabbitmq_queue_messages_published_total", q1),
+            Some(5.0),
+            "{per}"
+        );
+        // Delivered, requeued and delivered again, acked: the global counters follow, and a
+        // deleted queue's counts stay in them.
+        let got = got.unwrap();
+        within(got.nack(lapin::options::BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+        let again = within(ch.basic_get("q1".into(), Default::default()))
+            .await
+            .unwrap()
+            .expect("requeued message");
+        assert!(again.redelivered);
+        within(again.ack(Default::default())).await.unwrap();
+        let check = |text: &str| {
+            for (name, want) in [
+                ("rabbitmq_global_messages_delivered_total", 2.0),
+                ("rabbitmq_global_messages_delivered_get_manual_ack_total", 2.0),
+                ("rabbitmq_global_messages_delivered_consume_manual_ack_total", 0.0),
+                ("rabbitmq_global_messages_redelivered_total", 1.0),
+                ("rabbitmq_global_messages_acknowledged_total", 1.0),
+            ] {
+                assert_eq!(value(text, name, ""), Some(want), "{name}: {text}");
+            }
+        };
+        let (_, _, text) = api.get_text("/metrics").await;
+        check(&text);
+        within(ch.queue_delete("q1".into(), Default::default()))
+            .await
+            .unwrap();
+        let (_, _, text) = api.get_text("/metrics").await;
+        check(&text);
     })
     .await;
 }

@@ -67,7 +67,12 @@ pub fn render(shared: &Shared, per_object: bool) -> String {
     let queue_ready: Family<Labels, Gauge> = Family::default();
     let queue_unacked: Family<Labels, Gauge> = Family::default();
     let queue_consumers: Family<Labels, Gauge> = Family::default();
+    let queue_published: Family<Labels, Counter> = Family::default();
+    let queue_delivered: Family<Labels, Counter> = Family::default();
+    let queue_acked: Family<Labels, Counter> = Family::default();
+    let mut all = crate::stats::MessageStats::default();
     for vhost in &vhosts {
+        all.add(&vhost.message_stats());
         let name = vhost.name.to_string();
         let total = vhost.published_total();
         received += total;
@@ -88,6 +93,12 @@ pub fn render(shared: &Shared, per_object: bool) -> String {
                 queue_ready.get_or_create(&labels).set(count(r));
                 queue_unacked.get_or_create(&labels).set(count(u));
                 queue_consumers.get_or_create(&labels).set(count(c));
+                let stats = q.message_stats();
+                queue_published.get_or_create(&labels).inc_by(stats.publish);
+                queue_delivered
+                    .get_or_create(&labels)
+                    .inc_by(stats.delivered.deliver_get());
+                queue_acked.get_or_create(&labels).inc_by(stats.ack);
             }
         }
     }
@@ -137,6 +148,48 @@ pub fn render(shared: &Shared, per_object: bool) -> String {
         "Messages published to the broker (basic.publish methods received)",
         received_total,
     );
+    let d = &all.delivered;
+    for (name, help, value) in [
+        (
+            "rabbitmq_global_messages_delivered",
+            "Messages delivered to consumers and basic.get",
+            d.deliver_get(),
+        ),
+        (
+            "rabbitmq_global_messages_delivered_consume_manual_ack",
+            "Messages delivered to consumers that acknowledge",
+            d.deliver,
+        ),
+        (
+            "rabbitmq_global_messages_delivered_consume_auto_ack",
+            "Messages delivered to no-ack consumers",
+            d.deliver_no_ack,
+        ),
+        (
+            "rabbitmq_global_messages_delivered_get_manual_ack",
+            "Messages answered to basic.get that wait for an ack",
+            d.get,
+        ),
+        (
+            "rabbitmq_global_messages_delivered_get_auto_ack",
+            "Messages answered to basic.get with no-ack",
+            d.get_no_ack,
+        ),
+        (
+            "rabbitmq_global_messages_redelivered",
+            "Messages delivered again after a requeue",
+            d.redeliver,
+        ),
+        (
+            "rabbitmq_global_messages_acknowledged",
+            "Messages acknowledged by consumers",
+            all.ack,
+        ),
+    ] {
+        let counter: Counter = Counter::default();
+        counter.inc_by(value);
+        registry.register(name, help, counter);
+    }
     registry.register(
         "bourse_vhost_messages_received",
         "Messages published into each vhost",
@@ -157,6 +210,21 @@ pub fn render(shared: &Shared, per_object: bool) -> String {
             "rabbitmq_queue_consumers",
             "Consumers per queue",
             queue_consumers,
+        );
+        registry.register(
+            "rabbitmq_queue_messages_published",
+            "Messages enqueued, per queue",
+            queue_published,
+        );
+        registry.register(
+            "rabbitmq_queue_messages_delivered",
+            "Messages delivered (to consumers and basic.get), per queue",
+            queue_delivered,
+        );
+        registry.register(
+            "rabbitmq_queue_messages_acked",
+            "Messages acknowledged, per queue",
+            queue_acked,
         );
     }
     plugins(shared, &mut registry, &vhosts);

@@ -54,7 +54,7 @@ fn sweep_once(shared: &Shared, sweep: u64) {
             sweep,
             RateKey::Vhost(name),
             now,
-            values(&vhost_stats(&vhost)),
+            values(&vhost.message_stats()),
         );
     }
     for c in shared.connection_list() {
@@ -70,17 +70,6 @@ fn sweep_once(shared: &Shared, sweep: u64) {
 
 fn values(stats: &MessageStats) -> Vec<u64> {
     stats.fields().iter().map(|(_, n)| *n).collect()
-}
-
-/// A vhost's totals: messages its connections published, and its queues' deliveries and
-/// acks (those of deleted queues are gone with them, as in RabbitMQ).
-pub(super) fn vhost_stats(vhost: &VHost) -> MessageStats {
-    let mut total = MessageStats::default();
-    for q in vhost.queues() {
-        total.add(&q.message_stats());
-    }
-    total.publish = vhost.published_total();
-    total
 }
 
 /// `{name: count, name_details: {rate}}` for each field; rates 0 until sampled twice.
@@ -123,7 +112,7 @@ pub(super) fn vhosts(rates: &Rates, vhosts: &[Arc<VHost>]) -> Value {
     let mut total = MessageStats::default();
     let mut sum: Vec<f64> = Vec::new();
     for vhost in vhosts {
-        total.add(&vhost_stats(vhost));
+        total.add(&vhost.message_stats());
         if let Some(r) = rates.of(&RateKey::Vhost(vhost.name.to_string())) {
             sum.resize(r.len().max(sum.len()), 0.0);
             for (s, r) in sum.iter_mut().zip(r) {

@@ -191,6 +191,17 @@ impl VHost {
             .fetch_add(u64::from(n), std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Its message counts since it opened: basic.publish methods received, and its queues'
+    /// deliveries and acks (deleted queues' included).
+    pub fn message_stats(&self) -> crate::stats::MessageStats {
+        let mut total = self.read_topology().retired;
+        for q in self.queues() {
+            total.add(&q.message_stats());
+        }
+        total.publish = self.published_total();
+        total
+    }
+
     /// basic.publish methods received since the vhost opened.
     pub fn published_total(&self) -> u64 {
         self.published.load(std::sync::atomic::Ordering::Relaxed)

@@ -32,6 +32,8 @@ pub(super) struct Topology {
     sources: HashMap<Destination, HashMap<Name, usize>>,
     /// Exclusive queues by owning connection.
     exclusive: HashMap<ConnectionId, HashSet<Name>>,
+    /// The message counts of deleted queues, so the vhost's totals never go down.
+    pub(super) retired: crate::stats::MessageStats,
 }
 
 impl Topology {
@@ -136,6 +138,7 @@ impl Topology {
     /// Removes a queue and the bindings to it (and auto-deletes what that empties).
     pub(super) fn remove_queue(&mut self, name: &str) -> Option<Arc<Queue>> {
         let queue = self.queues.remove(name)?;
+        self.retired.add(&queue.message_stats());
         if let Some(owner) = queue.spec.exclusive_owner
             && let Some(owned) = self.exclusive.get_mut(&owner)
         {
