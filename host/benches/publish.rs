@@ -5,7 +5,10 @@
 //! (checked before measuring: every queue holds the same `Arc<Message>`, so no body is copied).
 //!
 //! Queues are capped with `x-max-length` (drop-head) so that memory stays flat however long
-//! criterion runs; dropping the oldest message is part of the measured cost.
+//! criterion runs; dropping the oldest message is part of the measured cost. So are the
+//! management counters a channel keeps per publish: its publish count, and the exchange's
+//! publish_in/out tallied for the read turn (added to the exchange every 64 messages here, a
+//! turn's worth); the queue counts its own under its lock.
 //!
 //! Run: `cargo bench -p bourse --bench publish`.
 
@@ -19,7 +22,8 @@ use bourse::exchange::{Binding, Destination, Name, Registry};
 use bourse::message::Message;
 use bourse::protocol::{Frame, parse_frame};
 use bourse::queue::{Queue, QueueSpec};
-use bourse::vhost::{ExchangeSpec, Routed, VHost};
+use bourse::stats::OwnedCounter;
+use bourse::vhost::{ExchangeSpec, ExchangeTally, Routed, VHost};
 use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -101,7 +105,13 @@ fn topology(kind: &str, queues: usize) -> (Arc<VHost>, Vec<Arc<Queue>>) {
 
 /// Decodes one publish from `wire` and routes and enqueues it: the broker's per-message work
 /// between the socket read and the consumer's write buffer.
-fn publish_once(vhost: &VHost, wire: &[u8], buf: &mut BytesMut, routed: &mut Routed) {
+fn publish_once(
+    vhost: &VHost,
+    wire: &[u8],
+    buf: &mut BytesMut,
+    routed: &mut Routed,
+    counts: &mut Counts,
+) {
     buf.extend_from_slice(wire);
     let Ok(Some(Frame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Publish(publish))))) =
         parse_frame(buf, 131_072)
@@ -130,9 +140,24 @@ fn publish_once(vhost: &VHost, wire: &[u8], buf: &mut BytesMut, routed: &mut Rou
         &[&message.routing_key],
         routed,
     );
+    counts.published.add(1);
+    counts.tally.count(&exchange, !routed.queues.is_empty());
+    counts.turn += 1;
+    if counts.turn == 64 {
+        counts.turn = 0;
+        counts.tally.flush();
+    }
     for queue in routed.queues.drain(..) {
         queue.publish(message.clone());
     }
+}
+
+/// The counters of the channel and connection that publish.
+#[derive(Default)]
+struct Counts {
+    published: OwnedCounter,
+    tally: ExchangeTally,
+    turn: u32,
 }
 
 fn publish(c: &mut Criterion) {
@@ -146,15 +171,16 @@ fn publish(c: &mut Criterion) {
         let (vhost, queues) = topology(kind, queues);
         let mut buf = BytesMut::with_capacity(1 << 16);
         let mut routed = Routed::default();
+        let mut counts = Counts::default();
         // One message reaches every queue, and they all hold the same body.
-        publish_once(&vhost, &wire, &mut buf, &mut routed);
+        publish_once(&vhost, &wire, &mut buf, &mut routed, &mut counts);
         let held: Vec<_> = queues
             .iter()
             .map(|q| q.get(true).expect("routed to every queue").0.message)
             .collect();
         assert!(held.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])));
         group.bench_function(name, |b| {
-            b.iter(|| publish_once(black_box(&vhost), &wire, &mut buf, &mut routed))
+            b.iter(|| publish_once(black_box(&vhost), &wire, &mut buf, &mut routed, &mut counts))
         });
     }
     group.finish();
