@@ -127,8 +127,14 @@ async fn metrics_follow_known_traffic() {
         let check = |text: &str| {
             for (name, want) in [
                 ("rabbitmq_global_messages_delivered_total", 2.0),
-                ("rabbitmq_global_messages_delivered_get_manual_ack_total", 2.0),
-                ("rabbitmq_global_messages_delivered_consume_manual_ack_total", 0.0),
+                (
+                    "rabbitmq_global_messages_delivered_get_manual_ack_total",
+                    2.0,
+                ),
+                (
+                    "rabbitmq_global_messages_delivered_consume_manual_ack_total",
+                    0.0,
+                ),
                 ("rabbitmq_global_messages_redelivered_total", 1.0),
                 ("rabbitmq_global_messages_acknowledged_total", 1.0),
             ] {

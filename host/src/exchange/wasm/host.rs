@@ -95,14 +95,7 @@ impl ExchangeCtx {
             vhost: Name::from(vhost),
             exchange: Name::from(exchange),
             plugin: Name::from(plugin),
-            log: Mutex::new(LogBudget {
-                tokens: per_sec * 5.0,
-                per_sec,
-                burst: per_sec * 5.0,
-                last: Instant::now(),
-                dropped: 0,
-                recent: VecDeque::new(),
-            }),
+            log: Mutex::new(LogBudget::new(per_sec)),
             state: Mutex::new(BTreeMap::new()),
             limits,
             budget,
@@ -193,6 +186,18 @@ pub struct LogLine {
 }
 
 impl LogBudget {
+    /// A full bucket of five seconds' worth of lines.
+    fn new(per_sec: f64) -> Self {
+        Self {
+            tokens: per_sec * 5.0,
+            per_sec,
+            burst: per_sec * 5.0,
+            last: Instant::now(),
+            dropped: 0,
+            recent: VecDeque::new(),
+        }
+    }
+
     /// Takes a token: `Some(lines dropped since the last line let through)`, or `None` (drop).
     fn take(&mut self) -> Option<u64> {
         let now = Instant::now();
@@ -778,13 +783,7 @@ mod tests {
 
     #[test]
     fn log_budget_allows_a_burst_then_the_rate() {
-        let mut budget = LogBudget {
-            tokens: 50.0,
-            per_sec: 10.0,
-            burst: 50.0,
-            last: Instant::now(),
-            dropped: 0,
-        };
+        let mut budget = LogBudget::new(10.0);
         let allowed = (0..100).filter(|_| budget.take().is_some()).count();
         assert_eq!(allowed, 50);
         assert_eq!(budget.dropped, 50);
