@@ -34,6 +34,10 @@ fi
 step "plugins: build, native tests, component smoke checks"
 VENV="$venv" plugins/build.sh --test --check
 
+step "binaries some tests run as processes (crash, shutdown, ctl), built before their timers start"
+cargo build -p bourse --bin bourse
+cargo build -p bourse-ctl --bin bourse-ctl
+
 step "cargo test (host unit and property tests, integration tests)"
 export BOURSE_PYTHON="$venv/bin/python"
 export BOURSE_PLUGIN_DIST="$root/plugins/dist"

@@ -62,6 +62,8 @@ pub struct ChannelCounters {
     pub confirm: OwnedCounter,
     /// 1 once transactional.
     pub transactional: OwnedCounter,
+    /// Publishes in confirm mode not yet confirmed, as of the last read batch.
+    pub unconfirmed: OwnedCounter,
 }
 
 struct OutletState {

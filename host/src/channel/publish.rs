@@ -439,6 +439,10 @@ impl Channel {
     pub fn flush_confirms(&mut self, cx: &Session<'_>) {
         if let Some(confirms) = &mut self.confirms {
             flush_confirms(self.id, confirms, cx);
+            let unconfirmed = confirms.next_tag.saturating_sub(confirms.last_sent);
+            if unconfirmed != self.outlet.info.unconfirmed.get() {
+                self.outlet.info.unconfirmed.set(unconfirmed);
+            }
         }
         if !self.commits.is_empty() {
             let synced = cx.vhost.synced();

@@ -34,6 +34,8 @@ pub(crate) struct Negotiated {
     /// The client announced the `connection.blocked` capability: it is told when the memory
     /// alarm blocks it and when it resumes.
     pub blocked_notifications: bool,
+    /// What the client said of itself (shown by the management API).
+    pub client: super::registry::ClientProperties,
     /// The connection's places in the broker's, the vhost's and the user's connection counts.
     pub slots: (Slot, Slot, Held),
     /// The user's counters and limits, for channel.open.
@@ -136,6 +138,7 @@ async fn negotiate(
         }
     };
     let blocked_notifications = has_capability(&start_ok.client_properties, "connection.blocked");
+    let client = super::registry::ClientProperties::from_table(&start_ok.client_properties);
     let user = match (start_ok.mechanism.as_str(), certificate_user) {
         ("EXTERNAL", Some(name)) => shared.users.authenticate_external(name, peer.ip()),
         (mechanism, _) => {
@@ -239,6 +242,7 @@ async fn negotiate(
         channel_max,
         heartbeat,
         blocked_notifications,
+        client,
         slots: (broker_slot, vhost_slot, user_slot),
         user_usage,
         grants,

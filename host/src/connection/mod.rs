@@ -14,7 +14,7 @@ mod tls;
 mod waits;
 mod writer;
 
-pub use registry::{ConnectionInfo, ConnectionState, Connections};
+pub use registry::{ClientProperties, ConnectionInfo, ConnectionState, Connections};
 pub use tls::{TlsError, TlsInfo, TlsServer};
 pub use writer::{DrainWaiter, Writer};
 
@@ -129,6 +129,7 @@ async fn serve_stream(
             frame_max: negotiated.frame_max,
             channel_max: negotiated.channel_max,
             heartbeat_secs: negotiated.heartbeat.map_or(0, |h| h.as_secs()),
+            client: negotiated.client.clone(),
         },
         writer.clone(),
         reader.received.clone(),

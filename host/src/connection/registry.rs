@@ -69,6 +69,8 @@ pub struct ConnectionInfo {
     pub heartbeat_secs: u64,
     /// When connection.open was accepted.
     pub connected_at: SystemTime,
+    /// What the client said of itself in connection.start-ok.
+    pub client: ClientProperties,
     /// Bytes read from the client.
     received: Arc<OwnedCounter>,
     /// Its frames out (bytes sent).
@@ -105,6 +107,74 @@ pub(crate) struct Opened {
     pub frame_max: u32,
     pub channel_max: u16,
     pub heartbeat_secs: u64,
+    pub client: ClientProperties,
+}
+
+/// What a client said of itself in connection.start-ok (RabbitMQ lists it as a connection's
+/// `client_properties`): its text fields and its capability flags, bounded, since a peer
+/// chose them: at most [`ClientProperties::MAX_ENTRIES`] of each, each text cut to
+/// [`ClientProperties::MAX_TEXT_BYTES`].
+#[derive(Debug, Clone, Default)]
+pub struct ClientProperties {
+    /// `product`, `version`, `platform`, `connection_name`, ...: the string-valued entries.
+    pub text: Vec<(String, String)>,
+    /// The `capabilities` table's boolean entries.
+    pub capabilities: Vec<(String, bool)>,
+}
+
+impl ClientProperties {
+    /// How many text entries and capabilities are kept.
+    pub const MAX_ENTRIES: usize = 32;
+    /// How long a kept name or text may be.
+    pub const MAX_TEXT_BYTES: usize = 256;
+
+    /// Reads `table` (a start-ok's client-properties), keeping what the bounds allow.
+    pub fn from_table(table: &amq_protocol::types::FieldTable) -> Self {
+        use amq_protocol::types::AMQPValue;
+        let text_of = |value: &AMQPValue| match value {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+            _ => None,
+        };
+        let mut out = Self::default();
+        for (name, value) in table.inner() {
+            if let AMQPValue::FieldTable(capabilities) = value
+                && name.as_str() == "capabilities"
+            {
+                out.capabilities = capabilities
+                    .inner()
+                    .iter()
+                    .filter_map(|(k, v)| match v {
+                        AMQPValue::Boolean(b) => Some((cut(k.as_str()), *b)),
+                        _ => None,
+                    })
+                    .take(Self::MAX_ENTRIES)
+                    .collect();
+            } else if let Some(text) = text_of(value)
+                && out.text.len() < Self::MAX_ENTRIES
+            {
+                out.text.push((cut(name.as_str()), cut(&text)));
+            }
+        }
+        out
+    }
+
+    /// The client-provided connection name (`connection_name`), if any.
+    pub fn connection_name(&self) -> Option<&str> {
+        self.text
+            .iter()
+            .find(|(k, _)| k == "connection_name")
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `text` cut to [`ClientProperties::MAX_TEXT_BYTES`] on a character boundary.
+fn cut(text: &str) -> String {
+    let mut end = text.len().min(ClientProperties::MAX_TEXT_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 impl ConnectionInfo {
@@ -188,6 +258,7 @@ impl Connections {
             channel_max: opened.channel_max,
             heartbeat_secs: opened.heartbeat_secs,
             connected_at: SystemTime::now(),
+            client: opened.client,
             received,
             writer,
             channels: Mutex::new(Vec::new()),

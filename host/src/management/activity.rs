@@ -106,9 +106,29 @@ fn connection_json(shared: &Shared, c: &ConnectionInfo) -> Value {
         "frame_max": c.frame_max,
         "timeout": c.heartbeat_secs,
         "connected_at": millis(c.connected_at),
+        "client_properties": client_properties(&c.client),
     });
+    if let Some(name) = c.client.connection_name() {
+        out["user_provided_name"] = json!(name);
+    }
     merge(&mut out, rates::connection(&shared.rates, c));
     out
+}
+
+/// A client's properties as RabbitMQ shows them: its text entries, and `capabilities`.
+fn client_properties(client: &crate::connection::ClientProperties) -> Value {
+    let mut out: serde_json::Map<String, Value> = client
+        .text
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    let capabilities: serde_json::Map<String, Value> = client
+        .capabilities
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    out.insert("capabilities".into(), Value::Object(capabilities));
+    Value::Object(out)
 }
 
 /// Milliseconds since the epoch, as RabbitMQ's timestamps.
@@ -145,6 +165,7 @@ fn channel_json(shared: &Shared, c: &ConnectionInfo, ch: &ChannelOutlet) -> Valu
         },
         "consumer_count": ch.info.consumers.get(),
         "messages_unacknowledged": ch.unacked_count(),
+        "messages_unconfirmed": ch.info.unconfirmed.get(),
         "prefetch_count": ch.info.prefetch.get(),
         "global_prefetch_count": ch.global_prefetch(),
         "confirm": ch.info.confirm.get() == 1,
@@ -244,6 +265,7 @@ fn consumers_of(shared: &Shared, who: &Who, vhost: &VHost) -> Vec<Value> {
                 "ack_required": !consumer.no_ack,
                 "exclusive": consumer.exclusive,
                 "prefetch_count": consumer.prefetch,
+                "consumer_timeout": shared.config.consumer_timeout_ms.unwrap_or(0),
                 "active": true,
                 "activity_status": "up",
                 "arguments": if consumer.priority != 0 {

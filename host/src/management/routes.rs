@@ -145,6 +145,17 @@ pub fn router(shared: Arc<Shared>) -> Router {
                 )),
         )
         .route("/api/health/checks/alarms", get(alarms))
+        .route("/api/health/checks/local-alarms", get(alarms))
+        .route("/api/health/checks/virtual-hosts", get(healthy))
+        .route("/api/health/checks/node-is-quorum-critical", get(healthy))
+        .route(
+            "/api/health/checks/port-listener/{port}",
+            get(port_listener),
+        )
+        .route(
+            "/api/health/checks/protocol-listener/{protocol}",
+            get(protocol_listener),
+        )
         .route("/api/plugins", get(super::plugins::list))
         .route(
             "/api/plugins/{vhost}",
@@ -285,16 +296,15 @@ async fn overview(State(shared): State<Arc<Shared>>, who: Who) -> Api {
     let connections = visible.len();
     let channels: usize = visible.iter().map(|c| c.channels().len()).sum();
     let version = env!("CARGO_PKG_VERSION");
-    let mut listeners = vec![json!({
-        "node": node_name(), "protocol": "amqp",
-        "ip_address": shared.config.listen.ip().to_string(), "port": shared.config.listen.port(),
-    })];
-    if let Some(tls) = &shared.config.tls {
-        listeners.push(json!({
-            "node": node_name(), "protocol": "amqp/ssl",
-            "ip_address": tls.listen.ip().to_string(), "port": tls.listen.port(),
-        }));
-    }
+    let listeners: Vec<Value> = listeners(&shared)
+        .into_iter()
+        .map(|(protocol, at)| {
+            json!({
+                "node": node_name(), "protocol": protocol,
+                "ip_address": at.ip().to_string(), "port": at.port(),
+            })
+        })
+        .collect();
     ok(json!({
         "management_version": version,
         "product_name": "bourse",
@@ -319,6 +329,17 @@ async fn overview(State(shared): State<Arc<Shared>>, who: Who) -> Api {
     }))
 }
 
+/// The configured listeners by RabbitMQ's protocol names.
+fn listeners(shared: &Shared) -> Vec<(&'static str, std::net::SocketAddr)> {
+    let config = &shared.config;
+    let mut out = vec![("amqp", config.listen)];
+    out.extend(config.tls.as_ref().map(|tls| ("amqp/ssl", tls.listen)));
+    out.extend(config.management_listen.map(|at| ("http", at)));
+    out.extend(config.management_tls_listen.map(|at| ("https", at)));
+    out.extend(config.prometheus_listen.map(|at| ("http/prometheus", at)));
+    out
+}
+
 /// This node, as RabbitMQ describes one (the fields its clients and console read).
 fn node_json(shared: &Shared) -> Value {
     static STARTED: OnceLock<std::time::Instant> = OnceLock::new();
@@ -329,7 +350,12 @@ fn node_json(shared: &Shared) -> Value {
         "type": "disc",
         "running": true,
         "os_pid": std::process::id().to_string(),
-        "mem_used": shared.memory.rss_bytes().unwrap_or(0),
+        // Before the monitor's first sample (a broker just started), read it now.
+        "mem_used": shared
+            .memory
+            .rss_bytes()
+            .or_else(|| crate::memory::process_rss_bytes().ok())
+            .unwrap_or(0),
         "mem_limit": shared.memory.watermark_bytes(),
         "mem_alarm": shared.memory.is_alarmed(),
         "disk_free_alarm": false,
@@ -337,6 +363,7 @@ fn node_json(shared: &Shared) -> Value {
         "uptime": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "sockets_used": shared.connection_list().len(),
         "rates_mode": "basic",
+        "being_drained": false,
         "partitions": [],
         "product_name": "bourse",
         "product_version": env!("CARGO_PKG_VERSION"),
@@ -627,6 +654,61 @@ async fn vhost_limit_delete(
     let limits = [(name, -1)].into_iter().collect();
     execute(&shared, MetaCommand::SetVhostLimits { vhost, limits }).await?;
     no_content()
+}
+
+/// Health checks that a single node always passes: every vhost runs once it exists, and no
+/// queue is replicated, so none depends on this node for its quorum.
+async fn healthy(_who: Who) -> Api {
+    ok(json!({ "status": "ok" }))
+}
+
+/// 503 with RabbitMQ's body unless `listening` holds, naming `what` is missing.
+fn listener_check(shared: &Shared, listening: bool, missing: String) -> Api {
+    if listening {
+        return ok(json!({ "status": "ok" }));
+    }
+    let body = json!({
+        "status": "failed",
+        "reason": missing,
+        "missing": missing,
+        "ports": listeners(shared).iter().map(|(_, at)| at.port()).collect::<Vec<_>>(),
+        "protocols": listeners(shared).iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+    });
+    Ok((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response())
+}
+
+async fn port_listener(
+    State(shared): State<Arc<Shared>>,
+    _who: Who,
+    Path(port): Path<String>,
+) -> Api {
+    let Ok(port) = port.parse::<u16>() else {
+        return Err(ApiError::bad_request(format!("invalid port '{port}'")));
+    };
+    let listening = listeners(&shared).iter().any(|(_, at)| at.port() == port);
+    listener_check(&shared, listening, format!("no listener on port {port}"))
+}
+
+async fn protocol_listener(
+    State(shared): State<Arc<Shared>>,
+    _who: Who,
+    Path(protocol): Path<String>,
+) -> Api {
+    // RabbitMQ accepts its aliases: amqp091, amqp0.9.1, amqps, https.
+    let wanted = match protocol.to_ascii_lowercase().as_str() {
+        "amqp" | "amqp091" | "amqp0.9.1" | "amqp0-9-1" => "amqp",
+        "amqps" | "amqp/ssl" => "amqp/ssl",
+        "http" | "management" => "http",
+        "https" | "management/ssl" => "https",
+        "prometheus" | "http/prometheus" => "http/prometheus",
+        _ => "",
+    };
+    let listening = listeners(&shared).iter().any(|(p, _)| *p == wanted);
+    listener_check(
+        &shared,
+        listening,
+        format!("no listener for protocol {protocol}"),
+    )
 }
 
 async fn alarms(State(shared): State<Arc<Shared>>, _who: Who) -> Api {
