@@ -137,7 +137,7 @@ fn publish_once(
         &exchange,
         &message,
         &header.properties,
-        &[&message.routing_key],
+        &[message.routing_key()],
         routed,
     );
     counts.published.add(1);

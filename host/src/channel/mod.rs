@@ -76,8 +76,8 @@ pub struct Channel {
     /// tx.commit-ok replies held until the store syncs the committed messages (tickets).
     commits: std::collections::VecDeque<crate::store::Ticket>,
     routed: Routed,
-    /// The routing key of the last publish, shared by the next ones that repeat it.
-    last_routing_key: Option<Name>,
+    /// The exchange and routing key of the last publish, shared by the next ones that repeat them.
+    last_envelope: Option<Arc<crate::message::Envelope>>,
     /// The direct reply-to consumer (basic.consume on `amq.rabbitmq.reply-to`).
     reply: Option<ReplyState>,
     /// The channel's place in its user's channel count, given back when it is dropped.
@@ -108,7 +108,7 @@ impl Channel {
             tx: None,
             commits: std::collections::VecDeque::new(),
             routed: Routed::default(),
-            last_routing_key: None,
+            last_envelope: None,
             reply: None,
             slot: None,
         }

@@ -155,15 +155,15 @@ impl ChannelOutlet {
                     consumer_tag: tag,
                     delivery_tag,
                     redelivered: false,
-                    exchange: &message.exchange,
-                    routing_key: &message.routing_key,
+                    exchange: message.exchange(),
+                    routing_key: message.routing_key(),
                 },
             );
             write_content(
                 out,
                 self.channel,
-                &message.raw_properties,
-                &message.body,
+                message.raw_properties(),
+                message.body(),
                 frame_max,
             );
         });
@@ -227,21 +227,21 @@ impl ChannelOutlet {
                 self.channel,
                 AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
                     delivery_tag: tag,
-                    redelivered: entry.redelivered,
-                    exchange: message.exchange.as_ref().into(),
-                    routing_key: message.routing_key.as_ref().into(),
+                    redelivered: entry.redelivered(),
+                    exchange: message.exchange().as_ref().into(),
+                    routing_key: message.routing_key().as_ref().into(),
                     message_count: remaining as u32,
                 })),
             );
             write_content(
                 out,
                 self.channel,
-                &message.raw_properties,
-                &message.body,
+                message.raw_properties(),
+                message.body(),
                 frame_max,
             );
         });
-        state.delivered.count(true, no_ack, entry.redelivered);
+        state.delivered.count(true, no_ack, entry.redelivered());
         if !no_ack {
             let delivered_at = self.watch_delivery(&mut state);
             state.unacked.push_back(Unacked {
@@ -439,16 +439,16 @@ impl Outlet for ChannelOutlet {
                 Deliver {
                     consumer_tag: &consumer.tag,
                     delivery_tag: tag,
-                    redelivered: entry.redelivered,
-                    exchange: &message.exchange,
-                    routing_key: &message.routing_key,
+                    redelivered: entry.redelivered(),
+                    exchange: message.exchange(),
+                    routing_key: message.routing_key(),
                 },
             );
             write_content(
                 out,
                 self.channel,
-                &message.raw_properties,
-                &message.body,
+                message.raw_properties(),
+                message.body(),
                 frame_max,
             );
         });
@@ -458,7 +458,7 @@ impl Outlet for ChannelOutlet {
         state.next_tag = tag;
         state
             .delivered
-            .count(false, consumer.no_ack, entry.redelivered);
+            .count(false, consumer.no_ack, entry.redelivered());
         if !consumer.no_ack {
             consumer.unacked.fetch_add(1, Ordering::Relaxed);
             let delivered_at = self.watch_delivery(&mut state);

@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use super::{Channel, Session, Settle};
 use crate::exchange::Name;
 use crate::limits::Reservation;
-use crate::message::{Message, parse_expiration};
+use crate::message::{Envelope, Message, parse_expiration};
 use crate::protocol::{
     AmqpError, BASIC_CLASS, ContentHeader, encode_properties, write_content, write_method,
 };
@@ -23,7 +23,7 @@ use crate::vhost::REPLY_TO_QUEUE;
 /// A basic.publish waiting for its content.
 pub(crate) struct PendingPublish {
     exchange: Arc<Exchange>,
-    routing_key: Name,
+    envelope: Arc<Envelope>,
     mandatory: bool,
     header: Option<Box<ContentHeader>>,
     body: Body,
@@ -160,20 +160,28 @@ impl Channel {
                 exchange.spec.name, cx.vhost.name
             )));
         }
-        // Publishers mostly repeat their routing key: share the last one's name instead of
-        // allocating one per message (each queued message keeps it).
-        let routing_key = match &self.last_routing_key {
-            Some(last) if **last == *publish.routing_key.as_str() => last.clone(),
+        // Publishers mostly repeat their exchange and routing key: share the last message's
+        // envelope instead of allocating one per message (each queued message keeps it).
+        let envelope = match &self.last_envelope {
+            Some(last)
+                if *last.routing_key == *publish.routing_key.as_str()
+                    && Arc::ptr_eq(&last.exchange, &exchange.spec.name) =>
+            {
+                last.clone()
+            }
             _ => {
-                let key = Name::from(publish.routing_key.as_str());
-                self.last_routing_key = Some(key.clone());
-                key
+                let envelope = Envelope::new(
+                    exchange.spec.name.clone(),
+                    Name::from(publish.routing_key.as_str()),
+                );
+                self.last_envelope = Some(envelope.clone());
+                envelope
             }
         };
         self.outlet.info.published.add(1);
         self.pending = Some(PendingPublish {
             exchange,
-            routing_key,
+            envelope,
             mandatory: publish.mandatory,
             header: None,
             body: Body::Empty,
@@ -256,7 +264,7 @@ impl Channel {
     fn finish_publish(&mut self, cx: &Session<'_>) -> Result<(), AmqpError> {
         let Some(PendingPublish {
             exchange,
-            routing_key,
+            envelope,
             mandatory,
             header: Some(header),
             body,
@@ -321,10 +329,9 @@ impl Channel {
             }
         }
         let message = Arc::new(Message::from_wire(
-            exchange.spec.name.clone(),
-            routing_key,
+            envelope,
             &properties,
-            raw_properties,
+            &raw_properties,
             body.into_bytes(),
         ));
         let publish = Publish {
@@ -336,7 +343,7 @@ impl Channel {
         };
         match &mut self.tx {
             Some(tx) => {
-                let size = publish.message.body.len() + publish.message.raw_properties.len();
+                let size = publish.message.body().len() + publish.message.raw_properties().len();
                 tx.account(size as u64, cx.limits.tx_max_bytes)?;
                 tx.publishes.push(publish);
             }
@@ -362,12 +369,12 @@ impl Channel {
                 &exchange,
                 &message,
                 &properties,
-                &[&message.routing_key],
+                &[message.routing_key()],
                 &mut self.routed,
             );
         } else {
             let mut keys: Vec<&str> = Vec::with_capacity(extra_keys.len() + 1);
-            keys.push(&message.routing_key);
+            keys.push(message.routing_key());
             keys.extend(extra_keys.iter().map(|k| k.as_ref()));
             cx.vhost
                 .route(&exchange, &message, &properties, &keys, &mut self.routed);
@@ -384,15 +391,15 @@ impl Channel {
                     AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
                         reply_code: 312,
                         reply_text: "NO_ROUTE".into(),
-                        exchange: message.exchange.as_ref().into(),
-                        routing_key: message.routing_key.as_ref().into(),
+                        exchange: message.exchange().as_ref().into(),
+                        routing_key: message.routing_key().as_ref().into(),
                     })),
                 );
                 write_content(
                     out,
                     self.id,
-                    &message.raw_properties,
-                    &message.body,
+                    message.raw_properties(),
+                    message.body(),
                     frame_max,
                 );
             });

@@ -86,7 +86,7 @@ pub async fn publish(
         exchange.spec.name.clone(),
         routing_key.as_str().into(),
         &properties,
-        raw,
+        &raw,
         payload,
     ));
     let open = scope.vhost.clone();
@@ -259,7 +259,7 @@ fn message_json(
 ) -> Value {
     use base64::Engine as _;
     let m = &entry.message;
-    let body = &m.body[..m.body.len().min(truncate)];
+    let body = &m.body()[..m.body().len().min(truncate)];
     let (payload, encoding) = match std::str::from_utf8(body) {
         Ok(text) if !base64_only => (text.to_owned(), "string"),
         _ => (
@@ -268,10 +268,10 @@ fn message_json(
         ),
     };
     json!({
-        "payload_bytes": m.body.len(),
-        "redelivered": entry.redelivered,
-        "exchange": m.exchange.to_string(),
-        "routing_key": m.routing_key.to_string(),
+        "payload_bytes": m.body().len(),
+        "redelivered": entry.redelivered(),
+        "exchange": m.exchange().to_string(),
+        "routing_key": m.routing_key().to_string(),
         "message_count": remaining,
         "properties": properties_json(&m.properties()),
         "payload": payload,

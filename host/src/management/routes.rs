@@ -405,11 +405,11 @@ async fn aliveness(State(shared): State<Arc<Shared>>, who: Who, Path(vhost): Pat
         "".into(),
         "aliveness-test".into(),
         &properties,
-        raw,
+        &raw,
         body.clone(),
     ));
     queue.publish(message);
-    let back = queue.get(true).map(|(entry, _)| entry.message.body.clone());
+    let back = queue.get(true).map(|(entry, _)| entry.message.body_bytes());
     if back.as_ref() != Some(&body) || shared.memory.is_alarmed() {
         let reason = format!("vhost '{}' could not take a message", open.name);
         return Ok((

@@ -364,13 +364,7 @@ impl Queue {
                 || self.args.max_length_bytes.is_some_and(|max| bytes > max)
             {
                 if self.args.overflow == Overflow::RejectPublishDlx {
-                    let entry = QueuedMessage {
-                        seq: 0,
-                        message,
-                        redelivered: false,
-                        expires_at: None,
-                        position: 0,
-                    };
+                    let entry = QueuedMessage::new(0, message, 0);
                     self.discard(&mut state, entry, DeathReason::Maxlen);
                 }
                 self.finish(state);
@@ -396,13 +390,7 @@ impl Queue {
             }
         }
         state.stats.publish += 1;
-        let mut entry = QueuedMessage {
-            seq: 0,
-            message,
-            redelivered: false,
-            expires_at: None,
-            position,
-        };
+        let mut entry = QueuedMessage::new(0, message, position);
         let direct = state.ready.is_empty();
         if direct {
             // Straight to a consumer when one can take it: such a message never waits, so no
@@ -416,8 +404,8 @@ impl Queue {
                 Err(back) => entry = back,
             }
         }
-        entry.expires_at = self.expiry_of(&entry.message);
-        if let Some(at) = entry.expires_at {
+        entry.set_expires_at(self.expiry_of(&entry.message));
+        if let Some(at) = entry.expires_at() {
             state.expiring = true;
             self.arm(&mut state, at);
         }
@@ -487,7 +475,7 @@ impl Queue {
     fn dispatch_locked(&self, me: &Arc<Queue>, state: &mut QueueState) {
         let mut now = None;
         while let Some(entry) = state.ready.pop_front() {
-            if let Some(at) = entry.expires_at
+            if let Some(at) = entry.expires_at()
                 && at <= *now.get_or_insert_with(Instant::now)
             {
                 self.discard(state, entry, DeathReason::Expired);
@@ -515,7 +503,7 @@ impl Queue {
             if !active.has_credit() {
                 return Err(entry);
             }
-            let (position, redelivered) = (entry.position, entry.redelivered);
+            let (position, redelivered) = (entry.position, entry.redelivered());
             active.outlet.offer(active, me, entry)?;
             state.flow.delivered();
             state
@@ -535,7 +523,7 @@ impl Queue {
                 index += 1;
                 continue;
             }
-            let (position, redelivered) = (entry.position, entry.redelivered);
+            let (position, redelivered) = (entry.position, entry.redelivered());
             match consumer.outlet.offer(consumer, me, entry) {
                 Ok(()) => {
                     state.flow.delivered();
@@ -572,7 +560,7 @@ impl Queue {
             let Some(entry) = state.ready.pop_front() else {
                 break None;
             };
-            match entry.expires_at {
+            match entry.expires_at() {
                 Some(at) if at <= *now.get_or_insert_with(Instant::now) => {
                     self.discard(&mut state, entry, DeathReason::Expired);
                 }
@@ -581,11 +569,14 @@ impl Queue {
         };
         if let Some(entry) = &got {
             state.flow.delivered();
-            state.stats.delivered.count(true, no_ack, entry.redelivered);
+            state
+                .stats
+                .delivered
+                .count(true, no_ack, entry.redelivered());
             if !no_ack {
                 state.unacked += 1;
             }
-            self.delivered(entry.position, entry.redelivered, no_ack);
+            self.delivered(entry.position, entry.redelivered(), no_ack);
         }
         let remaining = state.ready.len();
         self.finish(state);
@@ -630,7 +621,7 @@ impl Queue {
             if state.deleted {
                 continue;
             }
-            entry.redelivered = true;
+            entry.set_redelivered(true);
             state.ready.insert_by_seq(entry);
         }
         self.dispatch_locked(self, &mut state);
@@ -820,8 +811,8 @@ impl Queue {
         let death = Death {
             queue: self.name(),
             reason,
-            exchange: &original.exchange,
-            routing_key: &original.routing_key,
+            exchange: original.exchange(),
+            routing_key: original.routing_key(),
             time_secs,
             replaces_routing_keys: target.routing_key.is_some(),
         };
@@ -837,7 +828,7 @@ impl Queue {
         let keys: Vec<String> = match &target.routing_key {
             Some(key) => vec![key.to_string()],
             None => {
-                let mut keys = vec![original.routing_key.to_string()];
+                let mut keys = vec![original.routing_key().to_string()];
                 keys.extend(cc_keys(original_properties.headers().as_ref()));
                 keys
             }
@@ -846,8 +837,8 @@ impl Queue {
             target.exchange.clone(),
             Name::from(keys[0].as_str()),
             &properties,
-            raw_properties,
-            original.body.clone(),
+            &raw_properties,
+            original.body_bytes(),
         ));
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         host.dead_letter(&target.exchange, &keys, message, reason)

@@ -177,10 +177,10 @@ impl Drop for Spill {
 /// The size of `message`'s record in a store segment.
 fn record_len(message: &Message) -> u32 {
     StoredMessage::record_len_of(
-        &message.exchange,
-        &message.routing_key,
-        message.raw_properties.len(),
-        message.body.len(),
+        message.exchange(),
+        message.routing_key(),
+        message.raw_properties().len(),
+        message.body().len(),
     )
 }
 
@@ -507,7 +507,7 @@ impl Ready {
                 let head = &mut self.levels[index].head;
                 while head
                     .front()
-                    .is_some_and(|m| m.expires_at.is_some_and(|at| at <= now))
+                    .is_some_and(|m| m.expires_at().is_some_and(|at| at <= now))
                 {
                     removed.extend(head.pop_front());
                 }
@@ -528,12 +528,12 @@ impl Ready {
         self.levels
             .iter()
             .filter_map(|level| match level.head.front() {
-                Some(m) => m.expires_at,
+                Some(m) => m.expires_at(),
                 None => {
                     let pager = self.pager.as_ref()?;
                     let run = level.tail.runs.front()?;
                     if run.flags & Run::HELD != 0 {
-                        return level.tail.held.front().and_then(|m| m.expires_at);
+                        return level.tail.held.front().and_then(|m| m.expires_at());
                     }
                     (run.flags & Run::EXPIRES != 0)
                         .then(|| level.tail.expiries.front())
@@ -547,19 +547,19 @@ impl Ready {
 
 /// Body and property bytes a message keeps in memory.
 fn held_size(message: &Message) -> usize {
-    message.body.len() + message.raw_properties.len()
+    message.body().len() + message.raw_properties().len()
 }
 
 impl Pager {
     /// Writes an entry to the tail. Returns true when it could not be written and is held in
     /// memory instead (in order).
     fn page_out(&mut self, tail: &mut Tail, entry: QueuedMessage) -> bool {
-        let mut flags = if entry.redelivered {
+        let mut flags = if entry.redelivered() {
             Run::REDELIVERED
         } else {
             0
         };
-        if let Some(at) = entry.expires_at {
+        if let Some(at) = entry.expires_at() {
             flags |= Run::EXPIRES;
             let ms = at.saturating_duration_since(self.epoch).as_millis();
             tail.expiries
@@ -700,12 +700,12 @@ impl Pager {
             }
         };
         Some(Ok((
-            QueuedMessage {
-                seq: 0,
-                message: Arc::new(message),
-                redelivered: flags & Run::REDELIVERED != 0,
-                expires_at,
-                position: if spilled { 0 } else { position.to_u64() },
+            {
+                let position = if spilled { 0 } else { position.to_u64() };
+                let mut entry = QueuedMessage::new(0, Arc::new(message), position);
+                entry.set_redelivered(flags & Run::REDELIVERED != 0);
+                entry.set_expires_at(expires_at);
+                entry
             },
             false,
         )))
@@ -728,19 +728,17 @@ mod tests {
         if let Some(p) = priority {
             properties = properties.with_priority(p);
         }
-        QueuedMessage {
+        QueuedMessage::new(
             seq,
-            message: Arc::new(Message::new(
+            Arc::new(Message::new(
                 Name::from(""),
                 Name::from("q"),
                 &properties,
-                Bytes::new(),
+                &[],
                 Bytes::from(body.to_owned()),
             )),
-            redelivered: false,
-            expires_at: None,
-            position: 0,
-        }
+            0,
+        )
     }
 
     fn drain(ready: &mut Ready) -> Vec<u64> {
@@ -802,7 +800,7 @@ mod tests {
         let mut ready = Ready::new(Some(1), None, Spill::new(None, "q"), 0, None);
         let mut push = |seq, priority, expires_at| {
             let mut e = entry(seq, priority, "x");
-            e.expires_at = expires_at;
+            e.set_expires_at(expires_at);
             ready.push_back(e);
         };
         push(0, Some(1), Some(past));
@@ -841,7 +839,7 @@ mod paging_tests {
             Name::from(""),
             Name::from("q"),
             &properties,
-            raw_properties,
+            &raw_properties,
             Bytes::from(body.to_owned()),
         ))
     }
@@ -869,17 +867,11 @@ mod paging_tests {
         } else {
             0
         };
-        ready.push_back(QueuedMessage {
-            seq: 0,
-            message,
-            redelivered: false,
-            expires_at: None,
-            position,
-        });
+        ready.push_back(QueuedMessage::new(0, message, position));
     }
 
     fn body(entry: &QueuedMessage) -> String {
-        String::from_utf8_lossy(&entry.message.body).into_owned()
+        String::from_utf8_lossy(entry.message.body()).into_owned()
     }
 
     #[test]
@@ -955,7 +947,7 @@ mod paging_tests {
             assert!(ready.push_recovered(r));
         }
         let got: Vec<(String, bool)> = std::iter::from_fn(|| ready.pop_front())
-            .map(|e| (body(&e), e.redelivered))
+            .map(|e| (body(&e), e.redelivered()))
             .collect();
         let expected = [("r0", false), ("r1", true), ("r2", false)];
         let expected: Vec<(String, bool)> =
@@ -986,19 +978,17 @@ mod paging_tests {
             properties = properties.with_priority(p);
         }
         let raw_properties = crate::protocol::encode_properties(&properties).expect("encodes");
-        QueuedMessage {
-            seq: 0,
-            message: Arc::new(Message::new(
+        QueuedMessage::new(
+            0,
+            Arc::new(Message::new(
                 Name::from(""),
                 Name::from("q"),
                 &properties,
-                raw_properties,
+                &raw_properties,
                 Bytes::from(body.to_owned()),
             )),
-            redelivered: false,
-            expires_at: None,
-            position: 0,
-        }
+            0,
+        )
     }
 
     #[test]
@@ -1066,12 +1056,12 @@ mod paging_tests {
             .enumerate()
         {
             let mut entry = transient(&format!("m{i}"), None);
-            entry.expires_at = at;
+            entry.set_expires_at(at);
             ready.push_back(entry);
         }
         assert_eq!(ready.paged(), 3);
         let first = ready.pop_front().expect("m0");
-        assert_eq!(first.expires_at, Some(later));
+        assert_eq!(first.expires_at(), Some(later));
         // The head is empty now: the tail's first expiry shows.
         let next = ready.next_expiry().expect("an expiry");
         assert!(next.duration_since(soon) < std::time::Duration::from_millis(2));
@@ -1081,7 +1071,7 @@ mod paging_tests {
         });
         assert_eq!(expired, ["m1", "m2"]);
         let last = ready.pop_front().expect("m3");
-        assert_eq!((body(&last), last.expires_at), ("m3".to_owned(), None));
+        assert_eq!((body(&last), last.expires_at()), ("m3".to_owned(), None));
     }
 
     #[test]

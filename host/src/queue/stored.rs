@@ -30,12 +30,11 @@ impl Queue {
                 Ok(message) => {
                     let message = Arc::new(message);
                     let expires_at = self.expiry_of(&message);
-                    state.ready.push_back(QueuedMessage {
-                        seq: 0,
-                        message,
-                        redelivered: recovered.redelivered,
-                        expires_at,
-                        position: recovered.position.to_u64(),
+                    state.ready.push_back({
+                        let mut entry = QueuedMessage::new(0, message, recovered.position.to_u64());
+                        entry.set_redelivered(recovered.redelivered);
+                        entry.set_expires_at(expires_at);
+                        entry
                     });
                 }
                 Err(error) => {

@@ -29,7 +29,7 @@ impl Outlet for Recorder {
         if self.full.load(Ordering::Relaxed) {
             return Err(entry);
         }
-        let body = String::from_utf8_lossy(&entry.message.body).into_owned();
+        let body = String::from_utf8_lossy(entry.message.body()).into_owned();
         self.delivered.lock().push((consumer.tag.to_string(), body));
         Ok(())
     }
@@ -56,7 +56,7 @@ impl QueueHost for Host {
         self.dead.lock().push((
             exchange.to_owned(),
             routing_keys.iter().map(|k| k.to_string()).collect(),
-            String::from_utf8_lossy(&message.body).into_owned(),
+            String::from_utf8_lossy(message.body()).into_owned(),
             reason,
             deaths(&message.properties()).len(),
         ));
@@ -93,7 +93,7 @@ fn message(body: &str) -> Arc<Message> {
         Name::from("ex"),
         Name::from("rk"),
         &BasicProperties::default(),
-        Bytes::new(),
+        &[],
         Bytes::from(body.to_owned()),
     ))
 }
@@ -112,7 +112,7 @@ fn consumer(tag: &str, priority: i64, outlet: &Arc<Recorder>) -> Arc<Consumer> {
 
 fn ready_bodies(queue: &Queue) -> Vec<String> {
     std::iter::from_fn(|| queue.get(true))
-        .map(|(e, _)| String::from_utf8_lossy(&e.message.body).into_owned())
+        .map(|(e, _)| String::from_utf8_lossy(e.message.body()).into_owned())
         .collect()
 }
 
@@ -181,13 +181,7 @@ fn rejected_and_expired_messages_are_dead_lettered_with_the_routing_key() {
     q.publish(message("fresh"));
     assert_eq!(q.unacked_count(), 1, "delivered directly despite TTL 0");
     // The channel hands back the delivered entry when the consumer rejects it.
-    let entry = QueuedMessage {
-        seq: 1,
-        message: message("fresh"),
-        redelivered: false,
-        expires_at: None,
-        position: 0,
-    };
+    let entry = QueuedMessage::new(1, message("fresh"), 0);
     q.reject([entry]);
     assert_eq!(q.unacked_count(), 0);
     let dead = host.dead.lock();
@@ -256,11 +250,11 @@ fn a_busy_consumer_leaves_messages_ready_in_priority_order() {
     for (body, p) in [("low", 0), ("high", 2), ("mid", 1)] {
         let plain = message(body);
         q.publish(Arc::new(Message::new(
-            plain.exchange.clone(),
-            plain.routing_key.clone(),
+            plain.exchange().clone(),
+            plain.routing_key().clone(),
             &BasicProperties::default().with_priority(p),
-            Bytes::new(),
-            plain.body.clone(),
+            &[],
+            plain.body_bytes(),
         )));
     }
     outlet.full.store(false, Ordering::Relaxed);

@@ -174,7 +174,7 @@ impl StoredMessage {
             self.exchange,
             self.routing_key,
             &properties,
-            self.raw_properties,
+            &self.raw_properties,
             self.body,
         ))
     }

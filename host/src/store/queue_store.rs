@@ -263,10 +263,10 @@ impl QueueStore {
     /// [`QueueStore::append`] for a broker [`Message`].
     pub fn append_message(&self, message: &Message) -> Result<(Position, Ticket), StoreError> {
         self.append(
-            &message.exchange,
-            &message.routing_key,
-            &message.raw_properties,
-            &message.body,
+            message.exchange(),
+            message.routing_key(),
+            message.raw_properties(),
+            message.body(),
         )
     }
 

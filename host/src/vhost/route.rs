@@ -106,7 +106,7 @@ impl VHost {
                         exchange: &x.spec.name,
                         routing_key: key,
                         properties,
-                        body: &message.body,
+                        body: message.body(),
                     };
                     if let Err(error) = router.route(&input, &mut routed.destinations) {
                         // Debug only: a router logs its own failures, rate-limited per

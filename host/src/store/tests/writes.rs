@@ -71,16 +71,16 @@ fn stored_message_rebuilds_a_broker_message() {
         "ex".into(),
         "rk".into(),
         &props,
-        bytes::Bytes::from(raw.clone()),
+        &raw,
         bytes::Bytes::from_static(b"hello"),
     );
     let (pos, _) = q.append_message(&message).unwrap();
     store.flush().unwrap();
     let back = q.read(pos).unwrap().into_message().unwrap();
     assert_eq!(back.properties(), props);
-    assert_eq!(&back.raw_properties[..], &raw[..]);
+    assert_eq!(back.raw_properties(), &raw[..]);
     assert!(back.persistent());
-    assert_eq!(&back.body[..], b"hello");
+    assert_eq!(back.body(), b"hello");
 }
 
 #[test]
