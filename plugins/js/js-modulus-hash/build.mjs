@@ -1,0 +1,23 @@
+// Builds x-js-modulus-hash.wasm with componentize-js's JavaScript API (its CLI, and
+// `jco componentize`, are not used: they fail on a file path on some machines).
+//
+// Usage: node build.mjs OUT.wasm [WIT_DIR]   (plugins/build.sh passes both)
+import { componentize } from '@bytecodealliance/componentize-js';
+import { writeFile, rename } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const out = process.argv[2] ?? path.join(here, 'x-js-modulus-hash.wasm');
+const wit = process.argv[3] ?? path.join(here, '..', '..', '..', 'wit');
+
+const { component } = await componentize({
+  sourcePath: path.join(here, 'app.js'),
+  witPath: wit,
+  worldName: 'exchange-type',
+  // The host links no wasi:http, and a router needs neither fetch nor timers; stdio stays so
+  // that an uncaught exception's text reaches the exchange's log.
+  disableFeatures: ['http', 'fetch-event', 'clocks', 'random'],
+});
+await writeFile(`${out}.tmp`, component);
+await rename(`${out}.tmp`, out);
