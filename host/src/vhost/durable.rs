@@ -19,7 +19,8 @@ use crate::protocol::AmqpError;
 use crate::queue::{Queue, QueueHost, QueueSpec};
 use crate::store::{
     BindingDefinition, Definition, DefinitionsLog, DestinationKind, ExchangeDefinition,
-    MessageStore, QueueDefinition, QueueStore, RecoveredQueue, StoreError, StoreOptions, Ticket,
+    MessageStore, PluginState, QueueDefinition, QueueStore, RecoveredQueue, StoreError,
+    StoreOptions, Ticket,
 };
 
 /// The storage of one vhost.
@@ -188,13 +189,23 @@ impl VHost {
 
     /// Logs the deletion of the durable exchanges that a topology change removed (directly or
     /// by auto-delete).
+    /// Their plugin state goes with them (journaled after the definitions record: a crash
+    /// between the two leaves state that [`VHost::restore`] removes).
     pub(super) fn log_dropped(&self, dropped: Vec<Name>) -> Result<(), AmqpError> {
         for name in dropped {
-            self.log(&Definition::DeleteExchange {
+            let logged = self.log(&Definition::DeleteExchange {
                 name: name.to_string(),
-            })?;
+            });
+            self.plugin_state().drop_exchange(&name);
+            logged?;
         }
         Ok(())
+    }
+
+    /// The plugin state of the vhost's WASM exchanges: journaled with the message store for
+    /// durable exchanges when the vhost has storage, in memory otherwise.
+    pub fn plugin_state(&self) -> PluginState {
+        self.plugin_state.clone()
     }
 
     /// Rebuilds the durable topology and queued messages found at open. An object that cannot
@@ -210,6 +221,20 @@ impl VHost {
             .map(|q| (q.name.clone(), q))
             .collect();
         let mut pending_messages = Vec::new();
+        // Plugin state is kept for every exchange the log declares, restored or not (a type
+        // not loaded yet gets it back once it is).
+        let declared: std::collections::HashSet<String> = restore
+            .definitions
+            .iter()
+            .filter_map(|d| match d {
+                Definition::DeclareExchange(def) => Some(def.name.clone()),
+                _ => None,
+            })
+            .collect();
+        durable
+            .messages
+            .plugin_state()
+            .retain(|name| declared.contains(name));
         let (mut exchanges, mut queues, mut bindings) = (0, 0, 0);
         let mut topology = self.topology.write();
         for definition in restore.definitions {
@@ -301,8 +326,9 @@ impl VHost {
             internal: def.internal,
             arguments: def.arguments,
         };
+        let state = self.plugin_state();
         let router = ty
-            .create_in(&self.name, &spec.name, &spec.arguments)
+            .create_with_state(&self.name, &spec.name, &spec.arguments, &state, true)
             .map_err(|e| format!("exchange '{}': {e}", def.name))?;
         topology
             .exchanges
