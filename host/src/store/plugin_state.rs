@@ -43,9 +43,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
+use super::StoreError;
 use super::messages::{Shared, Ticket};
 use super::record_log::RecordLog;
-use super::StoreError;
 use crate::exchange::Name;
 
 const HEADER: [u8; 8] = *b"BPST\x01\x00\x00\x00";
@@ -208,7 +208,13 @@ impl PluginState {
         &self.core
     }
 
-    fn new_exchange(&self, name: Name, durable: bool, map: StateMap, bytes: u64) -> Arc<ExchangeState> {
+    fn new_exchange(
+        &self,
+        name: Name,
+        durable: bool,
+        map: StateMap,
+        bytes: u64,
+    ) -> Arc<ExchangeState> {
         Arc::new(ExchangeState {
             name,
             core: self.core.clone(),
@@ -313,14 +319,19 @@ impl std::ops::Deref for StateHandle {
 impl Drop for StateHandle {
     fn drop(&mut self) {
         if self.0.shared.is_none() {
-            self.0.core.bytes.fetch_sub(self.0.inner.lock().bytes, Ordering::Relaxed);
+            self.0
+                .core
+                .bytes
+                .fetch_sub(self.0.inner.lock().bytes, Ordering::Relaxed);
             return;
         }
         let mut registry = self.0.core.registry.lock();
         // The registry's reference and this one: nobody else can attach while the lock is held.
         if Arc::strong_count(&self.0) == 2
             && self.0.inner.lock().map.is_empty()
-            && registry.get(&self.0.name).is_some_and(|s| Arc::ptr_eq(s, &self.0))
+            && registry
+                .get(&self.0.name)
+                .is_some_and(|s| Arc::ptr_eq(s, &self.0))
         {
             registry.remove(&self.0.name);
         }
@@ -411,14 +422,14 @@ impl ExchangeState {
         // Reserve the growth against the vhost before anything is written.
         let growth = new_cost.saturating_sub(old_cost);
         if growth > 0 {
-            let reserved = self
-                .core
-                .bytes
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |total| {
-                    total
-                        .checked_add(growth)
-                        .filter(|sum| *sum <= limits.vhost_bytes_max)
-                });
+            let reserved =
+                self.core
+                    .bytes
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |total| {
+                        total
+                            .checked_add(growth)
+                            .filter(|sum| *sum <= limits.vhost_bytes_max)
+                    });
             if reserved.is_err() {
                 return Err(StateRefused::VhostFull(limits.vhost_bytes_max));
             }
@@ -466,7 +477,9 @@ fn push_str(out: &mut Vec<u8>, s: &str) {
 }
 
 fn take_str<'a>(buf: &mut &'a [u8]) -> Result<&'a str, &'static str> {
-    let (len, rest) = buf.split_first_chunk::<2>().ok_or("string length cut short")?;
+    let (len, rest) = buf
+        .split_first_chunk::<2>()
+        .ok_or("string length cut short")?;
     let len = usize::from(u16::from_le_bytes(*len));
     let bytes = rest.get(..len).ok_or("string cut short")?;
     *buf = &rest[len..];
@@ -555,4 +568,3 @@ impl StateCore {
         Ok(true)
     }
 }
-

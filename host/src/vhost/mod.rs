@@ -124,9 +124,11 @@ impl VHost {
             changes: Mutex::new(()),
             replies: ReplyRegistry::default(),
             me,
-            plugin_state: durable.as_ref().map_or_else(crate::store::PluginState::memory, |d| {
-                d.messages.plugin_state()
-            }),
+            plugin_state: durable
+                .as_ref()
+                .map_or_else(crate::store::PluginState::memory, |d| {
+                    d.messages.plugin_state()
+                }),
             durable,
             limits: RwLock::new(VhostLimits::default()),
             exchange_types: RwLock::new(None),
@@ -338,7 +340,13 @@ impl VHost {
         let router = blocking(slow, || {
             ty.validate(&spec.arguments)?;
             let state = self.plugin_state();
-            ty.create_with_state(&self.name, &spec.name, &spec.arguments, &state, spec.durable)
+            ty.create_with_state(
+                &self.name,
+                &spec.name,
+                &spec.arguments,
+                &state,
+                spec.durable,
+            )
         })
         .map_err(invalid)?;
         let exchange = Arc::new(Exchange::new(spec, router));

@@ -215,7 +215,8 @@ impl ExchangeType for WasmExchangeType {
         let limits = self.settings.limits(vhost);
         // Attached before `init`, which may read (or write) it.
         let state = state.attach(exchange, durable);
-        let ctx = ExchangeCtx::in_budget(vhost, exchange, &self.name, limits, budget.clone(), state);
+        let ctx =
+            ExchangeCtx::in_budget(vhost, exchange, &self.name, limits, budget.clone(), state);
         let build = |version: Arc<PluginVersion>, ctx: Arc<ExchangeCtx>| {
             RouterCore::create(version, ctx, arguments).map_err(|e| match e {
                 BuildError::Refused(text) => Invalid(text),

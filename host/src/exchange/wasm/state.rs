@@ -59,7 +59,8 @@ impl state::Host for HostState {
         {
             Ok(swapped) => Ok(Ok(swapped)),
             Err(refused) => {
-                self.ctx.log(Level::WARN, &format!("state write refused: {refused}"));
+                self.ctx
+                    .log(Level::WARN, &format!("state write refused: {refused}"));
                 Ok(Err(match refused {
                     StateRefused::ExchangeFull(_)
                     | StateRefused::VhostFull(_)

@@ -68,7 +68,10 @@ fn a_synced_write_survives_a_crash() {
     }
     let store = store(dir.path());
     let x = store.plugin_state().attach("dedup", true);
-    assert_eq!(x.get("d:id-1").as_deref(), Some(&[0, 0, 0, 0, 0, 0, 1, 0][..]));
+    assert_eq!(
+        x.get("d:id-1").as_deref(),
+        Some(&[0, 0, 0, 0, 0, 0, 1, 0][..])
+    );
 }
 
 #[test]
@@ -91,7 +94,10 @@ fn limits_refuse_growth_but_never_a_delete() {
     let dir = tempfile::tempdir().expect("dir");
     let store = store(dir.path());
     let plugin_state = store.plugin_state();
-    let (x, y) = (plugin_state.attach("x", true), plugin_state.attach("y", true));
+    let (x, y) = (
+        plugin_state.attach("x", true),
+        plugin_state.attach("y", true),
+    );
     let limits = StateLimits {
         entries_max: 2,
         vhost_bytes_max: 3 * (1 + 4 + ENTRY_OVERHEAD_BYTES),
@@ -118,7 +124,10 @@ fn limits_refuse_growth_but_never_a_delete() {
     assert_eq!(cas(&y, "a", Some(b"1")), Ok(true));
     assert_eq!(cas(&x, "a", None), Ok(true));
     assert_eq!(cas(&y, "b", Some(b"123")), Ok(true));
-    assert_eq!(plugin_state.bytes(), (1 + 4 + 32) + (1 + 1 + 32) + (1 + 3 + 32));
+    assert_eq!(
+        plugin_state.bytes(),
+        (1 + 4 + 32) + (1 + 1 + 32) + (1 + 3 + 32)
+    );
     drop((x, y));
     // Reopened, the recovered state counts against the vhost at once.
     store.close();
