@@ -291,3 +291,46 @@ async fn the_vhost_limit_spans_exchanges_and_is_reported_to_the_plugin() {
     })
     .await;
 }
+
+/// `x-dedup` with a custom section appended: the same code, another file hash, so the broker
+/// takes it for a new version of the type.
+fn dedup_v2() -> Vec<u8> {
+    let mut bytes = plugin_bytes("x-dedup");
+    let name = b"bourse-test-version";
+    let payload = b"2";
+    // Custom section: id 0, size, then the name (length-prefixed) and the payload; sizes < 128
+    // are one LEB128 byte.
+    bytes.push(0);
+    bytes.push((1 + name.len() + payload.len()) as u8);
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+/// The state belongs to the exchange, not to the version serving it: a hot reload and a
+/// rollback keep every id seen.
+#[tokio::test]
+async fn a_reload_and_a_rollback_keep_the_state() {
+    use bourse_tests::wasm::{PluginBroker, session};
+    bounded(LIMIT, async {
+        let broker = PluginBroker::start(&["x-dedup"]).await;
+        let (_conn, ch) = session(&broker.broker).await;
+        topology(&ch, "pay", true, "ledger", true).await;
+        publish_ids(&ch, "pay", ids("r", 0..2)).await;
+        let before = broker.plugins().status_of("x-dedup").expect("loaded");
+
+        broker.install("x-dedup.wasm", &dedup_v2());
+        broker.plugins().scan();
+        let after = broker.plugins().status_of("x-dedup").expect("loaded");
+        assert_ne!(after.current.sha256, before.current.sha256, "reloaded");
+        publish_ids(&ch, "pay", ids("r", 0..3)).await;
+
+        broker.plugins().rollback("x-dedup").expect("rollback");
+        let back = broker.plugins().status_of("x-dedup").expect("loaded");
+        assert_eq!(back.current.sha256, before.current.sha256, "rolled back");
+        publish_ids(&ch, "pay", ids("r", 0..4)).await;
+        assert_eq!(take(&ch, "ledger").await, ids("r", 0..4));
+    })
+    .await;
+}

@@ -25,8 +25,8 @@
 //! every exchange's map; replaying a suffix of them onto a map that already reflects them gives
 //! the same map (the last write to a key wins), which is what lets compaction run while
 //! writers go on: the flusher writes a snapshot of the live maps once the log holds four times
-//! more bytes than they do (and at least [`COMPACT_MIN_BYTES`]), and records buffered while it
-//! did so are written after the snapshot.
+//! more bytes than they do, at least [`COMPACT_MIN_BYTES`] and twice its size after the last
+//! snapshot, and records buffered while it did so are written after the snapshot.
 //!
 //! # Limits
 //!
@@ -142,6 +142,10 @@ struct JournalFile {
     log: RecordLog,
     /// Bytes in the file (header included).
     len: u64,
+    /// Its size right after the last compaction (0: none since open). The next one waits
+    /// until the file has doubled since, so records larger than the live estimate (long
+    /// exchange names) cannot make every round rewrite the file.
+    compacted_len: u64,
 }
 
 impl PluginState {
@@ -189,7 +193,11 @@ impl PluginState {
             bytes: AtomicU64::new(bytes),
             registry: Mutex::new(HashMap::new()),
             pending: Mutex::new(Vec::new()),
-            log: Some(Mutex::new(JournalFile { log, len })),
+            log: Some(Mutex::new(JournalFile {
+                log,
+                len,
+                compacted_len: 0,
+            })),
         });
         let state = PluginState {
             core,
@@ -540,7 +548,10 @@ impl StateCore {
         };
         let mut file = file.lock();
         let live = self.bytes.load(Ordering::Relaxed);
-        if file.len < COMPACT_MIN_BYTES || file.len < live.saturating_mul(COMPACT_RATIO) {
+        if file.len < COMPACT_MIN_BYTES
+            || file.len < live.saturating_mul(COMPACT_RATIO)
+            || file.len < file.compacted_len.saturating_mul(2)
+        {
             return Ok(false);
         }
         let states: Vec<Arc<ExchangeState>> = self.registry.lock().values().cloned().collect();
@@ -565,6 +576,7 @@ impl StateCore {
                 .iter()
                 .map(|r| (super::frame::HEADER_LEN + r.len()) as u64)
                 .sum::<u64>();
+        file.compacted_len = file.len;
         Ok(true)
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{Exchange, ExchangeSpec, Topology, VHost};
-use crate::exchange::{Binding, Destination, Name};
+use crate::exchange::{Binding, Destination, ExchangeType, Invalid, Name, Router};
 use crate::protocol::AmqpError;
 use crate::queue::{Queue, QueueHost, QueueSpec};
 use crate::store::{
@@ -81,6 +81,11 @@ impl Durable {
             .lock()
             .append(definition)
             .map_err(|e| AmqpError::internal(format!("cannot write the definitions log: {e}")))
+    }
+
+    /// The plugin state of a vhost with `durable` storage, or kept in memory.
+    pub(super) fn plugin_state_of(durable: Option<&Durable>) -> PluginState {
+        durable.map_or_else(PluginState::memory, |d| d.messages.plugin_state())
     }
 
     /// The store of a newly declared durable queue.
@@ -208,6 +213,16 @@ impl VHost {
         self.plugin_state.clone()
     }
 
+    /// Builds the router of exchange `spec` of type `ty`, with its plugin state.
+    pub(super) fn create_router(
+        &self,
+        ty: &dyn ExchangeType,
+        spec: &ExchangeSpec,
+    ) -> Result<Box<dyn Router>, Invalid> {
+        let (vhost, state) = (&self.name, &self.plugin_state);
+        ty.create_with_state(vhost, &spec.name, &spec.arguments, state, spec.durable)
+    }
+
     /// Rebuilds the durable topology and queued messages found at open. An object that cannot
     /// be rebuilt (an exchange type no longer loaded, invalid arguments) is reported and
     /// skipped; it stays in the log, so it returns once the cause is fixed.
@@ -326,9 +341,8 @@ impl VHost {
             internal: def.internal,
             arguments: def.arguments,
         };
-        let state = self.plugin_state();
-        let router = ty
-            .create_with_state(&self.name, &spec.name, &spec.arguments, &state, true)
+        let router = self
+            .create_router(&*ty, &spec)
             .map_err(|e| format!("exchange '{}': {e}", def.name))?;
         topology
             .exchanges

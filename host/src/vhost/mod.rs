@@ -124,11 +124,7 @@ impl VHost {
             changes: Mutex::new(()),
             replies: ReplyRegistry::default(),
             me,
-            plugin_state: durable
-                .as_ref()
-                .map_or_else(crate::store::PluginState::memory, |d| {
-                    d.messages.plugin_state()
-                }),
+            plugin_state: Durable::plugin_state_of(durable.as_ref()),
             durable,
             limits: RwLock::new(VhostLimits::default()),
             exchange_types: RwLock::new(None),
@@ -339,14 +335,7 @@ impl VHost {
         let slow = ty.creates_slowly();
         let router = blocking(slow, || {
             ty.validate(&spec.arguments)?;
-            let state = self.plugin_state();
-            ty.create_with_state(
-                &self.name,
-                &spec.name,
-                &spec.arguments,
-                &state,
-                spec.durable,
-            )
+            self.create_router(&*ty, &spec)
         })
         .map_err(invalid)?;
         let exchange = Arc::new(Exchange::new(spec, router));
