@@ -2,13 +2,15 @@
 # Builds every exchange-type plugin into plugins/dist/:
 #   - the Rust plugins (this Cargo workspace) for wasm32-wasip2, release profile;
 #   - the Python plugins (python/*/app.py) with componentize-py, from a venv at $VENV;
+#   - the JavaScript plugins (js/*/) with componentize-js, installed by `npm ci` in each;
 #   - two files that are not components at all, for the host's loader tests.
 # Idempotent and fast when nothing changed (cargo's own freshness check, a stamp per Python
-# plugin, copies only when bytes differ). Offline once the first run has installed the target,
-# the crates and componentize-py.
+# and JavaScript plugin, copies only when bytes differ). Offline once the first run has
+# installed the target, the crates, componentize-py and each JavaScript plugin's node_modules.
 #
 # Usage: plugins/build.sh [--test] [--check]
-#   --test   also run the native unit tests (cargo test here, python -m unittest per plugin)
+#   --test   also run the native unit tests (cargo test here, python -m unittest and
+#            node --test per plugin)
 #   --check  also load every dist/*.wasm in wasmtime (pip package) and exercise it (smoke.py)
 # Environment: VENV (default: <repo>/.venv), COMPONENTIZE_PY_VERSION, CARGO_BUILD_JOBS.
 set -euo pipefail
@@ -95,6 +97,30 @@ for app in "$here"/python/*/app.py; do
     echo "$stamp" >"$dist/.stamps/$name"
 done
 
+# --- JavaScript ------------------------------------------------------------------------------
+# Each js/*/ is an npm package whose build.mjs calls componentize-js's componentize(); its
+# package-lock.json pins the tool. `npm ci` runs only when the lock changed since the last one.
+for pkg in "$here"/js/*/package.json; do
+    dir="$(dirname "$pkg")"
+    name="x-$(basename "$dir")"
+    out="$dist/$name.wasm"
+    expected+=("$name.wasm")
+    lock="$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)"
+    if [[ "$(cat "$dir/node_modules/.bourse-lock" 2>/dev/null)" != "$lock" ]]; then
+        step "npm ci in js/$(basename "$dir")"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+        echo "$lock" >"$dir/node_modules/.bourse-lock"
+    fi
+    # The stamp covers the sources, the WIT and the lock (so the tool's version).
+    stamp="$(cat "$dir"/*.js "$dir"/build.mjs "$dir/package-lock.json" "$root"/wit/*.wit | sha256sum | cut -d' ' -f1)"
+    if [[ -f "$out" && "$(cat "$dist/.stamps/$name" 2>/dev/null)" == "$stamp" ]]; then
+        continue
+    fi
+    step "componentize-js $name"
+    (cd "$dir" && node build.mjs "$out" "$root/wit")
+    echo "$stamp" >"$dist/.stamps/$name"
+done
+
 # --- Not components --------------------------------------------------------------------------
 # A valid *core* module (exports `route: func() -> i32`), which the host must refuse to load
 # as a component, and bytes that are not wasm at all. Both deterministic.
@@ -132,6 +158,9 @@ if $run_tests; then
     (cd "$here" && cargo test --quiet --locked --workspace)
     for dir in "$here"/python/*/; do
         (cd "$dir" && python3 -m unittest --quiet)
+    done
+    for dir in "$here"/js/*/; do
+        (cd "$dir" && node --test --test-reporter=dot)
     done
 fi
 

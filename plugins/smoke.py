@@ -176,18 +176,22 @@ def test_describe_names() -> None:
 
 
 def test_modulus_hash_ports_agree() -> None:
-    rust, py = plugin("x-modulus-hash"), plugin("x-py-modulus-hash")
-    for p in (rust, py):
+    rust = plugin("x-modulus-hash")
+    ports = {"x-py-modulus-hash": plugin("x-py-modulus-hash"),
+             "x-js-modulus-hash": plugin("x-js-modulus-hash")}
+    for p in (rust, *ports.values()):
         inputs = p.setup(bindings=[(10, ""), (20, ""), (30, "")])
         check(inputs.fields == {"routing-key"}, f"modulus inputs {inputs.fields}")
     check(rust.call("route", message("order.eu.42")) == [20], "x-modulus-hash pinned pick")
-    same = all(rust.call("route", message(f"k{i}")) == py.call("route", message(f"k{i}"))
-               for i in range(200))
-    check(same, "x-modulus-hash and x-py-modulus-hash agree on 200 keys")
-    for p in (rust, py):
+    for name, port in ports.items():
+        same = all(rust.call("route", message(f"k{i}")) == port.call("route", message(f"k{i}"))
+                   for i in range(200))
+        check(same, f"x-modulus-hash and {name} agree on 200 keys")
+    for p in (rust, *ports.values()):
         p.call("remove-binding", 20)
-    check(rust.call("route", message("order.eu.42")) == py.call("route", message("order.eu.42")),
-          "ports agree after a removal")
+    for name, port in ports.items():
+        check(rust.call("route", message("order.eu.42")) == port.call("route", message("order.eu.42")),
+              f"{name}: ports agree after a removal")
 
 
 def test_consistent_hash() -> None:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite from a fresh clone: installs what it needs (the wasm32-wasip2
-# target, a Python venv with pika and componentize-py, Debian's Chromium and playwright-core
-# for the web console test), builds every plugin, then runs the plugin tests and the
-# workspace's unit, property and integration tests.
+# target, a Python venv with pika and componentize-py, componentize-js by `npm ci` in each
+# JavaScript plugin, Debian's Chromium and playwright-core for the web console test), builds
+# every plugin, then runs the plugin tests and the workspace's unit, property and integration
+# tests.
 #
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail

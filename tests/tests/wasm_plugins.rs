@@ -57,6 +57,11 @@ async fn python_modulus_hash_gives_the_same_answers() {
 }
 
 #[tokio::test]
+async fn javascript_modulus_hash_gives_the_same_answers() {
+    check_modulus("x-js-modulus-hash").await;
+}
+
+#[tokio::test]
 async fn consistent_hash_spreads_by_weight_and_keeps_keys_together() {
     let broker = PluginBroker::start(&["x-consistent-hash"]).await;
     let (_conn, ch) = session(&broker.broker).await;

@@ -405,7 +405,13 @@ impl Channel {
             });
         }
         let mut refused = false;
-        let mut ticket = 0;
+        // A persistent message is confirmed only once what its routing wrote to durable plugin
+        // state is on disk too (x-dedup's record of its id), wherever the message went.
+        let mut ticket = if message.persistent() {
+            self.routed.state_ticket
+        } else {
+            0
+        };
         for queue in self.routed.queues.drain(..) {
             match queue.publish(message.clone()) {
                 // x-overflow reject-publish(-dlx), or the store failed: the queue refused it.

@@ -110,6 +110,9 @@ pub struct Cli {
     /// Entries in one WASM exchange's state store [default: 65536]
     #[arg(long, env = "BOURSE_WASM_STATE_ENTRIES_MAX")]
     pub wasm_state_entries_max: Option<u32>,
+    /// Bytes of one vhost's WASM exchange state stores together [default: 67108864]
+    #[arg(long, env = "BOURSE_WASM_STATE_VHOST_BYTES_MAX")]
+    pub wasm_state_vhost_bytes_max: Option<u64>,
     /// Consecutive failed WASM calls before an exchange is marked failed [default: 5]
     #[arg(long, env = "BOURSE_WASM_FAILURES_MAX")]
     pub wasm_failures_max: Option<u32>,

@@ -53,6 +53,7 @@ pub(super) struct FileConfig {
     pub(super) wasm_table_elements_max: Option<u64>,
     pub(super) wasm_log_lines_per_sec: Option<u32>,
     pub(super) wasm_state_entries_max: Option<u32>,
+    pub(super) wasm_state_vhost_bytes_max: Option<u64>,
     pub(super) wasm_failures_max: Option<u32>,
     pub(super) wasm_route_cache_entries: Option<u32>,
     pub(super) wasm_cpu_ms_per_sec: Option<u64>,

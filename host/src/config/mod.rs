@@ -146,6 +146,9 @@ pub struct WasmLimits {
     pub log_lines_per_sec: u32,
     /// Entries in one exchange's `state` store.
     pub state_entries_max: u32,
+    /// Bytes of the `state` stores of one vhost's exchanges together (keys, values and 32
+    /// bytes per entry).
+    pub state_vhost_bytes_max: u64,
     /// Consecutive failed calls (trap, deadline, garbage) before the exchange is marked failed.
     pub failures_max: u32,
     /// Routing decisions cached per exchange whose plugin declared them cacheable (0: none).
@@ -167,6 +170,7 @@ impl Default for WasmLimits {
             table_elements_max: 50_000,
             log_lines_per_sec: 10,
             state_entries_max: 65_536,
+            state_vhost_bytes_max: 64 * 1024 * 1024,
             failures_max: 5,
             route_cache_entries: 16_384,
             cpu_ms_per_sec: 1000,
@@ -215,6 +219,8 @@ pub struct VhostLimitOverrides {
     pub wasm_log_lines_per_sec: Option<u32>,
     /// See [`WasmLimits::state_entries_max`].
     pub wasm_state_entries_max: Option<u32>,
+    /// See [`WasmLimits::state_vhost_bytes_max`].
+    pub wasm_state_vhost_bytes_max: Option<u64>,
     /// See [`WasmLimits::failures_max`].
     pub wasm_failures_max: Option<u32>,
     /// See [`WasmLimits::route_cache_entries`].
@@ -268,6 +274,9 @@ impl VhostLimitOverrides {
             state_entries_max: self
                 .wasm_state_entries_max
                 .unwrap_or(base.state_entries_max),
+            state_vhost_bytes_max: self
+                .wasm_state_vhost_bytes_max
+                .unwrap_or(base.state_vhost_bytes_max),
             failures_max: self.wasm_failures_max.unwrap_or(base.failures_max),
             route_cache_entries: self
                 .wasm_route_cache_entries
@@ -518,6 +527,7 @@ impl Config {
             wasm_table_elements_max: cli.wasm_table_elements_max,
             wasm_log_lines_per_sec: cli.wasm_log_lines_per_sec,
             wasm_state_entries_max: cli.wasm_state_entries_max,
+            wasm_state_vhost_bytes_max: cli.wasm_state_vhost_bytes_max,
             wasm_failures_max: cli.wasm_failures_max,
             wasm_route_cache_entries: cli.wasm_route_cache_entries,
             wasm_cpu_ms_per_sec: cli.wasm_cpu_ms_per_sec,
@@ -532,6 +542,7 @@ impl Config {
                 wasm_table_elements_max: file.wasm_table_elements_max,
                 wasm_log_lines_per_sec: file.wasm_log_lines_per_sec,
                 wasm_state_entries_max: file.wasm_state_entries_max,
+                wasm_state_vhost_bytes_max: file.wasm_state_vhost_bytes_max,
                 wasm_failures_max: file.wasm_failures_max,
                 wasm_route_cache_entries: file.wasm_route_cache_entries,
                 wasm_cpu_ms_per_sec: file.wasm_cpu_ms_per_sec,

@@ -139,6 +139,21 @@ pub trait ExchangeType: Send + Sync + 'static {
         self.create(exchange, arguments)
     }
 
+    /// Like [`create_in`](Self::create_in), for an exchange whose plugin state lives in
+    /// `state` (on disk with the vhost's messages when `durable` and the vhost has storage).
+    /// Types that keep no state (the built-ins) ignore it.
+    fn create_with_state(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        arguments: &FieldTable,
+        state: &crate::store::PluginState,
+        durable: bool,
+    ) -> Result<Box<dyn Router>, Invalid> {
+        let _ = (state, durable);
+        self.create_in(vhost, exchange, arguments)
+    }
+
     /// Whether [`validate`](Self::validate) and [`create`](Self::create) may take long
     /// (milliseconds: a WASM instance and its `init`), so the host runs them where blocking is
     /// allowed. Built-in types answer false.

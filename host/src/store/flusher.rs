@@ -371,6 +371,15 @@ fn round(shared: &Arc<Shared>, side: &mut SideFiles) -> Result<bool, StoreError>
             dirs.push(queue.dir.clone());
         }
     }
+    // The plugin state journal: written and fdatasynced here, before `synced` moves.
+    let plugin_state = shared.plugin_state.get();
+    let state_written = match plugin_state {
+        Some(core) => core.flush()?,
+        None => None,
+    };
+    if let Some(bytes) = state_written {
+        written += bytes;
+    }
     let sync_side = !side.unsynced.is_empty()
         && (msgs.is_empty() || side.last_sync.elapsed() >= SIDE_SYNC_INTERVAL);
     let mut fsyncs = 0;
@@ -402,7 +411,14 @@ fn round(shared: &Arc<Shared>, side: &mut SideFiles) -> Result<bool, StoreError>
     {
         shared.publish(target, all);
     }
-    Ok(!queues.is_empty())
+    if state_written.is_some() {
+        shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        // After the confirms went out: a snapshot delays only the next round.
+        if let Some(core) = plugin_state {
+            core.compact_if_due()?;
+        }
+    }
+    Ok(!queues.is_empty() || state_written.is_some())
 }
 
 fn empty_trash(shared: &Shared) {

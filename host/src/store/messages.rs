@@ -46,6 +46,7 @@ use tokio::sync::watch;
 use super::flusher::flusher_loop;
 #[cfg(test)]
 use super::flusher::{FileKind, Unsynced};
+use super::plugin_state::{PluginState, StateCore};
 use super::queue_store::{QueueInner, QueueStore};
 use super::segment::{self, SEGMENT_HEADER_LEN};
 use super::{StoreError, create_dir_durable, hex_name, sync_dir, write_name_file};
@@ -227,6 +228,7 @@ pub struct StoreStats {
 pub struct MessageStore {
     shared: Arc<Shared>,
     flusher: Mutex<Option<JoinHandle<()>>>,
+    plugin_state: PluginState,
 }
 
 impl std::fmt::Debug for MessageStore {
@@ -274,6 +276,8 @@ pub(super) struct Shared {
     pub(super) fsyncs: AtomicU64,
     pub(super) bytes_written: AtomicU64,
     pub(super) trash_seq: AtomicU64,
+    /// The journal of the vhost's plugin state (a store that syncs only).
+    pub(super) plugin_state: OnceLock<Arc<StateCore>>,
 }
 
 impl Shared {
@@ -372,7 +376,15 @@ impl MessageStore {
             fsyncs: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             trash_seq: AtomicU64::new(0),
+            plugin_state: OnceLock::new(),
         });
+        let plugin_state = if shared.options.sync {
+            let state = PluginState::open(vhost_dir, &shared)?;
+            let _ = shared.plugin_state.set(state.core().clone());
+            state
+        } else {
+            PluginState::memory()
+        };
 
         let mut recovered = Vec::new();
         let mut entries: Vec<PathBuf> = fs::read_dir(&dir)
@@ -420,6 +432,7 @@ impl MessageStore {
         let store = MessageStore {
             shared: shared.clone(),
             flusher: Mutex::new(None),
+            plugin_state,
         };
         let thread_shared = shared.clone();
         let handle = thread::Builder::new()
@@ -457,6 +470,12 @@ impl MessageStore {
         let inner = QueueInner::recovered(&self.shared, name.to_owned(), dir, vec![first])?;
         queues.insert(name.to_owned(), inner.clone());
         Ok(QueueStore { inner })
+    }
+
+    /// The vhost's plugin state, journaled in this store's group commits (in memory only for
+    /// a store that does not sync).
+    pub fn plugin_state(&self) -> PluginState {
+        self.plugin_state.clone()
     }
 
     /// Every append with a ticket at or below this is on disk: confirm those publishes.

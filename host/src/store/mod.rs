@@ -1,6 +1,6 @@
 //! Durable storage: the definitions log and the message store of one vhost.
 //!
-//! Two independent pieces, both append-only files of checksummed records (layout and
+//! Independent pieces, all append-only files of checksummed records (layout and
 //! guarantees in `docs/storage.md`):
 //!
 //! - [`DefinitionsLog`]: the vhost's durable topology as a command log (declare/delete
@@ -10,14 +10,17 @@
 //!   per queue ([`QueueStore`]). Appends only copy into memory (they run under a queue's lock);
 //!   a flusher thread writes and fdatasyncs in batches (group commit) and advances a
 //!   store-wide `synced` ticket, which is when publisher confirms may go out.
+//! - [`PluginState`]: the `state` of the vhost's WASM exchanges, a journal written and synced
+//!   in the message store's group commits (`plugin_state`).
 //!
-//! Both detect a torn or damaged tail by length and CRC-32, report it, cut it off and keep the
+//! All detect a torn or damaged tail by length and CRC-32, report it, cut it off and keep the
 //! intact records before it. Nothing here knows about frames, channels or queue semantics.
 
 mod definitions;
 mod flusher;
 mod frame;
 mod messages;
+mod plugin_state;
 mod queue_store;
 mod record_log;
 mod segment;
@@ -38,6 +41,9 @@ pub use definitions::{
 pub use messages::{
     MessageStore, Position, RecoveredMessage, RecoveredQueue, SEGMENT_MAX_BYTES_LIMIT,
     SIDE_SYNC_INTERVAL, StoreOptions, StoreStats, StoredMessage, Ticket,
+};
+pub use plugin_state::{
+    ExchangeState, PluginState, StateHandle, StateLimits, StateRefused, take_thread_ticket,
 };
 pub use queue_store::QueueStore;
 pub use record_log::RecordLog;

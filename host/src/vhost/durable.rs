@@ -14,12 +14,13 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{Exchange, ExchangeSpec, Topology, VHost};
-use crate::exchange::{Binding, Destination, Name};
+use crate::exchange::{Binding, Destination, ExchangeType, Invalid, Name, Router};
 use crate::protocol::AmqpError;
 use crate::queue::{Queue, QueueHost, QueueSpec};
 use crate::store::{
     BindingDefinition, Definition, DefinitionsLog, DestinationKind, ExchangeDefinition,
-    MessageStore, QueueDefinition, QueueStore, RecoveredQueue, StoreError, StoreOptions, Ticket,
+    MessageStore, PluginState, QueueDefinition, QueueStore, RecoveredQueue, StoreError,
+    StoreOptions, Ticket,
 };
 
 /// The storage of one vhost.
@@ -80,6 +81,11 @@ impl Durable {
             .lock()
             .append(definition)
             .map_err(|e| AmqpError::internal(format!("cannot write the definitions log: {e}")))
+    }
+
+    /// The plugin state of a vhost with `durable` storage, or kept in memory.
+    pub(super) fn plugin_state_of(durable: Option<&Durable>) -> PluginState {
+        durable.map_or_else(PluginState::memory, |d| d.messages.plugin_state())
     }
 
     /// The store of a newly declared durable queue.
@@ -188,13 +194,33 @@ impl VHost {
 
     /// Logs the deletion of the durable exchanges that a topology change removed (directly or
     /// by auto-delete).
+    /// Their plugin state goes with them (journaled after the definitions record: a crash
+    /// between the two leaves state that [`VHost::restore`] removes).
     pub(super) fn log_dropped(&self, dropped: Vec<Name>) -> Result<(), AmqpError> {
         for name in dropped {
-            self.log(&Definition::DeleteExchange {
+            let logged = self.log(&Definition::DeleteExchange {
                 name: name.to_string(),
-            })?;
+            });
+            self.plugin_state().drop_exchange(&name);
+            logged?;
         }
         Ok(())
+    }
+
+    /// The plugin state of the vhost's WASM exchanges: journaled with the message store for
+    /// durable exchanges when the vhost has storage, in memory otherwise.
+    pub fn plugin_state(&self) -> PluginState {
+        self.plugin_state.clone()
+    }
+
+    /// Builds the router of exchange `spec` of type `ty`, with its plugin state.
+    pub(super) fn create_router(
+        &self,
+        ty: &dyn ExchangeType,
+        spec: &ExchangeSpec,
+    ) -> Result<Box<dyn Router>, Invalid> {
+        let (vhost, state) = (&self.name, &self.plugin_state);
+        ty.create_with_state(vhost, &spec.name, &spec.arguments, state, spec.durable)
     }
 
     /// Rebuilds the durable topology and queued messages found at open. An object that cannot
@@ -210,6 +236,20 @@ impl VHost {
             .map(|q| (q.name.clone(), q))
             .collect();
         let mut pending_messages = Vec::new();
+        // Plugin state is kept for every exchange the log declares, restored or not (a type
+        // not loaded yet gets it back once it is).
+        let declared: std::collections::HashSet<String> = restore
+            .definitions
+            .iter()
+            .filter_map(|d| match d {
+                Definition::DeclareExchange(def) => Some(def.name.clone()),
+                _ => None,
+            })
+            .collect();
+        durable
+            .messages
+            .plugin_state()
+            .retain(|name| declared.contains(name));
         let (mut exchanges, mut queues, mut bindings) = (0, 0, 0);
         let mut topology = self.topology.write();
         for definition in restore.definitions {
@@ -301,8 +341,8 @@ impl VHost {
             internal: def.internal,
             arguments: def.arguments,
         };
-        let router = ty
-            .create_in(&self.name, &spec.name, &spec.arguments)
+        let router = self
+            .create_router(&*ty, &spec)
             .map_err(|e| format!("exchange '{}': {e}", def.name))?;
         topology
             .exchanges

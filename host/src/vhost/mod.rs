@@ -72,6 +72,8 @@ pub struct VHost {
     me: Weak<VHost>,
     /// The definitions log and message store; None for a vhost kept in memory only.
     durable: Option<Durable>,
+    /// Its WASM exchanges' `state`, journaled by `durable`'s message store if it has one.
+    plugin_state: crate::store::PluginState,
     /// What clients may create here (docs/limits.md); changeable at run time.
     limits: RwLock<VhostLimits>,
     /// The plugin types of the broker that may be declared here (None: all of them);
@@ -122,6 +124,7 @@ impl VHost {
             changes: Mutex::new(()),
             replies: ReplyRegistry::default(),
             me,
+            plugin_state: Durable::plugin_state_of(durable.as_ref()),
             durable,
             limits: RwLock::new(VhostLimits::default()),
             exchange_types: RwLock::new(None),
@@ -332,7 +335,7 @@ impl VHost {
         let slow = ty.creates_slowly();
         let router = blocking(slow, || {
             ty.validate(&spec.arguments)?;
-            ty.create_in(&self.name, &spec.name, &spec.arguments)
+            self.create_router(&*ty, &spec)
         })
         .map_err(invalid)?;
         let exchange = Arc::new(Exchange::new(spec, router));

@@ -27,6 +27,9 @@ pub struct Routed {
     pub replies: Vec<Arc<dyn ReplyConsumer>>,
     /// Whether some router failed (the message was unroutable through that exchange).
     pub router_failed: bool,
+    /// The highest message-store ticket taken by durable plugin state writes while routing
+    /// (0: none); a persistent message's confirm waits for it (`store::plugin_state`).
+    pub state_ticket: crate::store::Ticket,
     pending: Vec<Arc<Exchange>>,
     /// Exchanges already routed through, by address (identity only).
     visited: Vec<usize>,
@@ -68,6 +71,8 @@ impl VHost {
         routed.seen.clear();
         routed.visited_set.clear();
         routed.pending.push(exchange.clone());
+        // Plugin calls run on this thread: what they journal from here on is this message's.
+        crate::store::take_thread_ticket();
         let topology = self.read_topology();
         while let Some(x) = routed.pending.pop() {
             let id = Arc::as_ptr(&x) as usize;
@@ -142,6 +147,7 @@ impl VHost {
                 routed.pending.push(alternate.clone());
             }
         }
+        routed.state_ticket = crate::store::take_thread_ticket();
     }
 }
 

@@ -2,8 +2,8 @@
 //! linked with nothing behind it.
 //!
 //! Everything here is bounded: log lines are cut to 1 KiB (with a marker, see `output.rs`) and
-//! rate-limited per exchange (the rest is dropped and counted), the state store caps key and
-//! value sizes and its entry count.
+//! rate-limited per exchange (the rest is dropped and counted); the `state` import is in
+//! `state.rs`.
 //!
 //! WASI is linked *without blocking*. wasmtime-wasi's synchronous bindings wait for I/O by
 //! entering a Tokio runtime (`Handle::block_on`), which panics on a Tokio worker thread, and
@@ -14,10 +14,8 @@
 //! No filesystem is preopened, and sockets are linked with TCP, UDP and name lookup disabled.
 //! A component importing anything else is refused at load (the link error names the import).
 
-use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::future::Future;
-use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
@@ -40,18 +38,13 @@ use wasmtime_wasi::random::WasiRandom;
 use wasmtime_wasi::sockets::{WasiSockets, WasiSocketsView};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::v0_1::{clock, logging, state};
+use super::v0_1::{clock, logging};
 use crate::config::WasmLimits;
 use crate::exchange::Name;
+use crate::store::{PluginState, StateHandle};
 
 /// Longest log line kept, in bytes (longer ones are cut at a character boundary and marked).
 pub const LOG_LINE_MAX_BYTES: usize = super::output::TEXT_MAX_BYTES;
-/// Longest `state` key, in bytes.
-pub const STATE_KEY_MAX_BYTES: usize = 256;
-/// Longest `state` value, in bytes.
-pub const STATE_VALUE_MAX_BYTES: usize = 1024;
-/// Most keys one `state.keys` call returns.
-pub const STATE_KEYS_PER_CALL: u32 = 1024;
 
 /// What one exchange's instances share, whichever instance or plugin version is serving:
 /// names for the log, the limits, the log budget, the state store and the counters.
@@ -68,7 +61,8 @@ pub struct ExchangeCtx {
     /// Its vhost's WASM budget.
     pub budget: Arc<super::budget::VhostBudget>,
     log: Mutex<LogBudget>,
-    state: Mutex<BTreeMap<String, Vec<u8>>>,
+    /// Its `state` store (`state.rs`), on disk for a durable exchange of a vhost with storage.
+    pub(super) state: StateHandle,
 }
 
 impl ExchangeCtx {
@@ -79,16 +73,19 @@ impl ExchangeCtx {
             vhost,
             super::budget::BudgetLimits::of(&limits, u32::MAX),
         );
-        Self::in_budget(vhost, exchange, plugin, limits, budget)
+        let state = PluginState::memory().attach(exchange, false);
+        Self::in_budget(vhost, exchange, plugin, limits, budget, state)
     }
 
-    /// The shared context of one exchange of a vhost with `budget`.
+    /// The shared context of one exchange of a vhost with `budget`, keeping its plugin
+    /// state in `state`.
     pub fn in_budget(
         vhost: &str,
         exchange: &str,
         plugin: &str,
         limits: WasmLimits,
         budget: Arc<super::budget::VhostBudget>,
+        state: StateHandle,
     ) -> Arc<Self> {
         let per_sec = f64::from(limits.log_lines_per_sec);
         Arc::new(Self {
@@ -96,7 +93,7 @@ impl ExchangeCtx {
             exchange: Name::from(exchange),
             plugin: Name::from(plugin),
             log: Mutex::new(LogBudget::new(per_sec)),
-            state: Mutex::new(BTreeMap::new()),
+            state,
             limits,
             budget,
         })
@@ -157,7 +154,7 @@ impl ExchangeCtx {
 
     /// Number of entries in the state store.
     pub fn state_len(&self) -> usize {
-        self.state.lock().len()
+        self.state.len()
     }
 }
 
@@ -425,60 +422,6 @@ pub fn now_millis() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let before = LATEST.fetch_max(now, Ordering::Relaxed);
     before.max(now)
-}
-
-impl state::Host for HostState {
-    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        Ok(self.ctx.state.lock().get(&key).cloned())
-    }
-
-    fn compare_and_swap(
-        &mut self,
-        key: String,
-        expected: Option<Vec<u8>>,
-        new: Option<Vec<u8>>,
-    ) -> wasmtime::Result<Result<bool, state::StateError>> {
-        if key.len() > STATE_KEY_MAX_BYTES {
-            return Ok(Err(state::StateError::KeyTooLong));
-        }
-        if new
-            .as_ref()
-            .is_some_and(|v| v.len() > STATE_VALUE_MAX_BYTES)
-        {
-            return Ok(Err(state::StateError::ValueTooLong));
-        }
-        let mut store = self.ctx.state.lock();
-        if store.get(&key) != expected.as_ref() {
-            return Ok(Ok(false));
-        }
-        match new {
-            None => {
-                store.remove(&key);
-            }
-            Some(value) => {
-                let max = usize::try_from(self.ctx.limits.state_entries_max).unwrap_or(usize::MAX);
-                if expected.is_none() && store.len() >= max {
-                    return Ok(Err(state::StateError::Full));
-                }
-                store.insert(key, value);
-            }
-        }
-        Ok(Ok(true))
-    }
-
-    fn keys(&mut self, after: Option<String>, limit: u32) -> wasmtime::Result<Vec<String>> {
-        let limit = limit.min(STATE_KEYS_PER_CALL) as usize;
-        let store = self.ctx.state.lock();
-        let start = match &after {
-            Some(after) => Bound::Excluded(after.as_str()),
-            None => Bound::Unbounded,
-        };
-        Ok(store
-            .range::<str, _>((start, Bound::Unbounded))
-            .take(limit)
-            .map(|(k, _)| k.clone())
-            .collect())
-    }
 }
 
 /// Polls a future once: the value if it is ready now.

@@ -6,8 +6,9 @@
 //!   compatibility; version check; pre-linked `InstancePre`s.
 //! - [`cache`]: the artifact cache: a directory only the broker's user can write, and a keyed
 //!   MAC on every artifact, checked before it is deserialized.
-//! - [`host`]: the imports (`logging`, `clock`, `state`) and WASI 0.2 with an empty context,
-//!   linked so that nothing can block the routing thread.
+//! - [`host`]: the imports (`logging`, `clock`) and WASI 0.2 with an empty context, linked so
+//!   that nothing can block the routing thread; [`state`]: the `state` import, kept by
+//!   [`crate::store::PluginState`] (on disk for durable exchanges).
 //! - [`instance`]: one instance in its own store; every call under a deadline and caps.
 //! - [`output`]: bounds on what a plugin can make the host say or do: texts cut to 1 KiB,
 //!   the cap on ids per `route` answer, the per-exchange warning throttle.
@@ -36,6 +37,7 @@ pub mod output;
 pub mod plugin;
 pub mod router;
 pub mod runtime;
+pub mod state;
 pub mod tenant;
 pub mod v0_1;
 

@@ -28,6 +28,7 @@ use super::router::{BuildError, RouterCore, WasmRouter};
 use super::runtime::PluginVersion;
 use crate::config::{VhostLimitOverrides, WasmLimits};
 use crate::exchange::{ExchangeType, Invalid, Router};
+use crate::store::PluginState;
 
 /// The limits that apply where, and where compiled artifacts are cached.
 #[derive(Debug, Clone)]
@@ -198,10 +199,24 @@ impl ExchangeType for WasmExchangeType {
         exchange: &str,
         arguments: &AmqpTable,
     ) -> Result<Box<dyn Router>, Invalid> {
+        self.create_with_state(vhost, exchange, arguments, &PluginState::memory(), false)
+    }
+
+    fn create_with_state(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        arguments: &AmqpTable,
+        state: &PluginState,
+        durable: bool,
+    ) -> Result<Box<dyn Router>, Invalid> {
         let budget = self.settings.budget(vhost);
         let admitted = budget.admit()?;
         let limits = self.settings.limits(vhost);
-        let ctx = ExchangeCtx::in_budget(vhost, exchange, &self.name, limits, budget.clone());
+        // Attached before `init`, which may read (or write) it.
+        let state = state.attach(exchange, durable);
+        let ctx =
+            ExchangeCtx::in_budget(vhost, exchange, &self.name, limits, budget.clone(), state);
         let build = |version: Arc<PluginVersion>, ctx: Arc<ExchangeCtx>| {
             RouterCore::create(version, ctx, arguments).map_err(|e| match e {
                 BuildError::Refused(text) => Invalid(text),

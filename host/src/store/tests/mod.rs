@@ -3,6 +3,7 @@
 //! shared by every file of the directory.
 
 mod definitions;
+mod plugin_state;
 mod properties;
 mod recovery;
 mod writes;
