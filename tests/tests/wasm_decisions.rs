@@ -82,7 +82,11 @@ async fn same_inputs_hit_other_inputs_miss_and_changes_empty_the_cache() {
     .expect("unbind");
     publish_acked(&ch, "r", "a1", "m").await;
     assert_eq!(calls(&broker, "x-regex"), (5, 3));
-    assert_eq!(bodies(&ch, "qa2").await, ["m"], "only the one before the unbind");
+    assert_eq!(
+        bodies(&ch, "qa2").await,
+        ["m"],
+        "only the one before the unbind"
+    );
     assert_eq!(bodies(&ch, "qa").await.len(), 3);
 
     // A reload onto another build (same behaviour): a miss.

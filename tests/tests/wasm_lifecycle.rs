@@ -9,19 +9,19 @@
 
 use amq_protocol::types::FieldTable;
 use bourse::config::UserSeed;
+use bourse_tests::TempDir;
+use bourse_tests::exchanges::exchange_exists;
 use bourse_tests::http::Api;
 use bourse_tests::raw::within;
-use bourse_tests::exchanges::exchange_exists;
-use bourse_tests::TempDir;
 use bourse_tests::wasm::{
     PluginBroker, assert_error, bodies, declare, dedup_as_regex, plugin_bytes, publish,
     publish_acked, queue_on, session, try_declare,
 };
-use std::time::Instant;
 use hyper::StatusCode;
 use lapin::options::ExchangeDeclareOptions;
 use lapin::{BasicProperties, Confirmation, ExchangeKind};
 use serde_json::{Value, json};
+use std::time::Instant;
 
 async fn declare_durable(ch: &lapin::Channel, name: &str, kind: &str) {
     within(ch.exchange_declare(
@@ -91,7 +91,12 @@ async fn a_second_file_of_a_type_does_not_take_over_its_exchanges() {
     declare_durable(&ch, "r", "x-regex").await;
     queue_durable(&ch, "rq", "r", "a.*").await;
     assert!(routes_as_regex(&ch).await);
-    let owner_sha = broker.plugins().status_of("x-regex").unwrap().current.sha256;
+    let owner_sha = broker
+        .plugins()
+        .status_of("x-regex")
+        .unwrap()
+        .current
+        .sha256;
 
     // A file sorting before the owner's name, describing itself as x-regex: refused.
     broker.install("a-hijack.wasm", &dedup_as_regex());
@@ -111,7 +116,10 @@ async fn a_second_file_of_a_type_does_not_take_over_its_exchanges() {
     assert_eq!(status.exchanges[0].reloads, 0);
     // Not retried while the owner is there.
     let report = scan(&broker).await;
-    assert!(report.loaded.is_empty() && report.refused.is_empty(), "{report:?}");
+    assert!(
+        report.loaded.is_empty() && report.refused.is_empty(),
+        "{report:?}"
+    );
     drop(ch);
     drop(conn);
 
@@ -119,7 +127,10 @@ async fn a_second_file_of_a_type_does_not_take_over_its_exchanges() {
     broker.broker.restart().await;
     let (_conn, ch) = session(&broker.broker).await;
     let status = broker.plugins().status_of("x-regex").unwrap();
-    assert!(status.current.origin.ends_with("a-hijack.wasm"), "{status:?}");
+    assert!(
+        status.current.origin.ends_with("a-hijack.wasm"),
+        "{status:?}"
+    );
     assert!(!routes_as_regex(&ch).await);
 
     // The owner deleted: the other file takes over, and the exchange follows it.
@@ -157,7 +168,10 @@ async fn an_exchange_marked_failed_is_reset_through_the_api() {
     // `ids` answers over the id cap: a failed call; five in a row mark the exchange failed.
     for _ in 0..5 {
         let confirmation = publish(&ch, "n", "ids", b"x", BasicProperties::default(), false).await;
-        assert!(matches!(confirmation, Confirmation::Nack(None)), "{confirmation:?}");
+        assert!(
+            matches!(confirmation, Confirmation::Nack(None)),
+            "{confirmation:?}"
+        );
     }
     let failed = |broker: &PluginBroker| {
         broker.plugins().status_of("x-noisy").unwrap().exchanges[0]
@@ -166,25 +180,39 @@ async fn an_exchange_marked_failed_is_reset_through_the_api() {
     };
     assert!(failed(&broker).is_some());
     let confirmation = publish(&ch, "n", "k", b"refused", BasicProperties::default(), false).await;
-    assert!(matches!(confirmation, Confirmation::Nack(None)), "{confirmation:?}");
+    assert!(
+        matches!(confirmation, Confirmation::Nack(None)),
+        "{confirmation:?}"
+    );
 
     // Who may not, what is not there, what is not a plugin.
     let manager = api.as_user("manager", "pw");
-    let reply = manager.post("/api/plugins/%2F/exchanges/n/reset", json!({})).await;
+    let reply = manager
+        .post("/api/plugins/%2F/exchanges/n/reset", json!({}))
+        .await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{:?}", reply.json);
     assert!(failed(&broker).is_some());
-    let reply = api.post("/api/plugins/%2F/exchanges/nope/reset", json!({})).await;
+    let reply = api
+        .post("/api/plugins/%2F/exchanges/nope/reset", json!({}))
+        .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND, "{:?}", reply.json);
-    let reply = api.post("/api/plugins/%2F/exchanges/amq.direct/reset", json!({})).await;
+    let reply = api
+        .post("/api/plugins/%2F/exchanges/amq.direct/reset", json!({}))
+        .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.json);
     assert!(
-        reply.json["reason"].as_str().unwrap().contains("not a WASM plugin type"),
+        reply.json["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not a WASM plugin type"),
         "{:?}",
         reply.json
     );
 
     // The reset: serving again, with its binding.
-    let reply = api.post("/api/plugins/%2F/exchanges/n/reset", json!({})).await;
+    let reply = api
+        .post("/api/plugins/%2F/exchanges/n/reset", json!({}))
+        .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json);
     assert_eq!(reply.json["failed"], Value::Null, "{:?}", reply.json);
     assert_eq!(reply.json["bindings"], 1);

@@ -59,8 +59,19 @@ async fn a_cc_message_through_consistent_hash_reaches_one_queue() {
             .take(3)
             .collect();
         let cc: Vec<&str> = others.iter().map(String::as_str).collect();
-        let confirmation = publish(&ch, "ch", &key, key.as_bytes(), with_cc(&cc[..2], &cc[2..]), false).await;
-        assert!(matches!(confirmation, Confirmation::Ack(None)), "{confirmation:?}");
+        let confirmation = publish(
+            &ch,
+            "ch",
+            &key,
+            key.as_bytes(),
+            with_cc(&cc[..2], &cc[2..]),
+            false,
+        )
+        .await;
+        assert!(
+            matches!(confirmation, Confirmation::Ack(None)),
+            "{confirmation:?}"
+        );
         sent.push(key);
     }
     // Each message once, in the queue its publish key hashes to (CC keys are not hashed).
@@ -68,8 +79,16 @@ async fn a_cc_message_through_consistent_hash_reaches_one_queue() {
         let expected: Vec<String> = sent.iter().filter(|k| jump(k, 4) == i).cloned().collect();
         assert_eq!(bodies(&ch, q).await, expected, "{q}");
     }
-    let x = &broker.plugins().status_of("x-consistent-hash").expect("loaded").exchanges[0];
-    assert_eq!(x.routed + x.cache_hits, 40, "one route call per message: {x:?}");
+    let x = &broker
+        .plugins()
+        .status_of("x-consistent-hash")
+        .expect("loaded")
+        .exchanges[0];
+    assert_eq!(
+        x.routed + x.cache_hits,
+        40,
+        "one route call per message: {x:?}"
+    );
 }
 
 #[tokio::test]
@@ -82,7 +101,15 @@ async fn cc_and_bcc_keys_reach_a_plugin_that_routes_on_every_key() {
     queue_on(&ch, "rc", "rx", "c.*").await;
     publish(&ch, "rx", "a1", b"cc", with_cc(&["b1"], &[]), false).await;
     publish(&ch, "rx", "a2", b"bcc", with_cc(&[], &["c2"]), false).await;
-    publish(&ch, "rx", "z", b"only-cc", with_cc(&["c3", "a3"], &[]), false).await;
+    publish(
+        &ch,
+        "rx",
+        "z",
+        b"only-cc",
+        with_cc(&["c3", "a3"], &[]),
+        false,
+    )
+    .await;
     assert_eq!(bodies(&ch, "ra").await, ["cc", "bcc", "only-cc"]);
     assert_eq!(bodies(&ch, "rb").await, ["cc"]);
     assert_eq!(bodies(&ch, "rc").await, ["bcc", "only-cc"]);
@@ -112,7 +139,11 @@ async fn unknown_binding_ids_are_ignored_and_counted() {
         Confirmation::Ack(Some(returned)) => assert_eq!(returned.reply_code, 312),
         other => panic!("expected basic.return then ack, got {other:?}"),
     }
-    let x = &broker.plugins().status_of("x-garbage").expect("loaded").exchanges[0];
+    let x = &broker
+        .plugins()
+        .status_of("x-garbage")
+        .expect("loaded")
+        .exchanges[0];
     assert!(x.failed.is_none(), "{x:?}");
     assert_eq!(x.failures, 0, "{x:?}");
     assert_eq!(x.replaced, 0, "{x:?}");

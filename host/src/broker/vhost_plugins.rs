@@ -98,10 +98,12 @@ impl Shared {
         manager
             .reset_exchange(vhost, exchange, &kind)
             .map_err(|e| match e {
-                crate::exchange::wasm::WasmError::UnknownPlugin(_) => VhostPluginError::NotAPlugin {
-                    name: exchange.to_owned(),
-                    kind,
-                },
+                crate::exchange::wasm::WasmError::UnknownPlugin(_) => {
+                    VhostPluginError::NotAPlugin {
+                        name: exchange.to_owned(),
+                        kind,
+                    }
+                }
                 other => other.into(),
             })
     }

@@ -110,8 +110,7 @@ impl VHost {
                         properties,
                         body: &message.body,
                     };
-                    if let Err(error) = router.route_keys(&input, cc, &mut routed.destinations)
-                    {
+                    if let Err(error) = router.route_keys(&input, cc, &mut routed.destinations) {
                         // Debug only: a router logs its own failures, rate-limited per
                         // exchange (a failed WASM exchange refuses every message).
                         debug!(exchange = %x.spec.name, vhost = %self.name, %error, "router failed; message unroutable by this exchange");

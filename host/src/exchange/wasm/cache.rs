@@ -318,9 +318,10 @@ impl ArtifactCache {
 fn artifact_sha256(name: &str) -> Option<&str> {
     let (sha256, rest) = name.split_once('-')?;
     let well_named = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit());
-    let ours = rest.ends_with(".cwasm") || rest.rsplit_once(".tmp").is_some_and(|(_, pid)| {
-        pid.bytes().all(|b| b.is_ascii_digit())
-    });
+    let ours = rest.ends_with(".cwasm")
+        || rest
+            .rsplit_once(".tmp")
+            .is_some_and(|(_, pid)| pid.bytes().all(|b| b.is_ascii_digit()));
     (well_named && ours).then_some(sha256)
 }
 
@@ -500,13 +501,19 @@ mod tests {
         for entry in std::fs::read_dir(cache.dir()).expect("dir").flatten() {
             let name = entry.file_name().into_string().expect("utf-8");
             if !name.starts_with(&fresh) {
-                let file = std::fs::File::options().write(true).open(entry.path()).expect("open");
+                let file = std::fs::File::options()
+                    .write(true)
+                    .open(entry.path())
+                    .expect("open");
                 file.set_modified(long_ago).expect("set mtime");
             }
         }
         let in_use = [used.clone()].into_iter().collect();
         let (files, _) = cache.prune(&in_use, PRUNE_UNUSED_AFTER);
-        assert_eq!(files, 2, "the old unused artifact and the old temporary file");
+        assert_eq!(
+            files, 2,
+            "the old unused artifact and the old temporary file"
+        );
         let left: std::collections::BTreeSet<String> = std::fs::read_dir(cache.dir())
             .expect("dir")
             .flatten()

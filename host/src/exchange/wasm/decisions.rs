@@ -109,8 +109,7 @@ impl Decisions {
             return;
         }
         // Full: start over (cheap, and a working set that fits refills it fast).
-        if self.map.len() >= self.entries_max || self.bytes + entry_bytes > ROUTE_CACHE_BYTES_MAX
-        {
+        if self.map.len() >= self.entries_max || self.bytes + entry_bytes > ROUTE_CACHE_BYTES_MAX {
             self.clear();
         }
         if self
@@ -124,12 +123,7 @@ impl Decisions {
 }
 
 /// Writes the key of `message` under `inputs` into `key`; false when it is not cacheable.
-fn write_key(
-    inputs: &Inputs,
-    message: &RoutingInput<'_>,
-    cc: &[&str],
-    key: &mut Vec<u8>,
-) -> bool {
+fn write_key(inputs: &Inputs, message: &RoutingInput<'_>, cc: &[&str], key: &mut Vec<u8>) -> bool {
     key.clear();
     if inputs.fields.contains(InputFields::BODY) {
         return false;
@@ -253,20 +247,44 @@ mod tests {
         let none = BasicProperties::default();
         let rk = inputs(InputFields::ROUTING_KEY, HeaderSelection::None);
         // Body size is always an input.
-        assert_ne!(key_of(&rk, "a", &[], &none, b"1"), key_of(&rk, "a", &[], &none, b"12"));
-        assert_eq!(key_of(&rk, "a", &[], &none, b"1"), key_of(&rk, "a", &[], &none, b"2"));
+        assert_ne!(
+            key_of(&rk, "a", &[], &none, b"1"),
+            key_of(&rk, "a", &[], &none, b"12")
+        );
+        assert_eq!(
+            key_of(&rk, "a", &[], &none, b"1"),
+            key_of(&rk, "a", &[], &none, b"2")
+        );
         // CC keys, and where the key boundaries are.
-        assert_ne!(key_of(&rk, "a", &[], &none, b""), key_of(&rk, "a", &["b"], &none, b""));
-        assert_ne!(key_of(&rk, "ab", &[], &none, b""), key_of(&rk, "a", &["b"], &none, b""));
+        assert_ne!(
+            key_of(&rk, "a", &[], &none, b""),
+            key_of(&rk, "a", &["b"], &none, b"")
+        );
+        assert_ne!(
+            key_of(&rk, "ab", &[], &none, b""),
+            key_of(&rk, "a", &["b"], &none, b"")
+        );
         // Properties only when declared.
         let typed = BasicProperties::default().with_type(ShortString::from("t"));
-        assert_eq!(key_of(&rk, "a", &[], &none, b""), key_of(&rk, "a", &[], &typed, b""));
+        assert_eq!(
+            key_of(&rk, "a", &[], &none, b""),
+            key_of(&rk, "a", &[], &typed, b"")
+        );
         let props = inputs(InputFields::PROPERTIES, HeaderSelection::None);
-        assert_ne!(key_of(&props, "a", &[], &none, b""), key_of(&props, "a", &[], &typed, b""));
+        assert_ne!(
+            key_of(&props, "a", &[], &none, b""),
+            key_of(&props, "a", &[], &typed, b"")
+        );
         // Without the routing-key input, keys do not matter.
-        assert_eq!(key_of(&props, "a", &["c"], &none, b""), key_of(&props, "b", &[], &none, b""));
+        assert_eq!(
+            key_of(&props, "a", &["c"], &none, b""),
+            key_of(&props, "b", &[], &none, b"")
+        );
         // Headers: only the selected ones.
-        let named = inputs(InputFields::empty(), HeaderSelection::Named(vec!["h".into()]));
+        let named = inputs(
+            InputFields::empty(),
+            HeaderSelection::Named(vec!["h".into()]),
+        );
         assert_eq!(
             key_of(&named, "", &[], &headers(&[("h", "1"), ("i", "1")]), b""),
             key_of(&named, "", &[], &headers(&[("h", "1"), ("i", "2")]), b"")
@@ -306,7 +324,10 @@ mod tests {
         cache.clear();
         assert_eq!(cache.lookup(&rk, &message, &[], &mut out), Lookup::Miss);
         let body = inputs(InputFields::BODY, HeaderSelection::None);
-        assert_eq!(cache.lookup(&body, &message, &[], &mut out), Lookup::Uncacheable);
+        assert_eq!(
+            cache.lookup(&body, &message, &[], &mut out),
+            Lookup::Uncacheable
+        );
     }
 
     #[test]

@@ -451,9 +451,7 @@ impl PluginManager {
             let retry = seen
                 .and_then(|s| s.conflict.as_deref())
                 .is_some_and(|name| owner(name, &path, &before, &after, &listed).is_none());
-            if let Some(seen) =
-                seen.filter(|s| s.modified == modified && s.len == len && !retry)
-            {
+            if let Some(seen) = seen.filter(|s| s.modified == modified && s.len == len && !retry) {
                 after.insert(path, seen.clone());
                 continue;
             }
