@@ -119,7 +119,7 @@ pub fn run(client: &Client, format: Format, command: PluginCommand) -> anyhow::R
             let mut any = false;
             for loaded in report["loaded"].as_array().into_iter().flatten() {
                 any = true;
-                line(&format!(
+                line(format!(
                     "loaded {} ({})",
                     cell(Some(&loaded["file"])),
                     cell(Some(&loaded["name"]))
@@ -127,7 +127,7 @@ pub fn run(client: &Client, format: Format, command: PluginCommand) -> anyhow::R
             }
             for refused in report["refused"].as_array().into_iter().flatten() {
                 any = true;
-                line(&format!(
+                line(format!(
                     "refused {}: {}",
                     cell(Some(&refused["file"])),
                     cell(Some(&refused["reason"]))

@@ -7,7 +7,7 @@
 //! /api/plugins/{vhost}/exchanges/{exchange}/reset`). The broker listens at once while its
 //! plugins compile in the background, refusing their types meanwhile with a clear message.
 
-use amq_protocol::types::FieldTable;
+use amq_protocol::types::{AMQPValue, FieldTable};
 use bourse::config::UserSeed;
 use bourse_tests::TempDir;
 use bourse_tests::exchanges::exchange_exists;
@@ -15,7 +15,7 @@ use bourse_tests::http::Api;
 use bourse_tests::raw::within;
 use bourse_tests::wasm::{
     PluginBroker, assert_error, bodies, declare, dedup_as_regex, plugin_bytes, publish,
-    publish_acked, queue_on, session, try_declare,
+    publish_acked, queue_on, session, table, try_declare,
 };
 use hyper::StatusCode;
 use lapin::options::ExchangeDeclareOptions;
@@ -292,4 +292,45 @@ async fn the_broker_listens_while_its_plugins_compile() {
     assert!(listening * 4 < loaded, "{listening:?} vs {loaded:?}");
     let ch = within(conn.create_channel()).await.expect("channel");
     declare(&ch, "p", "x-py-modulus-hash", FieldTable::default()).await;
+}
+
+#[tokio::test]
+async fn a_refused_reload_is_retried_when_asked() {
+    let (broker, api) = with_api(&["x-regex"]).await;
+    let (_conn, ch) = session(&broker.broker).await;
+    declare_durable(&ch, "r", "x-regex").await;
+    queue_durable(&ch, "rq", "r", "a.*").await;
+    // x-regex ignores this argument; the other version's init refuses it.
+    within(ch.exchange_declare(
+        "strict".into(),
+        ExchangeKind::Custom("x-regex".into()),
+        ExchangeDeclareOptions::default(),
+        table(&[("x-cache-ttl", AMQPValue::LongInt(0))]),
+    ))
+    .await
+    .expect("declare strict");
+    let before = broker.plugins().status_of("x-regex").unwrap().current.sha256;
+
+    broker.install("x-regex.wasm", &dedup_as_regex());
+    let report = scan(&broker).await;
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+    assert!(report.refused[0].1.contains("'strict'"), "{report:?}");
+    let report = scan(&broker).await;
+    assert!(report.refused.is_empty(), "an unchanged file is not retried by itself");
+    assert!(routes_as_regex(&ch).await);
+
+    // The exchange that refused it is deleted; the operator asks for a retry.
+    within(ch.exchange_delete("strict".into(), Default::default()))
+        .await
+        .expect("delete strict");
+    let manager = api.as_user("manager", "pw");
+    let reply = manager.post("/api/plugins/retry", json!({})).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{:?}", reply.json);
+    let reply = api.post("/api/plugins/retry", json!({})).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json);
+    assert_eq!(reply.json["loaded"][0]["name"], "x-regex", "{:?}", reply.json);
+    assert_eq!(reply.json["refused"], json!([]), "{:?}", reply.json);
+    let after = broker.plugins().status_of("x-regex").unwrap();
+    assert_ne!(after.current.sha256, before);
+    assert!(!routes_as_regex(&ch).await, "r follows the new version");
 }
