@@ -309,14 +309,22 @@ async fn a_refused_reload_is_retried_when_asked() {
     ))
     .await
     .expect("declare strict");
-    let before = broker.plugins().status_of("x-regex").unwrap().current.sha256;
+    let before = broker
+        .plugins()
+        .status_of("x-regex")
+        .unwrap()
+        .current
+        .sha256;
 
     broker.install("x-regex.wasm", &dedup_as_regex());
     let report = scan(&broker).await;
     assert_eq!(report.refused.len(), 1, "{report:?}");
     assert!(report.refused[0].1.contains("'strict'"), "{report:?}");
     let report = scan(&broker).await;
-    assert!(report.refused.is_empty(), "an unchanged file is not retried by itself");
+    assert!(
+        report.refused.is_empty(),
+        "an unchanged file is not retried by itself"
+    );
     assert!(routes_as_regex(&ch).await);
 
     // The exchange that refused it is deleted; the operator asks for a retry.
@@ -328,7 +336,11 @@ async fn a_refused_reload_is_retried_when_asked() {
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{:?}", reply.json);
     let reply = api.post("/api/plugins/retry", json!({})).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json);
-    assert_eq!(reply.json["loaded"][0]["name"], "x-regex", "{:?}", reply.json);
+    assert_eq!(
+        reply.json["loaded"][0]["name"], "x-regex",
+        "{:?}",
+        reply.json
+    );
     assert_eq!(reply.json["refused"], json!([]), "{:?}", reply.json);
     let after = broker.plugins().status_of("x-regex").unwrap();
     assert_ne!(after.current.sha256, before);
