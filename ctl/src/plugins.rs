@@ -34,6 +34,17 @@ pub enum PluginCommand {
         #[command(flatten)]
         vhost: VhostArg,
     },
+    /// Bring a WASM exchange back into service (one marked failed after repeated plugin
+    /// failures): a fresh instance, its bindings replayed, failures forgotten.
+    Reset {
+        /// The exchange.
+        exchange: String,
+        #[command(flatten)]
+        vhost: VhostArg,
+    },
+    /// Load again every file of the broker's plugin directory that was refused, changed or
+    /// not (e.g. a new version whose reload an exchange refused). Administrators only.
+    Retry,
     /// Versions, sha256, state and per-exchange stats (every type, or NAME's).
     Status(Which),
     /// The log lines of the type's exchanges, if the broker reports them.
@@ -82,6 +93,49 @@ pub fn run(client: &Client, format: Format, command: PluginCommand) -> anyhow::R
                 vhost.vhost
             );
             print_done(format, &sentence, &reply.json)?;
+            Ok(())
+        }
+        PluginCommand::Reset { exchange, vhost } => {
+            let path = format!(
+                "/api/plugins/{}/exchanges/{}/reset",
+                seg(&vhost.vhost),
+                seg(&exchange)
+            );
+            let status = client.post_empty(&path)?.json;
+            let sentence = format!(
+                "exchange '{exchange}' in vhost '{}' reset (plugin version {})",
+                vhost.vhost,
+                cell(Some(&status["plugin_version"]))
+            );
+            print_done(format, &sentence, &status)?;
+            Ok(())
+        }
+        PluginCommand::Retry => {
+            let report = client.post_empty("/api/plugins/retry")?.json;
+            if format == Format::Json {
+                print_json(&report)?;
+                return Ok(());
+            }
+            let mut any = false;
+            for loaded in report["loaded"].as_array().into_iter().flatten() {
+                any = true;
+                line(format!(
+                    "loaded {} ({})",
+                    cell(Some(&loaded["file"])),
+                    cell(Some(&loaded["name"]))
+                ))?;
+            }
+            for refused in report["refused"].as_array().into_iter().flatten() {
+                any = true;
+                line(format!(
+                    "refused {}: {}",
+                    cell(Some(&refused["file"])),
+                    cell(Some(&refused["reason"]))
+                ))?;
+            }
+            if !any {
+                line("no refused plugin files")?;
+            }
             Ok(())
         }
         PluginCommand::Status(which) => status(client, format, which),

@@ -55,6 +55,8 @@ impl TestBroker {
         };
         adjust(&mut config);
         let handle = Broker::start(config.clone()).await.expect("broker starts");
+        // Plugins compile in the background: tests start from a loaded broker.
+        handle.plugins_loaded().await;
         let url = format!("amqp://guest:guest@{}/%2f", handle.local_addr());
         Self {
             handle: Some(handle),
@@ -75,6 +77,7 @@ impl TestBroker {
         handle.shutdown().await;
         let config = self.config.clone().expect("in-process broker has a config");
         let handle = Broker::start(config).await.expect("broker restarts");
+        handle.plugins_loaded().await;
         self.url = format!("amqp://guest:guest@{}/%2f", handle.local_addr());
         self.handle = Some(handle);
     }

@@ -463,6 +463,13 @@ async fn a_deployed_plugin_shows_in_plugin_status_and_can_be_replaced_and_rolled
             listed.contains("x-regex") && listed.contains(&first[..12]),
             "{listed}"
         );
+        // An exchange of the vhost's own type is reset on a fresh instance.
+        let reset = ctl.json(&["plugin", "reset", "r", "--vhost", "p"]).await;
+        assert_eq!(reset["name"], "r", "{reset}");
+        assert_eq!(reset["failed"], Value::Null, "{reset}");
+        let missing = ctl.run(&["plugin", "reset", "nope", "--vhost", "p"]).await;
+        assert_eq!(missing.code, Some(1), "{missing:?}");
+        assert!(missing.stderr.contains("404"), "{missing:?}");
 
         let replaced = ctl
             .ok(&["plugin", "deploy", second_file, "--vhost", "p"])

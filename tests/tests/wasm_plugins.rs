@@ -56,6 +56,24 @@ async fn python_modulus_hash_gives_the_same_answers() {
     check_modulus("x-py-modulus-hash").await;
 }
 
+/// The error form of a Python plugin (docs/plugins.md): `raise Err(text)` in `validate`
+/// becomes 406 with the text.
+#[tokio::test]
+async fn a_python_plugin_refuses_arguments_with_its_own_text() {
+    let broker = PluginBroker::start(&["x-py-modulus-hash"]).await;
+    let (_conn, ch) = session(&broker.broker).await;
+    let refused = try_declare(
+        &ch,
+        "p",
+        "x-py-modulus-hash",
+        table(&[("hash-header", text("h"))]),
+    )
+    .await;
+    assert_error(refused, 406, "hash-header is not supported");
+    let (_conn, ch) = session(&broker.broker).await;
+    declare(&ch, "p", "x-py-modulus-hash", FieldTable::default()).await;
+}
+
 #[tokio::test]
 async fn javascript_modulus_hash_gives_the_same_answers() {
     check_modulus("x-js-modulus-hash").await;

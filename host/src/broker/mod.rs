@@ -306,6 +306,8 @@ pub struct BrokerHandle {
     management_tls: Option<(SocketAddr, JoinHandle<()>)>,
     /// The Prometheus endpoint's address and server task, when configured.
     prometheus: Option<(SocketAddr, JoinHandle<()>)>,
+    /// Becomes true once the plugin directory's first load is done.
+    plugins_loaded: watch::Receiver<bool>,
 }
 
 impl Broker {
@@ -381,6 +383,49 @@ impl Broker {
             shared
                 .add_vhost(name)
                 .with_context(|| format!("cannot open the storage of vhost '{name}'"))?;
+        }
+        if let Some(manager) = &shared.plugins {
+            // A plugin file that appears later brings back the durable exchanges of its type
+            // that could not be restored at open (with their bindings).
+            let weak = Arc::downgrade(&shared);
+            manager.on_loaded(move || {
+                if let Some(shared) = weak.upgrade() {
+                    for vhost in shared.vhost_list() {
+                        vhost.restore_waiting();
+                    }
+                }
+            });
+        }
+        // The plugin directory compiles in the background (seconds per plugin, more for a
+        // Python one): the broker listens meanwhile. Declaring a type still compiling is
+        // refused with a message saying so; durable exchanges of those types wait and are
+        // restored, with their bindings, when their type loads (the hook above).
+        let (loaded_tx, plugins_loaded) = watch::channel(false);
+        match shared.plugins.clone() {
+            Some(manager) if shared.config.plugin_dir.is_some() => {
+                let poll = shared.config.plugin_poll_ms;
+                let registry = shared.registry.clone();
+                let loading = tokio::task::spawn_blocking(move || {
+                    let report = manager.scan();
+                    registry.set_loading(false);
+                    info!(
+                        loaded = report.loaded.len(),
+                        refused = report.refused.len(),
+                        "plugin directory loaded"
+                    );
+                    // Every version in use is loaded now (the directory's and the vhosts').
+                    manager.prune_cache();
+                    manager.watch(std::time::Duration::from_millis(poll));
+                    let _ = loaded_tx.send(true);
+                });
+                // A definitions file may declare exchanges of plugin types: load them first.
+                if shared.config.load_definitions.is_some() {
+                    let _ = loading.await;
+                }
+            }
+            _ => {
+                let _ = loaded_tx.send(true);
+            }
         }
         if let Some(path) = shared.config.load_definitions.clone() {
             let importing = shared.clone();
@@ -465,11 +510,19 @@ impl Broker {
             management,
             management_tls,
             prometheus,
+            plugins_loaded,
         })
     }
 }
 
 impl BrokerHandle {
+    /// Waits until the plugin directory's first load (in the background since start-up) is
+    /// done: every file compiled or refused, the durable exchanges of its types restored.
+    pub async fn plugins_loaded(&self) {
+        let mut loaded = self.plugins_loaded.clone();
+        let _ = loaded.wait_for(|done| *done).await;
+    }
+
     /// The address the listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -675,10 +728,9 @@ impl Drop for BrokerHandle {
 }
 
 /// Makes the plugin manager (always: vhosts may have plugins of their own; without a plugin
-/// directory the engine is made on first use). Loads every plugin of `config.plugin_dir` (off
-/// the async threads: compiling is CPU work) and starts watching the directory. A plugin
-/// that fails to load is logged and skipped; if the WASM engine itself cannot start, the
-/// broker runs without plugins.
+/// directory the engine is made on first use). The plugin directory is loaded later, in the
+/// background (`Broker::start`); until then the registry says it is loading. If the WASM
+/// engine itself cannot start, the broker runs without plugins.
 async fn start_plugins(config: &Config, registry: &Registry) -> Option<PluginManager> {
     let manager = match PluginManager::new(config, registry.clone()) {
         Ok(manager) => manager,
@@ -687,19 +739,10 @@ async fn start_plugins(config: &Config, registry: &Registry) -> Option<PluginMan
             return None;
         }
     };
-    if config.plugin_dir.is_none() {
-        return Some(manager);
+    if config.plugin_dir.is_some() {
+        // Loaded in the background once the broker is up (`Broker::start`).
+        registry.set_loading(true);
     }
-    let scanning = manager.clone();
-    match tokio::task::spawn_blocking(move || scanning.scan()).await {
-        Ok(report) => info!(
-            loaded = report.loaded.len(),
-            refused = report.refused.len(),
-            "plugin directory loaded"
-        ),
-        Err(error) => tracing::error!(%error, "loading the plugin directory failed"),
-    }
-    manager.watch(std::time::Duration::from_millis(config.plugin_poll_ms));
     Some(manager)
 }
 

@@ -74,6 +74,40 @@ impl Shared {
         Ok(())
     }
 
+    /// Resets WASM exchange `exchange` of `vhost` (see `RouterCore::reset`), if `user` may
+    /// manage plugins there (as for the exchange's name). Slow (an instance is built): call it
+    /// off the async threads.
+    pub fn reset_plugin_exchange(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        user: Option<&str>,
+    ) -> Result<crate::exchange::wasm::ExchangeStatus, VhostPluginError> {
+        let (manager, _set) = self.vhost_plugin_set(vhost)?;
+        self.authorize_plugin(user, vhost, Some(exchange))?;
+        let no_exchange = || VhostPluginError::NoExchange {
+            vhost: vhost.to_owned(),
+            name: exchange.to_owned(),
+        };
+        let found = self
+            .vhost(vhost)
+            .ok_or_else(|| VhostPluginError::NoVhost(vhost.to_owned()))?
+            .exchange(exchange)
+            .map_err(|_| no_exchange())?;
+        let kind = found.spec.kind.to_string();
+        manager
+            .reset_exchange(vhost, exchange, &kind)
+            .map_err(|e| match e {
+                crate::exchange::wasm::WasmError::UnknownPlugin(_) => {
+                    VhostPluginError::NotAPlugin {
+                        name: exchange.to_owned(),
+                        kind,
+                    }
+                }
+                other => other.into(),
+            })
+    }
+
     /// Uploads a component into `vhost` as the type its `describe` names: a new type of that
     /// vhost only, or a new version of one it has (its exchanges move to it, all or nothing).
     /// Refused, with nothing stored or logged, when it is larger than `wasm_upload_max_bytes`,

@@ -93,7 +93,7 @@ pub(crate) fn identity_hash(
 }
 
 /// What a router may look at to decide where a message goes.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct RoutingInput<'a> {
     /// Name of the exchange being routed through.
     pub exchange: &'a str,
@@ -183,6 +183,28 @@ pub trait Router: Send + Sync + 'static {
         message: &RoutingInput<'_>,
         out: &mut Vec<Destination>,
     ) -> Result<(), RouteError>;
+
+    /// Appends the destinations of a message published with the routing key of `message`
+    /// and the extra keys `cc` of its `CC` and `BCC` headers (in that order). The default
+    /// routes once per key, as RabbitMQ's built-in types treat CC keys; a router that makes
+    /// one decision from every key (a WASM plugin, which is given them as `message.cc`)
+    /// overrides it. Stops at the first error.
+    fn route_keys(
+        &self,
+        message: &RoutingInput<'_>,
+        cc: &[&str],
+        out: &mut Vec<Destination>,
+    ) -> Result<(), RouteError> {
+        self.route(message, out)?;
+        for &key in cc {
+            let input = RoutingInput {
+                routing_key: key,
+                ..*message
+            };
+            self.route(&input, out)?;
+        }
+        Ok(())
+    }
 }
 
 /// The exchange types known to a broker, by name. Shared by every vhost.
@@ -195,6 +217,9 @@ pub struct Registry {
     types: Types,
     /// The broker-wide types under this vhost's own, for a layered registry.
     below: Option<Types>,
+    /// Whether the plugin directory is still being compiled (shared by the layers): an
+    /// unknown type may be one of its types, not loaded yet.
+    loading: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Exchange types by name, shared by the registries that see them.
@@ -242,7 +267,20 @@ impl Registry {
         Self {
             types: Arc::default(),
             below: Some(self.types.clone()),
+            loading: self.loading.clone(),
         }
+    }
+
+    /// Says whether the plugin directory is being loaded (see [`is_loading`](Self::is_loading)).
+    pub fn set_loading(&self, loading: bool) {
+        self.loading
+            .store(loading, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the broker is still compiling its plugin directory at start-up, so that a type
+    /// not registered yet may still come.
+    pub fn is_loading(&self) -> bool {
+        self.loading.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether `name` is a type of the registry below this layer (or of this registry, when

@@ -28,13 +28,13 @@ impl From<VhostPluginError> for ApiError {
                 error: "payload_too_large",
                 reason,
             },
-            VhostPluginError::NoVhost(_) | VhostPluginError::UnknownPlugin { .. } => {
-                ApiError::not_found()
-            }
+            VhostPluginError::NoVhost(_)
+            | VhostPluginError::UnknownPlugin { .. }
+            | VhostPluginError::NoExchange { .. } => ApiError::not_found(),
             VhostPluginError::Denied(_) => ApiError::not_authorised(reason),
-            VhostPluginError::NameTaken { .. } | VhostPluginError::Wasm(_) => {
-                ApiError::bad_request(reason)
-            }
+            VhostPluginError::NameTaken { .. }
+            | VhostPluginError::NotAPlugin { .. }
+            | VhostPluginError::Wasm(_) => ApiError::bad_request(reason),
             VhostPluginError::Meta(meta) => meta.into(),
             VhostPluginError::Storage(_) => ApiError::internal(reason),
         }
@@ -55,7 +55,7 @@ fn exchange_json(x: &ExchangeStatus) -> Value {
         "plugin_sha256": x.plugin_sha256, "bindings": x.bindings, "cacheable": x.cacheable,
         "failed": x.failed, "routed": x.routed, "cache_hits": x.cache_hits,
         "failures": x.failures, "deadlines": x.deadlines, "caps": x.caps, "traps": x.traps,
-        "unknown_ids": x.unknown_ids, "oversized": x.oversized,
+        "unknown_ids": x.unknown_ids, "impure_calls": x.impure, "oversized": x.oversized,
         "plugin_errors": x.plugin_errors, "replaced": x.replaced, "reloads": x.reloads,
         "log_lines_dropped": x.log_lines_dropped, "state_entries": x.state_entries,
         "latency_us": {
@@ -180,6 +180,43 @@ pub async fn rollback(
     })
     .await?;
     Ok(Json(plugin_json(&who, &scope, &status)).into_response())
+}
+
+/// POST /api/plugins/{vhost}/exchanges/{exchange}/reset: brings a WASM exchange (typically
+/// one marked failed) back into service on a fresh instance. Answers its status.
+pub async fn reset(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, exchange)): Path<(String, String)>,
+) -> Api {
+    let status = as_user(&shared, &who, move |shared, user| {
+        shared.reset_plugin_exchange(&vhost, &exchange, Some(user))
+    })
+    .await?;
+    Ok(Json(exchange_json(&status)).into_response())
+}
+
+/// POST /api/plugins/retry: loads again every file of the plugin directory that was refused
+/// (administrators only). Answers what loaded and what was refused again.
+pub async fn retry(State(shared): State<Arc<Shared>>, who: Who) -> Api {
+    who.require_admin()?;
+    let Some(manager) = shared.plugins.clone() else {
+        return Err(ApiError::not_found());
+    };
+    let report = tokio::task::spawn_blocking(move || manager.retry_refused())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let files = |list: &[(std::path::PathBuf, String)], what: &str| -> Vec<Value> {
+        list.iter()
+            .map(|(file, text)| json!({ "file": file.display().to_string(), what: text }))
+            .collect()
+    };
+    Ok(Json(json!({
+        "loaded": files(&report.loaded, "name"),
+        "refused": files(&report.refused, "reason"),
+        "removed": report.removed,
+    }))
+    .into_response())
 }
 
 /// DELETE /api/plugins/{vhost}/{name}: removes the type (its exchanges keep routing).

@@ -158,6 +158,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/api/plugins", get(super::plugins::list))
         .route(
+            "/api/plugins/retry",
+            axum::routing::post(super::plugins::retry),
+        )
+        .route(
+            "/api/plugins/{vhost}/exchanges/{exchange}/reset",
+            axum::routing::post(super::plugins::reset),
+        )
+        .route(
             "/api/plugins/{vhost}",
             get(super::plugins::of_vhost)
                 .post(super::plugins::upload)

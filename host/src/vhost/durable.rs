@@ -30,6 +30,30 @@ pub(super) struct Durable {
     /// Where queues page out the messages `messages` does not hold (transient ones, and
     /// every message of a queue that is not durable): never synced, emptied at every start.
     pub(super) paging: std::sync::Arc<MessageStore>,
+    /// What the restore could not rebuild for want of an exchange type.
+    waiting: Mutex<Waiting>,
+}
+
+/// Durable exchanges whose type was not loaded when the vhost was restored (a plugin file
+/// missing, or not compiled yet), and the bindings from or to them: restored when the type
+/// appears ([`VHost::restore_waiting`]).
+#[derive(Default)]
+struct Waiting {
+    exchanges: Vec<ExchangeDefinition>,
+    bindings: Vec<BindingDefinition>,
+}
+
+impl Waiting {
+    fn holds(&self, name: &str) -> bool {
+        self.exchanges.iter().any(|e| e.name == name)
+    }
+
+    /// Whether `binding` needs an exchange that is still waiting.
+    fn blocks(&self, binding: &BindingDefinition) -> bool {
+        self.holds(&binding.source)
+            || (binding.destination_kind == DestinationKind::Exchange
+                && self.holds(&binding.destination))
+    }
 }
 
 /// What the stores returned at open, to be applied once the vhost exists.
@@ -67,6 +91,7 @@ impl Durable {
                 definitions: Mutex::new(log),
                 messages,
                 paging: std::sync::Arc::new(paging),
+                waiting: Mutex::default(),
             },
             Restore {
                 definitions,
@@ -225,7 +250,8 @@ impl VHost {
 
     /// Rebuilds the durable topology and queued messages found at open. An object that cannot
     /// be rebuilt (an exchange type no longer loaded, invalid arguments) is reported and
-    /// skipped; it stays in the log, so it returns once the cause is fixed.
+    /// skipped; it stays in the log, so it returns once the cause is fixed. An exchange whose
+    /// type is not loaded, and its bindings, wait for the type: [`Self::restore_waiting`].
     pub(super) fn restore(self: &Arc<Self>, restore: Restore) {
         let Some(durable) = &self.durable else {
             return;
@@ -251,13 +277,23 @@ impl VHost {
             .plugin_state()
             .retain(|name| declared.contains(name));
         let (mut exchanges, mut queues, mut bindings) = (0, 0, 0);
+        let mut waiting = durable.waiting.lock();
         let mut topology = self.topology.write();
         for definition in restore.definitions {
             match definition {
                 Definition::DeclareExchange(def) => {
+                    let missing = self.registry.get(&def.kind).is_none();
+                    let kept = missing.then(|| def.clone());
                     match self.restore_exchange(&mut topology, def) {
                         Ok(()) => exchanges += 1,
-                        Err(error) => warn!(vhost = %self.name, %error, "exchange not restored"),
+                        Err(error) => {
+                            warn!(vhost = %self.name, %error, "exchange not restored");
+                            if let Some(def) = kept {
+                                info!(vhost = %self.name, exchange = %def.name, kind = %def.kind,
+                                    "the exchange and its bindings are restored when its type is loaded");
+                                waiting.exchanges.push(def);
+                            }
+                        }
                     }
                 }
                 Definition::DeclareQueue(def) => {
@@ -297,6 +333,7 @@ impl VHost {
                         }
                     }
                 }
+                Definition::Bind(def) if waiting.blocks(&def) => waiting.bindings.push(def),
                 Definition::Bind(def) => match self.restore_binding(&topology, def) {
                     Ok(()) => bindings += 1,
                     Err(error) => warn!(vhost = %self.name, %error, "binding not restored"),
@@ -309,6 +346,7 @@ impl VHost {
         }
         topology.reindex();
         drop(topology);
+        drop(waiting);
         let mut messages = 0;
         for (queue, found) in pending_messages {
             messages += found.len();
@@ -322,6 +360,68 @@ impl VHost {
             }
         }
         info!(vhost = %self.name, exchanges, queues, bindings, messages, "durable state restored");
+    }
+
+    /// Restores the durable exchanges (and their bindings) that were waiting for their type,
+    /// for the types now loaded; answers how many exchanges came back. Each goes through the
+    /// ordinary declare and bind (under the change lock, the router built before it) but, as
+    /// at start-up, without the limits, the allow list and a log append: they are in the log
+    /// already. Called when plugins are loaded after the vhost opened.
+    pub fn restore_waiting(&self) -> usize {
+        let Some(durable) = &self.durable else {
+            return 0;
+        };
+        let mut waiting = durable.waiting.lock();
+        if waiting.exchanges.is_empty() {
+            return 0;
+        }
+        let mut restored = 0;
+        for def in std::mem::take(&mut waiting.exchanges) {
+            if self.registry.get(&def.kind).is_none() {
+                waiting.exchanges.push(def);
+                continue;
+            }
+            let spec = ExchangeSpec {
+                name: Name::from(def.name.as_str()),
+                kind: Name::from(def.kind.as_str()),
+                durable: true,
+                auto_delete: def.auto_delete,
+                internal: def.internal,
+                arguments: def.arguments,
+            };
+            match self.declare_exchange_as(spec, true) {
+                Ok(()) => {
+                    restored += 1;
+                    info!(vhost = %self.name, exchange = %def.name, kind = %def.kind,
+                        "exchange restored now that its type is loaded");
+                }
+                // Gone for good (e.g. declared since with another type): its bindings too.
+                Err(error) => {
+                    warn!(vhost = %self.name, exchange = %def.name, %error, "exchange not restored")
+                }
+            }
+        }
+        for def in std::mem::take(&mut waiting.bindings) {
+            if waiting.blocks(&def) {
+                waiting.bindings.push(def);
+                continue;
+            }
+            let destination = match def.destination_kind {
+                DestinationKind::Queue => Destination::Queue(Name::from(def.destination.as_str())),
+                DestinationKind::Exchange => {
+                    Destination::Exchange(Name::from(def.destination.as_str()))
+                }
+            };
+            let binding = Binding {
+                destination,
+                routing_key: Name::from(def.routing_key.as_str()),
+                arguments: def.arguments,
+            };
+            if let Err(error) = self.bind_as(&def.source, binding, true) {
+                warn!(vhost = %self.name, source = %def.source, %error, "binding not restored");
+            }
+        }
+        restored
     }
 
     fn restore_exchange(

@@ -297,10 +297,29 @@ impl VHost {
     /// topology write lock is held only to insert it. A declare that loses a race to another
     /// declare of the same name drops what it built and compares with the winner.
     pub fn declare_exchange(&self, spec: ExchangeSpec) -> Result<(), AmqpError> {
+        self.declare_exchange_as(spec, false)
+    }
+
+    /// [`declare_exchange`](Self::declare_exchange), or, when `restoring` a durable exchange
+    /// that is already in the definitions log (its type loaded after the vhost opened), the
+    /// same without the allow list, the exchange limit and the log append: as at start-up.
+    pub(crate) fn declare_exchange_as(
+        &self,
+        spec: ExchangeSpec,
+        restoring: bool,
+    ) -> Result<(), AmqpError> {
         // RabbitMQ (rabbit_exchange:check_type, 3.13+) checks the type before anything else;
         // an unknown type is a soft error there: 406 closes only the channel.
         let ty = self.registry.get(&spec.kind).ok_or_else(|| {
-            AmqpError::precondition_failed(format!("unknown exchange type '{}'", spec.kind))
+            if self.registry.is_loading() {
+                AmqpError::precondition_failed(format!(
+                    "unknown exchange type '{}' (the broker is still compiling its plugins: \
+                     retry once they are loaded)",
+                    spec.kind
+                ))
+            } else {
+                AmqpError::precondition_failed(format!("unknown exchange type '{}'", spec.kind))
+            }
         })?;
         // An existing exchange, pre-declared `amq.*` ones included, is only compared: RabbitMQ
         // looks the name up first and refuses the reserved prefix only when creating.
@@ -309,7 +328,7 @@ impl VHost {
         }
         // Refused with an unknown type's code, when creating only: an exchange that exists
         // keeps working (and redeclaring it too) after its type left the list.
-        if !self.type_allowed(&spec.kind) {
+        if !restoring && !self.type_allowed(&spec.kind) {
             return Err(AmqpError::precondition_failed(format!(
                 "exchange type '{}' is not allowed in vhost '{}'",
                 spec.kind, self.name
@@ -321,7 +340,9 @@ impl VHost {
                 spec.name
             )));
         }
-        self.check_exchange_limit(&spec)?;
+        if !restoring {
+            self.check_exchange_limit(&spec)?;
+        }
         if let Some(ae) = spec.arguments.inner().get("alternate-exchange")
             && !matches!(ae, AMQPValue::LongString(_) | AMQPValue::ShortString(_))
         {
@@ -345,8 +366,10 @@ impl VHost {
             // Lost a race: the winner's exchange stands; ours (and its instance) is dropped.
             return existing.check_equivalent(spec, &self.name);
         }
-        self.check_exchange_limit(spec)?;
-        if spec.durable {
+        if !restoring {
+            self.check_exchange_limit(spec)?;
+        }
+        if spec.durable && !restoring {
             self.log(&exchange_definition(spec))?;
         }
         self.topology
@@ -621,6 +644,17 @@ impl VHost {
     /// exchange's router lock only), a durable binding is logged, then the router and the
     /// exchange's index take it; the topology write lock is held only to count it.
     pub fn bind(&self, source: &str, binding: Binding) -> Result<(), AmqpError> {
+        self.bind_as(source, binding, false)
+    }
+
+    /// [`bind`](Self::bind), or, when `restoring` a binding already in the definitions log,
+    /// the same without the binding limit and the log append.
+    pub(crate) fn bind_as(
+        &self,
+        source: &str,
+        binding: Binding,
+        restoring: bool,
+    ) -> Result<(), AmqpError> {
         let _changes = self.lock_changes();
         let (exchange, durable) = {
             let topology = self.read_topology();
@@ -629,9 +663,12 @@ impl VHost {
             if exchange.has_binding(&binding) {
                 return Ok(());
             }
-            self.limits()
-                .check_bindings(&self.name, source, topology.bindings)?;
-            let durable = self.durable.is_some()
+            if !restoring {
+                self.limits()
+                    .check_bindings(&self.name, source, topology.bindings)?;
+            }
+            let durable = !restoring
+                && self.durable.is_some()
                 && topology.binding_is_durable(&exchange, &binding.destination);
             (exchange, durable)
         };
@@ -704,41 +741,6 @@ impl VHost {
             .get(source)
             .cloned()
             .ok_or_else(|| self.not_found_exchange(source))
-    }
-}
-
-impl VHost {
-    /// Registers a direct reply-to consumer; returns the reply-to name that leads to it.
-    pub fn register_reply_consumer(
-        &self,
-        consumer: Weak<dyn ReplyConsumer>,
-    ) -> Result<Name, AmqpError> {
-        // Two 22-character CSPRNG suffixes (264 bits): the name is the only thing that lets a
-        // client aim replies at a channel, so it must not be guessable from other names. A
-        // collision is astronomically unlikely; it is still refused rather than overwriting.
-        loop {
-            let suffix = format!(
-                "{}.{}",
-                crate::names::random_suffix()?,
-                crate::names::random_suffix()?
-            );
-            if self.replies.register(&suffix, consumer.clone()) {
-                return Ok(Name::from(format!("{REPLY_TO_PREFIX}{suffix}")));
-            }
-        }
-    }
-
-    /// Forgets a reply consumer (cancelled, or its channel closed).
-    pub fn unregister_reply_consumer(&self, name: &str) {
-        if let Some(suffix) = name.strip_prefix(REPLY_TO_PREFIX) {
-            self.replies.unregister(suffix);
-        }
-    }
-
-    /// Whether `name` is `amq.rabbitmq.reply-to` or the reply-to name of a live consumer
-    /// (queue.declare of such a name succeeds with 0 messages and 1 consumer).
-    pub fn reply_queue_exists(&self, name: &str) -> bool {
-        name == REPLY_TO_QUEUE || self.replies.lookup(name).is_some()
     }
 }
 

@@ -12,7 +12,9 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
+use crate::exchange::Name;
 use crate::message::Message;
+use crate::protocol::AmqpError;
 
 /// The pseudo-queue a client consumes from (with no-ack) to receive replies.
 pub const REPLY_TO_QUEUE: &str = "amq.rabbitmq.reply-to";
@@ -63,5 +65,40 @@ impl ReplyRegistry {
     pub(crate) fn lookup(&self, name: &str) -> Option<Arc<dyn ReplyConsumer>> {
         let suffix = name.strip_prefix(REPLY_TO_PREFIX)?;
         self.consumers.lock().get(suffix)?.upgrade()
+    }
+}
+
+impl super::VHost {
+    /// Registers a direct reply-to consumer; returns the reply-to name that leads to it.
+    pub fn register_reply_consumer(
+        &self,
+        consumer: Weak<dyn ReplyConsumer>,
+    ) -> Result<Name, AmqpError> {
+        // Two 22-character CSPRNG suffixes (264 bits): the name is the only thing that lets a
+        // client aim replies at a channel, so it must not be guessable from other names. A
+        // collision is astronomically unlikely; it is still refused rather than overwriting.
+        loop {
+            let suffix = format!(
+                "{}.{}",
+                crate::names::random_suffix()?,
+                crate::names::random_suffix()?
+            );
+            if self.replies.register(&suffix, consumer.clone()) {
+                return Ok(Name::from(format!("{REPLY_TO_PREFIX}{suffix}")));
+            }
+        }
+    }
+
+    /// Forgets a reply consumer (cancelled, or its channel closed).
+    pub fn unregister_reply_consumer(&self, name: &str) {
+        if let Some(suffix) = name.strip_prefix(REPLY_TO_PREFIX) {
+            self.replies.unregister(suffix);
+        }
+    }
+
+    /// Whether `name` is `amq.rabbitmq.reply-to` or the reply-to name of a live consumer
+    /// (queue.declare of such a name succeeds with 0 messages and 1 consumer).
+    pub fn reply_queue_exists(&self, name: &str) -> bool {
+        name == REPLY_TO_QUEUE || self.replies.lookup(name).is_some()
     }
 }

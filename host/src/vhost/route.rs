@@ -106,20 +106,21 @@ impl VHost {
             } else {
                 routed.destinations.clear();
                 let router = x.router();
-                for key in keys {
+                // The publish key first, then the CC and BCC keys: built-in types route each
+                // key in turn, a plugin decides once from all of them.
+                if let Some((first, cc)) = keys.split_first() {
                     let input = RoutingInput {
                         exchange: &x.spec.name,
-                        routing_key: key,
+                        routing_key: first,
                         properties,
                         body: message.body(),
                     };
-                    if let Err(error) = router.route(&input, &mut routed.destinations) {
+                    if let Err(error) = router.route_keys(&input, cc, &mut routed.destinations) {
                         // Debug only: a router logs its own failures, rate-limited per
                         // exchange (a failed WASM exchange refuses every message).
                         debug!(exchange = %x.spec.name, vhost = %self.name, %error, "router failed; message unroutable by this exchange");
                         routed.router_failed = true;
                         routed.destinations.clear();
-                        break;
                     }
                 }
                 drop(router);

@@ -4,6 +4,7 @@ Each message goes to exactly one binding: hash64(routing key) modulo the number 
 over the bindings sorted by id. Same answers as the Rust x-modulus-hash.
 """
 
+from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import types
 
@@ -24,7 +25,11 @@ class Router(exports.Router):
         )
 
     def validate(self, arguments: types.FieldTable) -> None:
-        # No arguments of its own; others (alternate-exchange, ...) belong to the broker.
+        # No arguments of its own; others (alternate-exchange, ...) belong to the broker. A
+        # WIT `result<_, string>` is returned by returning normally, or refused by raising
+        # `Err(text)`: the broker answers 406 PRECONDITION_FAILED with that text.
+        if any(field.name == "hash-header" for field in arguments.entries):
+            raise Err("x-py-modulus-hash hashes the routing key only; hash-header is not supported")
         return None
 
     def init(self, exchange: str, arguments: types.FieldTable) -> types.Inputs:

@@ -21,6 +21,12 @@
 //!
 //! So a file is deserialized only if this broker (someone holding the key) wrote it for exactly
 //! this component and engine.
+//!
+//! **Pruning.** A file is touched (its mtime set to now) whenever it is loaded, and
+//! [`ArtifactCache::prune`] deletes the artifacts no loaded plugin uses that were neither
+//! written nor loaded for [`PRUNE_UNUSED_AFTER`], and temporary files left by a crash. The grace
+//! period spares a cache directory shared by several brokers (and a plugin version removed a
+//! moment ago, which may come back).
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -36,6 +42,9 @@ pub const MAGIC: &[u8; 8] = b"bourseA1";
 pub const KEY_BYTES: usize = 32;
 /// Name of the key file in the data directory.
 pub const KEY_FILE: &str = "wasm-cache.key";
+/// An artifact no loaded plugin uses is deleted once it has been neither written nor loaded
+/// for this long.
+pub const PRUNE_UNUSED_AFTER: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -220,6 +229,8 @@ impl ArtifactCache {
         match verdict {
             Ok(()) => {
                 bytes.drain(..header);
+                // Marks it used, for `prune`.
+                let _ = file.set_modified(std::time::SystemTime::now());
                 Some(bytes)
             }
             Err(why) => {
@@ -255,6 +266,63 @@ impl ArtifactCache {
         }
         written
     }
+}
+
+impl ArtifactCache {
+    /// Deletes the artifacts of components whose SHA-256 is not in `in_use` and that were
+    /// neither written nor loaded for `unused_for`, and temporary files as old; only files
+    /// named as this cache names them. Returns (files deleted, their bytes).
+    pub fn prune(
+        &self,
+        in_use: &std::collections::HashSet<String>,
+        unused_for: std::time::Duration,
+    ) -> (usize, u64) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return (0, 0);
+        };
+        let now = std::time::SystemTime::now();
+        let (mut files, mut bytes) = (0, 0);
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(sha256) = artifact_sha256(name) else {
+                continue;
+            };
+            if in_use.contains(sha256) {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            let idle = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or_default();
+            if !meta.is_file() || idle < unused_for {
+                continue;
+            }
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    files += 1;
+                    bytes += meta.len();
+                    debug!(file = %name, "unused plugin artifact pruned");
+                }
+                Err(e) => warn!(file = %name, error = %e, "cannot prune a plugin artifact"),
+            }
+        }
+        (files, bytes)
+    }
+}
+
+/// The component hash an artifact or temporary file of this cache is named after:
+/// `<sha256>-<compatibility>-<version>.cwasm` or `.tmp<pid>`; `None` for any other name.
+fn artifact_sha256(name: &str) -> Option<&str> {
+    let (sha256, rest) = name.split_once('-')?;
+    let well_named = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit());
+    let ours = rest.ends_with(".cwasm")
+        || rest
+            .rsplit_once(".tmp")
+            .is_some_and(|(_, pid)| pid.bytes().all(|b| b.is_ascii_digit()));
+    (well_named && ours).then_some(sha256)
 }
 
 /// Reads the key at `path`, or creates it (32 random bytes, mode 0600) if there is none or the
@@ -409,6 +477,60 @@ mod tests {
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let refused = ArtifactCache::open(&root.join("cache"), &key).expect_err("refused");
         assert!(matches!(refused, CacheRefused::KeyExposed(_)), "{refused}");
+    }
+
+    #[test]
+    fn prune_removes_old_unused_artifacts_only() {
+        use std::time::{Duration, SystemTime};
+        let root = temp();
+        let cache = ArtifactCache::open(&root.join("cache"), &root.join(KEY_FILE)).expect("open");
+        let sha = |c: char| c.to_string().repeat(64);
+        let (used, old, fresh) = (sha('a'), sha('b'), sha('c'));
+        for s in [&used, &old, &fresh] {
+            let id = ArtifactId {
+                sha256: s,
+                compatibility: "cc",
+            };
+            cache.store(id, b"code").expect("store");
+        }
+        let tmp = cache.dir().join(format!("{old}-cc-1.cwasm.tmp42"));
+        std::fs::write(&tmp, b"half").expect("tmp");
+        let other = cache.dir().join("notes.txt");
+        std::fs::write(&other, b"not ours").expect("other");
+        let long_ago = SystemTime::now() - Duration::from_secs(30 * 24 * 3600);
+        for entry in std::fs::read_dir(cache.dir()).expect("dir").flatten() {
+            let name = entry.file_name().into_string().expect("utf-8");
+            if !name.starts_with(&fresh) {
+                let file = std::fs::File::options()
+                    .write(true)
+                    .open(entry.path())
+                    .expect("open");
+                file.set_modified(long_ago).expect("set mtime");
+            }
+        }
+        let in_use = [used.clone()].into_iter().collect();
+        let (files, _) = cache.prune(&in_use, PRUNE_UNUSED_AFTER);
+        assert_eq!(
+            files, 2,
+            "the old unused artifact and the old temporary file"
+        );
+        let left: std::collections::BTreeSet<String> = std::fs::read_dir(cache.dir())
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().into_string().expect("utf-8"))
+            .collect();
+        assert_eq!(left.len(), 3, "{left:?}");
+        assert!(left.iter().any(|n| n.starts_with(&used)));
+        assert!(left.iter().any(|n| n.starts_with(&fresh)));
+        assert!(left.contains("notes.txt"));
+        // Loading an old artifact makes it recent again.
+        let id = ArtifactId {
+            sha256: &used,
+            compatibility: "cc",
+        };
+        assert!(cache.load(id).is_some());
+        let (files, _) = cache.prune(&Default::default(), PRUNE_UNUSED_AFTER);
+        assert_eq!(files, 0, "{used} was just loaded");
     }
 
     #[test]

@@ -223,6 +223,10 @@ pub struct HostState {
     pub overrun: Option<(u64, Instant)>,
     /// Past the deadline: when it was first reached.
     pub overrun_since: Option<Instant>,
+    /// Set by every call of the plugin into the `clock` or `state` imports or WASI's clocks
+    /// and random: a `route` call that set it is not a pure function of its inputs, and its
+    /// decision is never cached, whatever the plugin declared.
+    pub impure: bool,
 }
 
 /// Which cap a call ran into.
@@ -331,7 +335,20 @@ impl HostState {
             },
             overrun: None,
             overrun_since: None,
+            impure: false,
         }
+    }
+}
+
+impl HostState {
+    fn impure_clocks(&mut self) -> wasmtime_wasi::clocks::WasiClocksCtxView<'_> {
+        self.impure = true;
+        self.clocks()
+    }
+
+    fn impure_random(&mut self) -> &mut wasmtime_wasi::random::WasiRandomCtx {
+        self.impure = true;
+        self.wasi.random()
     }
 }
 
@@ -351,11 +368,12 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     io::error::add_to_linker::<T, NoBlockIo>(l, |t| NoBlock(&mut t.table))?;
     sync_poll::add_to_linker::<T, NoBlockIo>(l, |t| NoBlock(&mut t.table))?;
     sync_streams::add_to_linker::<T, NoBlockIo>(l, |t| NoBlock(&mut t.table))?;
-    clocks::wall_clock::add_to_linker::<T, WasiClocks>(l, T::clocks)?;
-    clocks::monotonic_clock::add_to_linker::<T, WasiClocks>(l, T::clocks)?;
-    random::random::add_to_linker::<T, WasiRandom>(l, |t| t.wasi.random())?;
-    random::insecure::add_to_linker::<T, WasiRandom>(l, |t| t.wasi.random())?;
-    random::insecure_seed::add_to_linker::<T, WasiRandom>(l, |t| t.wasi.random())?;
+    // Each call to a clock or to randomness marks the call impure (see `HostState::impure`).
+    clocks::wall_clock::add_to_linker::<T, WasiClocks>(l, T::impure_clocks)?;
+    clocks::monotonic_clock::add_to_linker::<T, WasiClocks>(l, T::impure_clocks)?;
+    random::random::add_to_linker::<T, WasiRandom>(l, T::impure_random)?;
+    random::insecure::add_to_linker::<T, WasiRandom>(l, T::impure_random)?;
+    random::insecure_seed::add_to_linker::<T, WasiRandom>(l, T::impure_random)?;
     cli::exit::add_to_linker::<T, WasiCli>(l, T::cli)?;
     cli::environment::add_to_linker::<T, WasiCli>(l, T::cli)?;
     cli::stdin::add_to_linker::<T, WasiCli>(l, T::cli)?;

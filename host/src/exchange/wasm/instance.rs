@@ -181,12 +181,16 @@ impl Instance {
         })
     }
 
-    /// `route(message)`, passing only what `inputs` declared.
+    /// `route(message)`, passing only what `inputs` declared; `cc` are the message's extra
+    /// routing keys (its `CC` then `BCC` keys). Afterwards [`impure`](Self::impure) says
+    /// whether the call read a clock, randomness or the state store.
     pub fn route(
         &mut self,
         input: &RoutingInput<'_>,
+        cc: &[&str],
         inputs: &Inputs,
     ) -> Result<Result<Vec<u64>, String>, CallError> {
+        self.store.data_mut().impure = false;
         let deadline = self.store.data().ctx.budget.call_deadline_ms();
         let router = self.bindings.bourse_exchange_router();
         let headers = match (&inputs.headers, input.properties.headers()) {
@@ -198,10 +202,10 @@ impl Instance {
             .fields
             .contains(InputFields::PROPERTIES)
             .then(|| super::v0_1::properties(input.properties));
-        let routing_key = if inputs.fields.contains(InputFields::ROUTING_KEY) {
-            input.routing_key
+        let (routing_key, cc) = if inputs.fields.contains(InputFields::ROUTING_KEY) {
+            (input.routing_key, cc)
         } else {
-            ""
+            ("", &[][..])
         };
         let body = (inputs.fields.contains(InputFields::BODY)
             && input.body.len() <= BODY_MAX_BYTES)
@@ -211,9 +215,7 @@ impl Instance {
                 let message = Message {
                     exchange: input.exchange,
                     routing_key,
-                    // The vhost routes once per routing key (publish key, then each CC/BCC key),
-                    // so each call carries exactly one key.
-                    cc: &[],
+                    cc,
                     properties,
                     headers,
                     body_size: input.body.len() as u64,
@@ -224,6 +226,11 @@ impl Instance {
                 })
             })
             .map(|answer| answer.map_err(bounded_owned))
+    }
+
+    /// Whether the last `route` call read a clock, randomness or the state store.
+    pub fn impure(&self) -> bool {
+        self.store.data().impure
     }
 
     /// The largest linear memory the instance was granted, in bytes.

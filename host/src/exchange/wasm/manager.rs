@@ -7,6 +7,12 @@
 //! A file that is not a component, targets another major version of the WIT, or fails to
 //! compile, link or describe itself is logged with the reason and skipped; the broker runs on.
 //!
+//! One file provides one type, and a type is provided by one file: a file describing a type
+//! that another file of the directory provides is refused (logged with both file names) and
+//! the owner keeps it, with its live exchanges. At start-up files are loaded in name order, so
+//! the first name wins; later, the file that already provides the type. A refused file is
+//! tried again once the owner is deleted (its exchanges then follow it, as for any reload).
+//!
 //! The manager exists in every broker, with or without a plugin directory: it also holds the
 //! vhosts' own plugin sets ([`super::tenant`]). Without a plugin directory the engine and the
 //! compile cache are made on first use (the first vhost plugin), so a broker that never loads
@@ -17,7 +23,7 @@
 //! their instances (deleting a file must not break live traffic). If a file providing the type
 //! comes back, those exchanges are hot-reloaded onto it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
@@ -67,7 +73,13 @@ struct Inner {
     files: Mutex<BTreeMap<PathBuf, FileSeen>>,
     /// Serialises load / replace / rollback / remove / scan.
     ops: Mutex<()>,
+    /// Called after a scan that loaded something (the broker restores the durable exchanges
+    /// that were waiting for a type).
+    on_loaded: Mutex<Option<LoadedHook>>,
 }
+
+/// See [`PluginManager::on_loaded`].
+type LoadedHook = Arc<dyn Fn() + Send + Sync>;
 
 #[derive(Clone)]
 struct Core {
@@ -106,8 +118,14 @@ struct FileSeen {
     modified: Option<SystemTime>,
     len: u64,
     sha256: String,
-    /// The type this file provides, if it loaded.
+    /// The type this file provides, if it loaded (kept when a later version of the file is
+    /// refused: the type's current version still came from it).
     plugin: Option<String>,
+    /// Whether the file's current bytes were refused.
+    refused: bool,
+    /// The type this file describes but was refused because another file provides it; the
+    /// file is tried again once that file is gone.
+    conflict: Option<String>,
 }
 
 /// What one directory scan did.
@@ -141,6 +159,7 @@ impl PluginManager {
                 types: Mutex::new(BTreeMap::new()),
                 files: Mutex::new(BTreeMap::new()),
                 ops: Mutex::new(()),
+                on_loaded: Mutex::new(None),
             }),
         };
         if manager.inner.plugin_dir.is_some() {
@@ -228,6 +247,33 @@ impl PluginManager {
         let ty = self.ty(name)?;
         ty.rollback()?;
         self.status_of(name)
+    }
+
+    /// Resets exchange `exchange` of `vhost`, of plugin type `kind` (the vhost's own type of
+    /// that name, else the broker-wide one): see [`RouterCore::reset`](super::router::RouterCore::reset).
+    pub fn reset_exchange(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        kind: &str,
+    ) -> Result<ExchangeStatus, WasmError> {
+        let unknown = || WasmError::UnknownPlugin(kind.to_owned());
+        let ty = match self.vhost(vhost).get(kind) {
+            Some(ty) => ty,
+            None => self.ty(kind)?,
+        };
+        ty.reset(vhost, exchange).ok_or_else(unknown)?
+    }
+
+    /// Tries again every file of the plugin directory that was refused (a reload refused by
+    /// one of the type's exchanges, a file describing a type another file provides...),
+    /// whether it changed or not, then scans as usual.
+    pub fn retry_refused(&self) -> ScanReport {
+        {
+            let _op = self.inner.ops.lock();
+            self.inner.files.lock().retain(|_, seen| !seen.refused);
+        }
+        self.scan()
     }
 
     /// Unregisters a type: new declares of it get 406, existing exchanges keep routing.
@@ -329,9 +375,60 @@ impl PluginManager {
         Ok(name)
     }
 
+    /// Sets what to call after a scan that loaded a type or a version (off the manager's
+    /// locks, on the scanning thread).
+    pub fn on_loaded(&self, hook: impl Fn() + Send + Sync + 'static) {
+        *self.inner.on_loaded.lock() = Some(Arc::new(hook));
+    }
+
     /// One pass over the plugin directory: loads new and changed `*.wasm` files, removes the
-    /// types whose file went away. Errors are logged and reported, never fatal.
+    /// types whose file went away. Errors are logged and reported, never fatal. Then, if
+    /// something loaded, calls the [`on_loaded`](Self::on_loaded) hook.
     pub fn scan(&self) -> ScanReport {
+        let report = self.scan_dir();
+        if !report.loaded.is_empty() {
+            let hook = self.inner.on_loaded.lock().clone();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
+        if !report.loaded.is_empty() || !report.removed.is_empty() {
+            self.prune_cache();
+        }
+        report
+    }
+
+    /// Deletes the compile cache's artifacts that no loaded version (current or previous, of
+    /// the directory's types and of every open vhost's) uses and that were not used for
+    /// [`PRUNE_UNUSED_AFTER`](super::cache::PRUNE_UNUSED_AFTER). Returns (files, bytes).
+    pub fn prune_cache(&self) -> (usize, u64) {
+        let Some(cache) = self
+            .inner
+            .core
+            .lock()
+            .as_ref()
+            .and_then(|core| core.settings.cache.clone())
+        else {
+            return (0, 0);
+        };
+        let mut in_use = std::collections::HashSet::new();
+        let vhosts: Vec<Arc<VhostPlugins>> = self.inner.vhosts.lock().values().cloned().collect();
+        let statuses = self
+            .status()
+            .into_iter()
+            .chain(vhosts.iter().flat_map(|v| v.status()));
+        for status in statuses {
+            in_use.insert(status.current.sha256);
+            in_use.extend(status.previous.map(|p| p.sha256));
+        }
+        let (files, bytes) = cache.prune(&in_use, super::cache::PRUNE_UNUSED_AFTER);
+        if files > 0 {
+            info!(files, bytes, dir = %cache.dir().display(), "unused plugin artifacts pruned");
+        }
+        (files, bytes)
+    }
+
+    fn scan_dir(&self) -> ScanReport {
         let _op = self.inner.ops.lock();
         let mut report = ScanReport::default();
         let Some(dir) = self.inner.plugin_dir.clone() else {
@@ -345,10 +442,16 @@ impl PluginManager {
             }
         };
         let before = self.inner.files.lock().clone();
-        let mut after = BTreeMap::new();
+        let listed: BTreeSet<PathBuf> = present.iter().map(|(p, _, _)| p.clone()).collect();
+        let mut after: BTreeMap<PathBuf, FileSeen> = BTreeMap::new();
         for (path, modified, len) in present {
             let seen = before.get(&path);
-            if let Some(seen) = seen.filter(|s| s.modified == modified && s.len == len) {
+            // A file refused for a type another file provided is tried again once that
+            // file is gone.
+            let retry = seen
+                .and_then(|s| s.conflict.as_deref())
+                .is_some_and(|name| owner(name, &path, &before, &after, &listed).is_none());
+            if let Some(seen) = seen.filter(|s| s.modified == modified && s.len == len && !retry) {
                 after.insert(path, seen.clone());
                 continue;
             }
@@ -360,7 +463,7 @@ impl PluginManager {
                 }
             };
             let sha256 = runtime::sha256_hex(&bytes);
-            if let Some(seen) = seen.filter(|s| s.sha256 == sha256) {
+            if let Some(seen) = seen.filter(|s| s.sha256 == sha256 && !retry) {
                 after.insert(
                     path,
                     FileSeen {
@@ -371,7 +474,24 @@ impl PluginManager {
                 );
                 continue;
             }
-            let plugin = match self.load_bytes_locked(&bytes, &path) {
+            let mut conflict = None;
+            let loaded = self.prepare(&bytes, &path).and_then(|version| {
+                // One file per type: the one providing it keeps it (at start-up, the first
+                // file in name order). Another file describing the same type would otherwise
+                // take over its live exchanges.
+                match owner(&version.name, &path, &before, &after, &listed) {
+                    Some(owner) => {
+                        conflict = Some(version.name.clone());
+                        Err(WasmError::TypeTaken {
+                            name: version.name.clone(),
+                            owner: owner.display().to_string(),
+                        })
+                    }
+                    None => self.install(version),
+                }
+            });
+            let refused = loaded.is_err();
+            let plugin = match loaded {
                 Ok(name) => {
                     report.loaded.push((path.clone(), name.clone()));
                     Some(name)
@@ -379,7 +499,7 @@ impl PluginManager {
                 Err(e) => {
                     error!(file = %path.display(), error = %e, "plugin refused");
                     report.refused.push((path.clone(), e.to_string()));
-                    None
+                    seen.and_then(|s| s.plugin.clone())
                 }
             };
             after.insert(
@@ -389,6 +509,8 @@ impl PluginManager {
                     len,
                     sha256,
                     plugin,
+                    refused,
+                    conflict,
                 },
             );
         }
@@ -430,6 +552,26 @@ impl PluginManager {
             error!(error = %e, "cannot start the plugin directory watcher");
         }
     }
+}
+
+/// The file other than `path` that provides type `name`: one already handled in this scan
+/// (`after`), or one that provided it at the last scan (`before`) and is still there.
+fn owner(
+    name: &str,
+    path: &Path,
+    before: &BTreeMap<PathBuf, FileSeen>,
+    after: &BTreeMap<PathBuf, FileSeen>,
+    listed: &BTreeSet<PathBuf>,
+) -> Option<PathBuf> {
+    let provides = |(p, s): (&PathBuf, &FileSeen)| {
+        (p.as_path() != path && s.plugin.as_deref() == Some(name)).then(|| p.clone())
+    };
+    after.iter().find_map(provides).or_else(|| {
+        before
+            .iter()
+            .filter(|(p, _)| listed.contains(*p) && !after.contains_key(*p))
+            .find_map(provides)
+    })
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, WasmError> {

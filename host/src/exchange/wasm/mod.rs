@@ -13,7 +13,9 @@
 //! - [`output`]: bounds on what a plugin can make the host say or do: texts cut to 1 KiB,
 //!   the cap on ids per `route` answer, the per-exchange warning throttle.
 //! - [`router`]: the [`Router`](crate::exchange::Router) of one exchange: one long-lived
-//!   instance behind a mutex, binding ids, the decision cache, failure handling.
+//!   instance behind a mutex, binding ids, failure handling.
+//! - [`decisions`]: the decision cache of one exchange, keyed on every input the plugin was
+//!   given, allocation-free on look-up.
 //! - [`plugin`]: the [`ExchangeType`](crate::exchange::ExchangeType) of one plugin, and the
 //!   all-or-nothing hot-reload swap.
 //! - [`manager`]: [`PluginManager`], loading from the plugin directory and watching it.
@@ -29,6 +31,7 @@
 pub mod budget;
 pub mod cache;
 mod counters;
+pub mod decisions;
 pub mod host;
 pub mod instance;
 pub mod latency;
@@ -133,6 +136,27 @@ pub enum WasmError {
         /// What went wrong.
         error: String,
     },
+    /// Another file of the plugin directory provides this type.
+    #[error(
+        "exchange type '{name}' is already provided by {owner}; this file is ignored while \
+         that one provides it (delete one of the two)"
+    )]
+    TypeTaken {
+        /// The type.
+        name: String,
+        /// The file providing it.
+        owner: String,
+    },
+    /// An exchange could not be reset: a fresh instance failed.
+    #[error("exchange '{exchange}' in vhost '{vhost}' could not be reset: {error}")]
+    Reset {
+        /// The exchange.
+        exchange: String,
+        /// Its vhost.
+        vhost: String,
+        /// Why the fresh instance failed.
+        error: String,
+    },
     /// No such plugin is loaded.
     #[error("no plugin provides exchange type '{0}'")]
     UnknownPlugin(String),
@@ -202,8 +226,11 @@ pub struct ExchangeStatus {
     pub caps: u64,
     /// Other traps.
     pub traps: u64,
-    /// Unknown binding ids returned by `route`.
+    /// Unknown binding ids returned by `route` (ignored).
     pub unknown_ids: u64,
+    /// `route` calls that read a clock, the state or randomness although the plugin declared
+    /// its decisions cacheable: their decisions were not cached.
+    pub impure: u64,
     /// `route` answers over the id cap, or whose processing by the host ran past the deadline
     /// (each also a failure).
     pub oversized: u64,

@@ -158,6 +158,31 @@ impl WasmExchangeType {
         Ok(swapped)
     }
 
+    /// Resets exchange `exchange` of `vhost` ([`RouterCore::reset`]); `None` if no live
+    /// exchange of this type has that name.
+    pub fn reset(
+        &self,
+        vhost: &str,
+        exchange: &str,
+    ) -> Option<Result<super::ExchangeStatus, WasmError>> {
+        let core = self
+            .live()
+            .into_iter()
+            .find(|c| &*c.ctx.vhost == vhost && &*c.ctx.exchange == exchange)?;
+        Some(
+            core.reset()
+                .map(|()| {
+                    info!(plugin = %self.name, %vhost, %exchange, "WASM exchange reset");
+                    core.status()
+                })
+                .map_err(|e| WasmError::Reset {
+                    exchange: exchange.to_owned(),
+                    vhost: vhost.to_owned(),
+                    error: e.to_string(),
+                }),
+        )
+    }
+
     /// Swaps back to the previous version (which then becomes the previous one again).
     pub fn rollback(&self) -> Result<usize, WasmError> {
         let previous = self

@@ -19,7 +19,6 @@
 //! bytes as well as in entries.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -29,12 +28,13 @@ use parking_lot::{Mutex, MutexGuard};
 use tracing::{Level, error, warn};
 
 use super::budget::Admitted;
+use super::decisions::{Decisions, Lookup};
 use super::host::ExchangeCtx;
 use super::instance::{CallError, Instance, thread_cpu_ns};
 use super::latency::Latency;
 use super::output::{ROUTE_IDS_TIMED, Throttle, WARN_INTERVAL, route_ids_max};
 use super::runtime::{EPOCH_TICK, PluginVersion};
-use super::v0_1::{HeaderSelection, InputFields, Inputs};
+use super::v0_1::Inputs;
 use super::{GLOBAL, counters::Counter};
 use crate::exchange::{Binding, Destination, Invalid, RouteError, Router, RoutingInput};
 
@@ -53,8 +53,11 @@ pub struct ExchangeStats {
     pub caps: AtomicU64,
     /// Other traps (and contained host panics).
     pub traps: AtomicU64,
-    /// Binding ids returned by `route` that were not bound.
+    /// Binding ids returned by `route` that were not bound (ignored).
     pub unknown_ids: AtomicU64,
+    /// `route` calls of a plugin declaring itself cacheable that read a clock, the state or
+    /// randomness: their decisions were not cached.
+    pub impure: AtomicU64,
     /// `route` answers over the id cap, or whose processing ran past the deadline.
     pub oversized: AtomicU64,
     /// `route` answers of `err(text)`.
@@ -76,15 +79,6 @@ pub struct RouterCore {
     state: Mutex<RouterState>,
 }
 
-/// Routing decisions by serialised inputs.
-type DecisionCache = HashMap<Box<[u8]>, Box<[Destination]>>;
-
-/// Most bytes (keys and destinations, estimated) one exchange's decision cache holds; it is
-/// cleared when full, like when it reaches its entry limit.
-pub const ROUTE_CACHE_BYTES_MAX: usize = 4 << 20;
-/// Decisions larger than this (key and destinations) are not cached.
-pub const ROUTE_CACHE_ENTRY_BYTES_MAX: usize = 64 << 10;
-
 /// What the mutex guards.
 pub struct RouterState {
     version: Arc<PluginVersion>,
@@ -97,9 +91,11 @@ pub struct RouterState {
     /// Bumped by every binding change; a reload prepared against an older generation is
     /// rebuilt under the lock.
     generation: u64,
-    cache: Option<DecisionCache>,
-    /// Estimated bytes held by `cache`.
-    cache_bytes: usize,
+    /// The decision cache, when the plugin declared its decisions cacheable.
+    cache: Option<Decisions>,
+    /// Whether the exchange's log already says that a cacheable plugin read a clock, the
+    /// state or randomness while routing.
+    impure_logged: bool,
     consecutive_failures: u32,
     failed: Option<String>,
     /// Per-message warnings of this exchange.
@@ -168,7 +164,7 @@ impl RouterCore {
                 next_id: 1,
                 generation: 0,
                 cache,
-                cache_bytes: 0,
+                impure_logged: false,
                 consecutive_failures: 0,
                 failed: None,
                 warnings: Throttle::new(WARN_INTERVAL),
@@ -222,12 +218,36 @@ impl RouterCore {
     ) {
         state.version = version;
         state.cache = cache_for(&prepared.inputs, &self.ctx);
-        state.cache_bytes = 0;
         state.instance = Some(prepared.instance);
         state.inputs = prepared.inputs;
         state.consecutive_failures = 0;
         state.failed = None;
         self.stats.reloads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Brings the exchange back into service (an operator's reset, typically of an exchange
+    /// marked failed): a fresh instance of its current version with every binding replayed,
+    /// failures forgotten, the decision cache emptied. The instance is built outside the
+    /// router lock, and again under it if the bindings changed meanwhile. On error nothing
+    /// changed.
+    pub fn reset(&self) -> Result<(), BuildError> {
+        let version = self.state.lock().version.clone();
+        let (bindings, generation) = self.snapshot();
+        let early = self.prepare(&version, &bindings)?;
+        let mut state = self.state.lock();
+        let prepared = if Arc::ptr_eq(&state.version, &version) {
+            self.prepare_locked(&state, &version, Some((generation, early)))?
+        } else {
+            // A reload happened meanwhile: build for the version now serving.
+            let current = state.version.clone();
+            self.prepare_locked(&state, &current, None)?
+        };
+        state.cache = cache_for(&prepared.inputs, &self.ctx);
+        state.instance = Some(prepared.instance);
+        state.inputs = prepared.inputs;
+        state.consecutive_failures = 0;
+        state.failed = None;
+        Ok(())
     }
 
     /// A status snapshot.
@@ -250,6 +270,7 @@ impl RouterCore {
             caps: get(&s.caps),
             traps: get(&s.traps),
             unknown_ids: get(&s.unknown_ids),
+            impure: get(&s.impure),
             oversized: get(&s.oversized),
             plugin_errors: get(&s.plugin_errors),
             replaced: get(&s.replaced),
@@ -313,7 +334,6 @@ impl RouterCore {
         match build(&state.version, &self.ctx, &self.arguments, &state.bindings) {
             Ok(prepared) => {
                 state.cache = cache_for(&prepared.inputs, &self.ctx);
-                state.cache_bytes = 0;
                 state.instance = Some(prepared.instance);
                 state.inputs = prepared.inputs;
                 self.stats.replaced.fetch_add(1, Ordering::Relaxed);
@@ -354,6 +374,7 @@ impl RouterCore {
         &self,
         state: &mut RouterState,
         message: &RoutingInput<'_>,
+        cc: &[&str],
         out: &mut Vec<Destination>,
     ) -> Result<(), RouteError> {
         if let Some(reason) = &state.failed {
@@ -364,15 +385,12 @@ impl RouterCore {
             }
             return Err(RouteError(format!("exchange failed: {reason}")));
         }
-        let key = state
-            .cache
-            .as_ref()
-            .and_then(|_| cache_key(&state.inputs, message));
-        if let (Some(cache), Some(key)) = (&state.cache, &key)
-            && let Some(hit) = cache.get(key.as_ref())
-        {
+        let lookup = match &mut state.cache {
+            Some(cache) => cache.lookup(&state.inputs, message, cc, out),
+            None => Lookup::Uncacheable,
+        };
+        if lookup == Lookup::Hit {
             self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-            out.extend(hit.iter().cloned());
             return Ok(());
         }
         let mut instance = self.take_ready(state).map_err(RouteError)?;
@@ -380,12 +398,13 @@ impl RouterCore {
         let ticks_before = state.version.runtime().ticks();
         let result = if state.latency.should_time() {
             let started = Instant::now();
-            let result = instance.route(message, &state.inputs);
+            let result = instance.route(message, cc, &state.inputs);
             state.latency.record(started.elapsed());
             result
         } else {
-            instance.route(message, &state.inputs)
+            instance.route(message, cc, &state.inputs)
         };
+        let impure = instance.impure();
         let ticks_after = state.version.runtime().ticks();
         if result.is_ok() {
             state.instance = Some(instance);
@@ -441,34 +460,29 @@ impl RouterCore {
                     }
                 }
                 if unknown > 0 {
-                    out.truncate(start);
+                    // Ids not bound (any more) are ignored and counted, as the contract says:
+                    // the message still goes to the bound ones. Not a failure: a plugin may
+                    // answer with an id whose unbinding it has not seen yet.
                     self.stats.unknown_ids.fetch_add(unknown, Ordering::Relaxed);
                     GLOBAL.add(Counter::UnknownIds);
-                    let reason = format!("route returned {unknown} binding ids that are not bound");
-                    self.fail(state, &reason, None);
-                    return Err(RouteError(format!("plugin {reason}")));
                 }
                 state.consecutive_failures = 0;
                 self.stats.routed.fetch_add(1, Ordering::Relaxed);
                 GLOBAL.add(Counter::Routed);
-                let entry_bytes = key.as_ref().map_or(0, |k| {
-                    k.len() + (out.len() - start) * std::mem::size_of::<Destination>() + 64
-                });
-                if let (Some(cache), Some(key)) = (&mut state.cache, key)
-                    && entry_bytes <= ROUTE_CACHE_ENTRY_BYTES_MAX
+                if lookup == Lookup::Miss
+                    && let Some(cache) = &mut state.cache
                 {
-                    // Full: start over (cheap, and a working set that fits refills it fast).
-                    if cache.len() >= self.ctx.limits.route_cache_entries as usize
-                        || state.cache_bytes + entry_bytes > ROUTE_CACHE_BYTES_MAX
-                    {
-                        cache.clear();
-                        state.cache_bytes = 0;
-                    }
-                    if cache
-                        .insert(key.into_owned().into_boxed_slice(), out[start..].into())
-                        .is_none()
-                    {
-                        state.cache_bytes += entry_bytes;
+                    if impure {
+                        self.stats.impure.fetch_add(1, Ordering::Relaxed);
+                        if !state.impure_logged {
+                            state.impure_logged = true;
+                            warn!(exchange = %self.ctx.exchange, vhost = %self.ctx.vhost,
+                                plugin = %state.version.label(),
+                                "plugin declares its decisions cacheable but read the clock, the \
+                                 state or randomness while routing; such decisions are not cached");
+                        }
+                    } else if unknown == 0 {
+                        cache.store(&out[start..]);
                     }
                 }
                 Ok(())
@@ -489,69 +503,9 @@ impl RouterCore {
 }
 
 /// An empty decision cache, if the plugin allows one and the limits ask for one.
-fn cache_for(inputs: &Inputs, ctx: &ExchangeCtx) -> Option<DecisionCache> {
-    (inputs.cacheable && ctx.limits.route_cache_entries > 0).then(HashMap::new)
-}
-
-/// The cache key of a message: the declared inputs, serialised. `None` when the plugin reads
-/// the body (bodies are too large and too unique to be worth caching).
-fn cache_key<'m>(
-    inputs: &Inputs,
-    message: &'m RoutingInput<'_>,
-) -> Option<std::borrow::Cow<'m, [u8]>> {
-    if inputs.fields.contains(InputFields::BODY) {
-        return None;
-    }
-    let with_key = inputs.fields.contains(InputFields::ROUTING_KEY);
-    let with_properties = inputs.fields.contains(InputFields::PROPERTIES);
-    if matches!(inputs.headers, HeaderSelection::None) && !with_properties {
-        let key: &'m [u8] = if with_key {
-            message.routing_key.as_bytes()
-        } else {
-            &[]
-        };
-        return Some(std::borrow::Cow::Borrowed(key));
-    }
-    let mut text = String::new();
-    if with_key {
-        text.push_str(message.routing_key);
-    }
-    text.push('\0');
-    let p = message.properties;
-    if with_properties {
-        // Every property but headers, which follow below.
-        let _ = write!(
-            text,
-            "{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}",
-            p.content_type(),
-            p.content_encoding(),
-            p.delivery_mode(),
-            p.priority(),
-            p.correlation_id(),
-            p.reply_to(),
-            p.expiration(),
-            p.message_id(),
-            p.timestamp(),
-            p.kind(),
-            p.user_id(),
-            p.app_id(),
-            p.cluster_id()
-        );
-    }
-    text.push('\0');
-    if let Some(headers) = p.headers() {
-        for (name, value) in headers.inner() {
-            let selected = match &inputs.headers {
-                HeaderSelection::None => false,
-                HeaderSelection::All => true,
-                HeaderSelection::Named(names) => names.iter().any(|n| n == name.as_str()),
-            };
-            if selected {
-                let _ = write!(text, "{name:?}={value:?};");
-            }
-        }
-    }
-    Some(std::borrow::Cow::Owned(text.into_bytes()))
+fn cache_for(inputs: &Inputs, ctx: &ExchangeCtx) -> Option<Decisions> {
+    (inputs.cacheable && ctx.limits.route_cache_entries > 0)
+        .then(|| Decisions::new(ctx.limits.route_cache_entries as usize))
 }
 
 /// What the vhost holds: a handle on the shared core.
@@ -576,11 +530,12 @@ impl WasmRouter {
     fn route_charged(
         &self,
         message: &RoutingInput<'_>,
+        cc: &[&str],
         out: &mut Vec<Destination>,
     ) -> Result<(), RouteError> {
         let mut state = self.core.state.lock();
         let before = state.version.runtime().ticks();
-        let result = self.core.route_locked(&mut state, message, out);
+        let result = self.core.route_locked(&mut state, message, cc, out);
         let ticks = state.version.runtime().ticks().saturating_sub(before);
         state.busy_ticks += ticks;
         drop(state);
@@ -624,7 +579,6 @@ impl Router for WasmRouter {
         state.generation += 1;
         if let Some(cache) = &mut state.cache {
             cache.clear();
-            state.cache_bytes = 0;
         }
         // Without a live instance the binding is replayed when one is built.
         if let Some(instance) = state.instance.as_mut()
@@ -656,7 +610,6 @@ impl Router for WasmRouter {
         state.generation += 1;
         if let Some(cache) = &mut state.cache {
             cache.clear();
-            state.cache_bytes = 0;
         }
         if let Some(instance) = state.instance.as_mut()
             && let Err(error) = instance.remove_binding(id)
@@ -671,14 +624,26 @@ impl Router for WasmRouter {
         message: &RoutingInput<'_>,
         out: &mut Vec<Destination>,
     ) -> Result<(), RouteError> {
+        self.route_keys(message, &[], out)
+    }
+
+    /// One call for every routing key: the plugin sees the CC and BCC keys as `message.cc`
+    /// and makes one decision (a hash exchange picks one queue for the message, as RabbitMQ's
+    /// consistent-hash exchange does).
+    fn route_keys(
+        &self,
+        message: &RoutingInput<'_>,
+        cc: &[&str],
+        out: &mut Vec<Destination>,
+    ) -> Result<(), RouteError> {
         let budget = &self.core.ctx.budget;
         // A vhost with a long deadline, or whose calls were slow lately, routes through its
         // WASM exchanges off the async workers and one call at a time: its slow plugin cannot
         // hold up the other tenants' tasks of this worker.
         if budget.offload() {
-            budget.in_slow_lane(|| self.route_charged(message, out))
+            budget.in_slow_lane(|| self.route_charged(message, cc, out))
         } else {
-            self.route_charged(message, out)
+            self.route_charged(message, cc, out)
         }
     }
 }

@@ -66,6 +66,22 @@ pub enum VhostPluginError {
         /// The type name.
         name: String,
     },
+    /// No such exchange in the vhost.
+    #[error("no exchange '{name}' in vhost '{vhost}'")]
+    NoExchange {
+        /// The vhost.
+        vhost: String,
+        /// The exchange name.
+        name: String,
+    },
+    /// The exchange is not of a plugin type.
+    #[error("exchange '{name}' is of type '{kind}', not a WASM plugin type")]
+    NotAPlugin {
+        /// The exchange name.
+        name: String,
+        /// Its type.
+        kind: String,
+    },
     /// The user may not manage it (`auth::plugin_access`).
     #[error(transparent)]
     Denied(#[from] crate::auth::PluginAccessDenied),

@@ -41,8 +41,15 @@ pub fn add_to_linker(
 ) -> wasmtime::Result<()> {
     use super::host::{HostState, Imports};
     logging::add_to_linker::<HostState, Imports>(linker, |s| s)?;
-    clock::add_to_linker::<HostState, Imports>(linker, |s| s)?;
-    state::add_to_linker::<HostState, Imports>(linker, |s| s)?;
+    // Reading the clock or the state makes a call impure: its decision is not cached.
+    clock::add_to_linker::<HostState, Imports>(linker, |s| {
+        s.impure = true;
+        s
+    })?;
+    state::add_to_linker::<HostState, Imports>(linker, |s| {
+        s.impure = true;
+        s
+    })?;
     Ok(())
 }
 

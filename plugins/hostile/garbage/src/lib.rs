@@ -1,6 +1,6 @@
 //! `x-garbage` (hostile): `route` returns binding ids that were never added (and duplicates of
-//! them) and none of the real ones. The host must ignore unknown ids, count them, and deliver
-//! nothing.
+//! them) and none of the real ones; with the routing key `mixed`, every bound id too. The host
+//! must ignore unknown ids, count them, and deliver to the bound ones only.
 
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
@@ -24,8 +24,13 @@ impl bourse_guest::Router for Garbage {
         "hostile: route returns ids that were never bound"
     );
 
-    fn route(_message: bourse_guest::Message) -> Result<Vec<BindingId>, String> {
-        Ok(garbage(&bound()))
+    fn route(message: bourse_guest::Message) -> Result<Vec<BindingId>, String> {
+        let bound = bound();
+        let mut ids = garbage(&bound);
+        if message.routing_key == "mixed" {
+            ids.extend(bound.iter().copied());
+        }
+        Ok(ids)
     }
 }
 
