@@ -91,7 +91,7 @@ fn message() -> Arc<Message> {
         Name::from(""),
         Name::from("q"),
         &BasicProperties::default().with_delivery_mode(1),
-        Bytes::from_static(&[0x10, 0x00, 1]),
+        &[0x10, 0x00, 1],
         Bytes::from_static(&[7; 16]),
     ))
 }
@@ -190,7 +190,7 @@ fn channel_level(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let writer = loopback_writer(&runtime);
-    let outlet = ChannelOutlet::new(1, writer);
+    let outlet = ChannelOutlet::new(1, 1, writer);
     let queue = Queue::new(spec("q"));
     let consumer = consumer(outlet.clone());
     queue

@@ -84,7 +84,7 @@ fn message(kind: Kind) -> Arc<Message> {
         Name::from(""),
         Name::from("q"),
         &BasicProperties::default().with_delivery_mode(mode),
-        Bytes::copy_from_slice(&[0x10, 0x00, mode]),
+        &[0x10, 0x00, mode],
         Bytes::from_static(&[7; 16]),
     ))
 }

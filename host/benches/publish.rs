@@ -126,11 +126,11 @@ fn publish_once(
     };
     let exchange = vhost.exchange(publish.exchange.as_str()).expect("exchange");
     let header = *header;
-    let message = Arc::new(Message::from_wire(
+    let message = Arc::new(Message::new(
         exchange.spec.name.clone(),
         Name::from(publish.routing_key.as_str()),
         &header.properties,
-        header.raw_properties,
+        &header.raw_properties,
         body,
     ));
     vhost.route(
