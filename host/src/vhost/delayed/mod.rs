@@ -198,9 +198,8 @@ fn encode_record_body(due: u64, extra_keys: &[Name], body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A delayed message read back from a bucket.
+/// A delayed message read back from a bucket: what routing needs.
 pub(crate) struct Decoded {
-    pub(crate) due: u64,
     pub(crate) extra_keys: Vec<Name>,
     pub(crate) message: Message,
 }
@@ -210,12 +209,13 @@ fn record_due(stored: &StoredMessage) -> Option<u64> {
     Some(u64::from_le_bytes(stored.body.get(..8)?.try_into().ok()?))
 }
 
-/// Splits a stored record into its due time, extra keys and the original message. The data
+/// Splits a stored record into its extra keys and the original message (the due time is
+/// read with [`record_due`]). The data
 /// directory is not trusted: a short or malformed record is an error, never a panic.
 fn decode_record(stored: StoredMessage) -> Result<Decoded, StoreError> {
     let bad = || StoreError::Invalid("malformed delayed message record".into());
     let b = &stored.body;
-    let due = record_due(&stored).ok_or_else(bad)?;
+    record_due(&stored).ok_or_else(bad)?;
     let n = u16::from_le_bytes(
         b.get(8..10)
             .ok_or_else(bad)?
@@ -239,7 +239,6 @@ fn decode_record(stored: StoredMessage) -> Result<Decoded, StoreError> {
     let body = stored.body.slice(at..);
     let message = StoredMessage { body, ..stored }.into_message()?;
     Ok(Decoded {
-        due,
         extra_keys,
         message,
     })
@@ -685,11 +684,11 @@ impl DelayedExchange {
                 continue;
             };
             let held = state.loaded[index].stores[*store].as_ref().expect("store");
-            let decoded =
-                decode_record(held.store.read(*position).expect("reads")).expect("decodes");
-            assert_eq!(decoded.due, entry.due);
+            let stored = held.store.read(*position).expect("reads");
+            assert_eq!(record_due(&stored), Some(entry.due));
+            let decoded = decode_record(stored).expect("decodes");
             out.push((
-                decoded.due,
+                entry.due,
                 String::from_utf8_lossy(&decoded.message.body).into_owned(),
             ));
         }

@@ -86,7 +86,11 @@ impl DelayedExchange {
             }
             if key.level == 0 {
                 self.load(key);
-            } else if let Some(bucket) = self.state.lock().pending.remove(&key) {
+                continue;
+            }
+            // Taken in a statement of its own: the cascade locks the state again.
+            let bucket = self.state.lock().pending.remove(&key);
+            if let Some(bucket) = bucket {
                 self.cascade(bucket, Some(key), now);
             }
         }
