@@ -131,7 +131,10 @@ async fn messages_fire_in_order_of_due_time_and_zero_or_negative_route_at_once()
 #[tokio::test]
 async fn delayed_messages_are_not_delivered_early_and_count_as_waiting() {
     bounded(LIMIT, async {
-        let (broker, api) = bourse_tests::http::api_broker().await;
+        let (broker, api) = bourse_tests::http::api_broker_with(|cfg| {
+            cfg.prometheus_listen = Some(([127, 0, 0, 1], 0).into());
+        })
+        .await;
         let (_conn, ch) = session(&broker).await;
         declare_delayed(&ch, "later", "fanout", true).await;
         queue_on(&ch, "q", "later", "").await;
@@ -147,7 +150,10 @@ async fn delayed_messages_are_not_delivered_early_and_count_as_waiting() {
         assert_eq!(fired.len(), 10);
         let reply = api.get("/api/exchanges/%2F/later").await;
         assert_eq!(reply.json["messages_delayed"], 0, "{:?}", reply.json);
-        let (_, metrics, _) = api.get_text("/metrics").await;
+        let handle = broker.handle().expect("in-process broker");
+        let prometheus =
+            bourse_tests::http::Api::anonymous(handle.prometheus_addr().expect("Prometheus"));
+        let (_, _, metrics) = prometheus.get_text("/metrics").await;
         assert!(
             metrics.contains("bourse_exchange_messages_delayed{vhost=\"/\",exchange=\"later\"} 0"),
             "{metrics}"
