@@ -16,7 +16,7 @@
 //! buckets from now reach its due time, so at most 33 buckets per level exist. One bucket width
 //! before a bucket starts, the timer *cascades* it (reads it and re-appends each message into
 //! lower-level buckets) or, at level 0, *loads* it: only then do its messages enter the
-//! in-memory heap, as 40-byte entries (due time and position, never the body). RAM therefore
+//! in-memory heap, as 48-byte entries (due time and position, never the body). RAM therefore
 //! holds the messages due in the next ~2 s plus a few bytes per bucket, whatever the number
 //! waiting; the body is read back when the message fires.
 //!
