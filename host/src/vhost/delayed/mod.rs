@@ -429,7 +429,7 @@ impl DelayedExchange {
         let body = encode_record_body(due, extra_keys, &message.body);
         let ticket = self
             .append(
-                &mut *state,
+                &mut state,
                 now,
                 store,
                 due,

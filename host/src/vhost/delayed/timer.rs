@@ -174,7 +174,7 @@ impl DelayedExchange {
                     // Due already (a late cascade): into the first level-0 bucket, loaded now.
                     let due_at = due.max(now + 1);
                     match self.append(
-                        &mut *state,
+                        &mut state,
                         now,
                         which,
                         due_at,
