@@ -71,9 +71,11 @@ impl DelayedExchange {
         self.wake_at.store(u64::MAX, Ordering::Relaxed);
         let strays = std::mem::take(&mut self.state.lock().strays);
         for bucket in strays {
-            self.cascade(bucket, None, now);
+            self.cascade(vhost, bucket, None, now);
         }
         loop {
+            // Due messages first: a bucket's load or cascade may take a while.
+            self.fire_due(vhost);
             let key = {
                 let state = self.state.lock();
                 match state.pending.keys().next() {
@@ -91,7 +93,7 @@ impl DelayedExchange {
             // Taken in a statement of its own: the cascade locks the state again.
             let bucket = self.state.lock().pending.remove(&key);
             if let Some(bucket) = bucket {
-                self.cascade(bucket, Some(key), now);
+                self.cascade(vhost, bucket, Some(key), now);
             }
         }
         self.fire_due(vhost);
@@ -158,7 +160,8 @@ impl DelayedExchange {
     /// persistent copies are synced, then removes the bucket's stores.
     /// `turn_now` is the time the turn acts for: re-placing relative to an earlier clock (a
     /// clock stepping back) could put messages back into a bucket of the same level.
-    fn cascade(&self, bucket: Bucket, key: Option<BucketKey>, turn_now: u64) {
+    /// Messages that fall due meanwhile are fired between batches.
+    fn cascade(&self, vhost: &VHost, bucket: Bucket, key: Option<BucketKey>, turn_now: u64) {
         let mut moved = 0u64;
         let mut last_ticket = 0;
         for (which, held) in bucket.stores.iter().enumerate() {
@@ -199,6 +202,7 @@ impl DelayedExchange {
                 batch.push(stored);
                 if batch.len() >= READ_BATCH {
                     flush(&mut batch);
+                    self.fire_due(vhost);
                 }
             });
             flush(&mut batch);
