@@ -19,6 +19,9 @@ pub enum Command {
     Load(Box<LoadArgs>),
     /// Open N idle connections (one channel each) and report the broker's RSS per connection.
     Idle(IdleArgs),
+    /// Delayed delivery: publish rate into an x-delayed-message exchange, RSS with the
+    /// messages waiting, fire rate and lateness.
+    Delayed(crate::delayed::DelayedArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -688,7 +688,7 @@ mod tests {
         let argv = ["bourse-perf", "load"].iter().chain(flags).copied();
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Load(a) => *a,
-            Command::Idle(_) => unreachable!(),
+            Command::Idle(_) | Command::Delayed(_) => unreachable!(),
         }
     }
 

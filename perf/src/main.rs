@@ -7,7 +7,7 @@
 //! a hard `--timeout-secs` past which the tool reports what it has and exits with status 2.
 //! Loopback brokers only.
 //!
-//! Modules: `cli` (flags), `load` (publishers, timeline, report), `consumers` (starting them), `idle` (memory per idle
+//! Modules: `cli` (flags), `load` (publishers, timeline, report), `delayed` (delayed delivery), `consumers` (starting them), `idle` (memory per idle
 //! connection or queue), `backlog` (memory per queued message), `procfs` (broker CPU and RSS), `stats` (counters, latency), `amqp`
 //! (connect, argument tables), `raw` (`--client raw`: publishers and consumers on raw frames).
 
@@ -15,6 +15,7 @@ mod amqp;
 mod backlog;
 mod cli;
 mod consumers;
+mod delayed;
 mod idle;
 mod lapin_client;
 mod load;
@@ -48,6 +49,10 @@ fn main() -> ExitCode {
             };
             (a.common.clone(), run + a.drain_secs + 60.0)
         }
+        Command::Delayed(a) => (
+            a.common.clone(),
+            (a.min_delay_ms + a.spread_ms) as f64 / 1000.0 + a.messages as f64 / 2_000.0 + 180.0,
+        ),
         Command::Idle(a) => (
             a.common.clone(),
             3.0 * a.settle_secs
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
             match cli.command {
                 Command::Load(a) => load::run(*a, stats.clone()).await,
                 Command::Idle(a) => idle::run(a, stats.clone()).await,
+                Command::Delayed(a) => delayed::run(a, stats.clone()).await,
             }
         };
         tokio::time::timeout(Duration::from_secs_f64(timeout), work).await

@@ -364,6 +364,15 @@ impl Channel {
             extra_keys,
             mandatory,
         } = publish;
+        if let Some(delayed) = exchange.delayed()
+            && let Some(due) =
+                crate::vhost::delayed::due_time(&properties, crate::vhost::delayed::now_ms())
+        {
+            let delayed = delayed.clone();
+            return self.hold_delayed(
+                cx, &delayed, exchange, message, properties, extra_keys, mandatory, due,
+            );
+        }
         if extra_keys.is_empty() {
             cx.vhost.route(
                 &exchange,
@@ -383,26 +392,7 @@ impl Channel {
         let unroutable = self.routed.queues.is_empty() && self.routed.replies.is_empty();
         cx.exchanges.borrow_mut().count(&exchange, !unroutable);
         if unroutable && mandatory {
-            let frame_max = cx.writer.frame_max();
-            cx.writer.write(|out| {
-                write_method(
-                    out,
-                    self.id,
-                    AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
-                        reply_code: 312,
-                        reply_text: "NO_ROUTE".into(),
-                        exchange: message.exchange().as_ref().into(),
-                        routing_key: message.routing_key().as_ref().into(),
-                    })),
-                );
-                write_content(
-                    out,
-                    self.id,
-                    message.raw_properties(),
-                    message.body(),
-                    frame_max,
-                );
-            });
+            self.write_return(cx, &message);
         }
         let mut refused = false;
         // A persistent message is confirmed only once what its routing wrote to durable plugin
@@ -427,12 +417,22 @@ impl Channel {
             // Congested since routing: dropped like a reply to a requester that is gone.
             let _ = reply.deliver_reply(&message);
         }
+        // A plugin failed and the message reached no queue, or a queue refused it (RabbitMQ
+        // nacks when any queue rejects): the publisher must know.
+        self.confirm(
+            cx,
+            ticket,
+            (unroutable && self.routed.router_failed) || refused,
+        );
+        ticket
+    }
+
+    /// The publisher confirm of one message: held until the store syncs `ticket` (0: nothing
+    /// to wait for), a nack when `nack`.
+    fn confirm(&mut self, cx: &Session<'_>, ticket: Ticket, nack: bool) {
         if let Some(confirms) = &mut self.confirms {
             confirms.next_tag += 1;
             let tag = confirms.next_tag;
-            // A plugin failed and the message reached no queue, or a queue refused it
-            // (RabbitMQ nacks when any queue rejects): the publisher must know.
-            let nack = (unroutable && self.routed.router_failed) || refused;
             if ticket != 0 || confirms.awaiting_sync() {
                 // Persistent in a durable queue: confirmed once on disk (group commit).
                 let behind = confirms.waiting.back().map_or(0, |w| w.0);
@@ -444,7 +444,75 @@ impl Channel {
                 confirms.unsent_ack = Some(tag);
             }
         }
-        ticket
+    }
+
+    /// A message for a delayed exchange, due at `due`: with `mandatory`, routed now only to
+    /// learn whether it would reach a queue (returned if not, and then not held); otherwise
+    /// stored until due. Its confirm waits for the store when it was stored durably.
+    #[allow(clippy::too_many_arguments)]
+    fn hold_delayed(
+        &mut self,
+        cx: &Session<'_>,
+        delayed: &Arc<crate::vhost::DelayedExchange>,
+        exchange: Arc<Exchange>,
+        message: Arc<Message>,
+        properties: BasicProperties,
+        extra_keys: Vec<Name>,
+        mandatory: bool,
+        due: u64,
+    ) -> Ticket {
+        if mandatory {
+            let mut keys: Vec<&str> = Vec::with_capacity(extra_keys.len() + 1);
+            keys.push(message.routing_key());
+            keys.extend(extra_keys.iter().map(|k| k.as_ref()));
+            cx.vhost
+                .route(&exchange, &message, &properties, &keys, &mut self.routed);
+            let unroutable = self.routed.queues.is_empty() && self.routed.replies.is_empty();
+            self.routed.queues.clear();
+            self.routed.replies.clear();
+            if unroutable {
+                cx.exchanges.borrow_mut().count(&exchange, false);
+                self.write_return(cx, &message);
+                self.confirm(cx, 0, self.routed.router_failed);
+                return 0;
+            }
+        }
+        cx.exchanges.borrow_mut().count(&exchange, true);
+        match delayed.hold(&message, &extra_keys, due) {
+            Ok(ticket) => {
+                self.confirm(cx, ticket, false);
+                ticket
+            }
+            Err(error) => {
+                tracing::warn!(exchange = %exchange.spec.name, %error, "delayed message refused");
+                self.confirm(cx, 0, true);
+                0
+            }
+        }
+    }
+
+    /// basic.return NO_ROUTE of a mandatory message that reached no queue.
+    fn write_return(&self, cx: &Session<'_>, message: &Message) {
+        let frame_max = cx.writer.frame_max();
+        cx.writer.write(|out| {
+            write_method(
+                out,
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                    reply_code: 312,
+                    reply_text: "NO_ROUTE".into(),
+                    exchange: message.exchange().as_ref().into(),
+                    routing_key: message.routing_key().as_ref().into(),
+                })),
+            );
+            write_content(
+                out,
+                self.id,
+                message.raw_properties(),
+                message.body(),
+                frame_max,
+            );
+        });
     }
 
     /// Writes the acks coalesced during the last read batch, and the confirms and tx.commit-ok

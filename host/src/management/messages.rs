@@ -102,16 +102,26 @@ pub async fn publish(
         let reached = !routed.queues.is_empty() || !routed.replies.is_empty();
         crate::vhost::ExchangeTally::default().count(&exchange, reached);
         open.count_published(1);
+        // A delayed exchange holds it (the answer says whether it would be routed now).
+        if let Some(delayed) = exchange.delayed()
+            && let Some(due) =
+                crate::vhost::delayed::due_time(&properties, crate::vhost::delayed::now_ms())
+        {
+            routed.queues.clear();
+            routed.replies.clear();
+            return delayed.hold(&message, &[], due).map(|_| reached);
+        }
         for queue in routed.queues.drain(..) {
             queue.publish(message.clone());
         }
         for reply in routed.replies.drain(..) {
             reply.deliver_reply(&message);
         }
-        reached
+        Ok(reached)
     })
     .await
-    .map_err(|e| ApiError::internal(e.to_string()))?;
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(ApiError::from)?;
     Ok(axum::Json(serde_json::json!({ "routed": routed })).into_response())
 }
 

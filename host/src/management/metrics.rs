@@ -228,10 +228,35 @@ pub fn render(shared: &Shared, per_object: bool) -> String {
         );
     }
     plugins(shared, &mut registry, &vhosts);
+    delayed(&mut registry, &vhosts);
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &registry);
     out
+}
+
+/// `bourse_exchange_messages_delayed`: messages waiting in each `x-delayed-message` exchange
+/// (few exchanges, so in both views).
+fn delayed(registry: &mut Registry, vhosts: &[Arc<crate::vhost::VHost>]) {
+    let waiting: Family<Labels, Gauge> = Family::default();
+    for vhost in vhosts {
+        for x in vhost.exchanges() {
+            if let Some(delayed) = x.delayed() {
+                let labels = vec![
+                    ("vhost".to_owned(), vhost.name.to_string()),
+                    ("exchange".to_owned(), x.spec.name.to_string()),
+                ];
+                waiting
+                    .get_or_create(&labels)
+                    .set(i64::try_from(delayed.waiting()).unwrap_or(i64::MAX));
+            }
+        }
+    }
+    registry.register(
+        "bourse_exchange_messages_delayed",
+        "Messages waiting in each delayed-message exchange",
+        waiting,
+    );
 }
 
 /// `bourse_plugin_*`: per plugin type and vhost, summed over its exchanges.

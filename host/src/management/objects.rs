@@ -315,7 +315,7 @@ pub async fn queue_get(
 }
 
 pub(super) fn exchange_json(rates: &Rates, vhost: &str, x: &crate::vhost::Exchange) -> Value {
-    json!({
+    let mut out = json!({
         "name": x.spec.name.to_string(),
         "vhost": vhost,
         "type": x.spec.kind.to_string(),
@@ -324,7 +324,12 @@ pub(super) fn exchange_json(rates: &Rates, vhost: &str, x: &crate::vhost::Exchan
         "internal": x.spec.internal,
         "arguments": table(&x.spec.arguments),
         "message_stats": super::rates::exchange(rates, vhost, x),
-    })
+    });
+    // A delayed-message exchange shows its waiting messages like a queue's count.
+    if let (Some(delayed), Some(map)) = (x.delayed(), out.as_object_mut()) {
+        map.insert("messages_delayed".into(), json!(delayed.waiting()));
+    }
+    out
 }
 
 pub async fn exchanges_all(State(shared): State<Arc<Shared>>, who: Who) -> Api {

@@ -26,7 +26,7 @@ use crate::store::{
 /// The storage of one vhost.
 pub(super) struct Durable {
     definitions: Mutex<DefinitionsLog>,
-    pub(super) messages: MessageStore,
+    pub(super) messages: Arc<MessageStore>,
     /// Where queues page out the messages `messages` does not hold (transient ones, and
     /// every message of a queue that is not durable): never synced, emptied at every start.
     pub(super) paging: std::sync::Arc<MessageStore>,
@@ -89,7 +89,7 @@ impl Durable {
         Ok((
             Durable {
                 definitions: Mutex::new(log),
-                messages,
+                messages: Arc::new(messages),
                 paging: std::sync::Arc::new(paging),
                 waiting: Mutex::default(),
             },
@@ -256,11 +256,13 @@ impl VHost {
         let Some(durable) = &self.durable else {
             return;
         };
-        let mut recovered: HashMap<String, RecoveredQueue> = restore
+        let (delayed, queues): (Vec<RecoveredQueue>, Vec<RecoveredQueue>) = restore
             .recovered
             .into_iter()
-            .map(|q| (q.name.clone(), q))
-            .collect();
+            .partition(|q| q.name.starts_with(super::delayed::STORE_PREFIX));
+        let mut recovered: HashMap<String, RecoveredQueue> =
+            queues.into_iter().map(|q| (q.name.clone(), q)).collect();
+        let mut declared_exchanges = std::collections::HashSet::new();
         let mut pending_messages = Vec::new();
         // Plugin state is kept for every exchange the log declares, restored or not (a type
         // not loaded yet gets it back once it is).
@@ -284,6 +286,7 @@ impl VHost {
                 Definition::DeclareExchange(def) => {
                     let missing = self.registry.get(&def.kind).is_none();
                     let kept = missing.then(|| def.clone());
+                    declared_exchanges.insert(def.name.clone());
                     match self.restore_exchange(&mut topology, def) {
                         Ok(()) => exchanges += 1,
                         Err(error) => {
@@ -345,8 +348,15 @@ impl VHost {
             }
         }
         topology.reindex();
+        let delayed_exchanges: Vec<Arc<Exchange>> = topology
+            .exchanges
+            .values()
+            .filter(|x| x.delayed().is_some())
+            .cloned()
+            .collect();
         drop(topology);
         drop(waiting);
+        self.restore_delayed(delayed, &delayed_exchanges, &declared_exchanges);
         let mut messages = 0;
         for (queue, found) in pending_messages {
             messages += found.len();
@@ -424,15 +434,50 @@ impl VHost {
         restored
     }
 
+    /// Hands the delayed buckets found at open to their exchanges, and starts the timers.
+    /// The buckets of an exchange that is no longer declared are removed; those of one that
+    /// is declared but could not be restored stay on disk until it can.
+    fn restore_delayed(
+        self: &Arc<Self>,
+        buckets: Vec<RecoveredQueue>,
+        exchanges: &[Arc<Exchange>],
+        declared: &std::collections::HashSet<String>,
+    ) {
+        let mut held = 0;
+        for bucket in buckets {
+            let owner = super::delayed::store_exchange(&bucket.name).unwrap_or_default();
+            let positions = bucket.messages.iter().map(|m| m.position).collect();
+            match exchanges.iter().find(|x| *x.spec.name == *owner) {
+                Some(x) => {
+                    held += bucket.messages.len();
+                    if let Some(delayed) = x.delayed() {
+                        delayed.adopt(&bucket.name, bucket.store, positions);
+                    }
+                }
+                None if declared.contains(owner) => {}
+                None => {
+                    let _ = bucket.store.delete();
+                }
+            }
+        }
+        for x in exchanges {
+            if let Some(delayed) = x.delayed() {
+                delayed.start(self.me.clone());
+            }
+        }
+        if held > 0 {
+            info!(vhost = %self.name, messages = held, "delayed messages restored");
+        }
+    }
+
     fn restore_exchange(
         &self,
         topology: &mut Topology,
         def: ExchangeDefinition,
     ) -> Result<(), String> {
         let ty = self
-            .registry
-            .get(&def.kind)
-            .ok_or_else(|| format!("exchange '{}': type '{}' is not loaded", def.name, def.kind))?;
+            .exchange_type(&def.kind, &def.arguments)
+            .map_err(|e| format!("exchange '{}': {}", def.name, e.text))?;
         let spec = ExchangeSpec {
             name: Name::from(def.name.as_str()),
             kind: Name::from(def.kind.as_str()),
@@ -444,9 +489,11 @@ impl VHost {
         let router = self
             .create_router(&*ty, &spec)
             .map_err(|e| format!("exchange '{}': {e}", def.name))?;
-        topology
-            .exchanges
-            .insert(spec.name.clone(), Arc::new(Exchange::new(spec, router)));
+        let delayed = self.delayed_state(&spec);
+        topology.exchanges.insert(
+            spec.name.clone(),
+            Arc::new(Exchange::with_delayed(spec, router, delayed)),
+        );
         Ok(())
     }
 

@@ -42,6 +42,9 @@ pub struct Exchange {
     publish_in: AtomicU64,
     /// Of those, messages it routed somewhere (`publish_out`).
     publish_out: AtomicU64,
+    /// The messages waiting in an `x-delayed-message` exchange (its router is the underlying
+    /// type's).
+    delayed: Option<Arc<super::delayed::DelayedExchange>>,
 }
 
 /// A connection's count of what it published into one exchange during a read turn: the
@@ -103,7 +106,25 @@ impl Exchange {
             router: RwLock::new(router),
             publish_in: AtomicU64::new(0),
             publish_out: AtomicU64::new(0),
+            delayed: None,
         }
+    }
+
+    /// An `x-delayed-message` exchange routing with `router` (its underlying type's).
+    pub(crate) fn with_delayed(
+        spec: ExchangeSpec,
+        router: Box<dyn Router>,
+        delayed: Option<Arc<super::delayed::DelayedExchange>>,
+    ) -> Self {
+        Self {
+            delayed,
+            ..Self::new(spec, router)
+        }
+    }
+
+    /// The delayed messages of an `x-delayed-message` exchange.
+    pub fn delayed(&self) -> Option<&Arc<super::delayed::DelayedExchange>> {
+        self.delayed.as_ref()
     }
 
     /// Messages published into it and, of those, routed on (`publish_in`, `publish_out`).
@@ -140,6 +161,19 @@ impl Exchange {
         }
         if self.spec.internal != other.internal {
             return mismatch("internal", &other.internal, &self.spec.internal);
+        }
+        if self.delayed.is_some()
+            && self
+                .spec
+                .arguments
+                .inner()
+                .get(super::delayed::TYPE_ARGUMENT)
+                != other.arguments.inner().get(super::delayed::TYPE_ARGUMENT)
+        {
+            return Err(AmqpError::precondition_failed(format!(
+                "inequivalent arg 'x-delayed-type' for exchange '{}' in vhost '{vhost}'",
+                self.spec.name
+            )));
         }
         if self.spec.arguments.inner().get("alternate-exchange")
             != other.arguments.inner().get("alternate-exchange")

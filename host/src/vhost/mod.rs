@@ -7,6 +7,7 @@
 //! Publishing takes the topology read lock only, so a slow declare never stalls routing.
 
 pub mod admission;
+pub mod delayed;
 mod durable;
 mod equivalence;
 mod exchange;
@@ -17,6 +18,7 @@ mod tests;
 mod topology;
 
 pub use admission::Admission;
+pub use delayed::DelayedExchange;
 pub use exchange::{Exchange, ExchangeSpec, ExchangeTally};
 pub use reply_to::{REPLY_TO_PREFIX, REPLY_TO_QUEUE, ReplyConsumer};
 pub use route::Routed;
@@ -310,17 +312,7 @@ impl VHost {
     ) -> Result<(), AmqpError> {
         // RabbitMQ (rabbit_exchange:check_type, 3.13+) checks the type before anything else;
         // an unknown type is a soft error there: 406 closes only the channel.
-        let ty = self.registry.get(&spec.kind).ok_or_else(|| {
-            if self.registry.is_loading() {
-                AmqpError::precondition_failed(format!(
-                    "unknown exchange type '{}' (the broker is still compiling its plugins: \
-                     retry once they are loaded)",
-                    spec.kind
-                ))
-            } else {
-                AmqpError::precondition_failed(format!("unknown exchange type '{}'", spec.kind))
-            }
-        })?;
+        let ty = self.exchange_type(&spec.kind, &spec.arguments)?;
         // An existing exchange, pre-declared `amq.*` ones included, is only compared: RabbitMQ
         // looks the name up first and refuses the reserved prefix only when creating.
         if let Some(existing) = self.read_topology().exchanges.get(&spec.name) {
@@ -328,10 +320,14 @@ impl VHost {
         }
         // Refused with an unknown type's code, when creating only: an exchange that exists
         // keeps working (and redeclaring it too) after its type left the list.
-        if !restoring && !self.type_allowed(&spec.kind) {
+        let routing_kind = match spec.kind.as_ref() {
+            delayed::TYPE_NAME => delayed::underlying(&self.registry, &spec.arguments)?.0,
+            _ => spec.kind.clone(),
+        };
+        if !restoring && !self.type_allowed(&routing_kind) {
             return Err(AmqpError::precondition_failed(format!(
-                "exchange type '{}' is not allowed in vhost '{}'",
-                spec.kind, self.name
+                "exchange type '{routing_kind}' is not allowed in vhost '{}'",
+                self.name
             )));
         }
         if spec.name.starts_with("amq.") {
@@ -359,7 +355,8 @@ impl VHost {
             self.create_router(&*ty, &spec)
         })
         .map_err(invalid)?;
-        let exchange = Arc::new(Exchange::new(spec, router));
+        let delayed = self.delayed_state(&spec);
+        let exchange = Arc::new(Exchange::with_delayed(spec, router, delayed));
         let spec = &exchange.spec;
         let _changes = self.lock_changes();
         if let Some(existing) = self.read_topology().exchanges.get(&spec.name) {
@@ -376,6 +373,9 @@ impl VHost {
             .write()
             .exchanges
             .insert(spec.name.clone(), exchange.clone());
+        if let Some(delayed) = exchange.delayed() {
+            delayed.start(self.me.clone());
+        }
         Ok(())
     }
 
@@ -421,6 +421,7 @@ impl VHost {
         let detached = std::mem::take(&mut topology.detached);
         let dropped = std::mem::take(&mut topology.dropped);
         drop(topology);
+        self.discard_delayed(&detached);
         for (exchange, bindings) in detached {
             blocking(self.slow_router(&exchange), || exchange.forget(&bindings));
         }
@@ -474,6 +475,7 @@ impl VHost {
         if let Some(existing) = self.existing_queue(&spec)? {
             return Ok(existing);
         }
+        delayed::check_queue_name(&spec.name)?;
         let _changes = self.lock_changes();
         if let Some(existing) = self.existing_queue(&spec)? {
             return Ok(existing);
