@@ -236,6 +236,21 @@ impl BrokerProcess {
         }
     }
 
+    /// Waits (at most `limit`) until the running start has logged that its plugin directory
+    /// is loaded (every start logs it once, after listening): from then on exchanges of those
+    /// types can be declared, and durable ones of them are restored.
+    pub async fn plugins_loaded(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.log().matches("plugin directory loaded").count() < self.starts() as usize {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the plugin directory was not loaded within {limit:?}\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Everything the broker has written so far, over all starts, without terminal colours.
     pub fn log(&self) -> String {
         strip_ansi(&String::from_utf8_lossy(

@@ -34,7 +34,18 @@ async fn start() -> (BrokerProcess, TempDir) {
     std::fs::write(plugins.path.join("x-dedup.wasm"), plugin_bytes("x-dedup")).expect("copy");
     let dir = plugins.path.to_str().expect("UTF-8 path").to_owned();
     let broker = BrokerProcess::start_with_args(&["--plugin-dir", &dir]).await;
+    broker.plugins_loaded(PLUGINS_LOADED).await;
     (broker, plugins)
+}
+
+/// How long a start may take to compile (or load from the cache) x-dedup.
+const PLUGINS_LOADED: Duration = Duration::from_secs(60);
+
+/// Restarts the broker and waits for its plugin directory: the broker listens before it has
+/// loaded its plugins, and restores the durable x-dedup exchanges once it has.
+async fn restart(broker: &mut BrokerProcess) {
+    broker.restart().await;
+    broker.plugins_loaded(PLUGINS_LOADED).await;
 }
 
 async fn channel(broker: &BrokerProcess) -> (lapin::Connection, Channel) {
@@ -143,7 +154,7 @@ async fn dedup_remembers_across_a_restart_and_a_sigkill() {
         }
         let (status, _) = broker.terminate(Duration::from_secs(20)).await;
         assert!(status.success(), "clean stop: {status}");
-        broker.restart().await;
+        restart(&mut broker).await;
         {
             let (_conn, ch) = channel(&broker).await;
             // Seen before the restart: dropped. New ones pass.
@@ -156,7 +167,7 @@ async fn dedup_remembers_across_a_restart_and_a_sigkill() {
             );
         }
         // SIGKILL right after the confirms: no shutdown code runs.
-        broker.restart().await;
+        restart(&mut broker).await;
         {
             let (_conn, ch) = channel(&broker).await;
             purge(&ch, "ledger").await;
@@ -170,7 +181,7 @@ async fn dedup_remembers_across_a_restart_and_a_sigkill() {
             publish_ids(&ch, "pay", ids("a", 0..2)).await;
             assert_eq!(take(&ch, "ledger").await, ids("a", 0..2));
         }
-        broker.restart().await;
+        restart(&mut broker).await;
         let (_conn, ch) = channel(&broker).await;
         purge(&ch, "ledger").await;
         publish_ids(&ch, "pay", ids("a", 0..3)).await;
@@ -197,7 +208,7 @@ async fn a_confirmed_state_write_survives_a_sigkill() {
             topology(&ch, "seen", true, "scratch", false).await;
             publish_ids(&ch, "seen", ids("b", 0..BURST)).await;
             // Killed as soon as the last confirm arrived.
-            broker.restart().await;
+            restart(&mut broker).await;
         }
         let (_conn, ch) = channel(&broker).await;
         // The transient queue and its binding are gone; the durable exchange is back.
@@ -241,7 +252,7 @@ async fn a_transient_exchange_keeps_its_state_in_memory_only() {
         .expect("the journal exists")
         .len();
         assert_eq!(log, 8, "only the header: nothing journaled");
-        broker.restart().await;
+        restart(&mut broker).await;
         let (_conn, ch) = channel(&broker).await;
         topology(&ch, "brief", false, "box", true).await;
         purge(&ch, "box").await;
