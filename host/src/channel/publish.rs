@@ -373,21 +373,7 @@ impl Channel {
                 cx, &delayed, exchange, message, properties, extra_keys, mandatory, due,
             );
         }
-        if extra_keys.is_empty() {
-            cx.vhost.route(
-                &exchange,
-                &message,
-                &properties,
-                &[message.routing_key()],
-                &mut self.routed,
-            );
-        } else {
-            let mut keys: Vec<&str> = Vec::with_capacity(extra_keys.len() + 1);
-            keys.push(message.routing_key());
-            keys.extend(extra_keys.iter().map(|k| k.as_ref()));
-            cx.vhost
-                .route(&exchange, &message, &properties, &keys, &mut self.routed);
-        }
+        self.find_destinations(cx, &exchange, &message, &properties, &extra_keys);
         // A reply handed to a direct reply-to consumer counts as routed.
         let unroutable = self.routed.queues.is_empty() && self.routed.replies.is_empty();
         cx.exchanges.borrow_mut().count(&exchange, !unroutable);
@@ -446,6 +432,28 @@ impl Channel {
         }
     }
 
+    /// Routes `message` by its routing key and its CC/BCC keys into `self.routed`.
+    fn find_destinations(
+        &mut self,
+        cx: &Session<'_>,
+        exchange: &Arc<Exchange>,
+        message: &Arc<Message>,
+        properties: &BasicProperties,
+        extra_keys: &[Name],
+    ) {
+        if extra_keys.is_empty() {
+            let keys = [&**message.routing_key()];
+            cx.vhost
+                .route(exchange, message, properties, &keys, &mut self.routed);
+        } else {
+            let mut keys: Vec<&str> = Vec::with_capacity(extra_keys.len() + 1);
+            keys.push(message.routing_key());
+            keys.extend(extra_keys.iter().map(|k| k.as_ref()));
+            cx.vhost
+                .route(exchange, message, properties, &keys, &mut self.routed);
+        }
+    }
+
     /// A message for a delayed exchange, due at `due`: with `mandatory`, routed now only to
     /// learn whether it would reach a queue (returned if not, and then not held); otherwise
     /// stored until due. Its confirm waits for the store when it was stored durably.
@@ -462,11 +470,7 @@ impl Channel {
         due: u64,
     ) -> Ticket {
         if mandatory {
-            let mut keys: Vec<&str> = Vec::with_capacity(extra_keys.len() + 1);
-            keys.push(message.routing_key());
-            keys.extend(extra_keys.iter().map(|k| k.as_ref()));
-            cx.vhost
-                .route(&exchange, &message, &properties, &keys, &mut self.routed);
+            self.find_destinations(cx, &exchange, &message, &properties, &extra_keys);
             let unroutable = self.routed.queues.is_empty() && self.routed.replies.is_empty();
             self.routed.queues.clear();
             self.routed.replies.clear();
