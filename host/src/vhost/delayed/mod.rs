@@ -696,7 +696,7 @@ impl DelayedExchange {
             let decoded = decode_record(stored).expect("decodes");
             out.push((
                 entry.due,
-                String::from_utf8_lossy(&decoded.message.body()).into_owned(),
+                String::from_utf8_lossy(decoded.message.body()).into_owned(),
             ));
         }
         out

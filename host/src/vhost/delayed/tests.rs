@@ -68,7 +68,7 @@ fn records_round_trip_and_bad_ones_are_errors() {
     assert_eq!(record_due(&stored), Some(42));
     let decoded = decode_record(stored.clone()).expect("decodes");
     assert_eq!(decoded.extra_keys, keys);
-    assert_eq!(&decoded.message.body()[..], b"hello");
+    assert_eq!(decoded.message.body(), b"hello");
     for cut in [0, 5, 9, 11, 14] {
         let short = StoredMessage {
             body: stored.body.slice(..cut),
