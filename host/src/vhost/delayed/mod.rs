@@ -415,12 +415,10 @@ impl DelayedExchange {
         }
         if self.stores.paging.is_none() {
             // No storage: the message waits in memory.
-            let seq = state.next_seq();
-            state.heap.push(Reverse(Entry {
+            state.schedule(
                 due,
-                seq,
-                at: At::Memory(Box::new((message.clone(), extra_keys.to_vec()))),
-            }));
+                At::Memory(Box::new((message.clone(), extra_keys.to_vec()))),
+            );
             drop(state);
             self.waiting.fetch_add(1, Ordering::Relaxed);
             self.wake_if_before(due);
@@ -512,16 +510,14 @@ impl DelayedExchange {
         bucket.count += 1;
         state.generation += 1;
         if loaded {
-            let seq = state.next_seq();
-            state.heap.push(Reverse(Entry {
+            state.schedule(
                 due,
-                seq,
-                at: At::Stored {
+                At::Stored {
                     index: key.index,
                     store,
                     position,
                 },
-            }));
+            );
             self.wake_if_before(due);
         }
         Ok(ticket)
@@ -704,9 +700,11 @@ impl DelayedExchange {
 }
 
 impl State {
-    fn next_seq(&mut self) -> u64 {
+    /// Adds a waiting message to the heap, after those due at the same time.
+    fn schedule(&mut self, due: u64, at: At) {
         self.seq += 1;
-        self.seq
+        let seq = self.seq;
+        self.heap.push(Reverse(Entry { due, seq, at }));
     }
 }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 use tracing::{debug, warn};
 
 use super::{
-    At, Bucket, BucketKey, BucketStore, DelayedExchange, Entry, PAGING, SYNCED, Walk,
-    decode_record, now_ms, record_due,
+    At, Bucket, BucketKey, BucketStore, DelayedExchange, PAGING, SYNCED, Walk, decode_record,
+    now_ms, record_due,
 };
 use crate::exchange::Name;
 use crate::message::Message;
@@ -143,16 +143,14 @@ impl DelayedExchange {
         }
         let mut state = self.state.lock();
         for (due, store, position) in entries {
-            let seq = state.next_seq();
-            state.heap.push(Reverse(Entry {
+            state.schedule(
                 due,
-                seq,
-                at: At::Stored {
+                At::Stored {
                     index: key.index,
                     store,
                     position,
                 },
-            }));
+            );
         }
     }
 
