@@ -387,19 +387,11 @@ impl VHost {
         }
         let mut restored = 0;
         for def in std::mem::take(&mut waiting.exchanges) {
-            if self.registry.get(&def.kind).is_none() {
+            if self.exchange_type(&def.kind, &def.arguments).is_err() {
                 waiting.exchanges.push(def);
                 continue;
             }
-            let spec = ExchangeSpec {
-                name: Name::from(def.name.as_str()),
-                kind: Name::from(def.kind.as_str()),
-                durable: true,
-                auto_delete: def.auto_delete,
-                internal: def.internal,
-                arguments: def.arguments,
-            };
-            match self.declare_exchange_as(spec, true) {
+            match self.declare_exchange_as(logged_spec(def.clone()), true) {
                 Ok(()) => {
                     restored += 1;
                     info!(vhost = %self.name, exchange = %def.name, kind = %def.kind,
@@ -478,17 +470,10 @@ impl VHost {
         let ty = self
             .exchange_type(&def.kind, &def.arguments)
             .map_err(|e| format!("exchange '{}': {}", def.name, e.text))?;
-        let spec = ExchangeSpec {
-            name: Name::from(def.name.as_str()),
-            kind: Name::from(def.kind.as_str()),
-            durable: true,
-            auto_delete: def.auto_delete,
-            internal: def.internal,
-            arguments: def.arguments,
-        };
+        let spec = logged_spec(def);
         let router = self
             .create_router(&*ty, &spec)
-            .map_err(|e| format!("exchange '{}': {e}", def.name))?;
+            .map_err(|e| format!("exchange '{}': {e}", spec.name))?;
         let delayed = self.delayed_state(&spec);
         topology.exchanges.insert(
             spec.name.clone(),
@@ -519,5 +504,17 @@ impl VHost {
             })
             .map(|_| ())
             .map_err(|e| format!("binding from '{}': {e}", def.source))
+    }
+}
+
+/// The spec of a durable exchange as the definitions log records it.
+fn logged_spec(def: ExchangeDefinition) -> ExchangeSpec {
+    ExchangeSpec {
+        name: Name::from(def.name.as_str()),
+        kind: Name::from(def.kind.as_str()),
+        durable: true,
+        auto_delete: def.auto_delete,
+        internal: def.internal,
+        arguments: def.arguments,
     }
 }
