@@ -4,6 +4,11 @@
 //! to 300 ms and a CPU budget of 100 ms/s. B's confirmed throughput must stay at 90% or more
 //! of what it is with A idle; both figures and B's slowest round trip are printed.
 //!
+//! Each condition is measured twice and its better window counts, the idle one too: on a
+//! shared 2-core machine something else only ever takes throughput away, so the best window
+//! is the closest view of what each condition allows, and one disturbed window of three
+//! seconds does not decide the verdict.
+//!
 //! Alone in its file: other tests running beside it would disturb the measurement.
 
 use std::sync::Arc;
@@ -40,6 +45,25 @@ async fn measure_b(chs: &[Channel; 2], phase: &str, next_key: &AtomicU64) -> (f6
         slowest.as_secs_f64() * 1e3
     );
     (rate, slowest)
+}
+
+/// B measured twice under one condition, the queues purged after each window: the better
+/// rate of the two and the slowest batch of either.
+async fn best_of_two<P, F>(
+    chs: &[Channel; 2],
+    phase: &str,
+    next_key: &AtomicU64,
+    purge: &P,
+) -> (f64, Duration)
+where
+    P: Fn() -> F,
+    F: std::future::Future<Output = ()>,
+{
+    let (first, first_slowest) = measure_b(chs, phase, next_key).await;
+    purge().await;
+    let (second, second_slowest) = measure_b(chs, phase, next_key).await;
+    purge().await;
+    (first.max(second), first_slowest.max(second_slowest))
 }
 
 /// One of B's publishers: unique routing keys (every message is a plugin call, no cache
@@ -230,8 +254,7 @@ async fn a_hostile_tenant_leaves_anothers_wasm_routing_at_90_percent() {
             hostile.push(tokio::spawn(hammer(conn, kind, args, stop.clone())));
         }
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let (attacked, slowest) = measure_b(&bchs, "with a hostile", &keys).await;
-        purge().await;
+        let (attacked, slowest) = best_of_two(&bchs, "with a hostile", &keys, &purge).await;
         // Then with its deadline raised to 300 ms (the stall of other tenants).
         handle
             .execute(vhost_limits("a", &[("wasm-call-deadline-ms", 300)]))
@@ -239,21 +262,20 @@ async fn a_hostile_tenant_leaves_anothers_wasm_routing_at_90_percent() {
             .expect("a's deadline");
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (attacked_long, slowest_long) =
-            measure_b(&bchs, "with a hostile, 300 ms deadline", &keys).await;
+            best_of_two(&bchs, "with a hostile, 300 ms deadline", &keys, &purge).await;
         stop.store(true, Ordering::Relaxed);
         for task in &hostile {
             task.abort();
         }
-        purge().await;
         let stats = hostile_stats(handle);
-        // A gone (its connections closed with it), B alone again: the baseline is the mean
-        // of both idle phases, so a drift of the machine does not count against isolation.
+        // A gone (its connections closed with it), B alone again: the baseline is the better
+        // of both idle phases, as each hostile figure is the better of its two windows.
         handle
             .execute(bourse::meta::MetaCommand::DeleteVhost { name: "a".into() })
             .await
             .expect("delete a");
         let (idle_after, _) = measure_b(&bchs, "with a deleted", &keys).await;
-        let idle = (idle + idle_after) / 2.0;
+        let idle = idle.max(idle_after);
 
         eprintln!(
             "a's hostile plugins (type, exchanges, deadlines hit, memory caps hit): {stats:?}"
