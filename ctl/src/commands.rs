@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use ureq::http::StatusCode;
 
 use crate::client::{Client, Error, seg};
-use crate::output::{self, Column, Format, field, print_done, print_rows};
+use crate::output::{self, Column, Format, cell, field, line, print_done, print_json, print_rows};
 use crate::{BindingArgs, Declare, Delete, ListKind, Publish};
 
 /// Files at least this large get a progress bar on import (when stderr is a terminal).
@@ -477,6 +477,83 @@ pub fn publish(client: &Client, format: Format, p: &Publish) -> anyhow::Result<(
         "message published but not routed (no queue matched)"
     };
     print_done(format, sentence, &reply.json)?;
+    Ok(())
+}
+
+/// `explain`: where a message would go, without sending it (bourse's explain route): each
+/// exchange on its way, what its router chose, and the queues it would reach.
+pub fn explain(client: &Client, format: Format, p: &Publish) -> anyhow::Result<()> {
+    let path = format!(
+        "/api/exchanges/{}/{}/explain",
+        seg(&p.vhost.vhost),
+        seg(&p.exchange)
+    );
+    let body = json!({
+        "routing_key": p.routing_key,
+        "payload": p.payload,
+        "payload_encoding": "string",
+        "properties": p.properties.clone().unwrap_or_else(|| json!({})),
+    });
+    let reply = client.post(&path, &body)?;
+    if format == Format::Json {
+        return Ok(print_json(&reply.json)?);
+    }
+    let text = |v: &Value| cell(Some(v));
+    for hop in reply.json["hops"].as_array().into_iter().flatten() {
+        let via = match hop["via"]["kind"].as_str() {
+            Some("binding") => format!(", through a binding of {}", text(&hop["via"]["from"])),
+            Some("alternate") => format!(", as alternate of {}", text(&hop["via"]["from"])),
+            _ => String::new(),
+        };
+        line(format!(
+            "exchange {} ({}){via}",
+            text(&hop["exchange"]),
+            text(&hop["type"])
+        ))?;
+        for reached in hop["reached"].as_array().into_iter().flatten() {
+            let keys: Vec<String> = reached["bindings"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|b| format!("'{}'", text(&b["routing_key"])))
+                .collect();
+            let keys = if keys.is_empty() {
+                String::new()
+            } else {
+                format!(" [binding key {}]", keys.join(", "))
+            };
+            let missing = if reached["exists"] == false {
+                " (does not exist: skipped)"
+            } else {
+                ""
+            };
+            line(format!(
+                "  -> {} {}{keys}{missing}",
+                text(&reached["destination_type"]),
+                text(&reached["destination"])
+            ))?;
+        }
+        if !hop["error"].is_null() {
+            line(format!("  router failed: {}", text(&hop["error"])))?;
+        }
+        if !hop["alternate"].is_null() {
+            line(format!(
+                "  reached nothing: to alternate exchange {}",
+                text(&hop["alternate"])
+            ))?;
+        }
+    }
+    let queues = text(&reply.json["queues"]);
+    if reply.json["routed"] == true {
+        line(format!("would reach: {queues}"))?;
+    } else {
+        line("would reach no queue (a mandatory publish would be returned)")?;
+    }
+    if let Some(due) = reply.json["held_until"].as_u64() {
+        line(format!(
+            "delayed: held until {due} ms after the epoch, then routed as above"
+        ))?;
+    }
     Ok(())
 }
 

@@ -92,6 +92,9 @@ enum Command {
     Get(Get),
     /// Publish one message through an exchange.
     Publish(Publish),
+    /// Where a message would go (exchanges, bindings, plugins, alternate exchanges, queues),
+    /// without sending it.
+    Explain(Publish),
     /// Write the broker's definitions (RabbitMQ's JSON) to FILE, `-` for stdout.
     Export { file: PathBuf },
     /// Load a definitions file into the broker (`-` for stdin).
@@ -315,7 +318,7 @@ pub struct Publish {
     #[arg(long, default_value = "")]
     pub routing_key: String,
     /// The body, as text.
-    #[arg(long)]
+    #[arg(long, default_value = "")]
     pub payload: String,
     /// AMQP properties as JSON, e.g. '{"delivery_mode": 2, "headers": {"k": "v"}}'.
     #[arg(long, value_name = "JSON", value_parser = json_object)]
@@ -377,6 +380,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             requeue,
         }) => commands::get(&client, format, &vhost.vhost, &name, count, requeue),
         Command::Publish(publish) => commands::publish(&client, format, &publish),
+        Command::Explain(message) => commands::explain(&client, format, &message),
         Command::Export { file } => commands::export(&client, &file),
         Command::Import { file } => commands::import(&client, format, &file),
         Command::Plugin(command) => plugins::run(&client, format, command),

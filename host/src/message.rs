@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use amq_protocol::protocol::BasicProperties;
+use amq_protocol::types::AMQPValue;
 use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
@@ -231,6 +232,20 @@ impl Message {
                 .and_then(|e| parse_expiration(e.as_str()).ok()),
             ms => Some(u64::from(ms)),
         }
+    }
+}
+
+/// Adds the routing keys of a CC or BCC header (an array of strings, or one string).
+pub fn header_keys(value: Option<&AMQPValue>, keys: &mut Vec<Name>) {
+    let mut push = |v: &AMQPValue| match v {
+        AMQPValue::LongString(s) => keys.push(Name::from(String::from_utf8_lossy(s.as_bytes()))),
+        AMQPValue::ShortString(s) => keys.push(Name::from(s.as_str())),
+        _ => {}
+    };
+    match value {
+        Some(AMQPValue::FieldArray(array)) => array.as_slice().iter().for_each(&mut push),
+        Some(other) => push(other),
+        None => {}
     }
 }
 

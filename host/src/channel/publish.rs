@@ -5,13 +5,13 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, tx};
-use amq_protocol::types::{AMQPValue, FieldTable};
+use amq_protocol::types::FieldTable;
 use bytes::{Bytes, BytesMut};
 
 use super::{Channel, Session, Settle};
 use crate::exchange::Name;
 use crate::limits::Reservation;
-use crate::message::{Envelope, Message, parse_expiration};
+use crate::message::{Envelope, Message, header_keys, parse_expiration};
 use crate::protocol::{
     AmqpError, BASIC_CLASS, ContentHeader, encode_properties, write_content, write_method,
 };
@@ -313,9 +313,9 @@ impl Channel {
         let mut extra_keys = Vec::new();
         if let Some(headers) = properties.headers() {
             let inner = headers.inner();
-            collect_keys(inner.get("CC"), &mut extra_keys);
+            header_keys(inner.get("CC"), &mut extra_keys);
             if inner.contains_key("BCC") {
-                collect_keys(inner.get("BCC"), &mut extra_keys);
+                header_keys(inner.get("BCC"), &mut extra_keys);
                 // BCC keys route the message but are never delivered (RabbitMQ's
                 // sender-selected distribution).
                 let kept: FieldTable = inner
@@ -604,20 +604,6 @@ fn send_ack(channel: u16, confirms: &mut Confirms, cx: &Session<'_>, tag: u64) {
             })),
         )
     });
-}
-
-/// Adds the routing keys of a CC or BCC header (an array of strings, or one string).
-fn collect_keys(value: Option<&AMQPValue>, keys: &mut Vec<Name>) {
-    let mut push = |v: &AMQPValue| match v {
-        AMQPValue::LongString(s) => keys.push(Name::from(String::from_utf8_lossy(s.as_bytes()))),
-        AMQPValue::ShortString(s) => keys.push(Name::from(s.as_str())),
-        _ => {}
-    };
-    match value {
-        Some(AMQPValue::FieldArray(array)) => array.as_slice().iter().for_each(&mut push),
-        Some(other) => push(other),
-        None => {}
-    }
 }
 
 #[cfg(test)]

@@ -32,14 +32,157 @@ pub async fn publish(
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Api {
+    let (scope, exchange, posted) = posted_message(&shared, &who, &vhost, &name, &body)?;
+    let Posted {
+        routing_key,
+        properties,
+        message,
+    } = posted;
+    let open = scope.vhost.clone();
+    let routed = tokio::task::spawn_blocking(move || {
+        let mut routed = crate::vhost::Routed::default();
+        open.route(
+            &exchange,
+            &message,
+            &properties,
+            &[&routing_key],
+            &mut routed,
+        );
+        let reached = !routed.queues.is_empty() || !routed.replies.is_empty();
+        crate::vhost::ExchangeTally::default().count(&exchange, reached);
+        open.count_published(1);
+        // A delayed exchange holds it (the answer says whether it would be routed now).
+        if let Some(delayed) = exchange.delayed()
+            && let Some(due) =
+                crate::vhost::delayed::due_time(&properties, crate::vhost::delayed::now_ms())
+        {
+            routed.queues.clear();
+            routed.replies.clear();
+            return delayed.hold(&message, &[], due).map(|_| reached);
+        }
+        for queue in routed.queues.drain(..) {
+            queue.publish(message.clone());
+        }
+        for reply in routed.replies.drain(..) {
+            reply.deliver_reply(&message);
+        }
+        Ok(reached)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(ApiError::from)?;
+    Ok(axum::Json(serde_json::json!({ "routed": routed })).into_response())
+}
+
+/// POST /api/exchanges/{vhost}/{name}/explain (bourse's own): the body of a publish; write on
+/// the exchange. Answers where the message would go now, without sending it: each exchange
+/// passed through (how it was reached, what its router chose through which bindings, a
+/// router's failure, an alternate exchange taken), the queues that would receive it, and for
+/// a delayed exchange the time it would be held until. The routing key and the `CC` and
+/// `BCC` headers' keys are routed, as a publish routes them.
+pub async fn explain(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Api {
+    let (scope, exchange, posted) = posted_message(&shared, &who, &vhost, &name, &body)?;
+    let Posted {
+        routing_key,
+        properties,
+        message,
+    } = posted;
+    let mut keys = vec![crate::exchange::Name::from(routing_key)];
+    if let Some(headers) = properties.headers() {
+        crate::message::header_keys(headers.inner().get("CC"), &mut keys);
+        crate::message::header_keys(headers.inner().get("BCC"), &mut keys);
+    }
+    let open = scope.vhost.clone();
+    let explained = tokio::task::spawn_blocking(move || {
+        let keys: Vec<&str> = keys.iter().map(|k| &**k).collect();
+        open.explain(&exchange, &message, &properties, &keys)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(axum::Json(explanation_json(&vhost, &explained)).into_response())
+}
+
+/// An explanation as the explain route answers it: `{"routed", "queues": [names],
+/// "direct_reply_consumers", "held_until": ms or null, "hops": [{"exchange", "type", "via":
+/// {"kind": "published" | "binding" | "alternate", "from"}, "error", "alternate", "reached":
+/// [{"destination", "destination_type", "exists", "bindings": [RabbitMQ's binding
+/// objects]}]}]}`.
+fn explanation_json(vhost: &str, explained: &crate::vhost::Explanation) -> Value {
+    use crate::exchange::Destination;
+    use crate::vhost::explain::Via;
+    let name = |n: &str| if n.is_empty() { "amq.default" } else { n }.to_owned();
+    let hops: Vec<Value> = explained
+        .hops
+        .iter()
+        .map(|hop| {
+            let via = match &hop.via {
+                Via::Published => json!({ "kind": "published" }),
+                Via::Binding(from) => json!({ "kind": "binding", "from": name(from) }),
+                Via::Alternate(from) => json!({ "kind": "alternate", "from": name(from) }),
+            };
+            let reached: Vec<Value> = hop
+                .reached
+                .iter()
+                .map(|r| {
+                    let (kind, to) = match &r.destination {
+                        Destination::Queue(q) => ("queue", q),
+                        Destination::Exchange(x) => ("exchange", x),
+                    };
+                    json!({
+                        "destination": &**to,
+                        "destination_type": kind,
+                        "exists": r.exists,
+                        "bindings": r.bindings.iter()
+                            .map(|b| super::objects::binding_json(vhost, &hop.exchange, b))
+                            .collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            json!({
+                "exchange": name(&hop.exchange),
+                "type": &*hop.kind,
+                "via": via,
+                "reached": reached,
+                "error": hop.error,
+                "alternate": hop.alternate.as_deref(),
+            })
+        })
+        .collect();
+    json!({
+        "routed": explained.routed(),
+        "queues": explained.queues.iter().map(|q| &**q).collect::<Vec<_>>(),
+        "direct_reply_consumers": explained.replies,
+        "held_until": explained.held_until_ms,
+        "hops": hops,
+    })
+}
+
+/// A message posted to the publish or explain route, checked.
+struct Posted {
+    routing_key: String,
+    properties: amq_protocol::protocol::BasicProperties,
+    message: Arc<crate::message::Message>,
+}
+
+/// Reads a publish body (`{"routing_key", "payload", "payload_encoding": "string" |
+/// "base64", "properties": {...}}`) for exchange `name` of `vhost`, which the user must
+/// be allowed to write to.
+fn posted_message(
+    shared: &Arc<Shared>,
+    who: &Who,
+    vhost: &str,
+    name: &str,
+    body: &Bytes,
+) -> Result<(Scope, Arc<crate::vhost::Exchange>, Posted), ApiError> {
     use base64::Engine as _;
-    let scope = Scope::of(&shared, &who, &vhost)?;
-    let body = body_object(&body)?;
-    let exchange_name = if name == "amq.default" {
-        ""
-    } else {
-        name.as_str()
-    };
+    let scope = Scope::of(shared, who, vhost)?;
+    let body = body_object(body)?;
+    let exchange_name = if name == "amq.default" { "" } else { name };
     scope.may(
         Access::Write,
         ResourceKind::Exchange,
@@ -89,40 +232,15 @@ pub async fn publish(
         &raw,
         payload,
     ));
-    let open = scope.vhost.clone();
-    let routed = tokio::task::spawn_blocking(move || {
-        let mut routed = crate::vhost::Routed::default();
-        open.route(
-            &exchange,
-            &message,
-            &properties,
-            &[&routing_key],
-            &mut routed,
-        );
-        let reached = !routed.queues.is_empty() || !routed.replies.is_empty();
-        crate::vhost::ExchangeTally::default().count(&exchange, reached);
-        open.count_published(1);
-        // A delayed exchange holds it (the answer says whether it would be routed now).
-        if let Some(delayed) = exchange.delayed()
-            && let Some(due) =
-                crate::vhost::delayed::due_time(&properties, crate::vhost::delayed::now_ms())
-        {
-            routed.queues.clear();
-            routed.replies.clear();
-            return delayed.hold(&message, &[], due).map(|_| reached);
-        }
-        for queue in routed.queues.drain(..) {
-            queue.publish(message.clone());
-        }
-        for reply in routed.replies.drain(..) {
-            reply.deliver_reply(&message);
-        }
-        Ok(reached)
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(ApiError::from)?;
-    Ok(axum::Json(serde_json::json!({ "routed": routed })).into_response())
+    Ok((
+        scope,
+        exchange,
+        Posted {
+            routing_key,
+            properties,
+            message,
+        },
+    ))
 }
 
 /// The AMQP properties RabbitMQ's publish route takes.

@@ -75,6 +75,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
             axum::routing::post(super::messages::publish),
         )
         .route(
+            "/api/exchanges/{vhost}/{name}/explain",
+            axum::routing::post(super::messages::explain),
+        )
+        .route(
             "/api/bindings/{vhost}/e/{source}/{kind}/{target}",
             get(super::objects::bindings_between).post(super::objects::binding_post),
         )

@@ -43,7 +43,7 @@ pub use messages::{
     SIDE_SYNC_INTERVAL, StoreOptions, StoreStats, StoredMessage, Ticket,
 };
 pub use plugin_state::{
-    ExchangeState, PluginState, StateHandle, StateLimits, StateRefused, take_thread_ticket,
+    ExchangeState, PluginState, StateHandle, StateLimits, StateRefused, dry_run, take_thread_ticket,
 };
 pub use queue_store::QueueStore;
 pub use record_log::RecordLog;

@@ -69,6 +69,23 @@ pub type StateMap = BTreeMap<String, Vec<u8>>;
 thread_local! {
     /// The highest journal ticket taken on this thread since the last [`take_thread_ticket`].
     static THREAD_TICKET: Cell<Ticket> = const { Cell::new(0) };
+    /// Whether writes on this thread are a dry run's ([`dry_run`]).
+    static DRY_RUN: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with every state write on this thread answered as it would be (the comparison and
+/// the limits checked) but not applied: a route explained (`vhost::explain`) runs the real
+/// plugins, and a plugin that records what it saw (`x-dedup`) must not remember an explained
+/// message. Plugin calls run on the routing thread, so the flag reaches them.
+pub fn dry_run<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            DRY_RUN.with(|d| d.set(self.0));
+        }
+    }
+    let _reset = Reset(DRY_RUN.with(|d| d.replace(true)));
+    f()
 }
 
 /// The highest ticket a durable state write took on this thread since the last call (0:
@@ -429,6 +446,13 @@ impl ExchangeState {
         }
         // Reserve the growth against the vhost before anything is written.
         let growth = new_cost.saturating_sub(old_cost);
+        if DRY_RUN.with(Cell::get) {
+            let total = self.core.bytes.load(Ordering::Relaxed);
+            return match total.checked_add(growth) {
+                Some(sum) if sum <= limits.vhost_bytes_max => Ok(true),
+                _ => Err(StateRefused::VhostFull(limits.vhost_bytes_max)),
+            };
+        }
         if growth > 0 {
             let reserved =
                 self.core

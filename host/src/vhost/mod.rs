@@ -11,6 +11,7 @@ pub mod delayed;
 mod durable;
 mod equivalence;
 mod exchange;
+pub mod explain;
 mod reply_to;
 mod route;
 #[cfg(test)]
@@ -20,6 +21,7 @@ mod topology;
 pub use admission::Admission;
 pub use delayed::DelayedExchange;
 pub use exchange::{Exchange, ExchangeSpec, ExchangeTally};
+pub use explain::Explanation;
 pub use reply_to::{REPLY_TO_PREFIX, REPLY_TO_QUEUE, ReplyConsumer};
 pub use route::Routed;
 

@@ -63,6 +63,20 @@ impl VHost {
         keys: &[&str],
         routed: &mut Routed,
     ) {
+        self.route_traced(exchange, message, properties, keys, routed, &mut ());
+    }
+
+    /// [`route`](Self::route), telling `trace` each step (the publish path passes `()`, whose
+    /// calls compile to nothing).
+    pub(super) fn route_traced<T: Trace>(
+        &self,
+        exchange: &Arc<Exchange>,
+        message: &Message,
+        properties: &BasicProperties,
+        keys: &[&str],
+        routed: &mut Routed,
+        trace: &mut T,
+    ) {
         routed.queues.clear();
         routed.replies.clear();
         routed.router_failed = false;
@@ -79,12 +93,14 @@ impl VHost {
             if !routed.first_visit(id) {
                 continue;
             }
+            trace.exchange(&x);
             let mut reached = false;
             if x.spec.name.is_empty() {
                 // The default exchange: every queue is implicitly bound by its own name.
                 for key in keys {
                     if let Some(queue) = topology.queues.get(*key) {
                         reached = true;
+                        trace.default_queue(queue.name());
                         push_unique(&mut routed.queues, &mut routed.seen, queue);
                     } else if key.starts_with(REPLY_TO_PREFIX) {
                         // A direct reply-to name: straight to the requester's channel, if it
@@ -93,6 +109,7 @@ impl VHost {
                             && consumer.has_room()
                         {
                             reached = true;
+                            trace.reply(key);
                             if !routed
                                 .replies
                                 .iter()
@@ -119,38 +136,58 @@ impl VHost {
                         // Debug only: a router logs its own failures, rate-limited per
                         // exchange (a failed WASM exchange refuses every message).
                         debug!(exchange = %x.spec.name, vhost = %self.name, %error, "router failed; message unroutable by this exchange");
+                        trace.failed(&x, &error);
                         routed.router_failed = true;
                         routed.destinations.clear();
                     }
                 }
                 drop(router);
                 for destination in routed.destinations.drain(..) {
-                    match destination {
-                        Destination::Queue(name) => {
-                            if let Some(queue) = topology.queues.get(&name) {
-                                reached = true;
-                                push_unique(&mut routed.queues, &mut routed.seen, queue);
-                            }
-                        }
-                        Destination::Exchange(name) => {
-                            if let Some(next) = topology.exchanges.get(&name) {
-                                reached = true;
-                                routed.pending.push(next.clone());
-                            }
-                        }
+                    let found = match &destination {
+                        Destination::Queue(name) => topology.queues.get(name).map(|queue| {
+                            push_unique(&mut routed.queues, &mut routed.seen, queue);
+                        }),
+                        Destination::Exchange(name) => topology
+                            .exchanges
+                            .get(name)
+                            .map(|next| routed.pending.push(next.clone())),
                     }
+                    .is_some();
+                    reached |= found;
+                    trace.destination(&x, &destination, found);
                 }
             }
             if !reached
                 && let Some(alternate) =
                     x.alternate.as_ref().and_then(|n| topology.exchanges.get(n))
             {
+                trace.alternate(&x, alternate);
                 routed.pending.push(alternate.clone());
             }
         }
         routed.state_ticket = crate::store::take_thread_ticket();
     }
 }
+
+/// What [`VHost::route_traced`] reports as it goes (`vhost::explain`). Every call has a
+/// default that does nothing.
+pub(super) trait Trace {
+    /// The message enters exchange `x` (each exchange once).
+    fn exchange(&mut self, _x: &Arc<Exchange>) {}
+    /// `x`'s router chose `to`; `found` when it exists (a missing one is skipped).
+    fn destination(&mut self, _x: &Arc<Exchange>, _to: &Destination, _found: bool) {}
+    /// The default exchange delivers to the queue named by the routing key.
+    fn default_queue(&mut self, _queue: &crate::exchange::Name) {}
+    /// A direct reply-to consumer named by `key` takes the message.
+    fn reply(&mut self, _key: &str) {}
+    /// `x`'s router failed: the message is unroutable through it.
+    fn failed(&mut self, _x: &Arc<Exchange>, _error: &crate::exchange::RouteError) {}
+    /// `x` reached nothing and hands the message to its alternate exchange `to`.
+    fn alternate(&mut self, _x: &Arc<Exchange>, _to: &Arc<Exchange>) {}
+}
+
+/// No trace: the publish path.
+impl Trace for () {}
 
 impl Routed {
     /// Marks exchange `id` visited; false if it was already. Clients choose how many
