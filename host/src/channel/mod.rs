@@ -20,7 +20,7 @@ use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, tx};
 use crate::connection::Writer;
 use crate::exchange::Name;
 use crate::message::QueuedMessage;
-use crate::protocol::{AmqpError, ContentHeader, write_method};
+use crate::protocol::{AmqpError, ContentHeader};
 use crate::queue::{ConnectionId, ConsumeError, Consumer, Queue};
 use crate::vhost::{REPLY_TO_QUEUE, ReplyConsumer, Routed, VHost};
 
@@ -32,8 +32,6 @@ pub struct Session<'a> {
     pub vhost: &'a Arc<VHost>,
     /// The connection, for exclusive queues.
     pub connection_id: ConnectionId,
-    /// The connection's outgoing frames.
-    pub writer: &'a Arc<Writer>,
     /// Largest accepted body.
     pub max_message_bytes: u64,
     /// The authenticated user (checked against the user_id property).
@@ -136,8 +134,8 @@ impl Channel {
         self.pending.is_some()
     }
 
-    fn reply(&self, cx: &Session<'_>, method: AMQPClass) {
-        cx.writer.write(|out| write_method(out, self.id, method));
+    fn reply(&self, method: AMQPClass) {
+        self.outlet.send_method(method);
     }
 
     /// Handles one method on this channel.
@@ -162,10 +160,9 @@ impl Channel {
                 self.confirms.get_or_insert_with(Default::default);
                 self.outlet.info.confirm.set(1);
                 if !select.nowait {
-                    self.reply(
-                        cx,
-                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
-                    );
+                    self.reply(AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(
+                        confirm::SelectOk {},
+                    )));
                 }
                 Ok(())
             }
@@ -177,12 +174,11 @@ impl Channel {
                     return Err(AmqpError::not_implemented("active=false"));
                 }
                 self.outlet.set_flow(flow.active);
-                self.reply(
-                    cx,
-                    AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {
+                self.reply(AMQPClass::Channel(channel::AMQPMethod::FlowOk(
+                    channel::FlowOk {
                         active: flow.active,
-                    })),
-                );
+                    },
+                )));
                 if flow.active {
                     self.kick_consumed_queues();
                 }
@@ -218,7 +214,7 @@ impl Channel {
                     self.consumer_prefetch = qos.prefetch_count.into();
                     self.outlet.info.prefetch.set(qos.prefetch_count.into());
                 }
-                self.reply(cx, AMQPClass::Basic(B::QosOk(basic::QosOk {})));
+                self.reply(AMQPClass::Basic(B::QosOk(basic::QosOk {})));
                 Ok(())
             }
             B::Consume(consume) => self.consume(cx, consume),
@@ -235,12 +231,9 @@ impl Channel {
                     }
                 }
                 if !cancel.nowait {
-                    self.reply(
-                        cx,
-                        AMQPClass::Basic(B::CancelOk(basic::CancelOk {
-                            consumer_tag: cancel.consumer_tag,
-                        })),
-                    );
+                    self.reply(AMQPClass::Basic(B::CancelOk(basic::CancelOk {
+                        consumer_tag: cancel.consumer_tag,
+                    })));
                 }
                 Ok(())
             }
@@ -256,7 +249,7 @@ impl Channel {
                     Some((entry, remaining)) => self
                         .outlet
                         .deliver_get(&queue, entry, remaining, get.no_ack),
-                    None => self.reply(cx, AMQPClass::Basic(B::GetEmpty(basic::GetEmpty {}))),
+                    None => self.reply(AMQPClass::Basic(B::GetEmpty(basic::GetEmpty {}))),
                 }
                 Ok(())
             }
@@ -288,7 +281,7 @@ impl Channel {
                 // out first: clients expect the redeliveries after it.
                 let unacked = self.outlet.take_all_unacked();
                 if matches!(method, B::Recover(_)) {
-                    self.reply(cx, AMQPClass::Basic(B::RecoverOk(basic::RecoverOk {})));
+                    self.reply(AMQPClass::Basic(B::RecoverOk(basic::RecoverOk {})));
                 }
                 requeue_grouped(unacked);
                 Ok(())
@@ -346,21 +339,17 @@ impl Channel {
             prefetch: self.consumer_prefetch,
             unacked: Default::default(),
         });
-        let channel = self.id;
+        let outlet = &self.outlet;
         let nowait = consume.nowait;
         let ok_tag = tag.clone();
         queue
             .add_consumer(consumer.clone(), || {
                 if !nowait {
-                    cx.writer.write(|out| {
-                        write_method(
-                            out,
-                            channel,
-                            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
-                                consumer_tag: ok_tag.as_ref().into(),
-                            })),
-                        )
-                    });
+                    outlet.send_method(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(
+                        basic::ConsumeOk {
+                            consumer_tag: ok_tag.as_ref().into(),
+                        },
+                    )));
                 }
             })
             .map_err(|e| match e {
@@ -429,12 +418,11 @@ impl Channel {
             _target: target,
         });
         if !consume.nowait {
-            self.reply(
-                cx,
-                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+            self.reply(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(
+                basic::ConsumeOk {
                     consumer_tag: tag.as_ref().into(),
-                })),
-            );
+                },
+            )));
         }
         Ok(())
     }
@@ -473,7 +461,7 @@ impl Channel {
                 }
                 self.tx.get_or_insert_with(Default::default);
                 self.outlet.info.transactional.set(1);
-                self.reply(cx, AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})));
+                self.reply(AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})));
                 Ok(())
             }
             tx::AMQPMethod::Commit(_) => {
@@ -489,7 +477,7 @@ impl Channel {
                     // Persistent messages were committed: commit-ok once they are on disk.
                     self.commits.push_back(ticket);
                 } else {
-                    self.reply(cx, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+                    self.reply(AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
                 }
                 Ok(())
             }
@@ -500,10 +488,7 @@ impl Channel {
                     ));
                 };
                 *tx = TxState::default();
-                self.reply(
-                    cx,
-                    AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),
-                );
+                self.reply(AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})));
                 Ok(())
             }
             other => Err(AmqpError::command_invalid(format!(

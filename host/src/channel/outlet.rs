@@ -2,6 +2,13 @@
 //! flow, direct reply-to deliveries and the consumer (delivery acknowledgement) timeout.
 //! Queues deliver through it from whichever task published; the channel settles through it
 //! from the connection's task.
+//!
+//! Everything a channel sends goes through here, the one place that encodes its frames into
+//! the connection's writer, and each kind meets the writer's congestion rule in one way:
+//! consumer deliveries wait for a drain (`write_unless_congested`), direct reply-to deliveries
+//! are dropped (`write_if_room`), and what answers the connection's own requests (replies,
+//! confirms, get-ok, basic.return, server cancels) is written as it comes, because the reader
+//! producing it is the one that stops while the connection is congested.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -206,6 +213,40 @@ impl ChannelOutlet {
     /// Consumer tags the server cancelled since the last call.
     pub fn take_cancelled(&self) -> Vec<Name> {
         std::mem::take(&mut self.state.lock().cancelled)
+    }
+
+    /// Sends a method the channel answers a request with (a reply, consume-ok, a publisher
+    /// confirm). Like get-ok and basic.return it is written whatever the congestion: it only
+    /// follows something the connection's reader read, and that reader stops reading while the
+    /// connection is congested (the one congestion rule, `connection/writer.rs`).
+    pub fn send_method(&self, method: AMQPClass) {
+        self.writer
+            .write(|out| write_method(out, self.channel, method));
+    }
+
+    /// Sends basic.return of `message` with `reply_code` and `reply_text` (a mandatory message
+    /// that reached no queue), written as [`send_method`](Self::send_method) is.
+    pub fn send_return(&self, message: &Message, reply_code: u16, reply_text: &str) {
+        let frame_max = self.writer.frame_max();
+        self.writer.write(|out| {
+            write_method(
+                out,
+                self.channel,
+                AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                    reply_code,
+                    reply_text: reply_text.into(),
+                    exchange: message.exchange().as_ref().into(),
+                    routing_key: message.routing_key().as_ref().into(),
+                })),
+            );
+            write_content(
+                out,
+                self.channel,
+                message.raw_properties(),
+                message.body(),
+                frame_max,
+            );
+        });
     }
 
     /// Delivers a basic.get result, recording it as unacked unless `no_ack`.

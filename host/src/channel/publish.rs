@@ -8,13 +8,11 @@ use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, tx};
 use amq_protocol::types::FieldTable;
 use bytes::{Bytes, BytesMut};
 
-use super::{Channel, Session, Settle};
+use super::{Channel, ChannelOutlet, Session, Settle};
 use crate::exchange::Name;
 use crate::limits::Reservation;
 use crate::message::{Envelope, Message, header_keys, parse_expiration};
-use crate::protocol::{
-    AmqpError, BASIC_CLASS, ContentHeader, encode_properties, write_content, write_method,
-};
+use crate::protocol::{AmqpError, BASIC_CLASS, ContentHeader, encode_properties};
 use crate::queue::Enqueued;
 use crate::store::Ticket;
 use crate::vhost::Exchange;
@@ -378,7 +376,7 @@ impl Channel {
         let unroutable = self.routed.queues.is_empty() && self.routed.replies.is_empty();
         cx.exchanges.borrow_mut().count(&exchange, !unroutable);
         if unroutable && mandatory {
-            self.write_return(cx, &message);
+            self.outlet.send_return(&message, 312, "NO_ROUTE");
         }
         let mut refused = false;
         // A persistent message is confirmed only once what its routing wrote to durable plugin
@@ -424,8 +422,8 @@ impl Channel {
                 let behind = confirms.waiting.back().map_or(0, |w| w.0);
                 confirms.waiting.push_back((ticket.max(behind), tag, !nack));
             } else if nack {
-                flush_confirms(self.id, confirms, cx);
-                send_nack(self.id, confirms, cx, tag);
+                flush_confirms(&self.outlet, confirms, cx);
+                send_nack(&self.outlet, confirms, tag);
             } else {
                 confirms.unsent_ack = Some(tag);
             }
@@ -476,7 +474,7 @@ impl Channel {
             self.routed.replies.clear();
             if unroutable {
                 cx.exchanges.borrow_mut().count(&exchange, false);
-                self.write_return(cx, &message);
+                self.outlet.send_return(&message, 312, "NO_ROUTE");
                 self.confirm(cx, 0, self.routed.router_failed);
                 return 0;
             }
@@ -495,35 +493,11 @@ impl Channel {
         }
     }
 
-    /// basic.return NO_ROUTE of a mandatory message that reached no queue.
-    fn write_return(&self, cx: &Session<'_>, message: &Message) {
-        let frame_max = cx.writer.frame_max();
-        cx.writer.write(|out| {
-            write_method(
-                out,
-                self.id,
-                AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
-                    reply_code: 312,
-                    reply_text: "NO_ROUTE".into(),
-                    exchange: message.exchange().as_ref().into(),
-                    routing_key: message.routing_key().as_ref().into(),
-                })),
-            );
-            write_content(
-                out,
-                self.id,
-                message.raw_properties(),
-                message.body(),
-                frame_max,
-            );
-        });
-    }
-
     /// Writes the acks coalesced during the last read batch, and the confirms and tx.commit-ok
     /// replies that were waiting for the message store to sync.
     pub fn flush_confirms(&mut self, cx: &Session<'_>) {
         if let Some(confirms) = &mut self.confirms {
-            flush_confirms(self.id, confirms, cx);
+            flush_confirms(&self.outlet, confirms, cx);
             let unconfirmed = confirms.next_tag.saturating_sub(confirms.last_sent);
             if unconfirmed != self.outlet.info.unconfirmed.get() {
                 self.outlet.info.unconfirmed.set(unconfirmed);
@@ -533,7 +507,7 @@ impl Channel {
             let synced = cx.vhost.synced();
             while self.commits.front().is_some_and(|&t| t <= synced) {
                 self.commits.pop_front();
-                self.reply(cx, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+                self.reply(AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
             }
         }
     }
@@ -546,9 +520,9 @@ impl Channel {
 
 /// Writes the coalesced acks, then the held confirms whose messages the store has synced (all
 /// of them as nacks if the store failed: those messages will never be on disk).
-fn flush_confirms(channel: u16, confirms: &mut Confirms, cx: &Session<'_>) {
+fn flush_confirms(outlet: &ChannelOutlet, confirms: &mut Confirms, cx: &Session<'_>) {
     if let Some(tag) = confirms.unsent_ack.take() {
-        send_ack(channel, confirms, cx, tag);
+        send_ack(outlet, confirms, tag);
     }
     if confirms.waiting.is_empty() {
         return;
@@ -565,45 +539,33 @@ fn flush_confirms(channel: u16, confirms: &mut Confirms, cx: &Session<'_>) {
             ack_upto = Some(tag);
         } else {
             if let Some(upto) = ack_upto.take() {
-                send_ack(channel, confirms, cx, upto);
+                send_ack(outlet, confirms, upto);
             }
-            send_nack(channel, confirms, cx, tag);
+            send_nack(outlet, confirms, tag);
         }
     }
     if let Some(upto) = ack_upto {
-        send_ack(channel, confirms, cx, upto);
+        send_ack(outlet, confirms, upto);
     }
 }
 
-fn send_nack(channel: u16, confirms: &mut Confirms, cx: &Session<'_>, tag: u64) {
-    cx.writer.write(|out| {
-        write_method(
-            out,
-            channel,
-            AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
-                delivery_tag: tag,
-                multiple: false,
-                requeue: false,
-            })),
-        )
-    });
+fn send_nack(outlet: &ChannelOutlet, confirms: &mut Confirms, tag: u64) {
+    outlet.send_method(AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
+        delivery_tag: tag,
+        multiple: false,
+        requeue: false,
+    })));
     confirms.last_sent = tag;
 }
 
 /// Acks every tag after the last one sent up to `tag` (one `multiple` ack when several).
-fn send_ack(channel: u16, confirms: &mut Confirms, cx: &Session<'_>, tag: u64) {
+fn send_ack(outlet: &ChannelOutlet, confirms: &mut Confirms, tag: u64) {
     let multiple = tag > confirms.last_sent + 1;
     confirms.last_sent = tag;
-    cx.writer.write(|out| {
-        write_method(
-            out,
-            channel,
-            AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
-                delivery_tag: tag,
-                multiple,
-            })),
-        )
-    });
+    outlet.send_method(AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+        delivery_tag: tag,
+        multiple,
+    })));
 }
 
 #[cfg(test)]

@@ -36,10 +36,7 @@ impl Channel {
                     })?;
                 }
                 if !declare.nowait {
-                    self.reply(
-                        cx,
-                        AMQPClass::Exchange(X::DeclareOk(exchange::DeclareOk {})),
-                    );
+                    self.reply(AMQPClass::Exchange(X::DeclareOk(exchange::DeclareOk {})));
                 }
                 Ok(())
             }
@@ -52,7 +49,7 @@ impl Channel {
                 cx.vhost
                     .delete_exchange(delete.exchange.as_str(), delete.if_unused)?;
                 if !delete.nowait {
-                    self.reply(cx, AMQPClass::Exchange(X::DeleteOk(exchange::DeleteOk {})));
+                    self.reply(AMQPClass::Exchange(X::DeleteOk(exchange::DeleteOk {})));
                 }
                 Ok(())
             }
@@ -71,7 +68,7 @@ impl Channel {
                 };
                 cx.vhost.bind(bind.source.as_str(), binding)?;
                 if !bind.nowait {
-                    self.reply(cx, AMQPClass::Exchange(X::BindOk(exchange::BindOk {})));
+                    self.reply(AMQPClass::Exchange(X::BindOk(exchange::BindOk {})));
                 }
                 Ok(())
             }
@@ -90,7 +87,7 @@ impl Channel {
                 };
                 cx.vhost.unbind(unbind.source.as_str(), &binding)?;
                 if !unbind.nowait {
-                    self.reply(cx, AMQPClass::Exchange(X::UnbindOk(exchange::UnbindOk {})));
+                    self.reply(AMQPClass::Exchange(X::UnbindOk(exchange::UnbindOk {})));
                 }
                 Ok(())
             }
@@ -142,14 +139,11 @@ impl Channel {
                 };
                 self.last_queue = Some(queue.name().clone());
                 if !declare.nowait {
-                    self.reply(
-                        cx,
-                        AMQPClass::Queue(Q::DeclareOk(queue::DeclareOk {
-                            queue: queue.name().as_ref().into(),
-                            message_count: queue.message_count() as u32,
-                            consumer_count: queue.consumer_count() as u32,
-                        })),
-                    );
+                    self.reply(AMQPClass::Queue(Q::DeclareOk(queue::DeclareOk {
+                        queue: queue.name().as_ref().into(),
+                        message_count: queue.message_count() as u32,
+                        consumer_count: queue.consumer_count() as u32,
+                    })));
                 }
                 Ok(())
             }
@@ -173,7 +167,7 @@ impl Channel {
                 };
                 cx.vhost.bind(bind.exchange.as_str(), binding)?;
                 if !bind.nowait {
-                    self.reply(cx, AMQPClass::Queue(Q::BindOk(queue::BindOk {})));
+                    self.reply(AMQPClass::Queue(Q::BindOk(queue::BindOk {})));
                 }
                 Ok(())
             }
@@ -196,7 +190,7 @@ impl Channel {
                     arguments: unbind.arguments,
                 };
                 cx.vhost.unbind(unbind.exchange.as_str(), &binding)?;
-                self.reply(cx, AMQPClass::Queue(Q::UnbindOk(queue::UnbindOk {})));
+                self.reply(AMQPClass::Queue(Q::UnbindOk(queue::UnbindOk {})));
                 Ok(())
             }
             Q::Purge(purge) => {
@@ -204,12 +198,9 @@ impl Channel {
                 cx.may(Access::Read, ResourceKind::Queue, &name)?;
                 let count = cx.vhost.queue_for(&name, cx.connection_id)?.purge();
                 if !purge.nowait {
-                    self.reply(
-                        cx,
-                        AMQPClass::Queue(Q::PurgeOk(queue::PurgeOk {
-                            message_count: count as u32,
-                        })),
-                    );
+                    self.reply(AMQPClass::Queue(Q::PurgeOk(queue::PurgeOk {
+                        message_count: count as u32,
+                    })));
                 }
                 Ok(())
             }
@@ -223,12 +214,9 @@ impl Channel {
                     delete.if_empty,
                 )?;
                 if !delete.nowait {
-                    self.reply(
-                        cx,
-                        AMQPClass::Queue(Q::DeleteOk(queue::DeleteOk {
-                            message_count: count as u32,
-                        })),
-                    );
+                    self.reply(AMQPClass::Queue(Q::DeleteOk(queue::DeleteOk {
+                        message_count: count as u32,
+                    })));
                 }
                 Ok(())
             }
@@ -258,14 +246,13 @@ impl Channel {
         }
         self.last_queue = Some(Name::from(name));
         if !nowait {
-            self.reply(
-                cx,
-                AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+            self.reply(AMQPClass::Queue(queue::AMQPMethod::DeclareOk(
+                queue::DeclareOk {
                     queue: name.into(),
                     message_count: 0,
                     consumer_count: 1,
-                })),
-            );
+                },
+            )));
         }
         Ok(())
     }

@@ -547,7 +547,6 @@ impl Connection {
         let cx = Session {
             vhost: &self.vhost,
             connection_id: self.id,
-            writer: &self.writer,
             max_message_bytes: self.shared.config.max_message_bytes,
             limits: &self.limits,
             content: &self.content,
