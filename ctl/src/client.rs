@@ -167,14 +167,31 @@ impl Client {
         length: u64,
         reader: impl Read + 'static,
     ) -> Result<Reply, Error> {
+        self.stream(Method::POST, path, content_type, length, reader)
+    }
+
+    /// PUT `path` with `body` of `length` bytes read from `reader` as it is sent.
+    pub fn put_stream(
+        &self,
+        path: &str,
+        content_type: &str,
+        length: u64,
+        reader: impl Read + 'static,
+    ) -> Result<Reply, Error> {
+        self.stream(Method::PUT, path, content_type, length, reader)
+    }
+
+    fn stream(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        length: u64,
+        reader: impl Read + 'static,
+    ) -> Result<Reply, Error> {
         let length = length.to_string();
         let headers = [("content-type", content_type), ("content-length", &length)];
-        self.json(
-            Method::POST,
-            path,
-            &headers,
-            SendBody::from_owned_reader(reader),
-        )
+        self.json(method, path, &headers, SendBody::from_owned_reader(reader))
     }
 
     /// DELETE `path` with extra headers (`X-Reason`).

@@ -42,6 +42,32 @@ pub enum PluginCommand {
         #[command(flatten)]
         vhost: VhostArg,
     },
+    /// Run FILE, a new version of type NAME, beside the active one on live traffic: its
+    /// decisions are compared, never used, until `promote` or `drop-shadow`.
+    Shadow {
+        name: String,
+        file: PathBuf,
+        #[command(flatten)]
+        vhost: VhostArg,
+    },
+    /// The shadow trial of type NAME: messages compared, mismatches and recent examples.
+    ShadowStatus {
+        name: String,
+        #[command(flatten)]
+        vhost: VhostArg,
+    },
+    /// Make the shadow candidate of type NAME its version (a hot reload to it).
+    Promote {
+        name: String,
+        #[command(flatten)]
+        vhost: VhostArg,
+    },
+    /// Stop the shadow trial of type NAME and forget its candidate.
+    DropShadow {
+        name: String,
+        #[command(flatten)]
+        vhost: VhostArg,
+    },
     /// Load again every file of the broker's plugin directory that was refused, changed or
     /// not (e.g. a new version whose reload an exchange refused). Administrators only.
     Retry,
@@ -74,6 +100,77 @@ pub struct ScopeArg {
 pub fn run(client: &Client, format: Format, command: PluginCommand) -> anyhow::Result<()> {
     match command {
         PluginCommand::Deploy { file, vhost } => deploy(client, format, &file, &vhost.vhost),
+        PluginCommand::Shadow { name, file, vhost } => {
+            let opened = std::fs::File::open(&file)
+                .with_context(|| format!("cannot open {}", file.display()))?;
+            let length = opened.metadata()?.len();
+            let path = format!("/api/plugins/{}/{}/shadow", seg(&vhost.vhost), seg(&name));
+            let trial = client
+                .put_stream(&path, "application/wasm", length, opened)?
+                .json;
+            let sentence = format!(
+                "shadow trial of '{name}' in vhost '{}' started: {} runs beside {}",
+                vhost.vhost,
+                describe_version(&trial["candidate"]),
+                describe_version(&trial["active"])
+            );
+            print_done(format, &sentence, &trial)?;
+            Ok(())
+        }
+        PluginCommand::ShadowStatus { name, vhost } => {
+            let path = format!("/api/plugins/{}/{}/shadow", seg(&vhost.vhost), seg(&name));
+            let trial = client.get(&path)?;
+            if format == Format::Json {
+                return Ok(print_json(&trial)?);
+            }
+            line(format!(
+                "'{name}': candidate {} beside {}: {} compared, {} mismatches, {} candidate failures",
+                describe_version(&trial["candidate"]),
+                describe_version(&trial["active"]),
+                cell(Some(&trial["compared"])),
+                cell(Some(&trial["mismatches"])),
+                cell(Some(&trial["candidate_failures"]))
+            ))?;
+            let side = |v: &Value| match v.get("destinations") {
+                Some(to) => format!("[{}]", cell(Some(to))),
+                None => format!("error: {}", cell(v.get("error"))),
+            };
+            for example in trial["examples"].as_array().into_iter().flatten() {
+                line(format!(
+                    "  exchange {} key '{}': active {} / candidate {}",
+                    cell(Some(&example["exchange"])),
+                    cell(Some(&example["routing_key"])),
+                    side(&example["active"]),
+                    side(&example["candidate"])
+                ))?;
+            }
+            Ok(())
+        }
+        PluginCommand::Promote { name, vhost } => {
+            let path = format!(
+                "/api/plugins/{}/{}/shadow/promote",
+                seg(&vhost.vhost),
+                seg(&name)
+            );
+            let status = client.post_empty(&path)?.json;
+            let sentence = format!(
+                "shadow candidate promoted: '{name}' in vhost '{}' now runs {}",
+                vhost.vhost,
+                describe_version(&status["current"])
+            );
+            print_done(format, &sentence, &status)?;
+            Ok(())
+        }
+        PluginCommand::DropShadow { name, vhost } => {
+            let path = format!("/api/plugins/{}/{}/shadow", seg(&vhost.vhost), seg(&name));
+            let reply = client.delete(&path, &[])?;
+            let sentence = format!(
+                "shadow trial of '{name}' in vhost '{}' dropped",
+                vhost.vhost
+            );
+            print_done(format, &sentence, &reply.json)?;
+            Ok(())
+        }
         PluginCommand::Rollback { name, vhost } => {
             let path = format!("/api/plugins/{}/{}/rollback", seg(&vhost.vhost), seg(&name));
             let status = client.post_empty(&path)?.json;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use super::Shared;
+use crate::exchange::wasm::shadow::Candidate;
 use crate::exchange::wasm::tenant::{self, VhostPluginError};
 use crate::exchange::wasm::{PluginManager, PluginStatus};
 
@@ -242,6 +243,93 @@ impl Shared {
         set.unregister(name);
         self.remove_unused_plugin_files(vhost);
         Ok(())
+    }
+
+    /// Starts a shadow trial of a component as a candidate version of type `name` of
+    /// `vhost` (`exchange::wasm::shadow`): it must describe `name`, which the vhost must have.
+    /// Nothing is stored or logged; a restart forgets the trial. Slow (compiling, building an
+    /// instance per exchange): call it off the async threads.
+    pub fn shadow_vhost_plugin(
+        &self,
+        vhost: &str,
+        name: &str,
+        bytes: &[u8],
+        user: Option<&str>,
+    ) -> Result<Arc<Candidate>, VhostPluginError> {
+        let max = self.config.wasm_upload_max_bytes;
+        if bytes.len() as u64 > max {
+            return Err(VhostPluginError::TooLarge {
+                size: bytes.len() as u64,
+                max,
+            });
+        }
+        let (manager, set) = self.vhost_plugin_set(vhost)?;
+        self.authorize_plugin(user, vhost, Some(name))?;
+        let _ops = set.lock();
+        let ty = set
+            .get(name)
+            .ok_or_else(|| VhostPluginError::UnknownPlugin {
+                vhost: vhost.to_owned(),
+                name: name.to_owned(),
+            })?;
+        let version =
+            manager.prepare_bytes(bytes, &format!("shadow of '{name}' in vhost '{vhost}'"))?;
+        let candidate = Candidate::new(version, Arc::from(bytes));
+        ty.start_shadow(candidate.clone())?;
+        info!(vhost, plugin = name, candidate = %candidate.version.label(), "shadow trial started");
+        Ok(candidate)
+    }
+
+    /// The shadow trial of type `name` of `vhost`, with the version it runs beside.
+    pub fn vhost_plugin_shadow(
+        &self,
+        vhost: &str,
+        name: &str,
+        user: Option<&str>,
+    ) -> Result<(Arc<Candidate>, PluginStatus), VhostPluginError> {
+        let (_, set) = self.vhost_plugin_set(vhost)?;
+        self.authorize_plugin(user, vhost, Some(name))?;
+        let no_shadow = || VhostPluginError::NoShadow {
+            vhost: vhost.to_owned(),
+            name: name.to_owned(),
+        };
+        let candidate = set
+            .get(name)
+            .and_then(|t| t.candidate())
+            .ok_or_else(no_shadow)?;
+        let status = set.status_of(name).ok_or_else(no_shadow)?;
+        Ok((candidate, status))
+    }
+
+    /// Ends the shadow trial of type `name` of `vhost`; `promote` makes the candidate the
+    /// type's version as an upload of its component would (stored, logged, every exchange
+    /// moved to it, the old version kept for rollback), otherwise it is dropped. Answers the
+    /// type's status.
+    pub fn end_vhost_plugin_shadow(
+        &self,
+        vhost: &str,
+        name: &str,
+        promote: bool,
+        user: Option<&str>,
+    ) -> Result<PluginStatus, VhostPluginError> {
+        let (candidate, _) = self.vhost_plugin_shadow(vhost, name, user)?;
+        if promote {
+            let status = self.put_vhost_plugin(vhost, &candidate.component, user)?;
+            let (_, set) = self.vhost_plugin_set(vhost)?;
+            if let Some(ty) = set.get(name) {
+                ty.stop_shadow();
+            }
+            info!(vhost, plugin = name, "shadow candidate promoted");
+            return Ok(status);
+        }
+        let (_, set) = self.vhost_plugin_set(vhost)?;
+        let unknown = || VhostPluginError::UnknownPlugin {
+            vhost: vhost.to_owned(),
+            name: name.to_owned(),
+        };
+        set.get(name).ok_or_else(unknown)?.stop_shadow();
+        info!(vhost, plugin = name, "shadow trial dropped");
+        set.status_of(name).ok_or_else(unknown)
     }
 
     /// The plugin types of `vhost` (empty for an unknown vhost).

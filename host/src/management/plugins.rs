@@ -31,6 +31,11 @@ impl From<VhostPluginError> for ApiError {
             VhostPluginError::NoVhost(_)
             | VhostPluginError::UnknownPlugin { .. }
             | VhostPluginError::NoExchange { .. } => ApiError::not_found(),
+            VhostPluginError::NoShadow { .. } => ApiError {
+                status: StatusCode::NOT_FOUND,
+                error: "not_found",
+                reason,
+            },
             VhostPluginError::Denied(_) => ApiError::not_authorised(reason),
             VhostPluginError::NameTaken { .. }
             | VhostPluginError::NotAPlugin { .. }
@@ -227,6 +232,116 @@ pub async fn remove(
 ) -> Api {
     as_user(&shared, &who, move |shared, user| {
         shared.delete_vhost_plugin(&vhost, &name, Some(user))
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A shadow trial as the API shows it: the active and candidate versions, how many messages
+/// both routed, how many they routed differently, the candidate's failures, and the recent
+/// mismatches.
+fn shadow_json(
+    vhost: &str,
+    candidate: &crate::exchange::wasm::shadow::Candidate,
+    status: &PluginStatus,
+) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let side = |r: &Result<Vec<String>, String>| match r {
+        Ok(to) => json!({ "destinations": to }),
+        Err(e) => json!({ "error": e }),
+    };
+    let examples: Vec<Value> = candidate
+        .examples()
+        .iter()
+        .map(|m| {
+            json!({
+                "at": m.at_ms,
+                "exchange": m.exchange,
+                "routing_key": m.routing_key,
+                "active": side(&m.active),
+                "candidate": side(&m.candidate),
+            })
+        })
+        .collect();
+    let v = &candidate.version;
+    json!({
+        "name": status.name,
+        "vhost": vhost,
+        "active": version_json(&status.current),
+        "candidate": {
+            "version": v.version,
+            "sha256": v.sha256,
+            "summary": v.summary,
+        },
+        "started_at": candidate.started_ms,
+        "compared": candidate.compared.load(Relaxed),
+        "mismatches": candidate.mismatches.load(Relaxed),
+        "candidate_failures": candidate.failures.load(Relaxed),
+        "examples": examples,
+    })
+}
+
+/// PUT /api/plugins/{vhost}/{name}/shadow: the body is a component describing type `name`;
+/// it runs beside the active version on every message of the type's exchanges, its decisions
+/// compared and never used, until promoted or dropped. Answers the trial.
+pub async fn shadow_start(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Api {
+    let max = shared.config.wasm_upload_max_bytes;
+    let body = body.map_err(|e| ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        error: "payload_too_large",
+        reason: format!("{e} (wasm_upload_max_bytes is {max})"),
+    })?;
+    let scope = vhost.clone();
+    let (candidate, status) = as_user(&shared, &who, move |shared, user| {
+        shared.shadow_vhost_plugin(&vhost, &name, &body, Some(user))?;
+        shared.vhost_plugin_shadow(&vhost, &name, Some(user))
+    })
+    .await?;
+    Ok(Json(shadow_json(&scope, &candidate, &status)).into_response())
+}
+
+/// GET /api/plugins/{vhost}/{name}/shadow: the running trial (404 if none).
+pub async fn shadow_status(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Api {
+    let scope = vhost.clone();
+    let (candidate, status) = as_user(&shared, &who, move |shared, user| {
+        shared.vhost_plugin_shadow(&vhost, &name, Some(user))
+    })
+    .await?;
+    Ok(Json(shadow_json(&scope, &candidate, &status)).into_response())
+}
+
+/// POST /api/plugins/{vhost}/{name}/shadow/promote: the candidate becomes the type's version
+/// (as an upload of it would: stored, logged, rollback possible). Answers the type's status.
+pub async fn shadow_promote(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Api {
+    let scope = vhost.clone();
+    let status = as_user(&shared, &who, move |shared, user| {
+        shared.end_vhost_plugin_shadow(&vhost, &name, true, Some(user))
+    })
+    .await?;
+    Ok(Json(plugin_json(&who, &scope, &status)).into_response())
+}
+
+/// DELETE /api/plugins/{vhost}/{name}/shadow: drops the candidate.
+pub async fn shadow_drop(
+    State(shared): State<Arc<Shared>>,
+    who: Who,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Api {
+    as_user(&shared, &who, move |shared, user| {
+        shared.end_vhost_plugin_shadow(&vhost, &name, false, Some(user))
     })
     .await?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -180,6 +180,17 @@ pub fn router(shared: Arc<Shared>) -> Router {
             axum::routing::post(super::plugins::rollback),
         )
         .route(
+            "/api/plugins/{vhost}/{name}/shadow",
+            get(super::plugins::shadow_status)
+                .put(super::plugins::shadow_start)
+                .delete(super::plugins::shadow_drop)
+                .layer(axum::extract::DefaultBodyLimit::max(upload_limit)),
+        )
+        .route(
+            "/api/plugins/{vhost}/{name}/shadow/promote",
+            axum::routing::post(super::plugins::shadow_promote),
+        )
+        .route(
             "/api/plugins/{vhost}/{name}",
             axum::routing::delete(super::plugins::remove),
         )

@@ -40,6 +40,7 @@ pub mod output;
 pub mod plugin;
 pub mod router;
 pub mod runtime;
+pub mod shadow;
 pub mod state;
 pub mod tenant;
 pub mod v0_1;

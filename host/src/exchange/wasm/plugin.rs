@@ -26,6 +26,7 @@ use super::cache::ArtifactCache;
 use super::host::ExchangeCtx;
 use super::router::{BuildError, RouterCore, WasmRouter};
 use super::runtime::PluginVersion;
+use super::shadow::Candidate;
 use crate::config::{VhostLimitOverrides, WasmLimits};
 use crate::exchange::{ExchangeType, Invalid, Router};
 use crate::store::PluginState;
@@ -73,6 +74,8 @@ struct TypeInner {
     current: Arc<PluginVersion>,
     previous: Option<Arc<PluginVersion>>,
     live: Vec<Weak<RouterCore>>,
+    /// A version on trial beside the current one (shadow reload).
+    candidate: Option<Arc<Candidate>>,
 }
 
 impl WasmExchangeType {
@@ -85,6 +88,7 @@ impl WasmExchangeType {
                 current: version,
                 previous: None,
                 live: Vec::new(),
+                candidate: None,
             }),
             swapping: Mutex::new(()),
         })
@@ -183,6 +187,58 @@ impl WasmExchangeType {
         )
     }
 
+    /// Starts a shadow trial of `version`: every exchange of this type also routes its
+    /// messages with `version` and compares (`shadow.rs`). Replaces a trial already running.
+    /// On error (the candidate cannot be built for an exchange) nothing runs. Returns the
+    /// number of exchanges shadowed.
+    pub fn start_shadow(&self, candidate: Arc<Candidate>) -> Result<usize, WasmError> {
+        if candidate.version.name != self.name {
+            return Err(WasmError::NameChanged {
+                expected: self.name.clone(),
+                found: candidate.version.name.clone(),
+            });
+        }
+        let _one_at_a_time = self.swapping.lock();
+        let cores = self.live();
+        for (i, core) in cores.iter().enumerate() {
+            if let Err(error) = core.attach_shadow(&candidate) {
+                for attached in &cores[..i] {
+                    attached.detach_shadow(Some(&candidate));
+                }
+                return Err(WasmError::Reload {
+                    plugin: self.name.clone(),
+                    exchange: core.ctx.exchange.to_string(),
+                    vhost: core.ctx.vhost.to_string(),
+                    error: error.to_string(),
+                });
+            }
+        }
+        let old = self.inner.lock().candidate.replace(candidate.clone());
+        if let Some(old) = old {
+            for core in &cores {
+                core.detach_shadow(Some(&old));
+            }
+        }
+        info!(plugin = %self.name, candidate = %candidate.version.label(), exchanges = cores.len(),
+            "shadow trial started");
+        Ok(cores.len())
+    }
+
+    /// The version on trial, if any.
+    pub fn candidate(&self) -> Option<Arc<Candidate>> {
+        self.inner.lock().candidate.clone()
+    }
+
+    /// Ends the shadow trial (its comparisons stop); returns it.
+    pub fn stop_shadow(&self) -> Option<Arc<Candidate>> {
+        let _one_at_a_time = self.swapping.lock();
+        let candidate = self.inner.lock().candidate.take()?;
+        for core in self.live() {
+            core.detach_shadow(Some(&candidate));
+        }
+        Some(candidate)
+    }
+
     /// Swaps back to the previous version (which then becomes the previous one again).
     pub fn rollback(&self) -> Result<usize, WasmError> {
         let previous = self
@@ -267,6 +323,26 @@ impl ExchangeType for WasmExchangeType {
         };
         inner.live.retain(|w| w.strong_count() > 0);
         inner.live.push(Arc::downgrade(&core));
+        let candidate = inner.candidate.clone();
+        drop(inner);
+        // An exchange declared during a shadow trial is shadowed too (best effort: one the
+        // candidate cannot serve just runs without a shadow, and counts as a failure).
+        if let Some(candidate) = candidate {
+            if core.attach_shadow(&candidate).is_err() {
+                candidate
+                    .failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let still = self
+                .inner
+                .lock()
+                .candidate
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, &candidate));
+            if !still {
+                core.detach_shadow(Some(&candidate));
+            }
+        }
         Ok(Box::new(WasmRouter::new(core, admitted)))
     }
 }

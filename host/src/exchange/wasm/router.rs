@@ -34,6 +34,7 @@ use super::instance::{CallError, Instance, thread_cpu_ns};
 use super::latency::Latency;
 use super::output::{ROUTE_IDS_TIMED, Throttle, WARN_INTERVAL, route_ids_max};
 use super::runtime::{EPOCH_TICK, PluginVersion};
+use super::shadow::{Candidate, Shadow};
 use super::v0_1::Inputs;
 use super::{GLOBAL, counters::Counter};
 use crate::exchange::{Binding, Destination, Invalid, RouteError, Router, RoutingInput};
@@ -106,12 +107,21 @@ pub struct RouterState {
     busy_ticks: u64,
     /// The last failure: when (ms since the epoch) and why.
     last_error: Option<(u64, String)>,
+    /// A candidate version running beside this one on the same messages (`shadow.rs`).
+    shadow: Option<Shadow>,
 }
 
 /// A freshly built instance: initialised, bindings replayed.
 pub struct Prepared {
     instance: Instance,
     inputs: Inputs,
+}
+
+impl Prepared {
+    /// The instance and what its `init` declared.
+    pub fn into_parts(self) -> (Instance, Inputs) {
+        (self.instance, self.inputs)
+    }
 }
 
 /// Why an instance could not be built.
@@ -171,6 +181,7 @@ impl RouterCore {
                 latency: Latency::default(),
                 busy_ticks: 0,
                 last_error: None,
+                shadow: None,
             }),
         }))
     }
@@ -248,6 +259,34 @@ impl RouterCore {
         state.consecutive_failures = 0;
         state.failed = None;
         Ok(())
+    }
+
+    /// Runs `candidate` beside the active version on this exchange's messages: its instance
+    /// is built outside the router lock, and again under it if the bindings changed meanwhile.
+    pub fn attach_shadow(&self, candidate: &Arc<Candidate>) -> Result<(), BuildError> {
+        let (bindings, generation) = self.snapshot();
+        let early = Shadow::build(candidate, &self.ctx, &self.arguments, &bindings)?;
+        let mut state = self.state.lock();
+        let shadow = if state.generation == generation {
+            early
+        } else {
+            Shadow::build(candidate, &self.ctx, &self.arguments, &state.bindings)?
+        };
+        state.shadow = Some(shadow);
+        Ok(())
+    }
+
+    /// Stops the shadow of `candidate` (any shadow, if `None`).
+    pub fn detach_shadow(&self, candidate: Option<&Arc<Candidate>>) {
+        let mut state = self.state.lock();
+        if candidate.is_none_or(|c| {
+            state
+                .shadow
+                .as_ref()
+                .is_some_and(|s| Arc::ptr_eq(&s.candidate, c))
+        }) {
+            state.shadow = None;
+        }
     }
 
     /// A status snapshot.
@@ -535,7 +574,24 @@ impl WasmRouter {
     ) -> Result<(), RouteError> {
         let mut state = self.core.state.lock();
         let before = state.version.runtime().ticks();
+        let start = out.len();
         let result = self.core.route_locked(&mut state, message, cc, out);
+        let state_ref = &mut *state;
+        if let Some(shadow) = state_ref.shadow.as_mut() {
+            let active = match &result {
+                Ok(()) => Ok(&out[start..]),
+                Err(error) => Err(error.0.as_str()),
+            };
+            let core = &self.core;
+            shadow.compare(
+                &core.ctx,
+                &core.arguments,
+                &state_ref.bindings,
+                message,
+                cc,
+                active,
+            );
+        }
         let ticks = state.version.runtime().ticks().saturating_sub(before);
         state.busy_ticks += ticks;
         drop(state);
@@ -580,6 +636,9 @@ impl Router for WasmRouter {
         if let Some(cache) = &mut state.cache {
             cache.clear();
         }
+        if let Some(shadow) = state.shadow.as_mut() {
+            shadow.add_binding(id, binding);
+        }
         // Without a live instance the binding is replayed when one is built.
         if let Some(instance) = state.instance.as_mut()
             && let Err(error) = instance.add_binding(id, binding)
@@ -610,6 +669,9 @@ impl Router for WasmRouter {
         state.generation += 1;
         if let Some(cache) = &mut state.cache {
             cache.clear();
+        }
+        if let Some(shadow) = state.shadow.as_mut() {
+            shadow.remove_binding(id);
         }
         if let Some(instance) = state.instance.as_mut()
             && let Err(error) = instance.remove_binding(id)

@@ -82,6 +82,14 @@ pub enum VhostPluginError {
         /// Its type.
         kind: String,
     },
+    /// The type has no shadow trial running.
+    #[error("plugin type '{name}' in vhost '{vhost}' has no shadow trial running")]
+    NoShadow {
+        /// The vhost.
+        vhost: String,
+        /// The type name.
+        name: String,
+    },
     /// The user may not manage it (`auth::plugin_access`).
     #[error(transparent)]
     Denied(#[from] crate::auth::PluginAccessDenied),
