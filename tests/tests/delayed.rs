@@ -220,6 +220,36 @@ async fn mandatory_is_honoured_when_published() {
 }
 
 #[tokio::test]
+async fn a_mandatory_check_at_publish_leaves_a_stateful_plugin_unchanged() {
+    bounded(LIMIT, async {
+        // Over x-dedup, the publish-time route (for mandatory) must not record the id, or
+        // the message would be dropped as its own repeat when it fires.
+        let broker = PluginBroker::start(&["x-dedup"]).await;
+        let (_conn, ch) = session(&broker.broker).await;
+        declare_delayed(&ch, "dd", "x-dedup", false).await;
+        queue_on(&ch, "ledger", "dd", "").await;
+        let once = |id: &str| {
+            let mut headers = FieldTable::default();
+            headers.insert("x-delay".into(), AMQPValue::LongLongInt(200));
+            BasicProperties::default()
+                .with_headers(headers)
+                .with_message_id(id.into())
+        };
+        let held = publish(&ch, "dd", "", "first", once("pay-1"), true).await;
+        assert_eq!(held, Confirmation::Ack(None), "routable: held");
+        assert_eq!(
+            collect(&ch, "ledger", 1, Duration::from_secs(5)).await,
+            ["first"]
+        );
+        // When it fired, x-dedup recorded it: a repeat is dropped when it fires in turn.
+        publish(&ch, "dd", "", "again", once("pay-1"), false).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(bodies(&ch, "ledger").await.is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_wasm_type_routes_delayed_messages_when_they_fire() {
     bounded(LIMIT, async {
         let broker = PluginBroker::start(&["x-regex"]).await;

@@ -468,7 +468,11 @@ impl Channel {
         due: u64,
     ) -> Ticket {
         if mandatory {
-            self.find_destinations(cx, &exchange, &message, &properties, &extra_keys);
+            // A dry run: a plugin type that records what it routes (x-dedup) must not see
+            // the message now and then again, as a repeat, when it fires.
+            crate::store::dry_run(|| {
+                self.find_destinations(cx, &exchange, &message, &properties, &extra_keys);
+            });
             let unroutable = self.routed.queues.is_empty() && self.routed.replies.is_empty();
             self.routed.queues.clear();
             self.routed.replies.clear();

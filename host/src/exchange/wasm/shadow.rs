@@ -222,7 +222,7 @@ impl Shadow {
             vhost: ctx.vhost.to_string(),
             exchange: ctx.exchange.to_string(),
             routing_key: cut(message.routing_key, EXAMPLE_KEY_MAX),
-            active: active.map(names).map_err(|e| cut(&e, EXAMPLE_KEY_MAX)),
+            active: active.map(names).map_err(|e| cut(e, EXAMPLE_KEY_MAX)),
             candidate: candidate.map(names).map_err(|e| cut(&e, EXAMPLE_KEY_MAX)),
         });
     }
