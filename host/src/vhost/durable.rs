@@ -474,7 +474,7 @@ impl VHost {
         let router = self
             .create_router(&*ty, &spec)
             .map_err(|e| format!("exchange '{}': {e}", spec.name))?;
-        let delayed = self.delayed_state(&spec);
+        let delayed = self.delayed_state(&spec, &*router);
         topology.exchanges.insert(
             spec.name.clone(),
             Arc::new(Exchange::with_delayed(spec, router, delayed)),

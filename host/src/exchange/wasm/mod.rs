@@ -43,6 +43,7 @@ pub mod runtime;
 pub mod state;
 pub mod tenant;
 pub mod v0_1;
+pub mod v0_2;
 
 use std::time::Duration;
 

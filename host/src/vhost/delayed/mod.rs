@@ -23,6 +23,15 @@
 //! A fired message's stored copy is acknowledged only after it was routed (at least once:
 //! a crash in between, or while a cascade's copies are synced but the old bucket not yet
 //! removed, may deliver it twice).
+//!
+//! # Delays decided by plugins
+//!
+//! The same machinery holds the messages a `bourse:exchange@0.2` plugin delays: an exchange
+//! whose router [decides delays](crate::exchange::Router::decides_delays) gets a
+//! `DelayedExchange` of the *decided* kind. Its records carry the names of the queues routing
+//! reached at publish time instead of CC/BCC keys ([`encode_decided_body`]), and a fired one is
+//! put into those queues (the ones still there) without routing again: the plugin is not
+//! called twice, so it cannot delay the message again.
 
 mod timer;
 
@@ -182,14 +191,40 @@ struct BucketKey {
 }
 
 /// What is stored ahead of the body of a delayed message: its due time and the extra routing
-/// keys of its CC and BCC headers (BCC is gone from the stored properties).
+/// keys of its CC and BCC headers (BCC is gone from the stored properties). At most
+/// `u16::MAX - 1` keys are kept: the count `u16::MAX` marks a decided record.
 fn encode_record_body(due: u64, extra_keys: &[Name], body: &[u8]) -> Vec<u8> {
-    let keys: usize = extra_keys.iter().map(|k| 2 + k.len().min(255)).sum();
-    let mut out = Vec::with_capacity(10 + keys + body.len());
+    let n = extra_keys.len().min(DECIDED_MARK as usize - 1);
+    encode_names(due, n as u16, &extra_keys[..n], body)
+}
+
+/// The count field of a record whose names are the queues a plugin's decision reached (then
+/// a second count and the names follow), rather than CC/BCC keys.
+const DECIDED_MARK: u16 = u16::MAX;
+
+/// Most queues one decided record names (a fan-out wider than this is refused, not held).
+pub const DECIDED_QUEUES_MAX: usize = DECIDED_MARK as usize - 1;
+
+/// What is stored ahead of the body of a message a plugin delayed: its due time, the
+/// [`DECIDED_MARK`], and the names of the queues it goes to (at most [`DECIDED_QUEUES_MAX`]).
+fn encode_decided_body(due: u64, queues: &[Name], body: &[u8]) -> Vec<u8> {
+    let mut head = Vec::with_capacity(10);
+    head.extend_from_slice(&due.to_le_bytes());
+    head.extend_from_slice(&DECIDED_MARK.to_le_bytes());
+    let n = queues.len().min(DECIDED_QUEUES_MAX);
+    let mut out = encode_names(0, n as u16, &queues[..n], body);
+    // `encode_names` wrote a placeholder due time: the real head goes in front of its count.
+    out.splice(..8, head);
+    out
+}
+
+/// `due`, `count`, then each name as a u16 length and its bytes, then `body`.
+fn encode_names(due: u64, count: u16, names: &[Name], body: &[u8]) -> Vec<u8> {
+    let bytes: usize = names.iter().map(|k| 2 + k.len()).sum();
+    let mut out = Vec::with_capacity(10 + bytes + body.len());
     out.extend_from_slice(&due.to_le_bytes());
-    let n = extra_keys.len().min(u16::MAX as usize);
-    out.extend_from_slice(&(n as u16).to_le_bytes());
-    for key in &extra_keys[..n] {
+    out.extend_from_slice(&count.to_le_bytes());
+    for key in names {
         let k = &key.as_bytes()[..key.len().min(u16::MAX as usize)];
         out.extend_from_slice(&(k.len() as u16).to_le_bytes());
         out.extend_from_slice(k);
@@ -200,7 +235,10 @@ fn encode_record_body(due: u64, extra_keys: &[Name], body: &[u8]) -> Vec<u8> {
 
 /// A delayed message read back from a bucket: what routing needs.
 pub(crate) struct Decoded {
+    /// The CC/BCC keys or, when `decided`, the queues the message goes to.
     pub(crate) extra_keys: Vec<Name>,
+    /// Whether a plugin decided its destinations at publish time (`extra_keys` are queues).
+    pub(crate) decided: bool,
     pub(crate) message: Message,
 }
 
@@ -216,13 +254,21 @@ fn decode_record(stored: StoredMessage) -> Result<Decoded, StoreError> {
     let bad = || StoreError::Invalid("malformed delayed message record".into());
     let b = &stored.body;
     record_due(&stored).ok_or_else(bad)?;
-    let n = u16::from_le_bytes(
-        b.get(8..10)
-            .ok_or_else(bad)?
-            .try_into()
-            .map_err(|_| bad())?,
-    );
+    let u16_at = |at: usize| -> Result<u16, StoreError> {
+        Ok(u16::from_le_bytes(
+            b.get(at..at + 2)
+                .ok_or_else(bad)?
+                .try_into()
+                .map_err(|_| bad())?,
+        ))
+    };
+    let mut n = u16_at(8)?;
     let mut at = 10;
+    let decided = n == DECIDED_MARK;
+    if decided {
+        n = u16_at(10)?;
+        at = 12;
+    }
     let mut extra_keys = Vec::with_capacity(usize::from(n));
     for _ in 0..n {
         let len = u16::from_le_bytes(
@@ -240,6 +286,7 @@ fn decode_record(stored: StoredMessage) -> Result<Decoded, StoreError> {
     let message = StoredMessage { body, ..stored }.into_message()?;
     Ok(Decoded {
         extra_keys,
+        decided,
         message,
     })
 }
@@ -258,6 +305,9 @@ pub struct DelayedExchange {
     /// The exchange's name.
     pub name: Name,
     durable: bool,
+    /// Holds the messages a plugin delayed (records name their queues), rather than those of
+    /// an `x-delayed-message` exchange (delays from headers, routed when they fire).
+    decided: bool,
     stores: Stores,
     state: Mutex<State>,
     /// Messages waiting (stored or in memory), for the management API and metrics.
@@ -331,8 +381,9 @@ enum At {
         store: usize,
         position: Position,
     },
-    /// Held in memory (a vhost without storage).
-    Memory(Box<(Arc<Message>, Vec<Name>)>),
+    /// Held in memory (a vhost without storage): the message, its CC/BCC keys or (decided)
+    /// its queues, and whether it was decided.
+    Memory(Box<(Arc<Message>, Vec<Name>, bool)>),
 }
 
 impl PartialEq for Entry {
@@ -364,10 +415,11 @@ impl std::fmt::Debug for DelayedExchange {
 impl DelayedExchange {
     /// The delayed state of a new (or restored) exchange. Its timer starts with
     /// [`DelayedExchange::start`] once the exchange is in the topology.
-    pub(crate) fn new(name: Name, durable: bool, stores: Stores) -> Arc<Self> {
+    pub(crate) fn new(name: Name, durable: bool, stores: Stores, decided: bool) -> Arc<Self> {
         Arc::new(Self {
             name,
             durable,
+            decided,
             stores,
             state: Mutex::new(State::default()),
             waiting: AtomicU64::new(0),
@@ -377,6 +429,12 @@ impl DelayedExchange {
             unroutable: AtomicU64::new(0),
             late: Mutex::new((0, 0, 0)),
         })
+    }
+
+    /// Whether it holds messages whose delay and queues a plugin decided (a WASM exchange of
+    /// the 0.2 contract), rather than those of an `x-delayed-message` exchange.
+    pub fn decided(&self) -> bool {
+        self.decided
     }
 
     /// Messages waiting to fire.
@@ -403,6 +461,36 @@ impl DelayedExchange {
         extra_keys: &[Name],
         due: u64,
     ) -> Result<Ticket, AmqpError> {
+        self.hold_record(message, extra_keys, false, due)
+    }
+
+    /// Stores a message a plugin delayed, to be put into `queues` at `due` without routing
+    /// again; like [`hold`](Self::hold) otherwise. More than [`DECIDED_QUEUES_MAX`] queues is
+    /// refused (the publisher gets a nack).
+    pub(crate) fn hold_decided(
+        &self,
+        message: &Arc<Message>,
+        queues: &[Name],
+        due: u64,
+    ) -> Result<Ticket, AmqpError> {
+        if queues.len() > DECIDED_QUEUES_MAX {
+            return Err(AmqpError::internal(format!(
+                "a delayed message may reach at most {DECIDED_QUEUES_MAX} queues; this one \
+                 reached {}",
+                queues.len()
+            )));
+        }
+        self.hold_record(message, queues, true, due)
+    }
+
+    fn hold_record(
+        &self,
+        message: &Arc<Message>,
+        names: &[Name],
+        decided: bool,
+        due: u64,
+    ) -> Result<Ticket, AmqpError> {
+        let due = due.min(now_ms().saturating_add(MAX_DELAY_MS));
         let store = if message.persistent() && self.durable && self.stores.synced.is_some() {
             SYNCED
         } else {
@@ -417,14 +505,18 @@ impl DelayedExchange {
             // No storage: the message waits in memory.
             state.schedule(
                 due,
-                At::Memory(Box::new((message.clone(), extra_keys.to_vec()))),
+                At::Memory(Box::new((message.clone(), names.to_vec(), decided))),
             );
             drop(state);
             self.waiting.fetch_add(1, Ordering::Relaxed);
             self.wake_if_before(due);
             return Ok(0);
         }
-        let body = encode_record_body(due, extra_keys, message.body());
+        let body = if decided {
+            encode_decided_body(due, names, message.body())
+        } else {
+            encode_record_body(due, names, message.body())
+        };
         let ticket = self
             .append(
                 &mut state,
@@ -643,10 +735,16 @@ impl super::VHost {
         })
     }
 
-    /// The delayed-message state of a new exchange of type `x-delayed-message` (None for
-    /// other types): its messages go to this vhost's stores, or stay in memory without them.
-    pub(super) fn delayed_state(&self, spec: &super::ExchangeSpec) -> Option<Arc<DelayedExchange>> {
-        if *spec.kind != *TYPE_NAME {
+    /// The delayed-message state of a new exchange of type `x-delayed-message`, or of one
+    /// whose `router` decides delays (a 0.2 plugin's); None for other exchanges. Its messages
+    /// go to this vhost's stores, or stay in memory without them.
+    pub(super) fn delayed_state(
+        &self,
+        spec: &super::ExchangeSpec,
+        router: &dyn crate::exchange::Router,
+    ) -> Option<Arc<DelayedExchange>> {
+        let decided = *spec.kind != *TYPE_NAME;
+        if decided && !router.decides_delays() {
             return None;
         }
         let stores = Stores {
@@ -657,6 +755,7 @@ impl super::VHost {
             spec.name.clone(),
             spec.durable,
             stores,
+            decided,
         ))
     }
 }
