@@ -751,12 +751,26 @@ impl super::VHost {
             synced: self.durable.as_ref().map(|d| d.messages.clone()),
             paging: self.durable.as_ref().map(|d| d.paging.clone()),
         };
-        Some(DelayedExchange::new(
-            spec.name.clone(),
-            spec.durable,
-            stores,
-            decided,
-        ))
+        let delayed = DelayedExchange::new(spec.name.clone(), spec.durable, stores, decided);
+        // An exchange restored late (its type loaded after the vhost opened) takes back the
+        // buckets found at open, before anything can publish to it.
+        if spec.durable
+            && let Some(durable) = &self.durable
+        {
+            let mine: Vec<_> = {
+                let mut buckets = durable.delayed_buckets.lock();
+                let (mine, others) = std::mem::take(&mut *buckets)
+                    .into_iter()
+                    .partition(|b| store_exchange(&b.name) == Some(&*spec.name));
+                *buckets = others;
+                mine
+            };
+            for bucket in mine {
+                let positions = bucket.messages.iter().map(|m| m.position).collect();
+                delayed.adopt(&bucket.name, bucket.store, positions);
+            }
+        }
+        Some(delayed)
     }
 }
 
