@@ -45,7 +45,7 @@ fn version_json(v: &VersionStatus) -> Value {
     json!({
         "version": v.version, "summary": v.summary, "sha256": v.sha256, "origin": v.origin,
         "compile_ms": v.compile_time.as_secs_f64() * 1e3, "from_cache": v.from_cache,
-        "wit": crate::exchange::wasm::WIT_PACKAGE,
+        "wit": v.wit,
     })
 }
 

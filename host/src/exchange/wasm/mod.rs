@@ -49,9 +49,11 @@ use std::time::Duration;
 
 pub use counters::GlobalStatus;
 
-/// The WIT package this host serves; a plugin loads only if it was built against a 0.1.x
-/// version of it (`runtime.rs`).
+/// The first WIT package this host serves; a plugin loads if it was built against a 0.1.x or
+/// a 0.2.x version of it (`runtime.rs`).
 pub const WIT_PACKAGE: &str = "bourse:exchange@0.1.0";
+/// The 0.2 package (`wit/v0.2/`): `route` may also decide a delay.
+pub const WIT_PACKAGE_0_2: &str = "bourse:exchange@0.2.0";
 pub use manager::{PluginManager, ScanReport};
 
 /// Process-wide counters.
@@ -196,6 +198,8 @@ pub struct VersionStatus {
     pub compile_time: Duration,
     /// Whether the compiled artifact came from the disk cache.
     pub from_cache: bool,
+    /// The contract it was built against ([`WIT_PACKAGE`] or [`WIT_PACKAGE_0_2`]).
+    pub wit: &'static str,
 }
 
 /// One declared WASM exchange.
