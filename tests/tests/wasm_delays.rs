@@ -39,7 +39,12 @@ fn backoff(base_ms: i64) -> FieldTable {
 
 /// Waits until `queue` holds `body` (taken without ack) and answers when it came; fails past
 /// `limit`. Other bodies found meanwhile are returned too.
-async fn wait_for(ch: &Channel, queue: &str, body: &str, limit: Duration) -> (Instant, Vec<String>) {
+async fn wait_for(
+    ch: &Channel,
+    queue: &str,
+    body: &str,
+    limit: Duration,
+) -> (Instant, Vec<String>) {
     let deadline = Instant::now() + limit;
     let mut seen = Vec::new();
     loop {
@@ -50,7 +55,10 @@ async fn wait_for(ch: &Channel, queue: &str, body: &str, limit: Duration) -> (In
         if found {
             return (now, seen);
         }
-        assert!(now < deadline, "{body:?} not in {queue} after {limit:?} (saw {seen:?})");
+        assert!(
+            now < deadline,
+            "{body:?} not in {queue} after {limit:?} (saw {seen:?})"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -89,7 +97,15 @@ async fn a_0_2_plugin_delays_its_messages_to_the_decided_queues() {
         let ack = |c: Confirmation| assert_eq!(c, Confirmation::Ack(None));
         ack(publish(&ch, "retry", "a", b"once", died(1), false).await);
         ack(publish(&ch, "retry", "b", b"twice", died(2), false).await);
-        ack(publish(&ch, "retry", "a", b"first", BasicProperties::default(), false).await);
+        ack(publish(
+            &ch,
+            "retry",
+            "a",
+            b"first",
+            BasicProperties::default(),
+            false,
+        )
+        .await);
         // Mandatory is decided at publish: no binding for "nowhere", so it comes back now
         // and is not held.
         match publish(&ch, "retry", "nowhere", b"lost", died(1), true).await {
@@ -101,16 +117,26 @@ async fn a_0_2_plugin_delays_its_messages_to_the_decided_queues() {
 
         let reply = api.get("/api/exchanges/%2F/retry").await;
         assert_eq!(reply.json["messages_delayed"], 2, "{:?}", reply.json);
-        assert_eq!(bodies(&ch, "qa").await, ["first"], "only the undelayed one at once");
+        assert_eq!(
+            bodies(&ch, "qa").await,
+            ["first"],
+            "only the undelayed one at once"
+        );
         assert!(bodies(&ch, "qb").await.is_empty(), "delivered early");
 
         let (at, seen) = wait_for(&ch, "qa", "once", Duration::from_secs(10)).await;
         let waited = at - published;
-        assert!(waited >= Duration::from_millis(800), "fired after {waited:?}");
+        assert!(
+            waited >= Duration::from_millis(800),
+            "fired after {waited:?}"
+        );
         assert_eq!(seen, ["once"], "{seen:?}");
         let (at, seen) = wait_for(&ch, "qb", "twice", Duration::from_secs(10)).await;
         let waited = at - published;
-        assert!(waited >= Duration::from_millis(1_600), "fired after {waited:?}");
+        assert!(
+            waited >= Duration::from_millis(1_600),
+            "fired after {waited:?}"
+        );
         assert_eq!(seen, ["twice"], "each to its own queue, once");
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(bodies(&ch, "qa").await.is_empty(), "delivered twice");
@@ -144,7 +170,10 @@ async fn a_decision_with_a_delay_is_not_served_from_the_cache() {
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(bodies(&ch, "q").await.is_empty(), "a cached decision lost its delay");
+        assert!(
+            bodies(&ch, "q").await.is_empty(),
+            "a cached decision lost its delay"
+        );
         let (at, _) = wait_for(&ch, "q", "m3", Duration::from_secs(10)).await;
         assert!(at - published >= Duration::from_millis(1_000));
     })
@@ -190,7 +219,15 @@ async fn a_persistent_delayed_message_survives_a_restart() {
         .await
         .expect("bind");
         let published = Instant::now();
-        let confirm = publish(&ch, "retry", "k", b"kept", died(1).with_delivery_mode(2), false).await;
+        let confirm = publish(
+            &ch,
+            "retry",
+            "k",
+            b"kept",
+            died(1).with_delivery_mode(2),
+            false,
+        )
+        .await;
         assert_eq!(confirm, Confirmation::Ack(None));
         let _ = conn.close(200, "restart".into()).await;
         restart(&mut pb.broker).await;

@@ -118,7 +118,9 @@ pub async fn publish(
             let queues: Vec<_> = routed.queues.drain(..).map(|q| q.name().clone()).collect();
             routed.replies.clear();
             let due = crate::vhost::delayed::now_ms().saturating_add(routed.delay_ms);
-            return delayed.hold_decided(&message, &queues, due).map(|_| reached);
+            return delayed
+                .hold_decided(&message, &queues, due)
+                .map(|_| reached);
         }
         for queue in routed.queues.drain(..) {
             queue.publish(message.clone());

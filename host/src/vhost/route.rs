@@ -132,11 +132,11 @@ impl VHost {
                         }
                         Ok(_) => {}
                         Err(error) => {
-                        // Debug only: a router logs its own failures, rate-limited per
-                        // exchange (a failed WASM exchange refuses every message).
-                        debug!(exchange = %x.spec.name, vhost = %self.name, %error, "router failed; message unroutable by this exchange");
-                        routed.router_failed = true;
-                        routed.destinations.clear();
+                            // Debug only: a router logs its own failures, rate-limited per
+                            // exchange (a failed WASM exchange refuses every message).
+                            debug!(exchange = %x.spec.name, vhost = %self.name, %error, "router failed; message unroutable by this exchange");
+                            routed.router_failed = true;
+                            routed.destinations.clear();
                         }
                     }
                 }

@@ -27,8 +27,8 @@ wit_bindgen::generate!({
     additional_derives: [PartialEq],
 });
 
+pub use crate::exports::bourse::exchange0_2_0::router::{Decision, Guest as Router};
 pub use bourse_guest::{
     Binding, BindingId, Decimal, Description, Field, FieldTable, FieldValue, HeaderSelection,
     InputFields, Inputs, Level, Message, Properties, clock, hash, log, logging, state,
 };
-pub use crate::exports::bourse::exchange0_2_0::router::{Decision, Guest as Router};

@@ -56,7 +56,9 @@ impl Backoff {
             max_ms: read(MAX_ARG, MAX_MS)?,
         };
         if backoff.base_ms > backoff.max_ms {
-            return Err(format!("x-retry-backoff: '{BASE_ARG}' is above '{MAX_ARG}'"));
+            return Err(format!(
+                "x-retry-backoff: '{BASE_ARG}' is above '{MAX_ARG}'"
+            ));
         }
         Ok(backoff)
     }

@@ -14,9 +14,7 @@ use wasmtime::{Store, UpdateDeadline};
 
 use super::host::{CapHit, ExchangeCtx, HostState};
 use super::output::{HEADER_NAMES_MAX, bounded_owned};
-use super::v0_1::{
-    Binding, Description, FlatTable, HeaderSelection, InputFields, Inputs, Message,
-};
+use super::v0_1::{Binding, Description, FlatTable, HeaderSelection, InputFields, Inputs, Message};
 use super::{v0_1, v0_2};
 use crate::exchange::{self, RoutingInput};
 
@@ -114,12 +112,12 @@ impl Instance {
         store.limiter(|state| &mut state.caps);
         store.epoch_deadline_callback(past_deadline);
         let bindings = match pre {
-            GuestPre::V0_1(pre) => {
-                Guest::V0_1(guarded(&mut store, deadline_ms, |store| pre.instantiate(store))?)
-            }
-            GuestPre::V0_2(pre) => {
-                Guest::V0_2(guarded(&mut store, deadline_ms, |store| pre.instantiate(store))?)
-            }
+            GuestPre::V0_1(pre) => Guest::V0_1(guarded(&mut store, deadline_ms, |store| {
+                pre.instantiate(store)
+            })?),
+            GuestPre::V0_2(pre) => Guest::V0_2(guarded(&mut store, deadline_ms, |store| {
+                pre.instantiate(store)
+            })?),
         };
         Ok(Self { store, bindings })
     }
@@ -131,8 +129,8 @@ impl Instance {
     /// `describe()`.
     pub fn describe(&mut self) -> Result<Description, CallError> {
         let deadline = self.setup_deadline();
-        let mut description = call_router!(self, deadline, |router, store| router
-            .call_describe(store))?;
+        let mut description =
+            call_router!(self, deadline, |router, store| router.call_describe(store))?;
         for text in [
             &mut description.name,
             &mut description.version,
@@ -147,7 +145,10 @@ impl Instance {
     pub fn validate(&mut self, arguments: &AmqpTable) -> Result<Result<(), String>, CallError> {
         let deadline = self.setup_deadline();
         let flat = FlatTable::all(arguments);
-        flat.with(|args| call_router!(self, deadline, |router, store| router.call_validate(store, args)))
+        flat.with(|args| {
+            call_router!(self, deadline, |router, store| router
+                .call_validate(store, args))
+        })
         .map(|answer| answer.map_err(bounded_owned))
     }
 

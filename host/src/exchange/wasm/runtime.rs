@@ -21,8 +21,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use super::WasmError;
 use super::cache::{ArtifactCache, ArtifactId};
 use super::host::{self, ExchangeCtx, HostState};
-use super::instance::{self, Instance};
 use super::instance::GuestPre;
+use super::instance::{self, Instance};
 use super::v0_1::ROUTER_EXPORT_PREFIX;
 use super::{v0_1, v0_2};
 use crate::config::WasmLimits;
