@@ -69,10 +69,7 @@ impl Backoff {
             return 0;
         }
         let shift = (n - 1).min(63) as u32;
-        self.base_ms
-            .checked_mul(1u64 << shift)
-            .unwrap_or(u64::MAX)
-            .min(self.max_ms)
+        self.base_ms.saturating_mul(1u64 << shift).min(self.max_ms)
     }
 }
 
