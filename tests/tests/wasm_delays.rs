@@ -249,3 +249,70 @@ async fn a_persistent_delayed_message_survives_a_restart() {
 async fn restart(broker: &mut TestBroker) {
     broker.restart().await;
 }
+
+/// Where a 0.2 plugin's delay is ignored: behind an exchange-to-exchange binding the message
+/// goes on at once; as the routing type of `x-delayed-message`, only `x-delay` delays it (the
+/// plugin, called again when it fires, must not hold it a second time).
+#[tokio::test]
+async fn the_delay_applies_only_to_the_exchange_published_to() {
+    bounded(LIMIT, async {
+        let pb = PluginBroker::start(&["x-retry-backoff"]).await;
+        let conn = pb.broker.connect().await;
+        let ch = confirm_channel(&conn).await;
+        declare(&ch, "retry", "x-retry-backoff", backoff(10_000)).await;
+        queue_on(&ch, "q", "retry", "k").await;
+        ch.exchange_declare(
+            "front".into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare front");
+        ch.exchange_bind(
+            "retry".into(),
+            "front".into(),
+            "".into(),
+            lapin::options::ExchangeBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind front to retry");
+        publish(&ch, "front", "k", b"through", died(1), false).await;
+        assert_eq!(bodies(&ch, "q").await, ["through"], "routed at once");
+
+        let mut args = backoff(10_000);
+        args.insert(
+            "x-delayed-type".into(),
+            AMQPValue::LongString("x-retry-backoff".into()),
+        );
+        ch.exchange_declare(
+            "later".into(),
+            ExchangeKind::Custom("x-delayed-message".into()),
+            ExchangeDeclareOptions::default(),
+            args,
+        )
+        .await
+        .expect("declare the delayed exchange");
+        queue_on(&ch, "ql", "later", "k").await;
+        publish(&ch, "later", "k", b"no-header", died(1), false).await;
+        assert_eq!(
+            bodies(&ch, "ql").await,
+            ["no-header"],
+            "no x-delay: at once"
+        );
+        let mut properties = died(1);
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        headers.insert("x-delay".into(), AMQPValue::LongLongInt(300));
+        properties = properties.with_headers(headers);
+        let published = Instant::now();
+        publish(&ch, "later", "k", b"header", properties, false).await;
+        let (at, _) = wait_for(&ch, "ql", "header", Duration::from_secs(5)).await;
+        let waited = at - published;
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+            "x-delay decides, not the plugin: fired after {waited:?}"
+        );
+    })
+    .await;
+}
