@@ -2,7 +2,8 @@
 //! a message by `base * 2^(n-1)` for an `x-death` count `n`. A delayed message is not delivered
 //! before its delay and reaches the queues decided at publish; mandatory is decided at
 //! publish; a decision with a delay is never served from the decision cache; the delayed
-//! count shows in the management API; a persistent message on a durable exchange survives a
+//! count shows in the management API, whose publish holds it too; a persistent message on a
+//! durable exchange survives a
 //! restart; 0.1 components load and route beside the 0.2 one.
 //!
 //! These tests ignore `BOURSE_TEST_AMQP_URL`: they need the broker's plugins.
@@ -142,6 +143,20 @@ async fn a_0_2_plugin_delays_its_messages_to_the_decided_queues() {
         assert!(bodies(&ch, "qa").await.is_empty(), "delivered twice");
         let reply = api.get("/api/exchanges/%2F/retry").await;
         assert_eq!(reply.json["messages_delayed"], 0, "{:?}", reply.json);
+
+        // The management API's publish: held the same way (the answer says it was routed).
+        let published = Instant::now();
+        let reply = api
+            .post(
+                "/api/exchanges/%2F/retry/publish",
+                serde_json::json!({"routing_key": "a", "payload": "api",
+                    "properties": {"headers": {"x-death": [{"count": 1}]}}}),
+            )
+            .await;
+        assert_eq!(reply.json, serde_json::json!({"routed": true}));
+        assert!(bodies(&ch, "qa").await.is_empty(), "delivered early");
+        let (at, _) = wait_for(&ch, "qa", "api", Duration::from_secs(10)).await;
+        assert!(at - published >= Duration::from_millis(800));
 
         // The 0.1 component loads and routes (at once) beside it.
         declare(&ch, "hash", "x-modulus-hash", FieldTable::default()).await;
