@@ -3,8 +3,8 @@
 //! before its delay and reaches the queues decided at publish; mandatory is decided at
 //! publish; a decision with a delay is never served from the decision cache; the delayed
 //! count shows in the management API, whose publish holds it too; a persistent message on a
-//! durable exchange survives a
-//! restart; 0.1 components load and route beside the 0.2 one.
+//! durable exchange survives a restart; the delay applies only to the exchange published to;
+//! 0.1 components load and route beside the 0.2 one.
 //!
 //! These tests ignore `BOURSE_TEST_AMQP_URL`: they need the broker's plugins.
 
