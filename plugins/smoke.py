@@ -15,6 +15,7 @@ import wasmtime.component as cm
 
 DIST = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else pathlib.Path(__file__).parent / "dist")
 ROUTER = "bourse:exchange/router@0.1.0"
+ROUTER_0_2 = "bourse:exchange/router@0.2.0"  # route answers a decision: ids and a delay
 # The host's cap. A componentize-py component starts with about 12.3 MiB of it in use.
 MEMORY_CAP = 16 << 20
 EPOCH_TICK_S = 0.01
@@ -139,9 +140,10 @@ class Plugin:
         component = compiled(path)
         self.store.set_epoch_deadline(DEADLINE_TICKS)
         self.instance = self.host.linker().instantiate(self.store, component)
-        self.iface = self.instance.get_export_index(self.store, ROUTER)
+        self.iface = (self.instance.get_export_index(self.store, ROUTER)
+                      or self.instance.get_export_index(self.store, ROUTER_0_2))
         if self.iface is None:
-            raise LookupError(f"no export {ROUTER}")
+            raise LookupError(f"no export {ROUTER} or {ROUTER_0_2}")
 
     def call(self, name: str, *args):
         self.store.set_epoch_deadline(DEADLINE_TICKS)
@@ -267,6 +269,22 @@ def test_dedup() -> None:
     check(q.call("route", m) == [1, 2], "dedup: routed again after the window")
 
 
+def test_retry_backoff() -> None:
+    p = plugin("x-retry-backoff")
+    check(p.call("validate", table(x_backoff_base_ms=cm.Variant("int64", 5),
+                                   x_backoff_max_ms=cm.Variant("int64", 1))) is not None,
+          "retry-backoff: base above max is refused")
+    p.setup(args=table(x_backoff_base_ms=cm.Variant("int64", 100)),
+            bindings=[(1, "a"), (2, "b")])
+    now = p.call("route", message("a"))
+    check(list(now.bindings) == [1] and getattr(now, "delay-ms") == 0, f"retry-backoff first try {now}")
+    death = rec(entries=[rec(name="x-death", value=cm.Variant("array", 0))],
+                tables=[[rec(name="count", value=cm.Variant("int64", 3))]],
+                arrays=[[cm.Variant("table", 0)]])
+    later = p.call("route", message("b", headers=death))
+    check(list(later.bindings) == [2] and getattr(later, "delay-ms") == 400, f"retry-backoff n=3 {later}")
+
+
 def test_hostile() -> None:
     for name, what in (("x-panic", "panics"), ("x-loop", "hits the epoch deadline"),
                        ("x-membomb", "hits the memory cap")):
@@ -295,7 +313,8 @@ def test_hostile() -> None:
 
 def main() -> int:
     for test in (test_describe_names, test_modulus_hash_ports_agree, test_consistent_hash,
-                 test_regex, test_json_route, test_header_expr, test_dedup, test_hostile):
+                 test_regex, test_json_route, test_header_expr, test_dedup, test_retry_backoff,
+                 test_hostile):
         print(f"{test.__name__}")
         try:
             test()

@@ -374,6 +374,13 @@ impl Channel {
         self.find_destinations(cx, &exchange, &message, &properties, &extra_keys);
         // A reply handed to a direct reply-to consumer counts as routed.
         let unroutable = self.routed.queues.is_empty() && self.routed.replies.is_empty();
+        if self.routed.delay_ms > 0
+            && !unroutable
+            && let Some(delayed) = exchange.delayed()
+        {
+            let delayed = delayed.clone();
+            return self.hold_decided(cx, &delayed, &exchange, &message);
+        }
         cx.exchanges.borrow_mut().count(&exchange, !unroutable);
         if unroutable && mandatory {
             self.outlet.send_return(&message, 312, "NO_ROUTE");
@@ -486,6 +493,45 @@ impl Channel {
         cx.exchanges.borrow_mut().count(&exchange, true);
         match delayed.hold(&message, &extra_keys, due) {
             Ok(ticket) => {
+                self.confirm(cx, ticket, false);
+                ticket
+            }
+            Err(error) => {
+                tracing::warn!(exchange = %exchange.spec.name, %error, "delayed message refused");
+                self.confirm(cx, 0, true);
+                0
+            }
+        }
+    }
+
+    /// A message whose plugin decided a delay (`self.routed.delay_ms`) and which reached the
+    /// queues in `self.routed.queues`: stored to be put into those queues when due (mandatory
+    /// was satisfied by reaching them now). Its confirm waits for the store when it was stored
+    /// durably, and for the plugin state its routing wrote.
+    fn hold_decided(
+        &mut self,
+        cx: &Session<'_>,
+        delayed: &Arc<crate::vhost::DelayedExchange>,
+        exchange: &Arc<Exchange>,
+        message: &Arc<Message>,
+    ) -> Ticket {
+        let queues: Vec<Name> = self
+            .routed
+            .queues
+            .drain(..)
+            .map(|q| q.name().clone())
+            .collect();
+        self.routed.replies.clear();
+        cx.exchanges.borrow_mut().count(exchange, true);
+        let due = crate::vhost::delayed::now_ms().saturating_add(self.routed.delay_ms);
+        let state = if message.persistent() {
+            self.routed.state_ticket
+        } else {
+            0
+        };
+        match delayed.hold_decided(message, &queues, due) {
+            Ok(ticket) => {
+                let ticket = ticket.max(state);
                 self.confirm(cx, ticket, false);
                 ticket
             }

@@ -205,6 +205,26 @@ pub trait Router: Send + Sync + 'static {
         }
         Ok(())
     }
+
+    /// Like [`route_keys`](Self::route_keys), and answers how long the message should wait
+    /// before it is delivered to those destinations, in ms (0: at once). Only routers that
+    /// [`decide_delays`](Self::decides_delays) (plugins of the `bourse:exchange@0.2` contract)
+    /// answer anything but 0; the default routes and answers 0.
+    fn route_keys_delayed(
+        &self,
+        message: &RoutingInput<'_>,
+        cc: &[&str],
+        out: &mut Vec<Destination>,
+    ) -> Result<u64, RouteError> {
+        self.route_keys(message, cc, out).map(|()| 0)
+    }
+
+    /// Whether [`route_keys_delayed`](Self::route_keys_delayed) may answer a delay, asked when
+    /// the exchange is created: the vhost then gives the exchange a store for the messages
+    /// it holds.
+    fn decides_delays(&self) -> bool {
+        false
+    }
 }
 
 /// The exchange types known to a broker, by name. Shared by every vhost.

@@ -52,13 +52,24 @@ pub async fn publish(
         crate::vhost::ExchangeTally::default().count(&exchange, reached);
         open.count_published(1);
         // A delayed exchange holds it (the answer says whether it would be routed now).
-        if let Some(delayed) = exchange.delayed()
+        if let Some(delayed) = exchange.delayed().filter(|d| !d.decided())
             && let Some(due) =
                 crate::vhost::delayed::due_time(&properties, crate::vhost::delayed::now_ms())
         {
             routed.queues.clear();
             routed.replies.clear();
             return delayed.hold(&message, &[], due).map(|_| reached);
+        }
+        // A plugin delayed it: held for the queues it reached now.
+        if routed.delay_ms > 0
+            && let Some(delayed) = exchange.delayed()
+        {
+            let queues: Vec<_> = routed.queues.drain(..).map(|q| q.name().clone()).collect();
+            routed.replies.clear();
+            let due = crate::vhost::delayed::now_ms().saturating_add(routed.delay_ms);
+            return delayed
+                .hold_decided(&message, &queues, due)
+                .map(|_| reached);
         }
         for queue in routed.queues.drain(..) {
             queue.publish(message.clone());

@@ -50,7 +50,7 @@ fn version_json(v: &VersionStatus) -> Value {
     json!({
         "version": v.version, "summary": v.summary, "sha256": v.sha256, "origin": v.origin,
         "compile_ms": v.compile_time.as_secs_f64() * 1e3, "from_cache": v.from_cache,
-        "wit": crate::exchange::wasm::WIT_PACKAGE,
+        "wit": v.wit,
     })
 }
 
@@ -246,8 +246,8 @@ fn shadow_json(
     status: &PluginStatus,
 ) -> Value {
     use std::sync::atomic::Ordering::Relaxed;
-    let side = |r: &Result<Vec<String>, String>| match r {
-        Ok(to) => json!({ "destinations": to }),
+    let side = |r: &Result<(Vec<String>, u64), String>| match r {
+        Ok((to, delay)) => json!({ "destinations": to, "delay_ms": delay }),
         Err(e) => json!({ "error": e }),
     };
     let examples: Vec<Value> = candidate

@@ -32,6 +32,9 @@ pub(super) struct Durable {
     pub(super) paging: std::sync::Arc<MessageStore>,
     /// What the restore could not rebuild for want of an exchange type.
     waiting: Mutex<Waiting>,
+    /// Delayed buckets found at open whose exchange is waiting for its type: adopted by the
+    /// exchange's new delayed state when it is restored (`VHost::delayed_state`). A leaf lock.
+    pub(super) delayed_buckets: Mutex<Vec<RecoveredQueue>>,
 }
 
 /// Durable exchanges whose type was not loaded when the vhost was restored (a plugin file
@@ -92,6 +95,7 @@ impl Durable {
                 messages: Arc::new(messages),
                 paging: std::sync::Arc::new(paging),
                 waiting: Mutex::default(),
+                delayed_buckets: Mutex::default(),
             },
             Restore {
                 definitions,
@@ -428,7 +432,7 @@ impl VHost {
 
     /// Hands the delayed buckets found at open to their exchanges, and starts the timers.
     /// The buckets of an exchange that is no longer declared are removed; those of one that
-    /// is declared but could not be restored stay on disk until it can.
+    /// is declared but could not be restored wait for it (`Durable::delayed_buckets`).
     fn restore_delayed(
         self: &Arc<Self>,
         buckets: Vec<RecoveredQueue>,
@@ -446,7 +450,11 @@ impl VHost {
                         delayed.adopt(&bucket.name, bucket.store, positions);
                     }
                 }
-                None if declared.contains(owner) => {}
+                None if declared.contains(owner) => {
+                    if let Some(durable) = &self.durable {
+                        durable.delayed_buckets.lock().push(bucket);
+                    }
+                }
                 None => {
                     let _ = bucket.store.delete();
                 }
@@ -474,7 +482,7 @@ impl VHost {
         let router = self
             .create_router(&*ty, &spec)
             .map_err(|e| format!("exchange '{}': {e}", spec.name))?;
-        let delayed = self.delayed_state(&spec);
+        let delayed = self.delayed_state(&spec, &*router);
         topology.exchanges.insert(
             spec.name.clone(),
             Arc::new(Exchange::with_delayed(spec, router, delayed)),

@@ -43,7 +43,7 @@ pub struct Exchange {
     /// Of those, messages it routed somewhere (`publish_out`).
     publish_out: AtomicU64,
     /// The messages waiting in an `x-delayed-message` exchange (its router is the underlying
-    /// type's).
+    /// type's), or those a 0.2 plugin's exchange delayed (`DelayedExchange::decided`).
     delayed: Option<Arc<super::delayed::DelayedExchange>>,
 }
 
@@ -122,7 +122,8 @@ impl Exchange {
         }
     }
 
-    /// The delayed messages of an `x-delayed-message` exchange.
+    /// The delayed messages of an `x-delayed-message` exchange, or of an exchange whose
+    /// plugin decides delays.
     pub fn delayed(&self) -> Option<&Arc<super::delayed::DelayedExchange>> {
         self.delayed.as_ref()
     }
@@ -162,7 +163,7 @@ impl Exchange {
         if self.spec.internal != other.internal {
             return mismatch("internal", &other.internal, &self.spec.internal);
         }
-        if self.delayed.is_some()
+        if *self.spec.kind == *super::delayed::TYPE_NAME
             && self
                 .spec
                 .arguments

@@ -357,7 +357,7 @@ impl VHost {
             self.create_router(&*ty, &spec)
         })
         .map_err(invalid)?;
-        let delayed = self.delayed_state(&spec);
+        let delayed = self.delayed_state(&spec, &*router);
         let exchange = Arc::new(Exchange::with_delayed(spec, router, delayed));
         let spec = &exchange.spec;
         let _changes = self.lock_changes();

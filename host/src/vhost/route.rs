@@ -30,6 +30,10 @@ pub struct Routed {
     /// The highest message-store ticket taken by durable plugin state writes while routing
     /// (0: none); a persistent message's confirm waits for it (`store::plugin_state`).
     pub state_ticket: crate::store::Ticket,
+    /// The delay in ms that the router of the exchange published to decided (a 0.2 plugin's,
+    /// at most `delayed::MAX_DELAY_MS`), when that exchange holds such messages; 0 otherwise.
+    /// The publisher then holds the message for `queues` instead of enqueueing it.
+    pub delay_ms: u64,
     pending: Vec<Arc<Exchange>>,
     /// Exchanges already routed through, by address (identity only).
     visited: Vec<usize>,
@@ -80,6 +84,7 @@ impl VHost {
         routed.queues.clear();
         routed.replies.clear();
         routed.router_failed = false;
+        routed.delay_ms = 0;
         routed.pending.clear();
         routed.visited.clear();
         routed.seen.clear();
@@ -132,13 +137,25 @@ impl VHost {
                         properties,
                         body: message.body(),
                     };
-                    if let Err(error) = router.route_keys(&input, cc, &mut routed.destinations) {
-                        // Debug only: a router logs its own failures, rate-limited per
-                        // exchange (a failed WASM exchange refuses every message).
-                        debug!(exchange = %x.spec.name, vhost = %self.name, %error, "router failed; message unroutable by this exchange");
-                        trace.failed(&x, &error);
-                        routed.router_failed = true;
-                        routed.destinations.clear();
+                    match router.route_keys_delayed(&input, cc, &mut routed.destinations) {
+                        // A plugin's delay is honoured only for the exchange published to,
+                        // when it holds plugin-delayed messages; elsewhere (behind an
+                        // exchange-to-exchange binding, under `x-delayed-message`, at fire
+                        // time) the message goes on at once.
+                        Ok(delay) if delay > 0 && Arc::ptr_eq(&x, exchange) => {
+                            if x.delayed().is_some_and(|d| d.decided()) {
+                                routed.delay_ms = delay.min(super::delayed::MAX_DELAY_MS);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            // Debug only: a router logs its own failures, rate-limited per
+                            // exchange (a failed WASM exchange refuses every message).
+                            debug!(exchange = %x.spec.name, vhost = %self.name, %error, "router failed; message unroutable by this exchange");
+                            trace.failed(&x, &error);
+                            routed.router_failed = true;
+                            routed.destinations.clear();
+                        }
                     }
                 }
                 drop(router);
@@ -188,6 +205,20 @@ pub(super) trait Trace {
 
 /// No trace: the publish path.
 impl Trace for () {}
+
+impl VHost {
+    /// Appends the queues among `names` that exist now, each once (a fired plugin-delayed
+    /// message's destinations).
+    pub(crate) fn queues_named(&self, names: &[crate::exchange::Name], out: &mut Vec<Arc<Queue>>) {
+        let mut seen = HashSet::default();
+        let topology = self.read_topology();
+        for name in names {
+            if let Some(queue) = topology.queues.get(name) {
+                push_unique(out, &mut seen, queue);
+            }
+        }
+    }
+}
 
 impl Routed {
     /// Marks exchange `id` visited; false if it was already. Clients choose how many

@@ -1,4 +1,5 @@
-//! Guest-side SDK for `bourse:exchange@0.1.0` exchange-type plugins.
+//! Guest-side SDK for `bourse:exchange@0.1.0` exchange-type plugins (and the types and
+//! helpers `bourse-guest-v0-2` reuses for 0.2 plugins).
 //!
 //! Generates the bindings of the `exchange-type` world once (from `wit/` at the repository root)
 //! and adds the helpers every plugin needs: field-table lookups, canonical text of a field value

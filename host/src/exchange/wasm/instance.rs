@@ -14,10 +14,8 @@ use wasmtime::{Store, UpdateDeadline};
 
 use super::host::{CapHit, ExchangeCtx, HostState};
 use super::output::{HEADER_NAMES_MAX, bounded_owned};
-use super::v0_1::{
-    Binding, Bindings, BindingsPre, Description, FlatTable, HeaderSelection, InputFields, Inputs,
-    Message,
-};
+use super::v0_1::{Binding, Description, FlatTable, HeaderSelection, InputFields, Inputs, Message};
+use super::{v0_1, v0_2};
 use crate::exchange::{self, RoutingInput};
 
 /// Largest body passed to a plugin that asked for bodies; larger ones arrive as `none`.
@@ -52,23 +50,75 @@ pub enum CallError {
     Panicked(String),
 }
 
+/// A component linked for the contract version it exports (`runtime.rs` reads which).
+pub enum GuestPre {
+    /// Exports `bourse:exchange/router@0.1.x`: `route` answers binding ids.
+    V0_1(v0_1::BindingsPre<HostState>),
+    /// Exports `bourse:exchange/router@0.2.x`: `route` answers ids and a delay.
+    V0_2(v0_2::BindingsPre<HostState>),
+}
+
+impl GuestPre {
+    fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            Self::V0_1(pre) => pre.engine(),
+            Self::V0_2(pre) => pre.engine(),
+        }
+    }
+
+    /// Whether its `route` may decide a delay (a 0.2 component).
+    pub fn decides_delays(&self) -> bool {
+        matches!(self, Self::V0_2(_))
+    }
+}
+
+/// The exports of a live instance, by contract version.
+enum Guest {
+    V0_1(v0_1::Bindings),
+    V0_2(v0_2::Bindings),
+}
+
+/// Runs one call of the `router` interface, whatever the version: `$router` is the version's
+/// interface handle and `$store` the store, inside `guarded` under `$deadline`. Every function
+/// but `route` has the same signature in both versions.
+macro_rules! call_router {
+    ($self:ident, $deadline:expr, |$router:ident, $store:ident| $body:expr) => {
+        match &$self.bindings {
+            Guest::V0_1(bindings) => {
+                let $router = bindings.bourse_exchange_router();
+                guarded(&mut $self.store, $deadline, |$store| $body)
+            }
+            Guest::V0_2(bindings) => {
+                let $router = bindings.bourse_exchange0_2_0_router();
+                guarded(&mut $self.store, $deadline, |$store| $body)
+            }
+        }
+    };
+}
+
+/// A `route` answer: the binding ids and the delay in ms (0: deliver now; always 0 for 0.1).
+pub type Decided = (Vec<u64>, u64);
+
 /// A live instance.
 pub struct Instance {
     store: Store<HostState>,
-    bindings: Bindings,
+    bindings: Guest,
 }
 
 impl Instance {
     /// Instantiates `pre` in a fresh store for `ctx`.
-    pub fn new(
-        pre: &BindingsPre<HostState>,
-        ctx: Arc<ExchangeCtx>,
-        deadline_ms: u64,
-    ) -> Result<Self, CallError> {
+    pub fn new(pre: &GuestPre, ctx: Arc<ExchangeCtx>, deadline_ms: u64) -> Result<Self, CallError> {
         let mut store = Store::new(pre.engine(), HostState::new(ctx));
         store.limiter(|state| &mut state.caps);
         store.epoch_deadline_callback(past_deadline);
-        let bindings = guarded(&mut store, deadline_ms, |store| pre.instantiate(store))?;
+        let bindings = match pre {
+            GuestPre::V0_1(pre) => Guest::V0_1(guarded(&mut store, deadline_ms, |store| {
+                pre.instantiate(store)
+            })?),
+            GuestPre::V0_2(pre) => Guest::V0_2(guarded(&mut store, deadline_ms, |store| {
+                pre.instantiate(store)
+            })?),
+        };
         Ok(Self { store, bindings })
     }
 
@@ -79,10 +129,8 @@ impl Instance {
     /// `describe()`.
     pub fn describe(&mut self) -> Result<Description, CallError> {
         let deadline = self.setup_deadline();
-        let router = self.bindings.bourse_exchange_router();
-        let mut description = guarded(&mut self.store, deadline, |store| {
-            router.call_describe(store)
-        })?;
+        let mut description =
+            call_router!(self, deadline, |router, store| router.call_describe(store))?;
         for text in [
             &mut description.name,
             &mut description.version,
@@ -96,12 +144,10 @@ impl Instance {
     /// `validate(arguments)`.
     pub fn validate(&mut self, arguments: &AmqpTable) -> Result<Result<(), String>, CallError> {
         let deadline = self.setup_deadline();
-        let router = self.bindings.bourse_exchange_router();
         let flat = FlatTable::all(arguments);
         flat.with(|args| {
-            guarded(&mut self.store, deadline, |store| {
-                router.call_validate(store, args)
-            })
+            call_router!(self, deadline, |router, store| router
+                .call_validate(store, args))
         })
         .map(|answer| answer.map_err(bounded_owned))
     }
@@ -113,12 +159,10 @@ impl Instance {
         arguments: &AmqpTable,
     ) -> Result<Result<Inputs, String>, CallError> {
         let deadline = self.setup_deadline();
-        let router = self.bindings.bourse_exchange_router();
         let flat = FlatTable::all(arguments);
         let answer = flat.with(|args| {
-            guarded(&mut self.store, deadline, |store| {
-                router.call_init(store, exchange, args)
-            })
+            call_router!(self, deadline, |router, store| router
+                .call_init(store, exchange, args))
         })?;
         Ok(match answer {
             Ok(Inputs {
@@ -140,7 +184,6 @@ impl Instance {
         binding: &exchange::Binding,
     ) -> Result<Result<(), String>, CallError> {
         let deadline = self.setup_deadline();
-        let router = self.bindings.bourse_exchange_router();
         let flat = FlatTable::all(&binding.arguments);
         flat.with(|arguments| {
             let binding = Binding {
@@ -148,9 +191,8 @@ impl Instance {
                 key: &binding.routing_key,
                 arguments,
             };
-            guarded(&mut self.store, deadline, |store| {
-                router.call_validate_binding(store, binding)
-            })
+            call_router!(self, deadline, |router, store| router
+                .call_validate_binding(store, binding))
         })
         .map(|answer| answer.map_err(bounded_owned))
     }
@@ -158,7 +200,6 @@ impl Instance {
     /// `add-binding(binding)` with id `id`.
     pub fn add_binding(&mut self, id: u64, binding: &exchange::Binding) -> Result<(), CallError> {
         let deadline = self.setup_deadline();
-        let router = self.bindings.bourse_exchange_router();
         let flat = FlatTable::all(&binding.arguments);
         flat.with(|arguments| {
             let binding = Binding {
@@ -166,33 +207,30 @@ impl Instance {
                 key: &binding.routing_key,
                 arguments,
             };
-            guarded(&mut self.store, deadline, |store| {
-                router.call_add_binding(store, binding)
-            })
+            call_router!(self, deadline, |router, store| router
+                .call_add_binding(store, binding))
         })
     }
 
     /// `remove-binding(id)`.
     pub fn remove_binding(&mut self, id: u64) -> Result<(), CallError> {
         let deadline = self.setup_deadline();
-        let router = self.bindings.bourse_exchange_router();
-        guarded(&mut self.store, deadline, |store| {
-            router.call_remove_binding(store, id)
-        })
+        call_router!(self, deadline, |router, store| router
+            .call_remove_binding(store, id))
     }
 
     /// `route(message)`, passing only what `inputs` declared; `cc` are the message's extra
-    /// routing keys (its `CC` then `BCC` keys). Afterwards [`impure`](Self::impure) says
-    /// whether the call read a clock, randomness or the state store.
+    /// routing keys (its `CC` then `BCC` keys). Answers the ids and the delay (0 from a 0.1
+    /// plugin). Afterwards [`impure`](Self::impure) says whether the call read a clock,
+    /// randomness or the state store.
     pub fn route(
         &mut self,
         input: &RoutingInput<'_>,
         cc: &[&str],
         inputs: &Inputs,
-    ) -> Result<Result<Vec<u64>, String>, CallError> {
+    ) -> Result<Result<Decided, String>, CallError> {
         self.store.data_mut().impure = false;
         let deadline = self.store.data().ctx.budget.call_deadline_ms();
-        let router = self.bindings.bourse_exchange_router();
         let headers = match (&inputs.headers, input.properties.headers()) {
             (HeaderSelection::None, _) | (_, None) => FlatTable::default(),
             (HeaderSelection::Named(names), Some(table)) => FlatTable::named(table, names),
@@ -221,9 +259,22 @@ impl Instance {
                     body_size: input.body.len() as u64,
                     body,
                 };
-                guarded(&mut self.store, deadline, |store| {
-                    router.call_route(store, message)
-                })
+                match &self.bindings {
+                    Guest::V0_1(bindings) => {
+                        let router = bindings.bourse_exchange_router();
+                        guarded(&mut self.store, deadline, |store| {
+                            router.call_route(store, message)
+                        })
+                        .map(|answer| answer.map(|ids| (ids, 0)))
+                    }
+                    Guest::V0_2(bindings) => {
+                        let router = bindings.bourse_exchange0_2_0_router();
+                        guarded(&mut self.store, deadline, |store| {
+                            router.call_route(store, message)
+                        })
+                        .map(|answer| answer.map(|d| (d.bindings, d.delay_ms)))
+                    }
+                }
             })
             .map(|answer| answer.map_err(bounded_owned))
     }

@@ -605,6 +605,11 @@ pub(super) fn plugin_status(name: &str, ty: &WasmExchangeType, registered: bool)
         origin: v.origin.clone(),
         compile_time: v.compile_time,
         from_cache: v.from_cache,
+        wit: if v.decides_delays() {
+            super::WIT_PACKAGE_0_2
+        } else {
+            super::WIT_PACKAGE
+        },
     };
     PluginStatus {
         name: name.to_owned(),

@@ -1,5 +1,5 @@
 //! WASM exchange types: plugins are WebAssembly components targeting `wit/exchange.wit`
-//! (`bourse:exchange@0.1.x`), run by wasmtime. This is the only module that uses wasmtime.
+//! (`bourse:exchange@0.1.x`) or `wit/v0.2/exchange.wit` (`@0.2.x`), run by wasmtime. This is the only module that uses wasmtime.
 //!
 //! - [`runtime`]: one `Engine` (epoch interruption, pooling allocator) and its epoch ticker;
 //!   components compiled once, artifacts cached on disk by content hash and engine
@@ -21,7 +21,9 @@
 //! - [`manager`]: [`PluginManager`], loading from the plugin directory and watching it.
 //! - [`tenant`]: plugins per vhost: a vhost's own types, their stored files, and their
 //!   start-up load.
-//! - [`v0_1`]: the `bindgen!` of the 0.1 contract and lowering of broker values into it.
+//! - [`v0_1`]: the `bindgen!` of the 0.1 contract and lowering of broker values into it;
+//!   [`v0_2`]: the 0.2 contract (0.1's types and imports, a `route` that also answers a
+//!   delay), whose messages the vhost holds (`vhost/delayed/`).
 //!
 //! Invariants: a plugin sees only WIT types, never host types; one instance serves one
 //! exchange and is never entered concurrently nor after a trap; a message is routed entirely
@@ -44,14 +46,17 @@ pub mod shadow;
 pub mod state;
 pub mod tenant;
 pub mod v0_1;
+pub mod v0_2;
 
 use std::time::Duration;
 
 pub use counters::GlobalStatus;
 
-/// The WIT package this host serves; a plugin loads only if it was built against a 0.1.x
-/// version of it (`runtime.rs`).
+/// The first WIT package this host serves; a plugin loads if it was built against a 0.1.x or
+/// a 0.2.x version of it (`runtime.rs`).
 pub const WIT_PACKAGE: &str = "bourse:exchange@0.1.0";
+/// The 0.2 package (`wit/v0.2/`): `route` may also decide a delay.
+pub const WIT_PACKAGE_0_2: &str = "bourse:exchange@0.2.0";
 pub use manager::{PluginManager, ScanReport};
 
 /// Process-wide counters.
@@ -196,6 +201,8 @@ pub struct VersionStatus {
     pub compile_time: Duration,
     /// Whether the compiled artifact came from the disk cache.
     pub from_cache: bool,
+    /// The contract it was built against ([`WIT_PACKAGE`] or [`WIT_PACKAGE_0_2`]).
+    pub wit: &'static str,
 }
 
 /// One declared WASM exchange.

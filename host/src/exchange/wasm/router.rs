@@ -415,7 +415,7 @@ impl RouterCore {
         message: &RoutingInput<'_>,
         cc: &[&str],
         out: &mut Vec<Destination>,
-    ) -> Result<(), RouteError> {
+    ) -> Result<u64, RouteError> {
         if let Some(reason) = &state.failed {
             if let Some(suppressed) = state.warnings.allow(Instant::now()) {
                 warn!(exchange = %self.ctx.exchange, vhost = %self.ctx.vhost,
@@ -429,8 +429,9 @@ impl RouterCore {
             None => Lookup::Uncacheable,
         };
         if lookup == Lookup::Hit {
+            // Only decisions without a delay are cached.
             self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+            return Ok(0);
         }
         let mut instance = self.take_ready(state).map_err(RouteError)?;
         // The engine's tick counter, not `Instant::now()`: two atomic loads per call.
@@ -449,7 +450,7 @@ impl RouterCore {
             state.instance = Some(instance);
         }
         match result {
-            Ok(Ok(ids)) => {
+            Ok(Ok((ids, delay_ms))) => {
                 // The host's work on the answer counts against the plugin: over the cap, the
                 // answer is not even looked at.
                 let max = route_ids_max(state.bindings.len());
@@ -520,11 +521,13 @@ impl RouterCore {
                                 "plugin declares its decisions cacheable but read the clock, the \
                                  state or randomness while routing; such decisions are not cached");
                         }
-                    } else if unknown == 0 {
+                    } else if unknown == 0 && delay_ms == 0 {
+                        // A decision with a delay is never cached: the cache holds
+                        // destinations only, and a hit answers "now".
                         cache.store(&out[start..]);
                     }
                 }
-                Ok(())
+                Ok(delay_ms)
             }
             Ok(Err(text)) => {
                 // The plugin's own answer: unroutable, but not a failure of the plugin.
@@ -571,7 +574,7 @@ impl WasmRouter {
         message: &RoutingInput<'_>,
         cc: &[&str],
         out: &mut Vec<Destination>,
-    ) -> Result<(), RouteError> {
+    ) -> Result<u64, RouteError> {
         let mut state = self.core.state.lock();
         let before = state.version.runtime().ticks();
         let start = out.len();
@@ -579,7 +582,7 @@ impl WasmRouter {
         let state_ref = &mut *state;
         if let Some(shadow) = state_ref.shadow.as_mut() {
             let active = match &result {
-                Ok(()) => Ok(&out[start..]),
+                Ok(delay) => Ok((&out[start..], *delay)),
                 Err(error) => Err(error.0.as_str()),
             };
             let core = &self.core;
@@ -698,6 +701,17 @@ impl Router for WasmRouter {
         cc: &[&str],
         out: &mut Vec<Destination>,
     ) -> Result<(), RouteError> {
+        self.route_keys_delayed(message, cc, out).map(|_| ())
+    }
+
+    /// As [`route_keys`](Self::route_keys), with the delay a 0.2 plugin decided (0 from a
+    /// 0.1 plugin).
+    fn route_keys_delayed(
+        &self,
+        message: &RoutingInput<'_>,
+        cc: &[&str],
+        out: &mut Vec<Destination>,
+    ) -> Result<u64, RouteError> {
         let budget = &self.core.ctx.budget;
         // A vhost with a long deadline, or whose calls were slow lately, routes through its
         // WASM exchanges off the async workers and one call at a time: its slow plugin cannot
@@ -707,5 +721,9 @@ impl Router for WasmRouter {
         } else {
             self.route_charged(message, cc, out)
         }
+    }
+
+    fn decides_delays(&self) -> bool {
+        self.core.state.lock().version.decides_delays()
     }
 }

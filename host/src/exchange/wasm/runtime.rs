@@ -21,8 +21,10 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use super::WasmError;
 use super::cache::{ArtifactCache, ArtifactId};
 use super::host::{self, ExchangeCtx, HostState};
+use super::instance::GuestPre;
 use super::instance::{self, Instance};
-use super::v0_1::{BindingsPre, ROUTER_EXPORT_PREFIX};
+use super::v0_1::ROUTER_EXPORT_PREFIX;
+use super::{v0_1, v0_2};
 use crate::config::WasmLimits;
 
 /// The engine ticks every millisecond; deadlines are whole ticks.
@@ -164,7 +166,7 @@ impl Runtime {
         let started = Instant::now();
         let (component, from_cache) = self.compile(bytes, &sha256, cache)?;
         let compile_time = started.elapsed();
-        check_version(&self.engine, &component)?;
+        let minor = check_version(&self.engine, &component)?;
         // Not `define_unknown_imports_as_traps`: it would shadow the host's WASI 0.2.x
         // interfaces with trapping stubs for each other 0.2.y a guest names (it matches names
         // exactly, while the linker resolves imports by semver).
@@ -172,7 +174,11 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| WasmError::Link(format!("{e:#}")))?;
-        let pre = BindingsPre::new(pre).map_err(|e| WasmError::Link(format!("{e:#}")))?;
+        let link = |e: wasmtime::Error| WasmError::Link(format!("{e:#}"));
+        let pre = match minor {
+            Minor::V0_2 => GuestPre::V0_2(v0_2::BindingsPre::new(pre).map_err(link)?),
+            Minor::V0_1 => GuestPre::V0_1(v0_1::BindingsPre::new(pre).map_err(link)?),
+        };
         let scratch = ExchangeCtx::new("", "", "", limits.clone());
         let mut instance = Instance::new(&pre, scratch, limits.setup_deadline_ms)
             .map_err(|e| WasmError::Guest(format!("instantiation failed: {e}")))?;
@@ -274,8 +280,16 @@ fn check_header(bytes: &[u8]) -> Result<(), WasmError> {
     Ok(())
 }
 
-/// Refuses components that do not export a supported `bourse:exchange/router` version.
-fn check_version(engine: &Engine, component: &Component) -> Result<(), WasmError> {
+/// The contract versions this host speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Minor {
+    V0_1,
+    V0_2,
+}
+
+/// The newest supported `bourse:exchange/router` version `component` exports; refuses
+/// components that export none.
+fn check_version(engine: &Engine, component: &Component) -> Result<Minor, WasmError> {
     let ty = component.component_type();
     let mut found = Vec::new();
     let mut exports = Vec::new();
@@ -287,8 +301,8 @@ fn check_version(engine: &Engine, component: &Component) -> Result<(), WasmError
             found.push(version.to_owned());
         }
     }
-    if found.iter().any(|v| supported(v)) {
-        return Ok(());
+    if let Some(minor) = found.iter().filter_map(|v| supported(v)).max() {
+        return Ok(minor);
     }
     match found.first() {
         Some(version) => Err(WasmError::UnsupportedVersion {
@@ -298,10 +312,17 @@ fn check_version(engine: &Engine, component: &Component) -> Result<(), WasmError
     }
 }
 
-/// `0.1.x` (what this host speaks).
-fn supported(version: &str) -> bool {
+/// `0.1.x` or `0.2.x` (what this host speaks).
+fn supported(version: &str) -> Option<Minor> {
     let mut parts = version.split(['.', '-', '+']);
-    parts.next() == Some("0") && parts.next() == Some("1")
+    if parts.next() != Some("0") {
+        return None;
+    }
+    match parts.next() {
+        Some("1") => Some(Minor::V0_1),
+        Some("2") => Some(Minor::V0_2),
+        _ => None,
+    }
 }
 
 /// One compiled, linked and described version of a plugin.
@@ -322,7 +343,7 @@ pub struct PluginVersion {
     pub compile_time: Duration,
     /// Whether the compiled artifact came from the disk cache.
     pub from_cache: bool,
-    pre: BindingsPre<HostState>,
+    pre: GuestPre,
     runtime: Arc<Runtime>,
 }
 
@@ -342,6 +363,11 @@ impl PluginVersion {
     pub fn instantiate(&self, ctx: Arc<ExchangeCtx>) -> Result<Instance, instance::CallError> {
         let deadline = ctx.limits.setup_deadline_ms;
         Instance::new(&self.pre, ctx, deadline)
+    }
+
+    /// Whether it speaks the 0.2 contract, whose `route` may decide a delay.
+    pub fn decides_delays(&self) -> bool {
+        self.pre.decides_delays()
     }
 
     /// The engine this version was compiled for.
@@ -392,12 +418,14 @@ mod tests {
     }
 
     #[test]
-    fn only_0_1_is_supported() {
-        assert!(supported("0.1.0"));
-        assert!(supported("0.1.7"));
-        assert!(supported("0.1.0-rc1"));
-        assert!(!supported("0.2.0"));
-        assert!(!supported("9.0.0"));
-        assert!(!supported("1.1.0"));
+    fn only_0_1_and_0_2_are_supported() {
+        assert_eq!(supported("0.1.0"), Some(Minor::V0_1));
+        assert_eq!(supported("0.1.7"), Some(Minor::V0_1));
+        assert_eq!(supported("0.1.0-rc1"), Some(Minor::V0_1));
+        assert_eq!(supported("0.2.0"), Some(Minor::V0_2));
+        assert_eq!(supported("0.2.3"), Some(Minor::V0_2));
+        assert_eq!(supported("0.3.0"), None);
+        assert_eq!(supported("9.0.0"), None);
+        assert_eq!(supported("1.1.0"), None);
     }
 }

@@ -62,10 +62,10 @@ pub struct Mismatch {
     pub exchange: String,
     /// The message's routing key (cut to 256 bytes).
     pub routing_key: String,
-    /// Where the active version sent it, or why it refused it.
-    pub active: Result<Vec<String>, String>,
-    /// Where the candidate would have sent it, or why it refused it.
-    pub candidate: Result<Vec<String>, String>,
+    /// Where the active version sent it and the delay it decided (0.2), or why it refused it.
+    pub active: Result<(Vec<String>, u64), String>,
+    /// Where the candidate would have sent it and its delay, or why it refused it.
+    pub candidate: Result<(Vec<String>, u64), String>,
 }
 
 impl Candidate {
@@ -143,8 +143,8 @@ impl Shadow {
         }
     }
 
-    /// Routes `message` with the candidate and compares its destinations with `active` (the
-    /// active version's, or its refusal). `bindings` are the exchange's, by id.
+    /// Routes `message` with the candidate and compares its destinations and delay with
+    /// `active` (the active version's, or its refusal). `bindings` are the exchange's, by id.
     pub fn compare(
         &mut self,
         ctx: &Arc<super::host::ExchangeCtx>,
@@ -152,7 +152,7 @@ impl Shadow {
         bindings: &BTreeMap<u64, Binding>,
         message: &RoutingInput<'_>,
         cc: &[&str],
-        active: Result<&[Destination], &str>,
+        active: Result<(&[Destination], u64), &str>,
     ) {
         if self.failures_in_a_row >= SHADOW_FAILURES_MAX {
             return;
@@ -171,7 +171,7 @@ impl Shadow {
         };
         let answer = crate::store::dry_run(|| instance.route(message, cc, inputs));
         let candidate = match answer {
-            Ok(Ok(ids)) => {
+            Ok(Ok((ids, delay))) => {
                 self.failures_in_a_row = 0;
                 let mut to: Vec<Destination> = ids
                     .iter()
@@ -179,7 +179,7 @@ impl Shadow {
                     .collect();
                 to.sort_unstable();
                 to.dedup();
-                Ok(to)
+                Ok((to, delay))
             }
             Ok(Err(text)) => {
                 self.failures_in_a_row = 0;
@@ -191,11 +191,11 @@ impl Shadow {
                 Err(format!("candidate failed: {error}"))
             }
         };
-        let active = active.map(|to| {
+        let active = active.map(|(to, delay)| {
             let mut to = to.to_vec();
             to.sort_unstable();
             to.dedup();
-            to
+            (to, delay)
         });
         let c = &self.candidate;
         c.compared.fetch_add(1, Ordering::Relaxed);
@@ -208,14 +208,16 @@ impl Shadow {
             return;
         }
         c.mismatches.fetch_add(1, Ordering::Relaxed);
-        let names = |to: Vec<Destination>| -> Vec<String> {
-            to.into_iter()
+        let names = |(to, delay): (Vec<Destination>, u64)| -> (Vec<String>, u64) {
+            let to = to
+                .into_iter()
                 .take(EXAMPLE_DESTINATIONS_MAX)
                 .map(|d| match d {
                     Destination::Queue(q) => format!("queue {q}"),
                     Destination::Exchange(x) => format!("exchange {x}"),
                 })
-                .collect()
+                .collect();
+            (to, delay)
         };
         c.record(Mismatch {
             at_ms: super::host::now_millis(),

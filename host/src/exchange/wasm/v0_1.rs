@@ -4,15 +4,14 @@
 //! Types are generated in *borrowing* mode, so a message is lowered straight from the broker's
 //! `BasicProperties` and routing key without copying strings into owned WIT values first.
 //!
-//! A future `0.2` contract gets its own module beside this one (its own `bindgen!` of
-//! `bourse:exchange/exchange-type@0.2.0`); the host then links the imports of both, reads which
-//! `router` version a component exports, and drives a 0.1 guest through this module's calls.
+//! The `0.2` contract (`v0_2.rs`) reuses this version's types and imports unchanged: its
+//! `bindgen!` maps them onto the modules generated here, so the lowering below serves both.
 
 // The bindings wasmtime generates implement its typed-lowering traits with `unsafe` blocks
 // (`TypedFunc::new_unchecked` on export indices that it type-checked at instantiation). This is
 // the only generated code in the crate; no hand-written code here uses `unsafe`.
 #[allow(unsafe_code)]
-mod generated {
+pub(super) mod generated {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "bourse:exchange/exchange-type@0.1.0",

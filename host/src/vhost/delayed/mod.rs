@@ -23,7 +23,17 @@
 //! A fired message's stored copy is acknowledged only after it was routed (at least once:
 //! a crash in between, or while a cascade's copies are synced but the old bucket not yet
 //! removed, may deliver it twice).
+//!
+//! # Delays decided by plugins
+//!
+//! The same machinery holds the messages a `bourse:exchange@0.2` plugin delays: an exchange
+//! whose router [decides delays](crate::exchange::Router::decides_delays) gets a
+//! `DelayedExchange` of the *decided* kind. Its records carry the names of the queues routing
+//! reached at publish time instead of CC/BCC keys (`record.rs`), and a fired one is
+//! put into those queues (the ones still there) without routing again: the plugin is not
+//! called twice, so it cannot delay the message again.
 
+mod record;
 mod timer;
 
 use std::cmp::Reverse;
@@ -40,7 +50,14 @@ use tracing::warn;
 use crate::exchange::{ExchangeType, Name, Registry};
 use crate::message::Message;
 use crate::protocol::AmqpError;
-use crate::store::{MessageStore, Position, QueueStore, StoreError, StoredMessage, Ticket};
+use crate::store::{MessageStore, Position, QueueStore, StoreError, Ticket};
+
+#[cfg(test)]
+use crate::store::StoredMessage;
+#[cfg(test)]
+use record::DECIDED_MARK;
+pub use record::DECIDED_QUEUES_MAX;
+use record::{decode_record, encode_decided_body, encode_record_body, record_due};
 
 /// The exchange type name, as RabbitMQ's plugin spells it.
 pub const TYPE_NAME: &str = "x-delayed-message";
@@ -181,69 +198,6 @@ struct BucketKey {
     index: u64,
 }
 
-/// What is stored ahead of the body of a delayed message: its due time and the extra routing
-/// keys of its CC and BCC headers (BCC is gone from the stored properties).
-fn encode_record_body(due: u64, extra_keys: &[Name], body: &[u8]) -> Vec<u8> {
-    let keys: usize = extra_keys.iter().map(|k| 2 + k.len().min(255)).sum();
-    let mut out = Vec::with_capacity(10 + keys + body.len());
-    out.extend_from_slice(&due.to_le_bytes());
-    let n = extra_keys.len().min(u16::MAX as usize);
-    out.extend_from_slice(&(n as u16).to_le_bytes());
-    for key in &extra_keys[..n] {
-        let k = &key.as_bytes()[..key.len().min(u16::MAX as usize)];
-        out.extend_from_slice(&(k.len() as u16).to_le_bytes());
-        out.extend_from_slice(k);
-    }
-    out.extend_from_slice(body);
-    out
-}
-
-/// A delayed message read back from a bucket: what routing needs.
-pub(crate) struct Decoded {
-    pub(crate) extra_keys: Vec<Name>,
-    pub(crate) message: Message,
-}
-
-/// The due time of a stored record (its first 8 body bytes).
-fn record_due(stored: &StoredMessage) -> Option<u64> {
-    Some(u64::from_le_bytes(stored.body.get(..8)?.try_into().ok()?))
-}
-
-/// Splits a stored record into its extra keys and the original message (the due time is
-/// read with [`record_due`]). The data
-/// directory is not trusted: a short or malformed record is an error, never a panic.
-fn decode_record(stored: StoredMessage) -> Result<Decoded, StoreError> {
-    let bad = || StoreError::Invalid("malformed delayed message record".into());
-    let b = &stored.body;
-    record_due(&stored).ok_or_else(bad)?;
-    let n = u16::from_le_bytes(
-        b.get(8..10)
-            .ok_or_else(bad)?
-            .try_into()
-            .map_err(|_| bad())?,
-    );
-    let mut at = 10;
-    let mut extra_keys = Vec::with_capacity(usize::from(n));
-    for _ in 0..n {
-        let len = u16::from_le_bytes(
-            b.get(at..at + 2)
-                .ok_or_else(bad)?
-                .try_into()
-                .map_err(|_| bad())?,
-        );
-        at += 2;
-        let key = b.get(at..at + usize::from(len)).ok_or_else(bad)?;
-        extra_keys.push(Name::from(String::from_utf8_lossy(key)));
-        at += usize::from(len);
-    }
-    let body = stored.body.slice(at..);
-    let message = StoredMessage { body, ..stored }.into_message()?;
-    Ok(Decoded {
-        extra_keys,
-        message,
-    })
-}
-
 /// Where a message waits: in the stores of the vhost (durable or paging) or, for a vhost
 /// without storage, in memory.
 pub(crate) struct Stores {
@@ -258,6 +212,9 @@ pub struct DelayedExchange {
     /// The exchange's name.
     pub name: Name,
     durable: bool,
+    /// Holds the messages a plugin delayed (records name their queues), rather than those of
+    /// an `x-delayed-message` exchange (delays from headers, routed when they fire).
+    decided: bool,
     stores: Stores,
     state: Mutex<State>,
     /// Messages waiting (stored or in memory), for the management API and metrics.
@@ -331,8 +288,9 @@ enum At {
         store: usize,
         position: Position,
     },
-    /// Held in memory (a vhost without storage).
-    Memory(Box<(Arc<Message>, Vec<Name>)>),
+    /// Held in memory (a vhost without storage): the message, its CC/BCC keys or (decided)
+    /// its queues, and whether it was decided.
+    Memory(Box<(Arc<Message>, Vec<Name>, bool)>),
 }
 
 impl PartialEq for Entry {
@@ -364,10 +322,11 @@ impl std::fmt::Debug for DelayedExchange {
 impl DelayedExchange {
     /// The delayed state of a new (or restored) exchange. Its timer starts with
     /// [`DelayedExchange::start`] once the exchange is in the topology.
-    pub(crate) fn new(name: Name, durable: bool, stores: Stores) -> Arc<Self> {
+    pub(crate) fn new(name: Name, durable: bool, stores: Stores, decided: bool) -> Arc<Self> {
         Arc::new(Self {
             name,
             durable,
+            decided,
             stores,
             state: Mutex::new(State::default()),
             waiting: AtomicU64::new(0),
@@ -377,6 +336,12 @@ impl DelayedExchange {
             unroutable: AtomicU64::new(0),
             late: Mutex::new((0, 0, 0)),
         })
+    }
+
+    /// Whether it holds messages whose delay and queues a plugin decided (a WASM exchange of
+    /// the 0.2 contract), rather than those of an `x-delayed-message` exchange.
+    pub fn decided(&self) -> bool {
+        self.decided
     }
 
     /// Messages waiting to fire.
@@ -403,6 +368,36 @@ impl DelayedExchange {
         extra_keys: &[Name],
         due: u64,
     ) -> Result<Ticket, AmqpError> {
+        self.hold_record(message, extra_keys, false, due)
+    }
+
+    /// Stores a message a plugin delayed, to be put into `queues` at `due` without routing
+    /// again; like [`hold`](Self::hold) otherwise. More than [`DECIDED_QUEUES_MAX`] queues is
+    /// refused (the publisher gets a nack).
+    pub(crate) fn hold_decided(
+        &self,
+        message: &Arc<Message>,
+        queues: &[Name],
+        due: u64,
+    ) -> Result<Ticket, AmqpError> {
+        if queues.len() > DECIDED_QUEUES_MAX {
+            return Err(AmqpError::internal(format!(
+                "a delayed message may reach at most {DECIDED_QUEUES_MAX} queues; this one \
+                 reached {}",
+                queues.len()
+            )));
+        }
+        self.hold_record(message, queues, true, due)
+    }
+
+    fn hold_record(
+        &self,
+        message: &Arc<Message>,
+        names: &[Name],
+        decided: bool,
+        due: u64,
+    ) -> Result<Ticket, AmqpError> {
+        let due = due.min(now_ms().saturating_add(MAX_DELAY_MS));
         let store = if message.persistent() && self.durable && self.stores.synced.is_some() {
             SYNCED
         } else {
@@ -417,14 +412,18 @@ impl DelayedExchange {
             // No storage: the message waits in memory.
             state.schedule(
                 due,
-                At::Memory(Box::new((message.clone(), extra_keys.to_vec()))),
+                At::Memory(Box::new((message.clone(), names.to_vec(), decided))),
             );
             drop(state);
             self.waiting.fetch_add(1, Ordering::Relaxed);
             self.wake_if_before(due);
             return Ok(0);
         }
-        let body = encode_record_body(due, extra_keys, message.body());
+        let body = if decided {
+            encode_decided_body(due, names, message.body())
+        } else {
+            encode_record_body(due, names, message.body())
+        };
         let ticket = self
             .append(
                 &mut state,
@@ -643,21 +642,42 @@ impl super::VHost {
         })
     }
 
-    /// The delayed-message state of a new exchange of type `x-delayed-message` (None for
-    /// other types): its messages go to this vhost's stores, or stay in memory without them.
-    pub(super) fn delayed_state(&self, spec: &super::ExchangeSpec) -> Option<Arc<DelayedExchange>> {
-        if *spec.kind != *TYPE_NAME {
+    /// The delayed-message state of a new exchange of type `x-delayed-message`, or of one
+    /// whose `router` decides delays (a 0.2 plugin's); None for other exchanges. Its messages
+    /// go to this vhost's stores, or stay in memory without them.
+    pub(super) fn delayed_state(
+        &self,
+        spec: &super::ExchangeSpec,
+        router: &dyn crate::exchange::Router,
+    ) -> Option<Arc<DelayedExchange>> {
+        let decided = *spec.kind != *TYPE_NAME;
+        if decided && !router.decides_delays() {
             return None;
         }
         let stores = Stores {
             synced: self.durable.as_ref().map(|d| d.messages.clone()),
             paging: self.durable.as_ref().map(|d| d.paging.clone()),
         };
-        Some(DelayedExchange::new(
-            spec.name.clone(),
-            spec.durable,
-            stores,
-        ))
+        let delayed = DelayedExchange::new(spec.name.clone(), spec.durable, stores, decided);
+        // An exchange restored late (its type loaded after the vhost opened) takes back the
+        // buckets found at open, before anything can publish to it.
+        if spec.durable
+            && let Some(durable) = &self.durable
+        {
+            let mine: Vec<_> = {
+                let mut buckets = durable.delayed_buckets.lock();
+                let (mine, others) = std::mem::take(&mut *buckets)
+                    .into_iter()
+                    .partition(|b| store_exchange(&b.name) == Some(&*spec.name));
+                *buckets = others;
+                mine
+            };
+            for bucket in mine {
+                let positions = bucket.messages.iter().map(|m| m.position).collect();
+                delayed.adopt(&bucket.name, bucket.store, positions);
+            }
+        }
+        Some(delayed)
     }
 }
 

@@ -79,6 +79,41 @@ fn records_round_trip_and_bad_ones_are_errors() {
 }
 
 #[test]
+fn decided_records_name_their_queues_and_bad_ones_are_errors() {
+    let queues = [Name::from("q1"), Name::from("queue-two")];
+    let body = encode_decided_body(99, &queues, b"later");
+    let stored = StoredMessage {
+        exchange: "x".into(),
+        routing_key: "rk".into(),
+        raw_properties: bytes::Bytes::from_static(&[0, 0]),
+        body: bytes::Bytes::from(body),
+    };
+    assert_eq!(record_due(&stored), Some(99));
+    let decoded = decode_record(stored.clone()).expect("decodes");
+    assert!(decoded.decided);
+    assert_eq!(decoded.extra_keys, queues);
+    assert_eq!(decoded.message.body(), b"later");
+    // A record of CC keys is not decided, even with the most keys it may hold.
+    let many: Vec<Name> = (0..usize::from(DECIDED_MARK))
+        .map(|_| Name::from(""))
+        .collect();
+    let plain = StoredMessage {
+        body: bytes::Bytes::from(encode_record_body(1, &many, b"")),
+        ..stored.clone()
+    };
+    let decoded = decode_record(plain).expect("decodes");
+    assert!(!decoded.decided);
+    assert_eq!(decoded.extra_keys.len(), usize::from(DECIDED_MARK) - 1);
+    for cut in [10, 11, 13, 16] {
+        let short = StoredMessage {
+            body: stored.body.slice(..cut),
+            ..stored.clone()
+        };
+        assert!(decode_record(short).is_err(), "cut at {cut}");
+    }
+}
+
+#[test]
 fn store_names_parse_back() {
     let key = bucket_of((1 << 40) + 100_000, 1 << 40);
     let name = store_name("my\u{0}x", key, 7, SYNCED);

@@ -269,11 +269,8 @@ impl DelayedExchange {
                 if self.deleted.load(Ordering::SeqCst) {
                     return;
                 }
-                let (message, keys) = match entry.at {
-                    At::Memory(held) => {
-                        let (message, keys) = *held;
-                        (message, keys)
-                    }
+                let (message, keys, decided) = match entry.at {
+                    At::Memory(held) => *held,
                     At::Stored {
                         index,
                         store: which,
@@ -283,7 +280,7 @@ impl DelayedExchange {
                         let read = store
                             .read(position)
                             .and_then(decode_record)
-                            .map(|d| (Arc::new(d.message), d.extra_keys));
+                            .map(|d| (Arc::new(d.message), d.extra_keys, d.decided));
                         let out = match read {
                             Ok(out) => out,
                             Err(error) => {
@@ -294,7 +291,7 @@ impl DelayedExchange {
                             }
                         };
                         // Routed first, removed after.
-                        self.route(vhost, &exchange, &out.0, &out.1, &mut routed);
+                        self.route(vhost, &exchange, &out.0, &out.1, out.2, &mut routed);
                         if let Err(error) = store.ack(position) {
                             debug!(exchange = %self.name, %error, "delayed message not acknowledged in its bucket");
                         }
@@ -303,7 +300,7 @@ impl DelayedExchange {
                         continue;
                     }
                 };
-                self.route(vhost, &exchange, &message, &keys, &mut routed);
+                self.route(vhost, &exchange, &message, &keys, decided, &mut routed);
                 late_sample(&mut late, now, entry.due);
                 done.push((u64::MAX, PAGING));
             }
@@ -355,15 +352,29 @@ impl DelayedExchange {
     }
 
     /// Routes a fired message through the vhost from this exchange, as a publish to the
-    /// underlying type would be routed.
+    /// underlying type would be routed; or, when a plugin `decided` it, puts it into the
+    /// queues named by `extra_keys` that still exist, without routing (and so without calling
+    /// the plugin, which would delay it again).
     fn route(
         &self,
         vhost: &VHost,
         exchange: &Arc<super::super::Exchange>,
         message: &Arc<Message>,
         extra_keys: &[Name],
+        decided: bool,
         routed: &mut Routed,
     ) {
+        if decided {
+            routed.queues.clear();
+            vhost.queues_named(extra_keys, &mut routed.queues);
+            if routed.queues.is_empty() {
+                self.unroutable.fetch_add(1, Ordering::Relaxed);
+            }
+            for queue in routed.queues.drain(..) {
+                let _ = queue.publish(message.clone());
+            }
+            return;
+        }
         let properties = message.properties();
         let mut keys: Vec<&str> = Vec::with_capacity(1 + extra_keys.len());
         keys.push(message.routing_key());
