@@ -25,7 +25,12 @@ fn main() -> anyhow::Result<()> {
             .with_env_filter(EnvFilter::try_from_env("BOURSE_LOG").unwrap_or_else(|_| "warn".into()))
             .with_writer(std::io::stderr)
             .init();
-        return bourse::plugin_tool::run(command);
+        if let Err(error) = bourse::plugin_tool::run(command) {
+            // The reasons, one after another, without a backtrace: the author's mistake, not ours.
+            eprintln!("bourse plugin: {error:#}");
+            std::process::exit(1);
+        }
+        return Ok(());
     }
     let config = bourse::Config::from_cli(cli)?;
     tokio::runtime::Builder::new_multi_thread()

@@ -2,8 +2,8 @@
 //! each language, `new` writes a project into a temporary directory outside the repository,
 //! `build` runs the language's toolchain, `test` runs the project's routing cases (and fails,
 //! exit 1, on a wrong expectation), `deploy` uploads the component to an in-process broker
-//! through `bourse-ctl`, and a lapin client routes messages through an exchange of the new
-//! type. `logs` then reads the type's logs.
+//! through `bourse-ctl`, `test --broker` runs the cases there, and a lapin client routes
+//! messages through an exchange of the new type. `logs` then reads the type's logs.
 //!
 //! Toolchains (installed by `plugins/build.sh`): the `wasm32-wasip2` target (the Rust build
 //! shares `target/plugin-tool/` across runs, so only the project's own crates rebuild);
@@ -194,6 +194,13 @@ async fn from_nothing_to_a_routed_message(lang: &str) {
     ];
     let deployed = ok(&[&["plugin", "deploy"][..], &remote[..]].concat(), &env).await;
     assert!(deployed.stdout.contains(&name), "{deployed:#?}");
+
+    // The project's cases on the broker: scratch exchange and queues, routed by the plugin.
+    let on_broker = ok(&[&["plugin", "test", "--broker"][..], &remote[..]].concat(), &env).await;
+    assert!(
+        on_broker.stdout.contains("2 passed, 0 failed"),
+        "{on_broker:#?}"
+    );
 
     let (_conn, ch) = {
         let conn = broker.connect().await;

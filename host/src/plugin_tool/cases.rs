@@ -97,8 +97,20 @@ pub struct Report {
 }
 
 impl Report {
-    fn push(&mut self, passed: bool, text: String) {
+    pub(super) fn push(&mut self, passed: bool, text: String) {
         self.lines.push((passed, text));
+    }
+
+    /// One message's case: the queues it reached against those expected.
+    pub(super) fn compare(&mut self, label: &str, expected: &BTreeSet<&str>, got: &BTreeSet<&str>) {
+        if got == expected {
+            self.push(true, format!("{label} -> {}", list(got)));
+        } else {
+            self.push(
+                false,
+                format!("{label}: expected {}, got {}", list(expected), list(got)),
+            );
+        }
     }
 
     pub fn total(&self) -> usize {
@@ -165,7 +177,11 @@ fn check(cases: &Cases) -> anyhow::Result<()> {
         }
         Ok(())
     };
+    // Every value converts (names fit, arrays not too deep) before anything runs.
+    table(&cases.exchange.arguments).context("[exchange] arguments")?;
     for binding in &cases.binding {
+        table(&binding.arguments)
+            .with_context(|| format!("arguments of the binding of {:?}", cut(&binding.queue)))?;
         short("queue name", &binding.queue)?;
         short("binding key", &binding.key)?;
         if binding.queue.is_empty() {
@@ -173,6 +189,7 @@ fn check(cases: &Cases) -> anyhow::Result<()> {
         }
     }
     for message in &cases.message {
+        table(&message.headers).with_context(|| format!("headers of {:?}", cut(&message.routing_key)))?;
         short("routing key", &message.routing_key)?;
         for queue in &message.expect {
             short("queue name", queue)?;
@@ -253,14 +270,7 @@ pub fn run(config: &Config, wasm: &Path, cases: &Cases) -> anyhow::Result<Report
             })
             .collect();
         let expected: BTreeSet<&str> = spec.expect.iter().map(String::as_str).collect();
-        if got == expected {
-            report.push(true, format!("{label} -> {}", list(&got)));
-        } else {
-            report.push(
-                false,
-                format!("{label}: expected {}, got {}", list(&expected), list(&got)),
-            );
-        }
+        report.compare(&label, &expected, &got);
     }
     Ok(report)
 }
@@ -354,12 +364,6 @@ mod tests {
             "[".repeat(20),
             "]".repeat(20)
         );
-        let cases = toml_cases(&deep).expect("parses");
-        assert!(
-            table(&cases.message[0].headers)
-                .expect_err("too deep")
-                .to_string()
-                .contains("deeper")
-        );
+        assert!(format!("{:#}", toml_cases(&deep).expect_err("too deep")).contains("deeper"));
     }
 }

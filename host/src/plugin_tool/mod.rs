@@ -5,6 +5,7 @@
 //! - [`toolchain`]: `build` runs the project's language toolchain and leaves `<type>.wasm`.
 //! - [`cases`]: `test` loads the component in the broker's own WASM host (no broker, no
 //!   network) and runs the routing cases of a TOML or JSON file.
+//! - [`on_broker`]: `test --broker` runs the same cases on a broker the type is deployed to.
 //! - [`remote`]: `deploy` and `logs` run the sibling `bourse-ctl` binary over the management
 //!   API (one HTTP client in the project, not two).
 //!
@@ -12,6 +13,7 @@
 //! broker calls it.
 
 pub mod cases;
+pub mod on_broker;
 pub mod remote;
 pub mod scaffold;
 pub mod toolchain;
@@ -52,8 +54,14 @@ pub enum PluginCommand {
         #[arg(long, value_name = "FILE")]
         cases: Option<PathBuf>,
         /// The component to test [default: <project>/<type>.wasm]
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "broker")]
         wasm: Option<PathBuf>,
+        /// Run the cases on a broker the type is deployed to (scratch exchange and queues,
+        /// through bourse-ctl), instead of in this process.
+        #[arg(long)]
+        broker: bool,
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
     },
     /// Upload the component to a broker as a vhost's exchange type (a new version replaces
     /// the running one: its exchanges reload without losing their bindings).
@@ -200,11 +208,17 @@ pub fn run(command: PluginCommand) -> anyhow::Result<()> {
             project,
             cases,
             wasm,
+            broker,
+            remote,
         } => {
             let project = Project::open(&project.project)?;
             let cases = cases.unwrap_or_else(|| project.dir.join("cases.toml"));
-            let wasm = wasm.unwrap_or_else(|| project.wasm());
-            let report = cases::run_file(&project, &wasm, &cases)?;
+            let report = if broker {
+                on_broker::run(&project, &cases::parse(&cases)?, &remote)?
+            } else {
+                let wasm = wasm.unwrap_or_else(|| project.wasm());
+                cases::run_file(&project, &wasm, &cases)?
+            };
             report.print();
             if report.failed() > 0 {
                 bail!("{} of {} cases failed", report.failed(), report.total());

@@ -55,8 +55,18 @@ pub fn logs(project: &Project, remote: &RemoteArgs) -> anyhow::Result<()> {
 
 /// Runs `bourse-ctl [connection options] ARGS`, its output the author's.
 fn ctl(remote: &RemoteArgs, args: &[OsString]) -> anyhow::Result<()> {
-    let program = ctl_binary();
-    let mut command = Command::new(&program);
+    let mut command = ctl_command(remote);
+    let status = command.args(args).status().map_err(|e| cannot_run(&command, &e))?;
+    if !status.success() {
+        // bourse-ctl has said why on stderr.
+        bail!("bourse-ctl failed ({status})");
+    }
+    Ok(())
+}
+
+/// `bourse-ctl` with the connection options of `remote`.
+pub(super) fn ctl_command(remote: &RemoteArgs) -> Command {
+    let mut command = Command::new(ctl_binary());
     for (flag, value) in [
         ("--url", &remote.url),
         ("--user", &remote.user),
@@ -66,17 +76,15 @@ fn ctl(remote: &RemoteArgs, args: &[OsString]) -> anyhow::Result<()> {
             command.arg(flag).arg(value);
         }
     }
-    let status = command.args(args).status().map_err(|e| {
-        anyhow::anyhow!(
-            "cannot run {} ({e}): install bourse-ctl next to bourse or on PATH, or set BOURSE_CTL",
-            program.display()
-        )
-    })?;
-    if !status.success() {
-        // bourse-ctl has said why on stderr.
-        bail!("bourse-ctl failed ({status})");
-    }
-    Ok(())
+    command
+}
+
+/// Why `command` did not start.
+pub(super) fn cannot_run(command: &Command, error: &std::io::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "cannot run {} ({error}): install bourse-ctl next to bourse or on PATH, or set BOURSE_CTL",
+        command.get_program().to_string_lossy()
+    )
 }
 
 fn ctl_binary() -> PathBuf {
