@@ -22,7 +22,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(bourse::config::Command::Plugin(command)) = cli.command.take() {
         // Plugin warnings and the host's refusals, on stderr; BOURSE_LOG for more.
         tracing_subscriber::fmt()
-            .with_env_filter(EnvFilter::try_from_env("BOURSE_LOG").unwrap_or_else(|_| "warn".into()))
+            .with_env_filter(
+                EnvFilter::try_from_env("BOURSE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .with_writer(std::io::stderr)
             .init();
         if let Err(error) = bourse::plugin_tool::run(command) {

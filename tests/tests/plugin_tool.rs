@@ -3,7 +3,8 @@
 //! `build` runs the language's toolchain, `test` runs the project's routing cases (and fails,
 //! exit 1, on a wrong expectation), `deploy` uploads the component to an in-process broker
 //! through `bourse-ctl`, `test --broker` runs the cases there, and a lapin client routes
-//! messages through an exchange of the new type. `logs` then reads the type's logs.
+//! messages through an exchange of the new type. `logs` then reads the type's logs; for Rust,
+//! a changed rule deployed again hot-reloads the exchange in place.
 //!
 //! Toolchains (installed by `plugins/build.sh`): the `wasm32-wasip2` target (the Rust build
 //! shares `target/plugin-tool/` across runs, so only the project's own crates rebuild);
@@ -83,11 +84,7 @@ async fn bourse(args: Vec<String>, env: Vec<(String, String)>) -> Run {
 
 /// `bourse ARGS`, which must exit 0.
 async fn ok(args: &[&str], env: &[(String, String)]) -> Run {
-    let run = bourse(
-        args.iter().map(|a| (*a).to_owned()).collect(),
-        env.to_vec(),
-    )
-    .await;
+    let run = bourse(args.iter().map(|a| (*a).to_owned()).collect(), env.to_vec()).await;
     assert_eq!(run.code, Some(0), "bourse {args:?}: {run:#?}");
     run
 }
@@ -124,7 +121,11 @@ async fn from_nothing_to_a_routed_message(lang: &str) {
     let project_arg = project.to_string_lossy().into_owned();
     let env = toolchain_env(lang);
 
-    ok(&["plugin", "new", &name, "--lang", lang, "--dir", &dir], &env).await;
+    ok(
+        &["plugin", "new", &name, "--lang", lang, "--dir", &dir],
+        &env,
+    )
+    .await;
     let again = bourse(
         ["plugin", "new", &name, "--lang", lang, "--dir", &dir]
             .map(String::from)
@@ -139,10 +140,7 @@ async fn from_nothing_to_a_routed_message(lang: &str) {
     assert!(project.join(format!("{name}.wasm")).is_file());
 
     let tested = ok(&["plugin", "test", "--project", &project_arg], &env).await;
-    assert!(
-        tested.stdout.contains("2 passed, 0 failed"),
-        "{tested:#?}"
-    );
+    assert!(tested.stdout.contains("2 passed, 0 failed"), "{tested:#?}");
 
     // A wrong expectation fails the run, and says which case and why.
     let wrong = project.join("wrong.toml");
@@ -196,7 +194,11 @@ async fn from_nothing_to_a_routed_message(lang: &str) {
     assert!(deployed.stdout.contains(&name), "{deployed:#?}");
 
     // The project's cases on the broker: scratch exchange and queues, routed by the plugin.
-    let on_broker = ok(&[&["plugin", "test", "--broker"][..], &remote[..]].concat(), &env).await;
+    let on_broker = ok(
+        &[&["plugin", "test", "--broker"][..], &remote[..]].concat(),
+        &env,
+    )
+    .await;
     assert!(
         on_broker.stdout.contains("2 passed, 0 failed"),
         "{on_broker:#?}"
@@ -216,6 +218,24 @@ async fn from_nothing_to_a_routed_message(lang: &str) {
     assert_eq!(bodies(&ch, "everything").await, ["first", "second"]);
 
     ok(&[&["plugin", "logs"][..], &remote[..]].concat(), &env).await;
+
+    if lang == "rust" {
+        // A new version, deployed over the running one: the exchange reloads in place and
+        // routes by the new rule with the bindings it had (suffixes instead of prefixes).
+        let lib = project.join("src/lib.rs");
+        let source = std::fs::read_to_string(&lib).expect("read lib.rs");
+        let changed = source.replace(
+            "routing_key.starts_with(key.as_str())",
+            "routing_key.ends_with(key.as_str())",
+        );
+        assert_ne!(source, changed, "the template's rule moved");
+        std::fs::write(&lib, changed).expect("write lib.rs");
+        ok(&["plugin", "build", "--project", &project_arg], &env).await;
+        ok(&[&["plugin", "deploy"][..], &remote[..]].concat(), &env).await;
+        publish_acked(&ch, "demo", "order.eu.42", "third").await;
+        assert_eq!(bodies(&ch, "orders").await, Vec::<String>::new());
+        assert_eq!(bodies(&ch, "everything").await, ["third"]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,7 +277,11 @@ async fn bad_names_projects_and_cases_are_refused_clearly() {
             "is not a plugin project",
         )
         .await;
-        ok(&["plugin", "new", "x-ok", "--lang", "python", "--dir", &dir], &[]).await;
+        ok(
+            &["plugin", "new", "x-ok", "--lang", "python", "--dir", &dir],
+            &[],
+        )
+        .await;
         let project = work.path.join("x-ok");
         let project_arg = project.to_string_lossy().into_owned();
         refused(
@@ -287,9 +311,16 @@ async fn bad_names_projects_and_cases_are_refused_clearly() {
             "surprise",
         )
         .await;
-        std::fs::write(project.join("bourse-plugin.toml"), "name = \"x-ok\"\nlang = \"cobol\"\n")
-            .expect("write");
-        refused(args(&["plugin", "build", "--project", &project_arg]), "cobol").await;
+        std::fs::write(
+            project.join("bourse-plugin.toml"),
+            "name = \"x-ok\"\nlang = \"cobol\"\n",
+        )
+        .expect("write");
+        refused(
+            args(&["plugin", "build", "--project", &project_arg]),
+            "cobol",
+        )
+        .await;
     })
     .await;
 }

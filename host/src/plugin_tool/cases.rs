@@ -80,7 +80,10 @@ pub struct MessageSpec {
 
 /// A header or argument value.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged, expecting = "a string, integer, float, boolean or array of those")]
+#[serde(
+    untagged,
+    expecting = "a string, integer, float, boolean or array of those"
+)]
 pub enum Value {
     Bool(bool),
     Int(i64),
@@ -189,7 +192,8 @@ fn check(cases: &Cases) -> anyhow::Result<()> {
         }
     }
     for message in &cases.message {
-        table(&message.headers).with_context(|| format!("headers of {:?}", cut(&message.routing_key)))?;
+        table(&message.headers)
+            .with_context(|| format!("headers of {:?}", cut(&message.routing_key)))?;
         short("routing key", &message.routing_key)?;
         for queue in &message.expect {
             short("queue name", queue)?;
@@ -356,8 +360,13 @@ mod tests {
         let refused = |text: &str| toml_cases(text).expect_err(text).to_string();
         assert!(refused("[[message]]\nexpect = []\nsurprise = 1").contains("surprise"));
         assert!(refused("").contains("no [[message]]"));
-        assert!(refused("[[message]]\nheaders = { t = { a = 1 } }\nexpect = []").contains("string"));
-        let long = format!("[[message]]\nrouting_key = \"{}\"\nexpect = []", "k".repeat(300));
+        assert!(
+            refused("[[message]]\nheaders = { t = { a = 1 } }\nexpect = []").contains("string")
+        );
+        let long = format!(
+            "[[message]]\nrouting_key = \"{}\"\nexpect = []",
+            "k".repeat(300)
+        );
         assert!(refused(&long).contains("over 255"));
         let deep = format!(
             "[[message]]\nheaders = {{ a = {}1{} }}\nexpect = []",

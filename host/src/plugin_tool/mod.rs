@@ -147,7 +147,8 @@ impl Project {
 /// Reads a small text file, refusing one over [`TEXT_FILE_MAX_BYTES`].
 pub fn read_text(path: &Path) -> anyhow::Result<String> {
     use std::io::Read;
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut text = String::new();
     file.take(TEXT_FILE_MAX_BYTES + 1)
         .read_to_string(&mut text)

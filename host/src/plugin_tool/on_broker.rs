@@ -27,7 +27,12 @@ pub fn run(project: &Project, cases: &Cases, remote: &RemoteArgs) -> anyhow::Res
         .binding
         .iter()
         .map(|b| b.queue.as_str())
-        .chain(cases.message.iter().flat_map(|m| m.expect.iter().map(String::as_str)))
+        .chain(
+            cases
+                .message
+                .iter()
+                .flat_map(|m| m.expect.iter().map(String::as_str)),
+        )
         .collect();
     if cases.message.len() > BROKER_MESSAGES_MAX || queues.len() > BROKER_QUEUES_MAX {
         bail!(
@@ -43,12 +48,17 @@ pub fn run(project: &Project, cases: &Cases, remote: &RemoteArgs) -> anyhow::Res
 
     // Left over from an interrupted run: gone before we start (absent is fine).
     ctl.cleanup(&prefix, &queues, &scratch);
-    let mut declare = vec!["declare", "exchange", &prefix, "--type", name, "--vhost", vhost]
-        .into_iter()
-        .map(String::from)
-        .collect::<Vec<_>>();
+    let mut declare = vec![
+        "declare", "exchange", &prefix, "--type", name, "--vhost", vhost,
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect::<Vec<_>>();
     if !cases.exchange.arguments.is_empty() {
-        declare.extend(["--arguments".into(), json_map(&cases.exchange.arguments).to_string()]);
+        declare.extend([
+            "--arguments".into(),
+            json_map(&cases.exchange.arguments).to_string(),
+        ]);
     }
     let result = ctl
         .json(&declare)
@@ -67,7 +77,13 @@ fn run_declared(
     vhost: &str,
 ) -> anyhow::Result<Report> {
     for queue in queues {
-        ctl.json(&args(&["declare", "queue", &scratch(queue), "--vhost", vhost]))?;
+        ctl.json(&args(&[
+            "declare",
+            "queue",
+            &scratch(queue),
+            "--vhost",
+            vhost,
+        ]))?;
     }
     let mut report = Report::default();
     for spec in &cases.binding {
@@ -117,8 +133,15 @@ fn run_declared(
         let mut got = BTreeSet::new();
         for queue in queues {
             let taken = ctl.json(&args(&[
-                "get", "queue", &scratch(queue), "--count", "1", "--requeue", "false",
-                "--vhost", vhost,
+                "get",
+                "queue",
+                &scratch(queue),
+                "--count",
+                "1",
+                "--requeue",
+                "false",
+                "--vhost",
+                vhost,
             ]))?;
             if taken.as_array().is_some_and(|copies| !copies.is_empty()) {
                 got.insert(*queue);
@@ -158,7 +181,9 @@ impl Ctl<'_> {
     /// Runs one command; its JSON answer (`null` when it printed nothing), or its error text.
     fn json(&self, args: &[String]) -> anyhow::Result<Json> {
         let mut command = ctl_command(self.remote);
-        command.args(["--format", "json"]).args(args.iter().map(OsString::from));
+        command
+            .args(["--format", "json"])
+            .args(args.iter().map(OsString::from));
         let output = command.output().map_err(|e| cannot_run(&command, &e))?;
         if !output.status.success() {
             let why = String::from_utf8_lossy(&output.stderr);
@@ -176,7 +201,13 @@ impl Ctl<'_> {
         let vhost = self.remote.vhost.as_str();
         let _ = self.json(&args(&["delete", "exchange", exchange, "--vhost", vhost]));
         for queue in queues {
-            let _ = self.json(&args(&["delete", "queue", &scratch(queue), "--vhost", vhost]));
+            let _ = self.json(&args(&[
+                "delete",
+                "queue",
+                &scratch(queue),
+                "--vhost",
+                vhost,
+            ]));
         }
     }
 }

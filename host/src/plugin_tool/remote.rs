@@ -47,16 +47,25 @@ pub fn deploy(project: &Project, remote: &RemoteArgs) -> anyhow::Result<()> {
 
 /// Shows what the type's exchanges logged in `remote.vhost`.
 pub fn logs(project: &Project, remote: &RemoteArgs) -> anyhow::Result<()> {
-    let args: Vec<OsString> = ["plugin", "logs", &project.manifest.name, "--vhost", &remote.vhost]
-        .map(OsString::from)
-        .into();
+    let args: Vec<OsString> = [
+        "plugin",
+        "logs",
+        &project.manifest.name,
+        "--vhost",
+        &remote.vhost,
+    ]
+    .map(OsString::from)
+    .into();
     ctl(remote, &args)
 }
 
 /// Runs `bourse-ctl [connection options] ARGS`, its output the author's.
 fn ctl(remote: &RemoteArgs, args: &[OsString]) -> anyhow::Result<()> {
     let mut command = ctl_command(remote);
-    let status = command.args(args).status().map_err(|e| cannot_run(&command, &e))?;
+    let status = command
+        .args(args)
+        .status()
+        .map_err(|e| cannot_run(&command, &e))?;
     if !status.success() {
         // bourse-ctl has said why on stderr.
         bail!("bourse-ctl failed ({status})");

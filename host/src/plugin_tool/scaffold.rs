@@ -68,7 +68,9 @@ fn files(name: &str, lang: Lang) -> anyhow::Result<Vec<(&'static str, String)>> 
     let mut files = vec![
         (
             MANIFEST,
-            format!("# Written by `bourse plugin new`; read by the other `bourse plugin` commands.\n{manifest}"),
+            format!(
+                "# Written by `bourse plugin new`; read by the other `bourse plugin` commands.\n{manifest}"
+            ),
         ),
         ("wit/exchange.wit", WIT.to_owned()),
         ("cases.toml", CASES.to_owned()),
@@ -89,13 +91,19 @@ fn files(name: &str, lang: Lang) -> anyhow::Result<Vec<(&'static str, String)>> 
         }
         Lang::Python => {
             files.extend([
-                (".gitignore", "/.bourse/\n/*.wasm\n__pycache__/\n".to_owned()),
+                (
+                    ".gitignore",
+                    "/.bourse/\n/*.wasm\n__pycache__/\n".to_owned(),
+                ),
                 ("app.py", fill(PYTHON_APP)),
             ]);
         }
         Lang::Js => {
             files.extend([
-                (".gitignore", "/node_modules/\n/.bourse/\n/*.wasm\n".to_owned()),
+                (
+                    ".gitignore",
+                    "/node_modules/\n/.bourse/\n/*.wasm\n".to_owned(),
+                ),
                 ("app.js", fill(JS_APP)),
                 ("build.mjs", fill(JS_BUILD)),
                 ("package.json", fill(JS_PACKAGE)),

@@ -27,7 +27,15 @@ pub fn build(project: &Project) -> anyhow::Result<PathBuf> {
             let tool = componentize_py(&project.dir);
             run(Command::new(&tool)
                 .current_dir(&project.dir)
-                .args(["-d", "wit", "-w", "exchange-type", "componentize", "app", "-o"])
+                .args([
+                    "-d",
+                    "wit",
+                    "-w",
+                    "exchange-type",
+                    "componentize",
+                    "app",
+                    "-o",
+                ])
                 .arg(&tmp))
             .context(
                 "componentize-py 0.25 is needed: `pip install componentize-py==0.25.1` (in a \
@@ -40,10 +48,15 @@ pub fn build(project: &Project) -> anyhow::Result<PathBuf> {
                 .join("node_modules/@bytecodealliance/componentize-js")
                 .is_dir()
             {
-                run(Command::new("npm")
-                    .current_dir(&project.dir)
-                    .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]))
-                .context("installing componentize-js with `npm ci` (node 20+ and npm are needed)")?;
+                run(Command::new("npm").current_dir(&project.dir).args([
+                    "ci",
+                    "--no-audit",
+                    "--no-fund",
+                    "--loglevel=error",
+                ]))
+                .context(
+                    "installing componentize-js with `npm ci` (node 20+ and npm are needed)",
+                )?;
             }
             run(Command::new("node")
                 .current_dir(&project.dir)
@@ -73,9 +86,11 @@ fn build_rust(project: &Project, out: &Path) -> anyhow::Result<()> {
     {
         bail!("the {RUST_TARGET} target is not installed: `rustup target add {RUST_TARGET}`");
     }
-    run(Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(&project.dir)
-        .args(["build", "--release", "--target", RUST_TARGET]))
+    run(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(&project.dir)
+            .args(["build", "--release", "--target", RUST_TARGET]),
+    )
     .context("cargo build")?;
     // A relative CARGO_TARGET_DIR is relative to where cargo ran: the project.
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
