@@ -203,6 +203,26 @@ async fn from_nothing_to_a_routed_message(lang: &str) {
         on_broker.stdout.contains("2 passed, 0 failed"),
         "{on_broker:#?}"
     );
+    let wrong_arg = wrong.to_string_lossy().into_owned();
+    let failed = bourse(
+        [
+            &["plugin", "test", "--broker", "--cases", &wrong_arg][..],
+            &remote[..],
+        ]
+        .concat()
+        .into_iter()
+        .map(String::from)
+        .collect(),
+        env.clone(),
+    )
+    .await;
+    assert_eq!(failed.code, Some(1), "{failed:#?}");
+    assert!(
+        failed
+            .stdout
+            .contains("FAIL \"invoice.7\": expected orders, got (no queue)"),
+        "{failed:#?}"
+    );
 
     let (_conn, ch) = {
         let conn = broker.connect().await;
