@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bourse_tests::ctl::ctl_binary;
 use bourse_tests::process::broker_binary;
-use bourse_tests::wasm::{bodies, declare, publish_acked, queue_on};
+use bourse_tests::wasm::{bodies, declare, plugin_bytes, publish_acked, queue_on};
 use bourse_tests::{TempDir, TestBroker, bounded, confirm_channel};
 use lapin::types::FieldTable;
 
@@ -313,6 +313,13 @@ async fn bad_names_projects_and_cases_are_refused_clearly() {
         refused(
             args(&["plugin", "test", "--project", &project_arg]),
             "not a WebAssembly file",
+        )
+        .await;
+        // A component of another type than the project's: deploy would use the wrong name.
+        std::fs::write(project.join("x-ok.wasm"), plugin_bytes("x-modulus-hash")).expect("write");
+        refused(
+            args(&["plugin", "test", "--project", &project_arg]),
+            "provides exchange type \"x-modulus-hash\", but the project is \"x-ok\"",
         )
         .await;
         let cases = project.join("bad.json");

@@ -95,6 +95,8 @@ pub enum Value {
 /// What the run found, case by case.
 #[derive(Debug, Default)]
 pub struct Report {
+    /// The exchange type the component provides (empty on a broker).
+    pub type_name: String,
     /// One line per case: (passed, text).
     pub lines: Vec<(bool, String)>,
 }
@@ -152,7 +154,18 @@ pub fn run_file(project: &Project, wasm: &Path, cases: &Path) -> anyhow::Result<
         data_dir: project.dir.join(".bourse"),
         ..Config::default()
     };
-    run(&config, wasm, &cases)
+    let report = run(&config, wasm, &cases)?;
+    if report.type_name != project.manifest.name {
+        bail!(
+            "{} provides exchange type {:?}, but the project is {:?} ({}): deploy and \
+             `test --broker` would use the wrong name",
+            wasm.display(),
+            report.type_name,
+            project.manifest.name,
+            super::MANIFEST
+        );
+    }
+    Ok(report)
 }
 
 /// Parses and checks a cases file.
@@ -230,7 +243,10 @@ pub fn run(config: &Config, wasm: &Path, cases: &Cases) -> anyhow::Result<Report
         .create_in("/", "plugin-test", &arguments)
         .map_err(|e| anyhow::anyhow!("the plugin refused to make the exchange: {e}"))?;
 
-    let mut report = Report::default();
+    let mut report = Report {
+        type_name: status.name.clone(),
+        ..Report::default()
+    };
     for spec in &cases.binding {
         let binding = Binding {
             destination: Destination::Queue(Name::from(spec.queue.as_str())),
