@@ -13,6 +13,7 @@
 //! - [`memory`]: the memory high-watermark alarm that blocks publishers.
 //! - [`limits`]: limits on what clients may create, and their counters.
 //! - [`stats`]: message counters for the management API and metrics.
+//! - [`plugin_tool`]: `bourse plugin ...`, tooling for plugin authors (not used by the broker).
 
 pub mod auth;
 pub mod blocking;
@@ -28,6 +29,7 @@ pub mod memory;
 pub mod message;
 pub mod meta;
 pub mod names;
+pub mod plugin_tool;
 pub mod protocol;
 pub mod queue;
 pub mod stats;

@@ -1,4 +1,5 @@
-//! The `bourse` binary: parse the configuration, set up logging, run the broker.
+//! The `bourse` binary: parse the configuration, set up logging, run the broker; or, given a
+//! subcommand (`bourse plugin ...`), run that tool instead (`bourse::plugin_tool`).
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -16,9 +17,32 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static malloc_conf: &[u8; 43] = b"background_thread:true,dirty_decay_ms:1000\0";
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = bourse::Config::from_cli(bourse::config::Cli::parse())?;
+fn main() -> anyhow::Result<()> {
+    let mut cli = bourse::config::Cli::parse();
+    if let Some(bourse::config::Command::Plugin(command)) = cli.command.take() {
+        // Plugin warnings and the host's refusals, on stderr; BOURSE_LOG for more.
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                EnvFilter::try_from_env("BOURSE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+        if let Err(error) = bourse::plugin_tool::run(command) {
+            // The reasons, one after another, without a backtrace: the author's mistake, not ours.
+            eprintln!("bourse plugin: {error:#}");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
+    let config = bourse::Config::from_cli(cli)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(config))
+}
+
+/// Runs the broker until SIGINT or SIGTERM.
+async fn serve(config: bourse::Config) -> anyhow::Result<()> {
     init_logging(&config);
     let broker = bourse::Broker::start(config).await?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -13,6 +13,9 @@ use clap::Parser;
     about = "An AMQP 0-9-1 broker with WebAssembly exchange types"
 )]
 pub struct Cli {
+    /// Tools instead of the broker (`bourse plugin --help`); without one, the broker runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Address and port to listen on for AMQP connections [default: 127.0.0.1:5672]
     #[arg(long, env = "BOURSE_LISTEN", value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
@@ -176,4 +179,12 @@ pub struct Cli {
     /// How often the TLS files are checked for changes, in ms; 0 disables [default: 5000]
     #[arg(long, env = "BOURSE_TLS_RELOAD_POLL_MS")]
     pub tls_reload_poll_ms: Option<u64>,
+}
+
+/// What `bourse` can do besides running the broker.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Write, build, test and deploy WASM exchange-type plugins (docs/plugins.md).
+    #[command(subcommand)]
+    Plugin(crate::plugin_tool::PluginCommand),
 }

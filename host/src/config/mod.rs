@@ -14,7 +14,7 @@ use crate::limits::{Limits, MAX_MESSAGE_BYTES_CEILING, UserLimits, VhostLimits};
 mod cli;
 mod file;
 
-pub use cli::Cli;
+pub use cli::{Cli, Command};
 use file::FileConfig;
 
 /// Broker settings after flags, environment and file have been merged.
