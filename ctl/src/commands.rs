@@ -464,12 +464,7 @@ pub fn publish(client: &Client, format: Format, p: &Publish) -> anyhow::Result<(
         seg(&p.vhost.vhost),
         seg(&p.exchange)
     );
-    let body = json!({
-        "routing_key": p.routing_key,
-        "payload": p.payload,
-        "payload_encoding": "string",
-        "properties": p.properties.clone().unwrap_or_else(|| json!({})),
-    });
+    let body = message_body(p);
     let reply = client.post(&path, &body)?;
     let sentence = if reply.json["routed"] == true {
         "message published and routed"
@@ -480,6 +475,16 @@ pub fn publish(client: &Client, format: Format, p: &Publish) -> anyhow::Result<(
     Ok(())
 }
 
+/// The body of the publish and explain routes for `p`.
+fn message_body(p: &Publish) -> Value {
+    json!({
+        "routing_key": p.routing_key,
+        "payload": p.payload,
+        "payload_encoding": "string",
+        "properties": p.properties.clone().unwrap_or_else(|| json!({})),
+    })
+}
+
 /// `explain`: where a message would go, without sending it (bourse's explain route): each
 /// exchange on its way, what its router chose, and the queues it would reach.
 pub fn explain(client: &Client, format: Format, p: &Publish) -> anyhow::Result<()> {
@@ -488,12 +493,7 @@ pub fn explain(client: &Client, format: Format, p: &Publish) -> anyhow::Result<(
         seg(&p.vhost.vhost),
         seg(&p.exchange)
     );
-    let body = json!({
-        "routing_key": p.routing_key,
-        "payload": p.payload,
-        "payload_encoding": "string",
-        "properties": p.properties.clone().unwrap_or_else(|| json!({})),
-    });
+    let body = message_body(p);
     let reply = client.post(&path, &body)?;
     if format == Format::Json {
         return Ok(print_json(&reply.json)?);

@@ -56,6 +56,18 @@ impl Shared {
         Ok((manager, manager.vhost(vhost)))
     }
 
+    /// Refuses a component larger than `wasm_upload_max_bytes`.
+    fn check_upload_size(&self, bytes: &[u8]) -> Result<(), VhostPluginError> {
+        let max = self.config.wasm_upload_max_bytes;
+        if bytes.len() as u64 > max {
+            return Err(VhostPluginError::TooLarge {
+                size: bytes.len() as u64,
+                max,
+            });
+        }
+        Ok(())
+    }
+
     /// Checks that `user` (None: the operator, not checked) may manage type `name` of `vhost`
     /// (`auth::plugin_access`).
     fn authorize_plugin(
@@ -120,13 +132,7 @@ impl Shared {
         bytes: &[u8],
         user: Option<&str>,
     ) -> Result<PluginStatus, VhostPluginError> {
-        let max = self.config.wasm_upload_max_bytes;
-        if bytes.len() as u64 > max {
-            return Err(VhostPluginError::TooLarge {
-                size: bytes.len() as u64,
-                max,
-            });
-        }
+        self.check_upload_size(bytes)?;
         let (manager, set) = self.vhost_plugin_set(vhost)?;
         // A user who may upload nothing here is refused before the compile.
         self.authorize_plugin(user, vhost, None)?;
@@ -256,13 +262,7 @@ impl Shared {
         bytes: &[u8],
         user: Option<&str>,
     ) -> Result<Arc<Candidate>, VhostPluginError> {
-        let max = self.config.wasm_upload_max_bytes;
-        if bytes.len() as u64 > max {
-            return Err(VhostPluginError::TooLarge {
-                size: bytes.len() as u64,
-                max,
-            });
-        }
+        self.check_upload_size(bytes)?;
         let (manager, set) = self.vhost_plugin_set(vhost)?;
         self.authorize_plugin(user, vhost, Some(name))?;
         let _ops = set.lock();

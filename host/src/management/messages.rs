@@ -32,12 +32,13 @@ pub async fn publish(
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Api {
-    let (scope, exchange, posted) = posted_message(&shared, &who, &vhost, &name, &body)?;
     let Posted {
+        scope,
+        exchange,
         routing_key,
         properties,
         message,
-    } = posted;
+    } = posted_message(&shared, &who, &vhost, &name, &body)?;
     let open = scope.vhost.clone();
     let routed = tokio::task::spawn_blocking(move || {
         let mut routed = crate::vhost::Routed::default();
@@ -97,12 +98,13 @@ pub async fn explain(
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Api {
-    let (scope, exchange, posted) = posted_message(&shared, &who, &vhost, &name, &body)?;
     let Posted {
+        scope,
+        exchange,
         routing_key,
         properties,
         message,
-    } = posted;
+    } = posted_message(&shared, &who, &vhost, &name, &body)?;
     let mut keys = vec![crate::exchange::Name::from(routing_key)];
     if let Some(headers) = properties.headers() {
         crate::message::header_keys(headers.inner().get("CC"), &mut keys);
@@ -175,6 +177,8 @@ fn explanation_json(vhost: &str, explained: &crate::vhost::Explanation) -> Value
 
 /// A message posted to the publish or explain route, checked.
 struct Posted {
+    scope: Scope,
+    exchange: Arc<crate::vhost::Exchange>,
     routing_key: String,
     properties: amq_protocol::protocol::BasicProperties,
     message: Arc<crate::message::Message>,
@@ -189,7 +193,7 @@ fn posted_message(
     vhost: &str,
     name: &str,
     body: &Bytes,
-) -> Result<(Scope, Arc<crate::vhost::Exchange>, Posted), ApiError> {
+) -> Result<Posted, ApiError> {
     use base64::Engine as _;
     let scope = Scope::of(shared, who, vhost)?;
     let body = body_object(body)?;
@@ -243,15 +247,13 @@ fn posted_message(
         &raw,
         payload,
     ));
-    Ok((
+    Ok(Posted {
         scope,
         exchange,
-        Posted {
-            routing_key,
-            properties,
-            message,
-        },
-    ))
+        routing_key,
+        properties,
+        message,
+    })
 }
 
 /// The AMQP properties RabbitMQ's publish route takes.

@@ -97,6 +97,16 @@ fn plugin_json(who: &Who, scope: &str, p: &PluginStatus) -> Value {
     })
 }
 
+/// A component in a request body, refused with 413 beyond `wasm_upload_max_bytes`.
+fn component(shared: &Shared, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    let max = shared.config.wasm_upload_max_bytes;
+    body.map_err(|e| ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        error: "payload_too_large",
+        reason: format!("{e} (wasm_upload_max_bytes is {max})"),
+    })
+}
+
 /// Runs a plugin operation as `who` on a blocking thread (compiling and fsyncs are slow).
 async fn as_user<T: Send + 'static>(
     shared: &Arc<Shared>,
@@ -159,12 +169,7 @@ pub async fn upload(
     Path(vhost): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Api {
-    let max = shared.config.wasm_upload_max_bytes;
-    let body = body.map_err(|e| ApiError {
-        status: StatusCode::PAYLOAD_TOO_LARGE,
-        error: "payload_too_large",
-        reason: format!("{e} (wasm_upload_max_bytes is {max})"),
-    })?;
+    let body = component(&shared, body)?;
     let scope = vhost.clone();
     let status = as_user(&shared, &who, move |shared, user| {
         shared.put_vhost_plugin(&vhost, &body, Some(user))
@@ -290,12 +295,7 @@ pub async fn shadow_start(
     Path((vhost, name)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Api {
-    let max = shared.config.wasm_upload_max_bytes;
-    let body = body.map_err(|e| ApiError {
-        status: StatusCode::PAYLOAD_TOO_LARGE,
-        error: "payload_too_large",
-        reason: format!("{e} (wasm_upload_max_bytes is {max})"),
-    })?;
+    let body = component(&shared, body)?;
     let scope = vhost.clone();
     let (candidate, status) = as_user(&shared, &who, move |shared, user| {
         shared.shadow_vhost_plugin(&vhost, &name, &body, Some(user))?;
