@@ -227,18 +227,21 @@ impl ChannelOutlet {
     /// Sends basic.return of `message` with `reply_code` and `reply_text` (a mandatory message
     /// that reached no queue), written as [`send_method`](Self::send_method) is.
     pub fn send_return(&self, message: &Message, reply_code: u16, reply_text: &str) {
+        let method = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+            reply_code,
+            reply_text: reply_text.into(),
+            exchange: message.exchange().as_ref().into(),
+            routing_key: message.routing_key().as_ref().into(),
+        }));
+        self.send_with_content(method, message);
+    }
+
+    /// Writes `method` followed by `message`'s content (basic.return, get-ok), as
+    /// [`send_method`](Self::send_method) writes: answers to the connection's own requests.
+    fn send_with_content(&self, method: AMQPClass, message: &Message) {
         let frame_max = self.writer.frame_max();
         self.writer.write(|out| {
-            write_method(
-                out,
-                self.channel,
-                AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
-                    reply_code,
-                    reply_text: reply_text.into(),
-                    exchange: message.exchange().as_ref().into(),
-                    routing_key: message.routing_key().as_ref().into(),
-                })),
-            );
+            write_method(out, self.channel, method);
             write_content(
                 out,
                 self.channel,
@@ -261,27 +264,14 @@ impl ChannelOutlet {
         state.next_tag += 1;
         let tag = state.next_tag;
         let message = &entry.message;
-        let frame_max = self.writer.frame_max();
-        self.writer.write(|out| {
-            write_method(
-                out,
-                self.channel,
-                AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
-                    delivery_tag: tag,
-                    redelivered: entry.redelivered(),
-                    exchange: message.exchange().as_ref().into(),
-                    routing_key: message.routing_key().as_ref().into(),
-                    message_count: remaining as u32,
-                })),
-            );
-            write_content(
-                out,
-                self.channel,
-                message.raw_properties(),
-                message.body(),
-                frame_max,
-            );
-        });
+        let method = AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
+            delivery_tag: tag,
+            redelivered: entry.redelivered(),
+            exchange: message.exchange().as_ref().into(),
+            routing_key: message.routing_key().as_ref().into(),
+            message_count: remaining as u32,
+        }));
+        self.send_with_content(method, message);
         state.delivered.count(true, no_ack, entry.redelivered());
         if !no_ack {
             let delivered_at = self.watch_delivery(&mut state);
