@@ -11,6 +11,8 @@
 //!   consumer's outlet is a real `ChannelOutlet`, which encodes basic.deliver and the content
 //!   into a connection `Writer` (flushed by its task to a loopback socket whose other end
 //!   discards), and each ack is `ChannelOutlet::take_unacked` of one tag then `Queue::settle`.
+//! - `ack/channel_deliver_ack_turn`: the same window settled as the broker does with acks that
+//!   arrive in one read turn: each tag taken on its own, one `Queue::settle` for all of them.
 //!
 //! Per element: one message delivered and acked. Run: `cargo bench -p bourse --bench ack`.
 
@@ -21,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::FieldTable;
-use bourse::channel::ChannelOutlet;
+use bourse::channel::{ChannelOutlet, Unacked};
 use bourse::connection::Writer;
 use bourse::exchange::Name;
 use bourse::message::{Message, QueuedMessage};
@@ -200,22 +202,17 @@ fn channel_level(c: &mut Criterion) {
     let mut tag = 0u64;
     let mut group = c.benchmark_group("ack");
     group.throughput(Throughput::Elements(PREFETCH.into()));
+    // Each basic.ack settled on its own (the broker before acks were settled per read turn).
     group.bench_function("channel_deliver_ack_each", |b| {
+        let mut taken = Vec::new();
         b.iter(|| {
             for _ in 0..PREFETCH {
                 queue.publish(msg.clone());
             }
             for _ in 0..PREFETCH {
                 tag += 1;
-                // A delivery refused while the writer was congested waits in the queue until
-                // the writer drains and nudges it: wait for its tag.
-                let taken = loop {
-                    match outlet.take_unacked(tag, false) {
-                        Ok(taken) => break taken,
-                        Err(_) => std::thread::yield_now(),
-                    }
-                };
-                for unacked in taken {
+                take_when_delivered(&outlet, tag, &mut taken);
+                for unacked in taken.drain(..) {
                     let positions: &[u64] = if unacked.entry.position != 0 {
                         &[unacked.entry.position]
                     } else {
@@ -226,8 +223,37 @@ fn channel_level(c: &mut Criterion) {
             }
         })
     });
+    // A window of basic.ack (multiple=false) read in one turn, settled together when the turn
+    // ends: one queue lock and one dispatch.
+    group.bench_function("channel_deliver_ack_turn", |b| {
+        let mut taken = Vec::new();
+        b.iter(|| {
+            for _ in 0..PREFETCH {
+                queue.publish(msg.clone());
+            }
+            for _ in 0..PREFETCH {
+                tag += 1;
+                take_when_delivered(&outlet, tag, &mut taken);
+            }
+            let positions: Vec<u64> = taken
+                .iter()
+                .map(|u| u.entry.position)
+                .filter(|&p| p != 0)
+                .collect();
+            queue.settle(taken.len(), &positions);
+            taken.clear();
+        })
+    });
     group.finish();
     drop(runtime);
+}
+
+/// Takes delivery `tag` into `taken`. A delivery refused while the writer was congested waits
+/// in the queue until the writer drains and nudges it: wait for its tag.
+fn take_when_delivered(outlet: &ChannelOutlet, tag: u64, taken: &mut Vec<Unacked>) {
+    while outlet.take_unacked(tag, false, taken).is_err() {
+        std::thread::yield_now();
+    }
 }
 
 criterion_group!(benches, queue_level, channel_level);

@@ -437,3 +437,104 @@ async fn recover_ok_precedes_redeliveries_on_the_wire() {
     })
     .await;
 }
+
+/// Acks are settled in their queue when the broker's read turn ends, but every other method
+/// sees them as settled: a client that writes acks and basic.recover (or a bad ack) in one
+/// write gets exactly what it would get had it written them one at a time.
+#[tokio::test]
+async fn acks_written_together_with_other_methods_take_effect_in_order() {
+    bounded(async {
+        use amq_protocol::frame::AMQPFrame;
+        use amq_protocol::protocol::{AMQPClass, basic, queue};
+        use bourse_tests::raw::{RawClient, encode_frame, queue_declare};
+
+        let broker = TestBroker::start().await;
+        let (mut raw, _) = RawClient::open(broker.addr()).await;
+        raw.open_channel(1).await;
+        let q = uniq("raw-acks");
+        raw.send_method(1, queue_declare(&q)).await.unwrap();
+        match raw.recv_method().await.expect("queue.declare-ok") {
+            (1, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_))) => {}
+            other => panic!("expected queue.declare-ok, got {other:?}"),
+        }
+        for i in 0..5 {
+            raw.publish(1, "", &q, format!("m{i}").as_bytes())
+                .await
+                .unwrap();
+        }
+        let consume = basic::Consume {
+            queue: q.as_str().into(),
+            consumer_tag: "c".into(),
+            no_local: false,
+            no_ack: false,
+            exclusive: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        };
+        raw.send_method(1, AMQPClass::Basic(basic::AMQPMethod::Consume(consume)))
+            .await
+            .unwrap();
+
+        /// The (delivery tag, redelivered, body) of the next `n` deliveries on channel 1.
+        async fn deliveries(raw: &mut RawClient, n: usize) -> Vec<(u64, bool, Vec<u8>)> {
+            let mut out = Vec::new();
+            let mut current = None;
+            while out.len() < n {
+                match raw.recv_frame().await.expect("frame") {
+                    AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Deliver(d))) => {
+                        current = Some((d.delivery_tag, d.redelivered));
+                    }
+                    AMQPFrame::Body(1, body) => {
+                        let (tag, redelivered) = current.take().expect("a body after a deliver");
+                        out.push((tag, redelivered, body));
+                    }
+                    AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)))
+                    | AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::RecoverOk(_)))
+                    | AMQPFrame::Header(..)
+                    | AMQPFrame::Heartbeat => {}
+                    other => panic!("unexpected frame {other:?}"),
+                }
+            }
+            out
+        }
+        fn ack(tag: u64, multiple: bool) -> Vec<u8> {
+            encode_frame(&AMQPFrame::Method(
+                1,
+                AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                    delivery_tag: tag,
+                    multiple,
+                })),
+            ))
+        }
+
+        let first = deliveries(&mut raw, 5).await;
+        assert_eq!(
+            first.iter().map(|d| d.0).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        // Three acks and a recover in one write: only m3 and m4 come back.
+        let mut bytes = ack(1, false);
+        bytes.extend(ack(3, true));
+        bytes.extend(encode_frame(&AMQPFrame::Method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Recover(basic::Recover { requeue: true })),
+        )));
+        raw.send_bytes(&bytes).await.unwrap();
+        let again = deliveries(&mut raw, 2).await;
+        let bodies: Vec<(bool, &[u8])> = again.iter().map(|d| (d.1, &d.2[..])).collect();
+        assert_eq!(bodies, [(true, &b"m3"[..]), (true, &b"m4"[..])]);
+        // A good ack, then an unknown tag, in one write: 406 closes the channel, the good ack
+        // counts (m3 is gone) and the other unacked message (m4) is requeued.
+        let mut bytes = ack(again[0].0, false);
+        bytes.extend(ack(999, false));
+        raw.send_bytes(&bytes).await.unwrap();
+        let close = raw.expect_channel_close(1).await;
+        assert_eq!(close.code, PRECONDITION_FAILED);
+        let (_conn, ch) = broker.channel().await;
+        wait_ready(&ch, &q, 1).await;
+        let left = get(&ch, &q).await.expect("m4 requeued");
+        assert_eq!(left.delivery.data, b"m4");
+        assert_eq!(left.message_count, 0, "m3 was acked before the bad tag");
+    })
+    .await;
+}

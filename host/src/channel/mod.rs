@@ -80,6 +80,10 @@ pub struct Channel {
     reply: Option<ReplyState>,
     /// The channel's place in its user's channel count, given back when it is dropped.
     slot: Option<crate::limits::Held>,
+    /// Deliveries acked during the current read turn, settled in their queues when it ends
+    /// (or before this channel's next other method): one queue lock and one dispatch per
+    /// queue for a turn's acks, instead of one per basic.ack.
+    acked: Vec<Unacked>,
 }
 
 /// A channel's direct reply-to consumer.
@@ -109,6 +113,7 @@ impl Channel {
             last_envelope: None,
             reply: None,
             slot: None,
+            acked: Vec::new(),
         }
     }
 
@@ -146,6 +151,11 @@ impl Channel {
     }
 
     fn dispatch(&mut self, cx: &Session<'_>, method: AMQPClass) -> Result<(), AmqpError> {
+        // Every other method sees the acks before it settled, as if each had been applied
+        // when it arrived.
+        if !matches!(method, AMQPClass::Basic(basic::AMQPMethod::Ack(_))) {
+            self.settle_acked();
+        }
         self.forget_cancelled();
         match method {
             AMQPClass::Exchange(m) => self.exchange_method(cx, m),
@@ -439,16 +449,34 @@ impl Channel {
             tx.settlements.push((how, tag, multiple));
             return Ok(());
         }
-        let taken = self.outlet.take_unacked(tag, multiple)?;
         if matches!(how, Settle::Ack) {
-            self.outlet.info.acked.add(taken.len() as u64);
+            // Taken now (an unknown tag fails here, in order), settled at the turn's end.
+            let count = self.outlet.take_unacked(tag, multiple, &mut self.acked)?;
+            self.outlet.info.acked.add(count as u64);
+            return Ok(());
         }
+        let mut taken = Vec::new();
+        self.outlet.take_unacked(tag, multiple, &mut taken)?;
         apply_settlement(how, taken);
         if self.outlet.global_prefetch() != 0 {
             // Channel-wide credit came back: every queue consumed here may deliver again.
             self.kick_consumed_queues();
         }
         Ok(())
+    }
+
+    /// Settles the acks of the current turn in their queues, which then deliver again. The
+    /// connection calls it when a read turn ends; the channel before any other method and
+    /// when it closes.
+    pub fn settle_acked(&mut self) {
+        if self.acked.is_empty() {
+            return;
+        }
+        settle_acks(&mut self.acked);
+        if self.outlet.global_prefetch() != 0 {
+            // Channel-wide credit came back: every queue consumed here may deliver again.
+            self.kick_consumed_queues();
+        }
     }
 
     fn tx_method(&mut self, cx: &Session<'_>, method: tx::AMQPMethod) -> Result<(), AmqpError> {
@@ -504,9 +532,10 @@ impl Channel {
             ticket = ticket.max(self.route_and_enqueue(cx, publish));
         }
         for (how, tag, multiple) in tx.settlements {
-            let taken = self.outlet.take_unacked(tag, multiple)?;
+            let mut taken = Vec::new();
+            let count = self.outlet.take_unacked(tag, multiple, &mut taken)?;
             if matches!(how, Settle::Ack) {
-                self.outlet.info.acked.add(taken.len() as u64);
+                self.outlet.info.acked.add(count as u64);
             }
             apply_settlement(how, taken);
         }
@@ -553,6 +582,7 @@ impl Channel {
     /// Tears the channel down: stops deliveries, cancels consumers (auto-deleting queues that
     /// lose their last one) and requeues everything unacked.
     pub fn close(&mut self, vhost: &VHost) {
+        self.settle_acked();
         if let Some(reply) = self.reply.take() {
             vhost.unregister_reply_consumer(&reply.name);
         }
@@ -579,42 +609,9 @@ pub(crate) enum Settle {
     },
 }
 
-fn apply_settlement(how: Settle, taken: Vec<Unacked>) {
+fn apply_settlement(how: Settle, mut taken: Vec<Unacked>) {
     match how {
-        Settle::Ack => {
-            // One tag (one basic.ack per delivery, multiple=false: the common case): settle its
-            // queue directly, without the groups below.
-            if let [only] = taken.as_slice() {
-                let one = [only.entry.position];
-                let positions: &[u64] = if one[0] != 0 { &one } else { &[] };
-                only.queue.settle(1, positions);
-                return;
-            }
-            // One settle (and one dispatch) per queue, however many tags were named. Store
-            // positions are collected only for stored messages (no allocation otherwise).
-            let mut groups: Vec<(Arc<Queue>, usize, Vec<u64>)> = Vec::new();
-            for unacked in taken {
-                let position = unacked.entry.position;
-                let at = match groups
-                    .iter()
-                    .position(|(q, _, _)| Arc::ptr_eq(q, &unacked.queue))
-                {
-                    Some(at) => at,
-                    None => {
-                        groups.push((unacked.queue, 0, Vec::new()));
-                        groups.len() - 1
-                    }
-                };
-                let group = &mut groups[at];
-                group.1 += 1;
-                if position != 0 {
-                    group.2.push(position);
-                }
-            }
-            for (queue, count, positions) in groups {
-                queue.settle(count, &positions);
-            }
-        }
+        Settle::Ack => settle_acks(&mut taken),
         // Rejected without requeue: dead-lettered where the queue has a dead-letter exchange.
         Settle::Reject { requeue: false } => {
             for (queue, entries) in group_by_queue(taken) {
@@ -623,6 +620,56 @@ fn apply_settlement(how: Settle, taken: Vec<Unacked>) {
         }
         Settle::Reject { requeue: true } => requeue_grouped(taken),
     }
+}
+
+/// Settles acked deliveries, emptying `acked` (its allocation is kept for the next turn):
+/// one `Queue::settle` (one lock, one dispatch) per queue, with the store positions of the
+/// stored ones.
+fn settle_acks(acked: &mut Vec<Unacked>) {
+    if acked.is_empty() {
+        return;
+    }
+    // The common case: every ack of the turn is for one queue.
+    let first = &acked[0].queue;
+    if acked.iter().all(|u| Arc::ptr_eq(&u.queue, first)) {
+        let queue = first.clone();
+        let positions: Vec<u64> = stored_positions(acked.iter());
+        let count = acked.len();
+        acked.clear();
+        queue.settle(count, &positions);
+        return;
+    }
+    let mut groups: Vec<(Arc<Queue>, usize, Vec<u64>)> = Vec::new();
+    for unacked in acked.drain(..) {
+        let position = unacked.entry.position;
+        let at = match groups
+            .iter()
+            .position(|(q, _, _)| Arc::ptr_eq(q, &unacked.queue))
+        {
+            Some(at) => at,
+            None => {
+                groups.push((unacked.queue, 0, Vec::new()));
+                groups.len() - 1
+            }
+        };
+        let group = &mut groups[at];
+        group.1 += 1;
+        if position != 0 {
+            group.2.push(position);
+        }
+    }
+    for (queue, count, positions) in groups {
+        queue.settle(count, &positions);
+    }
+}
+
+/// The store positions of stored messages (a transient one has position 0); allocates only
+/// when there is one.
+fn stored_positions<'a>(unacked: impl Iterator<Item = &'a Unacked>) -> Vec<u64> {
+    unacked
+        .map(|u| u.entry.position)
+        .filter(|&p| p != 0)
+        .collect()
 }
 
 /// Unacked deliveries grouped by queue, tag order kept within each group.

@@ -362,30 +362,42 @@ impl ChannelOutlet {
         Ok(Some(deadline))
     }
 
-    /// Removes the unacked deliveries an ack/nack/reject names: one tag, or with `multiple`
-    /// every tag up to it (0 with `multiple` means all). An unknown tag is 406.
-    pub fn take_unacked(&self, tag: u64, multiple: bool) -> Result<Vec<Unacked>, AmqpError> {
+    /// Moves the unacked deliveries an ack/nack/reject names into `into`: one tag, or with
+    /// `multiple` every tag up to it (0 with `multiple` means all); returns how many. An
+    /// unknown tag is 406 and moves nothing.
+    pub fn take_unacked(
+        &self,
+        tag: u64,
+        multiple: bool,
+        into: &mut Vec<Unacked>,
+    ) -> Result<usize, AmqpError> {
+        let start = into.len();
         let mut state = self.state.lock();
-        let taken: Vec<Unacked> = if multiple {
+        if multiple {
             let upto = if tag == 0 { u64::MAX } else { tag };
             let end = state.unacked.partition_point(|u| u.tag <= upto);
             if end == 0 && tag != 0 {
                 return Err(unknown_tag(tag));
             }
-            state.unacked.drain(..end).collect()
+            into.extend(state.unacked.drain(..end));
         } else {
-            match state.unacked.binary_search_by_key(&tag, |u| u.tag) {
-                Ok(at) => state.unacked.remove(at).into_iter().collect(),
-                Err(_) => return Err(unknown_tag(tag)),
-            }
-        };
+            // Acks mostly come in delivery order: the oldest tag is the likely one.
+            let at = match state.unacked.front() {
+                Some(front) if front.tag == tag => 0,
+                _ => state
+                    .unacked
+                    .binary_search_by_key(&tag, |u| u.tag)
+                    .map_err(|_| unknown_tag(tag))?,
+            };
+            into.extend(state.unacked.remove(at));
+        }
         drop(state);
-        for unacked in &taken {
+        for unacked in &into[start..] {
             if let Some(consumer) = &unacked.consumer {
                 consumer.unacked.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        Ok(taken)
+        Ok(into.len() - start)
     }
 
     /// Every unacked delivery, for basic.recover.

@@ -41,6 +41,12 @@ use crate::vhost::{ExchangeTally, VHost};
 /// Frames handled per turn of a connection's loop before it yields to other tasks (about 340
 /// small published messages: each is three frames).
 const FRAMES_PER_TURN: usize = 1024;
+/// basic.ack frames handled per turn. Acks are settled when a turn ends, and the deliveries
+/// they make room for are written once the turn yields: ending turns after a few dozen acks
+/// sends a client's one write of a whole prefetch window of acks back as several smaller
+/// batches of deliveries, so the client works on the first batch while the broker settles the
+/// next, instead of both sides taking turns over one window.
+const ACKS_PER_TURN: usize = 32;
 /// How long a closing connection waits for the peer's close-ok.
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a closed connection keeps reading (and discarding) until the client closes its
@@ -341,11 +347,11 @@ impl Connection {
             {
                 return self.fail_connection(reader, 0, error).await;
             }
-            let mut turn = 0;
+            let (mut turn, mut acks) = (0, 0);
             let more_buffered = loop {
                 // A client that does not read what it asks for (basic.get, basic.return) is
                 // not read either until its replies drain: the writer's one congestion rule.
-                if turn == FRAMES_PER_TURN || self.writer.is_congested() {
+                if turn == FRAMES_PER_TURN || acks == ACKS_PER_TURN || self.writer.is_congested() {
                     break true;
                 }
                 // A queue this connection publishes into asked for flow, or the vhost's WASM
@@ -361,6 +367,12 @@ impl Connection {
                     Ok(None) => break false,
                     Err(error) => return self.fail_connection(reader, 0, error).await,
                 };
+                if matches!(
+                    frame,
+                    Frame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Ack(_)))
+                ) {
+                    acks += 1;
+                }
                 match self.handle(frame) {
                     Ok(Outcome::Continue) => {}
                     Ok(Outcome::Closed(reason)) => return reason,
@@ -493,9 +505,12 @@ impl Connection {
         self.channels.values().any(Channel::awaiting_sync)
     }
 
+    /// Ends a read turn on every channel: the turn's acks settle in their queues (which
+    /// deliver again), then the confirms it produced are sent.
     fn flush_confirms(&mut self) {
         let (cx, channels) = self.parts();
         for channel in channels.values_mut() {
+            channel.settle_acked();
             channel.flush_confirms(&cx);
         }
     }
