@@ -276,7 +276,9 @@ fn refused(what: &str, reason: impl std::fmt::Display) -> ImportError {
 }
 
 fn meta(shared: &Shared, what: &str, command: MetaCommand) -> Result<(), ImportError> {
-    shared.execute_meta(command).map_err(|e| refused(what, e))
+    shared
+        .submit_meta_blocking(command)
+        .map_err(|e| refused(what, e))
 }
 
 fn list<'a>(top: &'a Map<String, Value>, key: &str) -> Result<&'a [Value], ImportError> {

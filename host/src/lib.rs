@@ -32,6 +32,7 @@ pub mod names;
 pub mod plugin_tool;
 pub mod protocol;
 pub mod queue;
+pub mod replication;
 pub mod stats;
 pub mod store;
 pub mod vhost;

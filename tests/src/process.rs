@@ -379,7 +379,7 @@ impl Drop for BrokerProcess {
 
 /// A loopback port nothing listens on right now (bind port 0, read it, release it). Another
 /// process may take it before the broker binds it; [`BrokerProcess::start`] then retries.
-fn free_port() -> SocketAddr {
+pub fn free_port() -> SocketAddr {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")

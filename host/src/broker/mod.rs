@@ -22,6 +22,7 @@ use crate::exchange::wasm::{PluginManager, PluginStatus};
 use crate::store::{StoreError, StoreOptions};
 use crate::vhost::VHost;
 
+mod cluster;
 mod vhost_plugins;
 
 /// State shared by every connection.
@@ -52,6 +53,10 @@ pub struct Shared {
     pub meta: crate::meta::Meta,
     /// Message rates, sampled by the management API.
     pub rates: crate::stats::Rates,
+    /// This node's cluster (Raft for the metadata), when configured (`cluster.rs`).
+    cluster: std::sync::OnceLock<Arc<crate::replication::Cluster>>,
+    /// `node_name()`, computed once.
+    node_name: std::sync::OnceLock<String>,
 }
 
 impl Shared {
@@ -377,12 +382,21 @@ impl Broker {
             closing: watch::Sender::new(false),
             open: Default::default(),
             rates: Default::default(),
+            cluster: Default::default(),
+            node_name: Default::default(),
             config,
         });
         for name in state.vhosts.keys() {
             shared
                 .add_vhost(name)
                 .with_context(|| format!("cannot open the storage of vhost '{name}'"))?;
+        }
+        if let Some(settings) = &shared.config.cluster {
+            let applier = Arc::new(cluster::BrokerApplier(Arc::downgrade(&shared)));
+            let node =
+                crate::replication::Cluster::start(settings, &shared.config.data_dir, applier)
+                    .await?;
+            let _ = shared.cluster.set(node);
         }
         if let Some(manager) = &shared.plugins {
             // A plugin file that appears later brings back the durable exchanges of its type
@@ -429,9 +443,20 @@ impl Broker {
         }
         if let Some(path) = shared.config.load_definitions.clone() {
             let importing = shared.clone();
-            tokio::task::spawn_blocking(move || load_definitions(&importing, &path))
-                .await
-                .context("loading definitions")??;
+            let loading = tokio::task::spawn_blocking(move || load_definitions(&importing, &path));
+            if shared.cluster().is_some() {
+                // Through the cluster's leader, which may not be elected yet: in the
+                // background, and a failure is logged rather than stopping the node.
+                tokio::spawn(async move {
+                    match loading.await {
+                        Ok(Err(error)) => warn!(error = %format!("{error:#}"), "definitions"),
+                        Err(error) => warn!(%error, "definitions"),
+                        Ok(Ok(())) => {}
+                    }
+                });
+            } else {
+                loading.await.context("loading definitions")??;
+            }
         }
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(shared.clone().sample_queued_bytes(stopped.clone()));
@@ -570,10 +595,7 @@ impl BrokerHandle {
         &self,
         command: crate::meta::MetaCommand,
     ) -> Result<(), crate::meta::MetaError> {
-        let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || shared.execute_meta(command))
-            .await
-            .map_err(|e| crate::meta::MetaError::Storage(e.to_string()))?
+        self.shared.submit_meta(command).await
     }
 
     /// The open connections (past connection.open) with their states.
@@ -706,6 +728,9 @@ impl BrokerHandle {
                     "connections still open after the shutdown grace period"
                 );
             }
+        }
+        if let Some(cluster) = self.shared.cluster() {
+            cluster.shutdown().await;
         }
         let vhosts: Vec<Arc<VHost>> = self.shared.vhosts.read().values().cloned().collect();
         for vhost in vhosts {

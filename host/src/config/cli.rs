@@ -140,6 +140,31 @@ pub struct Cli {
     /// Address and port of the Prometheus endpoint, or `off` [default: 127.0.0.1:15692]
     #[arg(long, env = "BOURSE_PROMETHEUS_LISTEN", value_name = "ADDR:PORT|off")]
     pub prometheus_listen: Option<String>,
+    /// This node's name in a cluster; without it the broker runs as a single node
+    #[arg(long, env = "BOURSE_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Address and port of the inter-node listener (Raft traffic, forwarded writes)
+    #[arg(long, env = "BOURSE_CLUSTER_LISTEN", value_name = "ADDR:PORT")]
+    pub cluster_listen: Option<SocketAddr>,
+    /// The members to form the cluster with on first start, this node included
+    #[arg(
+        long,
+        env = "BOURSE_CLUSTER_PEERS",
+        value_name = "NAME=ADDR:PORT,...",
+        value_delimiter = ','
+    )]
+    pub cluster_peers: Vec<String>,
+    /// File holding the secret shared by the cluster's nodes (at least 16 bytes)
+    #[arg(long, env = "BOURSE_CLUSTER_SECRET_FILE", value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// The cluster's shared secret itself (environment only: a flag would show in `ps`)
+    #[arg(
+        long,
+        env = "BOURSE_CLUSTER_SECRET",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub cluster_secret: Option<String>,
     /// Address and port of the management HTTP API, or `off` [default: 127.0.0.1:15672]
     #[arg(long, env = "BOURSE_MANAGEMENT_LISTEN", value_name = "ADDR:PORT|off")]
     pub management_listen: Option<String>,

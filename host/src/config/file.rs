@@ -14,6 +14,7 @@ use crate::limits::UserLimits;
 #[serde(deny_unknown_fields)]
 pub(super) struct FileConfig {
     pub(super) listen: Option<SocketAddr>,
+    pub(super) cluster: Option<super::cluster::ClusterFile>,
     pub(super) data_dir: Option<PathBuf>,
     pub(super) plugin_dir: Option<PathBuf>,
     pub(super) frame_max_bytes: Option<u32>,

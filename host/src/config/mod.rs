@@ -12,9 +12,11 @@ use serde::Deserialize;
 use crate::limits::{Limits, MAX_MESSAGE_BYTES_CEILING, UserLimits, VhostLimits};
 
 mod cli;
+mod cluster;
 mod file;
 
 pub use cli::{Cli, Command};
+pub use cluster::{ClusterConfig, check_name as check_node_name};
 use file::FileConfig;
 
 /// Broker settings after flags, environment and file have been merged.
@@ -22,6 +24,8 @@ use file::FileConfig;
 pub struct Config {
     /// Address the AMQP listener binds.
     pub listen: SocketAddr,
+    /// This node's cluster settings; None: a single node.
+    pub cluster: Option<ClusterConfig>,
     /// Directory for durable data (definitions log, message segments).
     pub data_dir: PathBuf,
     /// Directory scanned for WASM exchange-type plugins.
@@ -316,6 +320,7 @@ impl Default for Config {
             memory_high_watermark: 0.4,
             memory_high_watermark_bytes: None,
             tls: None,
+            cluster: None,
             management_listen: None,
             prometheus_listen: None,
             management_tls_listen: None,
@@ -472,6 +477,7 @@ impl Config {
         };
         let defaults = Config::default();
         let tls = tls_settings(&cli, &file)?;
+        let cluster = cluster::cluster_settings(&cli, file.cluster.as_ref())?;
         let management_listen = listen_or_off(
             "management_listen",
             cli.management_listen
@@ -603,6 +609,7 @@ impl Config {
         };
         let config = Config {
             tls,
+            cluster,
             management_listen,
             prometheus_listen,
             management_tls_listen,

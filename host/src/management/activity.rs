@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::auth::Who;
 use super::error::ApiError;
 use super::rates;
-use super::routes::{no_content, node_name, ok};
+use super::routes::{no_content, ok};
 use crate::broker::Shared;
 use crate::channel::ChannelOutlet;
 use crate::connection::ConnectionInfo;
@@ -87,7 +87,7 @@ fn connection_json(shared: &Shared, c: &ConnectionInfo) -> Value {
     let tls = c.tls.as_ref();
     let mut out = json!({
         "name": connection_name(shared, c),
-        "node": node_name(),
+        "node": shared.node_name(),
         "user": c.user,
         "vhost": c.vhost,
         "state": c.state().as_str(),
@@ -154,7 +154,7 @@ fn channel_json(shared: &Shared, c: &ConnectionInfo, ch: &ChannelOutlet) -> Valu
     json!({
         "name": channel_name(shared, c, ch),
         "number": ch.number(),
-        "node": node_name(),
+        "node": shared.node_name(),
         "user": c.user,
         "vhost": c.vhost,
         "state": c.state().as_str(),
@@ -260,7 +260,7 @@ fn consumers_of(shared: &Shared, who: &Who, vhost: &VHost) -> Vec<Value> {
                     "peer_host": c.peer.ip().to_string(),
                     "peer_port": c.peer.port(),
                     "user": c.user,
-                    "node": node_name(),
+                    "node": shared.node_name(),
                 },
                 "ack_required": !consumer.no_ack,
                 "exclusive": consumer.exclusive,

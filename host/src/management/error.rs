@@ -57,12 +57,24 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// 503: in a cluster, no leader could take the change.
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            error: "service_unavailable",
+            reason: reason.into(),
+        }
+    }
+}
+
 impl From<MetaError> for ApiError {
     fn from(error: MetaError) -> Self {
         match error {
             MetaError::NotFound(_) => Self::not_found(),
             MetaError::Invalid(reason) => Self::bad_request(reason),
             MetaError::Storage(reason) => Self::internal(reason),
+            MetaError::Unavailable(reason) => Self::unavailable(reason),
         }
     }
 }

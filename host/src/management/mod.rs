@@ -11,6 +11,7 @@
 mod access;
 mod activity;
 mod auth;
+mod cluster;
 mod console;
 mod definitions;
 mod error;

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::auth::Who;
 use super::error::ApiError;
 use super::json::table;
-use super::routes::{body_object, created_or_updated, node_name, ok};
+use super::routes::{body_object, created_or_updated, ok};
 use crate::auth::{Access, ResourceKind};
 use crate::broker::Shared;
 use crate::exchange::{Binding, Destination};
@@ -242,7 +242,8 @@ pub async fn binding_delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-pub(super) fn queue_json(rates: &Rates, vhost: &str, q: &crate::queue::Queue) -> Value {
+pub(super) fn queue_json(shared: &Shared, vhost: &str, q: &crate::queue::Queue) -> Value {
+    let rates = &shared.rates;
     let (ready, unacked) = (q.message_count(), q.unacked_count());
     json!({
         "name": q.name().to_string(),
@@ -253,7 +254,7 @@ pub(super) fn queue_json(rates: &Rates, vhost: &str, q: &crate::queue::Queue) ->
         "arguments": table(&q.spec.arguments),
         "type": "classic",
         "state": "running",
-        "node": node_name(),
+        "node": shared.node_name(),
         "consumers": q.consumer_count(),
         "messages": ready + unacked,
         "messages_ready": ready,
@@ -279,7 +280,7 @@ pub async fn queues_all(State(shared): State<Arc<Shared>>, who: Who) -> Api {
             vhost
                 .queues()
                 .iter()
-                .map(|q| queue_json(&shared.rates, &vhost.name, q)),
+                .map(|q| queue_json(&shared, &vhost.name, q)),
         );
     }
     ok(Value::Array(list))
@@ -299,7 +300,7 @@ pub async fn queues_in(
     ok(Value::Array(
         open.queues()
             .iter()
-            .map(|q| queue_json(&shared.rates, &vhost, q))
+            .map(|q| queue_json(&shared, &vhost, q))
             .collect(),
     ))
 }
@@ -311,7 +312,7 @@ pub async fn queue_get(
 ) -> Api {
     let open = open_vhost(&shared, &who, &vhost)?;
     let queue = open.queue(&name).map_err(|_| ApiError::not_found())?;
-    ok(queue_json(&shared.rates, &vhost, &queue))
+    ok(queue_json(&shared, &vhost, &queue))
 }
 
 pub(super) fn exchange_json(rates: &Rates, vhost: &str, x: &crate::vhost::Exchange) -> Value {

@@ -18,7 +18,7 @@ use crate::broker::Shared;
 use crate::meta::{MetaCommand, VhostMeta};
 use crate::vhost::VHost;
 
-type Api = Result<Response, ApiError>;
+pub(super) type Api = Result<Response, ApiError>;
 
 /// Every route, over the broker's state.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -110,6 +110,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/consumers/{vhost}", get(activity::consumers_in))
         .route("/api/nodes", get(nodes))
         .route("/api/nodes/{name}", get(node_get))
+        .route("/api/cluster", get(super::cluster::status))
+        .route(
+            "/api/cluster/members",
+            axum::routing::post(super::cluster::join),
+        )
+        .route(
+            "/api/cluster/members/{name}",
+            axum::routing::delete(super::cluster::leave),
+        )
         .route("/api/aliveness-test/{vhost}", get(aliveness))
         .route("/api/vhosts/{vhost}/permissions", get(access::of_vhost))
         .route("/api/users/{name}/permissions", get(access::of_user))
@@ -218,13 +227,10 @@ pub(super) fn created_or_updated(existed: bool) -> Api {
     .into_response())
 }
 
-/// Applies a metadata command on a blocking thread (it syncs the meta log).
+/// Applies a metadata command: through the cluster's leader when clustered, else on a
+/// blocking thread (it syncs the meta log).
 pub(super) async fn execute(shared: &Arc<Shared>, command: MetaCommand) -> Result<(), ApiError> {
-    let shared = shared.clone();
-    tokio::task::spawn_blocking(move || shared.execute_meta(command))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(ApiError::from)
+    shared.submit_meta(command).await.map_err(ApiError::from)
 }
 
 /// A JSON object body; anything else is 400 with the parser's reason.
@@ -275,16 +281,6 @@ fn tags_field(body: &serde_json::Map<String, Value>) -> Result<Option<Vec<String
     }
 }
 
-pub(super) fn node_name() -> &'static str {
-    static NAME: OnceLock<String> = OnceLock::new();
-    NAME.get_or_init(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "localhost".to_owned());
-        format!("bourse@{host}")
-    })
-}
-
 /// Ready, unacknowledged and consumers of a vhost's queues.
 fn counts(vhost: &VHost) -> (usize, usize, usize) {
     vhost.queues().iter().fold((0, 0, 0), |(r, u, c), q| {
@@ -323,7 +319,7 @@ async fn overview(State(shared): State<Arc<Shared>>, who: Who) -> Api {
         .into_iter()
         .map(|(protocol, at)| {
             json!({
-                "node": node_name(), "protocol": protocol,
+                "node": shared.node_name(), "protocol": protocol,
                 "ip_address": at.ip().to_string(), "port": at.port(),
             })
         })
@@ -333,8 +329,8 @@ async fn overview(State(shared): State<Arc<Shared>>, who: Who) -> Api {
         "product_name": "bourse",
         "product_version": version,
         "rabbitmq_version": version,
-        "cluster_name": node_name(),
-        "node": node_name(),
+        "cluster_name": shared.node_name(),
+        "node": shared.node_name(),
         "message_stats": rates::vhosts(&shared.rates, &vhosts),
         "object_totals": {
             "channels": channels,
@@ -369,7 +365,7 @@ fn node_json(shared: &Shared) -> Value {
     let started = STARTED.get_or_init(std::time::Instant::now);
     let processors = std::thread::available_parallelism().map_or(1, |n| n.get());
     json!({
-        "name": node_name(),
+        "name": shared.node_name(),
         "type": "disc",
         "running": true,
         "os_pid": std::process::id().to_string(),
@@ -393,16 +389,22 @@ fn node_json(shared: &Shared) -> Value {
     })
 }
 
-/// GET /api/nodes (monitoring users and administrators, as RabbitMQ).
+/// GET /api/nodes (monitoring users and administrators, as RabbitMQ). In a cluster: every
+/// member, each with its `cluster` object (`super::cluster`).
 async fn nodes(State(shared): State<Arc<Shared>>, who: Who) -> Api {
     who.require_monitoring()?;
+    if shared.cluster().is_some() {
+        return ok(Value::Array(
+            super::cluster::nodes(&shared, node_json(&shared)).await,
+        ));
+    }
     ok(json!([node_json(&shared)]))
 }
 
 /// GET /api/nodes/{name}
 async fn node_get(State(shared): State<Arc<Shared>>, who: Who, Path(name): Path<String>) -> Api {
     who.require_monitoring()?;
-    if name != node_name() {
+    if name != shared.node_name() {
         return Err(ApiError::not_found());
     }
     ok(node_json(&shared))
@@ -739,7 +741,7 @@ async fn alarms(State(shared): State<Arc<Shared>>, _who: Who) -> Api {
         let body = json!({
             "status": "failed",
             "reason": "resource alarm(s) in effect in the cluster",
-            "alarms": [{ "node": node_name(), "resource": "memory" }],
+            "alarms": [{ "node": shared.node_name(), "resource": "memory" }],
         });
         return Ok((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response());
     }

@@ -167,7 +167,7 @@ pub enum MetaCommand {
 }
 
 /// Why a command was refused (the management API maps these to its status codes).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum MetaError {
     /// It names something that does not exist.
     #[error("{0}")]
@@ -178,6 +178,10 @@ pub enum MetaError {
     /// The meta log could not be written: nothing changed.
     #[error("cannot write the meta log: {0}")]
     Storage(String),
+    /// In a cluster: no leader could take the change (no majority reachable). It may still
+    /// be applied if it reached a leader whose answer was lost.
+    #[error("the cluster cannot take changes now: {0}")]
+    Unavailable(String),
 }
 
 /// A vhost's metadata.
@@ -844,6 +848,28 @@ impl Meta {
                 tracing::warn!(%error, "meta log compaction failed; the log is unchanged");
             }
         }
+        Ok(())
+    }
+
+    /// Replaces the whole state with `commands` (a cluster snapshot): the log is rewritten
+    /// with them. A command the new state refuses is skipped, as at replay.
+    pub fn replace(&self, commands: &[MetaCommand]) -> Result<(), MetaError> {
+        let mut state = MetaState::default();
+        let mut records = Vec::with_capacity(commands.len());
+        for command in commands {
+            if state.check(command).is_ok() {
+                state.apply(command);
+                records.push(
+                    serde_json::to_vec(command).map_err(|e| MetaError::Storage(e.to_string()))?,
+                );
+            }
+        }
+        let mut inner = self.inner.lock();
+        inner
+            .log
+            .rewrite(&records)
+            .map_err(|e| MetaError::Storage(e.to_string()))?;
+        inner.state = state;
         Ok(())
     }
 
