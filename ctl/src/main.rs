@@ -10,6 +10,7 @@
 //! 2 a usage error (clap's).
 
 mod client;
+mod cluster;
 mod commands;
 mod output;
 mod plugins;
@@ -102,6 +103,9 @@ enum Command {
     /// Deploy and manage a vhost's WASM exchange types.
     #[command(subcommand)]
     Plugin(plugins::PluginCommand),
+    /// A cluster's members, and members added or removed.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Versions, object totals, queue totals and listeners.
     Overview,
     /// The user logged in and its tags.
@@ -384,6 +388,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export { file } => commands::export(&client, &file),
         Command::Import { file } => commands::import(&client, format, &file),
         Command::Plugin(command) => plugins::run(&client, format, command),
+        Command::Cluster(command) => cluster::run(&client, format, command),
         Command::Overview => Ok(output::print_object(format, &client.get("/api/overview")?)?),
         Command::Whoami => Ok(output::print_object(format, &client.get("/api/whoami")?)?),
     }

@@ -535,6 +535,19 @@ pub fn basic_publish(exchange: &str, routing_key: &str) -> AMQPClass {
     }))
 }
 
+/// basic.consume of `queue` as `tag`, with manual acks unless `no_ack`.
+pub fn basic_consume(queue: &str, tag: &str, no_ack: bool) -> AMQPClass {
+    AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+        queue: queue.into(),
+        consumer_tag: tag.into(),
+        no_local: false,
+        no_ack,
+        exclusive: false,
+        nowait: false,
+        arguments: FieldTable::default(),
+    }))
+}
+
 /// A queue.declare for `name` with default flags.
 pub fn queue_declare(name: &str) -> AMQPClass {
     AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {

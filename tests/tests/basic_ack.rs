@@ -10,7 +10,6 @@ use bourse_tests::{TestBroker, uniq};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicRecoverOptions, BasicRejectOptions,
 };
-use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 
 const PRECONDITION_FAILED: u16 = 406;
@@ -343,7 +342,7 @@ async fn recover_ok_precedes_redeliveries_on_the_wire() {
     bounded(async {
         use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
         use amq_protocol::protocol::{AMQPClass, basic, queue};
-        use bourse_tests::raw::{RawClient, basic_publish, queue_declare};
+        use bourse_tests::raw::{RawClient, basic_consume, basic_publish, queue_declare};
 
         let broker = TestBroker::start().await;
         let (mut raw, _) = RawClient::open(broker.addr()).await;
@@ -354,16 +353,7 @@ async fn recover_ok_precedes_redeliveries_on_the_wire() {
             (1, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_))) => {}
             other => panic!("expected queue.declare-ok, got {other:?}"),
         }
-        let consume = basic::Consume {
-            queue: q.as_str().into(),
-            consumer_tag: "c".into(),
-            no_local: false,
-            no_ack: false,
-            exclusive: false,
-            nowait: false,
-            arguments: FieldTable::default(),
-        };
-        raw.send_method(1, AMQPClass::Basic(basic::AMQPMethod::Consume(consume)))
+        raw.send_method(1, basic_consume(&q, "c", false))
             .await
             .unwrap();
         match raw.recv_method().await.expect("basic.consume-ok") {
@@ -446,7 +436,7 @@ async fn acks_written_together_with_other_methods_take_effect_in_order() {
     bounded(async {
         use amq_protocol::frame::AMQPFrame;
         use amq_protocol::protocol::{AMQPClass, basic, queue};
-        use bourse_tests::raw::{RawClient, encode_frame, queue_declare};
+        use bourse_tests::raw::{RawClient, basic_consume, encode_frame, queue_declare};
 
         let broker = TestBroker::start().await;
         let (mut raw, _) = RawClient::open(broker.addr()).await;
@@ -462,16 +452,7 @@ async fn acks_written_together_with_other_methods_take_effect_in_order() {
                 .await
                 .unwrap();
         }
-        let consume = basic::Consume {
-            queue: q.as_str().into(),
-            consumer_tag: "c".into(),
-            no_local: false,
-            no_ack: false,
-            exclusive: false,
-            nowait: false,
-            arguments: FieldTable::default(),
-        };
-        raw.send_method(1, AMQPClass::Basic(basic::AMQPMethod::Consume(consume)))
+        raw.send_method(1, basic_consume(&q, "c", false))
             .await
             .unwrap();
 

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bourse_tests::TempDir;
+use bourse_tests::ctl::Ctl;
 use bourse_tests::http::Api;
 use bourse_tests::process::{BrokerProcess, free_port};
 use hyper::StatusCode;
@@ -24,13 +25,22 @@ struct Node {
     api: Api,
 }
 
+impl Node {
+    /// The management API's address.
+    fn api_addr(&self) -> SocketAddr {
+        self.api
+            .base()
+            .trim_start_matches("http://")
+            .parse()
+            .expect("the API's address")
+    }
+}
+
 /// Starts `names.len()` nodes formed into one cluster.
 async fn start_cluster(names: &[&str]) -> (TempDir, Vec<Node>) {
     let dir = TempDir::new();
-    let secret = dir.path.join("secret");
-    std::fs::write(&secret, "a test secret, long enough\n").expect("write the secret");
+    let secret = secret_file(&dir);
     let cluster: Vec<SocketAddr> = names.iter().map(|_| free_port()).collect();
-    let management: Vec<SocketAddr> = names.iter().map(|_| free_port()).collect();
     let peers = names
         .iter()
         .zip(&cluster)
@@ -38,30 +48,49 @@ async fn start_cluster(names: &[&str]) -> (TempDir, Vec<Node>) {
         .collect::<Vec<_>>()
         .join(",");
     let mut nodes = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        let cluster_listen = cluster[i].to_string();
-        let management_listen = management[i].to_string();
-        let process = BrokerProcess::start_with_args(&[
-            "--node-name",
-            name,
-            "--cluster-listen",
-            &cluster_listen,
-            "--cluster-peers",
-            &peers,
-            "--cluster-secret-file",
-            secret.to_str().expect("utf-8 path"),
-            "--management-listen",
-            &management_listen,
-        ])
-        .await;
-        nodes.push(Node {
-            name: name.to_string(),
-            cluster_addr: cluster[i],
-            process,
-            api: Api::new(management[i], "guest", "guest"),
-        });
+    for (name, addr) in names.iter().zip(&cluster) {
+        nodes.push(start_node(name, *addr, Some(&peers), &secret).await);
     }
     (dir, nodes)
+}
+
+/// The shared secret, in a file under `dir`.
+fn secret_file(dir: &TempDir) -> String {
+    let secret = dir.path.join("secret");
+    std::fs::write(&secret, "a test secret, long enough\n").expect("write the secret");
+    secret.to_str().expect("utf-8 path").to_owned()
+}
+
+/// Starts one node; without `peers` it forms nothing and waits to be added.
+async fn start_node(
+    name: &str,
+    cluster_addr: SocketAddr,
+    peers: Option<&str>,
+    secret: &str,
+) -> Node {
+    let management = free_port();
+    let cluster_listen = cluster_addr.to_string();
+    let management_listen = management.to_string();
+    let mut args = vec![
+        "--node-name",
+        name,
+        "--cluster-listen",
+        &cluster_listen,
+        "--cluster-secret-file",
+        secret,
+        "--management-listen",
+        &management_listen,
+    ];
+    if let Some(peers) = peers {
+        args.extend(["--cluster-peers", peers]);
+    }
+    let process = BrokerProcess::start_with_args(&args).await;
+    Node {
+        name: name.to_owned(),
+        cluster_addr,
+        process,
+        api: Api::new(management, "guest", "guest"),
+    }
 }
 
 /// The leader's name as `node` sees it, once there is one.
@@ -220,18 +249,46 @@ async fn metadata_changes_reach_every_node_and_survive_losing_a_minority() {
 }
 
 #[tokio::test]
-async fn the_inter_node_port_refuses_requests_without_the_secret() {
-    tokio::time::timeout(Duration::from_secs(60), async {
-        let (_dir, nodes) = start_cluster(&["solo"]).await;
+async fn members_join_and_leave_at_runtime_and_the_port_wants_the_secret() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let (dir, nodes) = start_cluster(&["solo"]).await;
         let port = Api::anonymous(nodes[0].cluster_addr);
         let reply = port.get("/cluster/status").await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(reply.json["error"], "not_authorised");
         let reply = port.post("/raft/vote", json!({})).await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
         // A single-member cluster leads itself and takes changes.
         assert_eq!(leader(&nodes[0]).await, "solo");
-        let reply = nodes[0].api.put("/api/vhosts/solo-vhost", json!({})).await;
+        let reply = nodes[0].api.put("/api/vhosts/before-join", json!({})).await;
         assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.json);
+
+        // A node started without peers waits; `bourse-ctl cluster join` adds it, and it
+        // receives what was written before it joined.
+        let late_addr = free_port();
+        let late = start_node("late", late_addr, None, &secret_file(&dir)).await;
+        let ctl = Ctl::new(nodes[0].api_addr());
+        ctl.ok(&["cluster", "join", "late", &late_addr.to_string()])
+            .await;
+        let status = ctl.json(&["cluster", "status"]).await;
+        let members = status["members"].as_array().expect("members");
+        assert_eq!(members.len(), 2, "{status}");
+        assert!(members.iter().all(|m| m["voter"] == true), "{status}");
+        visible_everywhere(&[&nodes[0], &late], "/api/vhosts/before-join").await;
+        let reply = late.api.put("/api/vhosts/after-join", json!({})).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.json);
+        visible_everywhere(&[&nodes[0], &late], "/api/vhosts/after-join").await;
+
+        // And `cluster leave` removes it.
+        ctl.ok(&["cluster", "leave", "late"]).await;
+        let status = ctl.json(&["cluster", "status"]).await;
+        assert_eq!(
+            status["members"].as_array().map(Vec::len),
+            Some(1),
+            "{status}"
+        );
+        let run = ctl.run(&["cluster", "leave", "nobody"]).await;
+        assert_ne!(run.code, Some(0), "leaving a non-member fails: {run:?}");
     })
     .await
     .expect("the test took too long");

@@ -268,3 +268,60 @@ async fn consumers_that_take_nothing_do_not_hold_publishers_back() {
     })
     .await;
 }
+
+/// A buffer that consumers attach to: its publishers are paced to the consumers while the
+/// backlog drains (they go on every 512 deliveries), not held until all of it has drained.
+#[tokio::test]
+async fn publishers_to_a_draining_buffer_go_on_at_the_consumers_pace() {
+    bounded(Duration::from_secs(90), async {
+        let broker = TestBroker::start().await;
+        let (_conn, ch) = broker.channel().await;
+        let queue = declare(&ch, "flow-buffer").await;
+        let buffered = 50_000u32;
+        // The flood's task keeps its socket open: wait for the queue instead.
+        let (_peer, _flood) = flood(broker.addr(), &queue, buffered).await;
+        while ready_count(&ch, &queue).await < buffered {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // About 10,000 msg/s: the buffer takes some 5 s to drain.
+        let (_consumer_conn, consumer_ch) = broker.channel().await;
+        let received = Arc::new(AtomicUsize::new(0));
+        slow_consumer(&consumer_ch, &queue, received.clone()).await;
+        while received.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (_publisher_conn, publisher) = broker.channel().await;
+        publisher
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .expect("confirm.select");
+        let more = 3_000u32;
+        let mut confirms = Vec::new();
+        for seq in buffered..buffered + more {
+            let confirm = publisher
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &seq.to_be_bytes(),
+                    BasicProperties::default(),
+                )
+                .await
+                .expect("basic.publish");
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            assert!(confirm.await.expect("confirm").is_ack());
+        }
+        let left = ready_count(&ch, &queue).await;
+        assert!(
+            left > 20_000,
+            "the publisher was confirmed while the buffer drained, not after: {left} ready"
+        );
+        while received.load(Ordering::Relaxed) < (buffered + more) as usize {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(ready_count(&ch, &queue).await, 0);
+    })
+    .await;
+}

@@ -23,6 +23,9 @@ pub struct ClusterConfig {
     /// The members the cluster is formed with on first start, this node included: name to
     /// inter-node address. Nodes added later join through the API.
     pub peers: BTreeMap<String, SocketAddr>,
+    /// Whether peers were given: without them the node forms nothing and waits to be added
+    /// to a cluster (`POST /api/cluster/members` on a member).
+    pub form: bool,
     /// The secret every inter-node request carries.
     pub secret: String,
 }
@@ -101,6 +104,7 @@ pub(super) fn cluster_settings(
     Ok(Some(ClusterConfig {
         node_name,
         listen,
+        form: !peer_list.is_empty(),
         peers,
         secret,
     }))

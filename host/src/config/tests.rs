@@ -207,3 +207,68 @@ fn log_settings_come_from_the_file_or_the_flags() {
     let config = with_file("", &["--management-sample-interval-ms", "1"]).unwrap();
     assert_eq!(config.management_sample_interval_ms, 100, "floored");
 }
+
+#[test]
+fn cluster_settings_come_from_the_file_or_flags_and_are_checked() {
+    let dir = std::env::temp_dir().join(format!(
+        "bourse-config-cluster-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "sixteen bytes or more\n").expect("secret");
+    let file = format!(
+        "[cluster]\nnode_name = \"n1\"\nlisten = \"127.0.0.1:25672\"\n\
+         peers = [\"n1=127.0.0.1:25672\", \"n2=127.0.0.1:25673\"]\nsecret_file = {:?}\n",
+        secret.to_string_lossy()
+    );
+    let cluster = with_file(&file, &[])
+        .expect("config")
+        .cluster
+        .expect("cluster settings");
+    assert_eq!(cluster.node_name, "n1");
+    assert_eq!(cluster.peers.len(), 2);
+    assert!(cluster.form);
+    assert_eq!(cluster.secret, "sixteen bytes or more", "trimmed");
+    // Flags override the file's peers; this node is added to them.
+    let cluster = with_file(&file, &["--cluster-peers", "n2=127.0.0.1:25673"])
+        .expect("config")
+        .cluster
+        .expect("cluster settings");
+    assert_eq!(
+        cluster.peers.keys().collect::<Vec<_>>(),
+        ["n1", "n2"],
+        "this node joins its own peer list"
+    );
+    // No node name: a single node.
+    assert!(with_file("", &[]).expect("config").cluster.is_none());
+    let refused = |args: &[&str]| match with_file("", args) {
+        Err(ConfigError::Invalid(reason)) => reason,
+        other => panic!("{args:?} should be refused: {other:?}"),
+    };
+    let secret_arg = secret.to_string_lossy().into_owned();
+    let base = ["--node-name", "n1", "--cluster-listen", "127.0.0.1:25672"];
+    let with = |extra: &[&'static str]| -> Vec<&str> {
+        let mut all: Vec<&str> = base.to_vec();
+        all.extend_from_slice(extra);
+        all
+    };
+    assert!(refused(&with(&[])).contains("shared secret"));
+    let mut args = with(&["--cluster-secret-file"]);
+    args.push(&secret_arg);
+    args.extend(["--cluster-peers", "n1=127.0.0.1:1"]);
+    assert!(refused(&args).contains("is given as"));
+    let mut args = with(&["--cluster-secret-file"]);
+    args.push(&secret_arg);
+    args.extend(["--cluster-peers", "bad name=127.0.0.1:1"]);
+    assert!(refused(&args).contains("node name"));
+    assert!(refused(&["--cluster-listen", "127.0.0.1:1"]).contains("node_name"));
+    let short = dir.join("short");
+    std::fs::write(&short, "short").expect("short secret");
+    let short_arg = short.to_string_lossy().into_owned();
+    let mut args = with(&["--cluster-secret-file"]);
+    args.push(&short_arg);
+    assert!(refused(&args).contains("at least 16 bytes"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -354,11 +354,10 @@ impl Connection {
                 if turn == FRAMES_PER_TURN || acks == ACKS_PER_TURN || self.writer.is_congested() {
                     break true;
                 }
-                // A queue this connection publishes into asked for flow, or the vhost's WASM
-                // budget is spent: stop here (one atomic load for the budget).
-                if !self.throttled.get_mut().is_empty()
-                    || self.wasm_budget.as_ref().is_some_and(|b| b.in_debt())
-                {
+                // The vhost's WASM budget is spent: stop here (one atomic load). A queue in
+                // flow this turn published into is waited for when the turn ends: a turn
+                // (at most about 340 small messages) against `FLOW_PACE` deliveries.
+                if self.wasm_budget.as_ref().is_some_and(|b| b.in_debt()) {
                     break true;
                 }
                 turn += 1;

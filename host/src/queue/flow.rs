@@ -3,8 +3,11 @@
 //! A queue whose consumers cannot keep up raises its flow flag once its ready backlog reaches
 //! [`FLOW_HIGH_MESSAGES`] (or [`FLOW_HIGH_BYTES`] of bodies) while it has consumers. A
 //! connection that has just published into such a queue stops reading its socket
-//! ([`Queue::throttle`]) until the backlog is back under half of that, so TCP back-pressure
-//! slows the publisher to what the consumers take. Only the connections that published into
+//! ([`Queue::throttle`]) until the backlog is back under half of that, or until the queue has
+//! delivered [`FLOW_PACE`] messages since it stopped, so TCP back-pressure slows the publisher
+//! to what the consumers take. The second way out matters for a deep backlog (a buffer that
+//! consumers attached to): its publishers go on at a fraction of the consumers' pace while it
+//! drains, instead of waiting for the whole of it. Only the connections that published into
 //! the queue wait: publishers to other queues go on.
 //!
 //! A queue with no consumer never raises the flag (it is a buffer: messages go to storage at
@@ -22,6 +25,9 @@ use super::{Queue, QueueState};
 pub const FLOW_HIGH_MESSAGES: usize = 1024;
 /// Body bytes of ready messages at which a queue with consumers asks its publishers to wait.
 pub const FLOW_HIGH_BYTES: usize = 8 << 20;
+/// Deliveries after which a waiting publisher may go on even though the backlog is still over
+/// the threshold (a turn publishes at most about 340 small messages: fewer than this).
+pub const FLOW_PACE: u64 = 512;
 /// How long a waiting publisher gives the queue to deliver anything before it treats the
 /// consumers as stalled and goes on.
 pub const FLOW_PATIENCE: Duration = Duration::from_secs(1);
@@ -36,10 +42,12 @@ pub(super) struct FlowState {
 }
 
 impl FlowState {
-    /// Records a delivery: a stalled queue's consumers are taking messages again.
-    pub(super) fn delivered(&mut self) {
+    /// Records a delivery: a stalled queue's consumers are taking messages again. True every
+    /// [`FLOW_PACE`] deliveries, when waiting publishers should look again.
+    pub(super) fn delivered(&mut self) -> bool {
         self.deliveries = self.deliveries.wrapping_add(1);
         self.stalled = false;
+        self.deliveries.is_multiple_of(FLOW_PACE)
     }
 }
 
@@ -69,10 +77,20 @@ impl Queue {
         }
     }
 
-    /// Waits while the queue is in flow: until its backlog drained to half the threshold, or
-    /// until it delivered nothing for [`FLOW_PATIENCE`] (then it is marked stalled and stops
-    /// throttling until its consumers take something).
+    /// A delivery was recorded (`FlowState::delivered` said `pace`): wakes waiting
+    /// publishers every [`FLOW_PACE`] deliveries while in flow.
+    pub(super) fn paced(&self, pace: bool) {
+        if pace && self.in_flow() {
+            self.flow_cleared.notify_waiters();
+        }
+    }
+
+    /// Waits while the queue is in flow: until its backlog drained to half the threshold,
+    /// until it delivered [`FLOW_PACE`] messages since this wait began, or until it delivered
+    /// nothing for [`FLOW_PATIENCE`] (then it is marked stalled and stops throttling until its
+    /// consumers take something).
     pub async fn throttle(&self) {
+        let started = self.state.lock().flow.deliveries;
         loop {
             let cleared = self.flow_cleared.notified();
             tokio::pin!(cleared);
@@ -81,6 +99,9 @@ impl Queue {
                 return;
             }
             let before = self.state.lock().flow.deliveries;
+            if before.wrapping_sub(started) >= FLOW_PACE {
+                return;
+            }
             if tokio::time::timeout(FLOW_PATIENCE, cleared).await.is_ok() {
                 continue;
             }

@@ -505,7 +505,8 @@ impl Queue {
             }
             let (position, redelivered) = (entry.position, entry.redelivered());
             active.outlet.offer(active, me, entry)?;
-            state.flow.delivered();
+            let pace = state.flow.delivered();
+            self.paced(pace);
             state
                 .stats
                 .delivered
@@ -526,7 +527,8 @@ impl Queue {
             let (position, redelivered) = (entry.position, entry.redelivered());
             match consumer.outlet.offer(consumer, me, entry) {
                 Ok(()) => {
-                    state.flow.delivered();
+                    let pace = state.flow.delivered();
+                    self.paced(pace);
                     state
                         .stats
                         .delivered
@@ -568,7 +570,8 @@ impl Queue {
             }
         };
         if let Some(entry) = &got {
-            state.flow.delivered();
+            let pace = state.flow.delivered();
+            self.paced(pace);
             state
                 .stats
                 .delivered

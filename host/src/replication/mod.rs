@@ -161,7 +161,8 @@ pub struct Cluster {
 impl Cluster {
     /// Opens this node's Raft state under `data_dir/cluster`, starts Raft and the inter-node
     /// listener, and on a first start forms the cluster from `config.peers` (the node with the
-    /// smallest name does it; the others wait to hear from it).
+    /// smallest name does it; the others wait to hear from it). A node given no peers forms
+    /// nothing: it waits to be added by a member.
     pub async fn start(
         config: &ClusterConfig,
         data_dir: &Path,
@@ -207,7 +208,7 @@ impl Cluster {
             stop,
         });
         tokio::spawn(network::serve(cluster.clone(), listener, stopped));
-        let first = config.peers.keys().next() == Some(&config.node_name);
+        let first = config.form && config.peers.keys().next() == Some(&config.node_name);
         if first && !cluster.raft.is_initialized().await.unwrap_or(true) {
             let members: BTreeMap<u64, Member> = config
                 .peers
