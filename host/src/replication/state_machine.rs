@@ -38,6 +38,9 @@ struct SnapshotData {
     commands: Vec<Command>,
 }
 
+/// A snapshot kept in memory: its description and its bytes.
+type StoredSnapshot = (SnapshotMeta<NodeId, Member>, Vec<u8>);
+
 /// The state machine; clones share it (one is the snapshot builder).
 #[derive(Clone)]
 pub struct StateMachine {
@@ -49,7 +52,7 @@ struct Inner {
     path: PathBuf,
     applied: Mutex<Applied>,
     /// The last snapshot built or installed.
-    current: Mutex<Option<(SnapshotMeta<NodeId, Member>, Vec<u8>)>>,
+    current: Mutex<Option<StoredSnapshot>>,
 }
 
 impl StateMachine {
