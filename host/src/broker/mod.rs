@@ -22,7 +22,7 @@ use crate::exchange::wasm::{PluginManager, PluginStatus};
 use crate::store::{StoreError, StoreOptions};
 use crate::vhost::VHost;
 
-mod cluster;
+mod meta;
 mod vhost_plugins;
 
 /// State shared by every connection.
@@ -53,7 +53,7 @@ pub struct Shared {
     pub meta: crate::meta::Meta,
     /// Message rates, sampled by the management API.
     pub rates: crate::stats::Rates,
-    /// This node's cluster (Raft for the metadata), when configured (`cluster.rs`).
+    /// This node's cluster (Raft for the metadata), when configured (`meta.rs`).
     cluster: std::sync::OnceLock<Arc<crate::replication::Cluster>>,
     /// `node_name()`, computed once.
     node_name: std::sync::OnceLock<String>,
@@ -97,72 +97,6 @@ impl Shared {
             Some(limits) => crate::meta::user_limits_over(limits, base),
             None => base,
         }
-    }
-
-    /// Applies a metadata command (`meta/`): checked, logged and synced, then in effect: users
-    /// and permissions for new connections, a new vhost opened, a deleted vhost's connections
-    /// closed with 320 and its data removed. Slow (fsyncs): call it off the async threads.
-    pub fn execute_meta(
-        &self,
-        command: crate::meta::MetaCommand,
-    ) -> Result<(), crate::meta::MetaError> {
-        use crate::meta::{MetaCommand, MetaError};
-        self.meta.execute(command.clone())?;
-        // Access taken away takes effect at once: the connections concerned close with 320,
-        // asked before the users reload so that a connection refreshing its grants meanwhile
-        // is given this reason, not "access revoked" (other changes of permissions reach
-        // open connections at their next read turn).
-        match &command {
-            MetaCommand::DeleteVhost { name } => {
-                let reason = crate::connection::vhost_deleted(name);
-                self.open.force_close_where(|c| c.vhost == *name, &reason);
-            }
-            MetaCommand::DeleteUser { name } => {
-                let reason = crate::connection::user_deleted(name);
-                self.open.force_close_where(|c| c.user == *name, &reason);
-            }
-            MetaCommand::ClearPermissions { user, vhost } => {
-                let reason = crate::connection::access_revoked(vhost, user);
-                self.open
-                    .force_close_where(|c| c.user == *user && c.vhost == *vhost, &reason);
-            }
-            _ => {}
-        }
-        self.users.reload(&self.meta.state());
-        match command {
-            MetaCommand::PutVhost { name, .. } => {
-                self.add_vhost(&name)
-                    .map_err(|e| MetaError::Storage(e.to_string()))?;
-            }
-            MetaCommand::DeleteVhost { name } => self.remove_vhost(&name),
-            MetaCommand::SetVhostLimits { vhost, .. } => {
-                if let Some(open) = self.vhost(&vhost) {
-                    open.set_limits(self.limits_of(&vhost));
-                    self.apply_wasm_budget(&vhost);
-                }
-            }
-            MetaCommand::SetVhostExchangeTypes { vhost, .. } => {
-                if let Some(open) = self.vhost(&vhost) {
-                    open.set_exchange_types(self.exchange_types_of(&vhost));
-                }
-            }
-            MetaCommand::SetUserLimits { user, .. } => {
-                let usage = self.user_usage.lock().get(&user).cloned();
-                if let Some(usage) = usage {
-                    usage.set_limits(self.user_limits_of(&user));
-                }
-            }
-            MetaCommand::DeleteUser { name } => {
-                self.user_usage.lock().remove(&name);
-            }
-            // Commands that did not come through `put_vhost_plugin` and its siblings (a
-            // replicated log): the file is expected in place; load what the state now says.
-            MetaCommand::PutVhostPlugin { vhost, .. }
-            | MetaCommand::RollbackVhostPlugin { vhost, .. }
-            | MetaCommand::DeleteVhostPlugin { vhost, .. } => self.sync_vhost_plugins(&vhost),
-            _ => {}
-        }
-        Ok(())
     }
 
     /// Every [`admission::SAMPLE_INTERVAL`](crate::vhost::admission::SAMPLE_INTERVAL), sums
@@ -392,7 +326,7 @@ impl Broker {
                 .with_context(|| format!("cannot open the storage of vhost '{name}'"))?;
         }
         if let Some(settings) = &shared.config.cluster {
-            let applier = Arc::new(cluster::BrokerApplier(Arc::downgrade(&shared)));
+            let applier = Arc::new(meta::BrokerApplier(Arc::downgrade(&shared)));
             let node =
                 crate::replication::Cluster::start(settings, &shared.config.data_dir, applier)
                     .await?;

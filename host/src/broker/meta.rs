@@ -1,6 +1,7 @@
-//! The broker in a cluster: metadata changes go through `replication` (Raft) and come back
-//! to every node through [`Applier`], implemented here; without a cluster they are applied
-//! directly, as before.
+//! Metadata changes in the broker: applying one (`execute_meta`: logged, then in effect on
+//! users, vhosts and connections), submitting one (through `replication`, Raft, when the node
+//! is in a cluster, whose committed changes come back to every node through [`Applier`],
+//! implemented here; directly otherwise), and replacing all of it from a cluster snapshot.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Weak};
@@ -54,6 +55,72 @@ impl Applier for BrokerApplier {
 }
 
 impl Shared {
+    /// Applies a metadata command (`meta/`): checked, logged and synced, then in effect: users
+    /// and permissions for new connections, a new vhost opened, a deleted vhost's connections
+    /// closed with 320 and its data removed. Slow (fsyncs): call it off the async threads.
+    pub fn execute_meta(
+        &self,
+        command: crate::meta::MetaCommand,
+    ) -> Result<(), crate::meta::MetaError> {
+        use crate::meta::{MetaCommand, MetaError};
+        self.meta.execute(command.clone())?;
+        // Access taken away takes effect at once: the connections concerned close with 320,
+        // asked before the users reload so that a connection refreshing its grants meanwhile
+        // is given this reason, not "access revoked" (other changes of permissions reach
+        // open connections at their next read turn).
+        match &command {
+            MetaCommand::DeleteVhost { name } => {
+                let reason = crate::connection::vhost_deleted(name);
+                self.open.force_close_where(|c| c.vhost == *name, &reason);
+            }
+            MetaCommand::DeleteUser { name } => {
+                let reason = crate::connection::user_deleted(name);
+                self.open.force_close_where(|c| c.user == *name, &reason);
+            }
+            MetaCommand::ClearPermissions { user, vhost } => {
+                let reason = crate::connection::access_revoked(vhost, user);
+                self.open
+                    .force_close_where(|c| c.user == *user && c.vhost == *vhost, &reason);
+            }
+            _ => {}
+        }
+        self.users.reload(&self.meta.state());
+        match command {
+            MetaCommand::PutVhost { name, .. } => {
+                self.add_vhost(&name)
+                    .map_err(|e| MetaError::Storage(e.to_string()))?;
+            }
+            MetaCommand::DeleteVhost { name } => self.remove_vhost(&name),
+            MetaCommand::SetVhostLimits { vhost, .. } => {
+                if let Some(open) = self.vhost(&vhost) {
+                    open.set_limits(self.limits_of(&vhost));
+                    self.apply_wasm_budget(&vhost);
+                }
+            }
+            MetaCommand::SetVhostExchangeTypes { vhost, .. } => {
+                if let Some(open) = self.vhost(&vhost) {
+                    open.set_exchange_types(self.exchange_types_of(&vhost));
+                }
+            }
+            MetaCommand::SetUserLimits { user, .. } => {
+                let usage = self.user_usage.lock().get(&user).cloned();
+                if let Some(usage) = usage {
+                    usage.set_limits(self.user_limits_of(&user));
+                }
+            }
+            MetaCommand::DeleteUser { name } => {
+                self.user_usage.lock().remove(&name);
+            }
+            // Commands that did not come through `put_vhost_plugin` and its siblings (a
+            // replicated log): the file is expected in place; load what the state now says.
+            MetaCommand::PutVhostPlugin { vhost, .. }
+            | MetaCommand::RollbackVhostPlugin { vhost, .. }
+            | MetaCommand::DeleteVhostPlugin { vhost, .. } => self.sync_vhost_plugins(&vhost),
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// The node's name as the management API shows it: `bourse@<node name>` in a cluster,
     /// `bourse@<host name>` otherwise (RabbitMQ's `rabbit@<host>`).
     pub fn node_name(&self) -> &str {
