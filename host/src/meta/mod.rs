@@ -3,28 +3,18 @@
 //!
 //! Every change is a command, checked against the current state ([`MetaState::check`]),
 //! written to `<data_dir>/meta.log` (JSON, one synced record each: `store::RecordLog`) and
-//! then applied. At start-up the log is replayed; an empty log is seeded from the config file
-//! (RabbitMQ's rule: its default user and definitions apply on first boot only). The cluster
-//! issue puts the same commands through a Raft log instead of the file.
+//! then applied (`log.rs`). At start-up the log is replayed; an empty log is seeded from the
+//! config file (RabbitMQ's rule: its default user and definitions apply on first boot only).
+//! In a cluster the same commands come from the Raft log (`replication`), applied here on
+//! every node.
 //!
 //! Nothing here is on the data path: connections read what they need (their user, their
 //! grants) when they open.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
-use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{RecordLog, StoreError};
-
-/// The meta log's header: magic and format version.
-const HEADER: [u8; 8] = *b"BMETA\x00\x01\x00";
-const FILE_NAME: &str = "meta.log";
-/// The log is rewritten as a snapshot when it holds this many times more records than the
-/// state has entries (and at least [`COMPACT_MIN_RECORDS`]).
-const COMPACT_RATIO: u64 = 4;
-const COMPACT_MIN_RECORDS: u64 = 1_000;
 /// Longest name (vhost, user) or expression accepted.
 pub const NAME_MAX_BYTES: usize = 255;
 /// At most this many tags per user or vhost.
@@ -782,103 +772,9 @@ pub fn seed(config: &crate::Config) -> Result<Vec<MetaCommand>, crate::auth::Pas
     Ok(out)
 }
 
-/// The metadata with its log.
-#[derive(Debug)]
-pub struct Meta {
-    inner: Mutex<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    state: MetaState,
-    log: RecordLog,
-}
-
-impl Meta {
-    /// Opens `<data_dir>/meta.log` and replays it; when it is empty, `seed` is executed first
-    /// (the config file's users, permissions and the default vhost). A record that does not
-    /// decode stops the replay with an error: the broker must not start with half its users.
-    pub fn open(data_dir: &Path, seed: &[MetaCommand]) -> Result<Meta, StoreError> {
-        let (log, records) = RecordLog::open(data_dir, FILE_NAME, HEADER)?;
-        let mut state = MetaState::default();
-        for (index, record) in records.iter().enumerate() {
-            let command: MetaCommand =
-                serde_json::from_slice(record).map_err(|e| StoreError::Corrupt {
-                    path: log.path().to_owned(),
-                    offset: index as u64,
-                    reason: format!("meta record {index} does not decode: {e}"),
-                })?;
-            state.apply(&command);
-        }
-        let meta = Meta {
-            inner: Mutex::new(Inner { state, log }),
-        };
-        if records.is_empty() {
-            for command in seed {
-                if let Err(error) = meta.execute(command.clone()) {
-                    tracing::warn!(?command, %error, "seed command refused");
-                }
-            }
-        }
-        Ok(meta)
-    }
-
-    /// Checks, logs (synced) and applies a command. Slow (an fsync): never call it on the
-    /// data path or under a lock that routing takes.
-    pub fn execute(&self, command: MetaCommand) -> Result<(), MetaError> {
-        let mut inner = self.inner.lock();
-        inner.state.check(&command)?;
-        let record = serde_json::to_vec(&command).map_err(|e| MetaError::Storage(e.to_string()))?;
-        inner
-            .log
-            .append_all(&[record])
-            .map_err(|e| MetaError::Storage(e.to_string()))?;
-        inner.state.apply(&command);
-        let live = inner.state.len().max(1) as u64;
-        if inner.log.records() >= COMPACT_MIN_RECORDS
-            && inner.log.records() > COMPACT_RATIO.saturating_mul(live)
-        {
-            let snapshot: Vec<Vec<u8>> = inner
-                .state
-                .snapshot()
-                .iter()
-                .filter_map(|c| serde_json::to_vec(c).ok())
-                .collect();
-            if let Err(error) = inner.log.rewrite(&snapshot) {
-                tracing::warn!(%error, "meta log compaction failed; the log is unchanged");
-            }
-        }
-        Ok(())
-    }
-
-    /// Replaces the whole state with `commands` (a cluster snapshot): the log is rewritten
-    /// with them. A command the new state refuses is skipped, as at replay.
-    pub fn replace(&self, commands: &[MetaCommand]) -> Result<(), MetaError> {
-        let mut state = MetaState::default();
-        let mut records = Vec::with_capacity(commands.len());
-        for command in commands {
-            if state.check(command).is_ok() {
-                state.apply(command);
-                records.push(
-                    serde_json::to_vec(command).map_err(|e| MetaError::Storage(e.to_string()))?,
-                );
-            }
-        }
-        let mut inner = self.inner.lock();
-        inner
-            .log
-            .rewrite(&records)
-            .map_err(|e| MetaError::Storage(e.to_string()))?;
-        inner.state = state;
-        Ok(())
-    }
-
-    /// A copy of the current state.
-    pub fn state(&self) -> MetaState {
-        self.inner.lock().state.clone()
-    }
-}
-
+mod log;
 pub mod plugins;
+
+pub use log::Meta;
 #[cfg(test)]
 mod tests;

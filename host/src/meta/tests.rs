@@ -1,4 +1,6 @@
+use super::log::{COMPACT_MIN_RECORDS, FILE_NAME, HEADER};
 use super::*;
+use crate::store::RecordLog;
 
 fn user(name: &str) -> MetaCommand {
     let hash = crate::auth::PasswordHash::new("pw", crate::auth::Algorithm::Sha256)
@@ -110,7 +112,7 @@ fn a_long_log_is_compacted_into_a_snapshot() {
         })
         .expect("grant");
     }
-    let records = meta.inner.lock().log.records();
+    let records = meta.records();
     assert!(
         records < COMPACT_MIN_RECORDS + 10,
         "{records} records after compaction"
