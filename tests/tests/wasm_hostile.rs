@@ -345,7 +345,10 @@ async fn plugin_texts_and_log_lines_are_cut_to_1_kib() {
 
 #[tokio::test]
 async fn a_route_answer_of_400000_ids_is_a_failed_call() {
-    let broker = PluginBroker::start(&["x-noisy"]).await;
+    // Producing 400,000 ids takes a debug build several milliseconds, near the default 5 ms
+    // route deadline when the machine is busy: give it room, this test is about the answer's size.
+    let broker =
+        PluginBroker::start_with(&["x-noisy"], |cfg| cfg.wasm.call_deadline_ms = 500).await;
     let (_conn, ch) = session(&broker.broker).await;
     declare(&ch, "noisy-ids", "x-noisy", FieldTable::default()).await;
     queue_on(&ch, "noisy-ids-q", "noisy-ids", "k").await;
