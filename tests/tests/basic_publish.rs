@@ -2,9 +2,15 @@
 //! no-route, a missing exchange, the unsupported immediate flag. RabbitMQ 3.10 is the reference
 //! for every expected reply code; the helpers are in [`bourse_tests::basic`].
 
-use bourse_tests::basic::{WAIT, assert_code, bounded, declare, next_error_code, publish, within};
+use bourse_tests::basic::{
+    WAIT, assert_code, bounded, declare, next_error_code, publish, ready_count, wait_ready, within,
+};
 use bourse_tests::{TestBroker, eventually};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions,
+};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation};
 
 const NOT_FOUND: u16 = 404;
@@ -104,6 +110,82 @@ async fn publish_to_missing_exchange_closes_channel_with_not_found() {
             .expect("new channel after channel error");
         let q = declare(&ch2, "after-404").await;
         publish(&ch2, "", &q, b"ok").await;
+    })
+    .await;
+}
+
+/// A channel keeps the exchange it last published to; deleting or re-declaring that exchange
+/// from another channel must take effect on its very next publish.
+#[tokio::test]
+async fn publishing_again_after_the_exchange_was_deleted_or_redeclared_elsewhere() {
+    bounded(async {
+        let broker = TestBroker::start().await;
+        let conn = broker.connect().await;
+        let mut events = Box::pin(conn.events_listener());
+        let publisher = conn.create_channel().await.unwrap();
+        let admin = conn.create_channel().await.unwrap();
+        let direct_q = declare(&admin, "cached-direct").await;
+        let fanout_q = declare(&admin, "cached-fanout").await;
+        let x = "cached-x";
+        let declare_x = |kind: lapin::ExchangeKind| {
+            admin.exchange_declare(
+                x.into(),
+                kind,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+        };
+        let bind = |queue: &str, key: &str| {
+            admin.queue_bind(
+                queue.into(),
+                x.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+        };
+        declare_x(lapin::ExchangeKind::Direct).await.unwrap();
+        bind(&direct_q, "k").await.unwrap();
+        publish(&publisher, x, "k", b"to direct").await;
+        wait_ready(&admin, &direct_q, 1).await;
+
+        // Deleted and declared again, as fanout, bound to the other queue only.
+        admin
+            .exchange_delete(x.into(), ExchangeDeleteOptions::default())
+            .await
+            .unwrap();
+        declare_x(lapin::ExchangeKind::Fanout).await.unwrap();
+        bind(&fanout_q, "").await.unwrap();
+        publish(&publisher, x, "k", b"to fanout").await;
+        wait_ready(&admin, &fanout_q, 1).await;
+        assert_eq!(
+            ready_count(&admin, &direct_q).await,
+            1,
+            "the old exchange routed it"
+        );
+
+        // Deleted for good: the next publish is refused with 404 like any unknown exchange.
+        admin
+            .exchange_delete(x.into(), ExchangeDeleteOptions::default())
+            .await
+            .unwrap();
+        publisher
+            .basic_publish(
+                x.into(),
+                "k".into(),
+                BasicPublishOptions::default(),
+                b"nowhere",
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(next_error_code(&mut events).await, NOT_FOUND);
+        assert!(
+            eventually(WAIT, || !publisher.status().connected()).await,
+            "publisher's channel closed"
+        );
+        assert_eq!(ready_count(&admin, &direct_q).await, 1);
+        assert_eq!(ready_count(&admin, &fanout_q).await, 1);
     })
     .await;
 }

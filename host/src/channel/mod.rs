@@ -76,6 +76,10 @@ pub struct Channel {
     routed: Routed,
     /// The exchange and routing key of the last publish, shared by the next ones that repeat them.
     last_envelope: Option<Arc<crate::message::Envelope>>,
+    /// The exchange of the last publish: the next one to the same name skips the vhost's
+    /// topology lock (shared by every publisher) while it has not been removed. Weak: a
+    /// deleted exchange (a WASM one holds an instance) is not kept alive by a quiet channel.
+    last_exchange: std::sync::Weak<crate::vhost::Exchange>,
     /// The direct reply-to consumer (basic.consume on `amq.rabbitmq.reply-to`).
     reply: Option<ReplyState>,
     /// The channel's place in its user's channel count, given back when it is dropped.
@@ -111,6 +115,7 @@ impl Channel {
             commits: std::collections::VecDeque::new(),
             routed: Routed::default(),
             last_envelope: None,
+            last_exchange: std::sync::Weak::new(),
             reply: None,
             slot: None,
             acked: Vec::new(),

@@ -145,7 +145,16 @@ impl Channel {
             crate::auth::ResourceKind::Exchange,
             publish.exchange.as_str(),
         )?;
-        let exchange = cx.vhost.exchange(publish.exchange.as_str())?;
+        let exchange = match self.last_exchange.upgrade() {
+            Some(last) if *last.spec.name == *publish.exchange.as_str() && !last.is_removed() => {
+                last
+            }
+            _ => {
+                let exchange = cx.vhost.exchange(publish.exchange.as_str())?;
+                self.last_exchange = Arc::downgrade(&exchange);
+                exchange
+            }
+        };
         cx.may_route(
             crate::auth::Access::Write,
             &exchange.spec.name,

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use amq_protocol::types::{AMQPValue, FieldTable};
 use foldhash::HashMap;
@@ -45,6 +45,9 @@ pub struct Exchange {
     /// The messages waiting in an `x-delayed-message` exchange (its router is the underlying
     /// type's), or those a 0.2 plugin's exchange delayed (`DelayedExchange::decided`).
     delayed: Option<Arc<super::delayed::DelayedExchange>>,
+    /// Set when it leaves the topology (deleted, auto-deleted, or replaced): a channel that
+    /// kept it to publish to again looks the name up anew.
+    removed: AtomicBool,
 }
 
 /// A connection's count of what it published into one exchange during a read turn: the
@@ -107,7 +110,19 @@ impl Exchange {
             publish_in: AtomicU64::new(0),
             publish_out: AtomicU64::new(0),
             delayed: None,
+            removed: AtomicBool::new(false),
         }
+    }
+
+    /// Whether it has left the topology: a name looked up before may now be another exchange,
+    /// or none.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    /// Marks it removed (under the topology's write lock, as it leaves the map).
+    pub(super) fn mark_removed(&self) {
+        self.removed.store(true, Ordering::Release);
     }
 
     /// An `x-delayed-message` exchange routing with `router` (its underlying type's).

@@ -370,10 +370,14 @@ impl VHost {
         if spec.durable && !restoring {
             self.log(&exchange_definition(spec))?;
         }
-        self.topology
+        if let Some(replaced) = self
+            .topology
             .write()
             .exchanges
-            .insert(spec.name.clone(), exchange.clone());
+            .insert(spec.name.clone(), exchange.clone())
+        {
+            replaced.mark_removed();
+        }
         if let Some(delayed) = exchange.delayed() {
             delayed.start(self.me.clone());
         }

@@ -12,6 +12,7 @@ use foldhash::HashSet;
 use tracing::debug;
 
 use super::reply_to::REPLY_TO_PREFIX;
+use super::topology::Topology;
 use super::{Exchange, ReplyConsumer, VHost};
 use crate::exchange::{Destination, RoutingInput};
 use crate::message::Message;
@@ -43,6 +44,17 @@ pub struct Routed {
     /// `visited` as a set, once it holds more than [`SCAN_UP_TO`].
     visited_set: HashSet<usize>,
     destinations: Vec<Destination>,
+}
+
+/// One message being routed: what each exchange it passes through is given.
+#[derive(Clone, Copy)]
+struct Publication<'a> {
+    /// The exchange it was published to.
+    published: &'a Arc<Exchange>,
+    message: &'a Message,
+    properties: &'a BasicProperties,
+    /// The publish key, then the CC and BCC keys.
+    keys: &'a [&'a str],
 }
 
 /// Up to this many queues, a linear scan finds duplicates faster than a hash set.
@@ -89,100 +101,126 @@ impl VHost {
         routed.visited.clear();
         routed.seen.clear();
         routed.visited_set.clear();
-        routed.pending.push(exchange.clone());
         // Plugin calls run on this thread: what they journal from here on is this message's.
         crate::store::take_thread_ticket();
         let topology = self.read_topology();
+        // The exchange published to is visited without a clone of its Arc (shared by every
+        // publisher to it); exchanges it leads to are queued in `pending`.
+        let publication = Publication {
+            published: exchange,
+            message,
+            properties,
+            keys,
+        };
+        self.visit(&topology, exchange, &publication, routed, trace);
         while let Some(x) = routed.pending.pop() {
-            let id = Arc::as_ptr(&x) as usize;
-            if !routed.first_visit(id) {
-                continue;
-            }
-            trace.exchange(&x);
-            let mut reached = false;
-            if x.spec.name.is_empty() {
-                // The default exchange: every queue is implicitly bound by its own name.
-                for key in keys {
-                    if let Some(queue) = topology.queues.get(*key) {
-                        reached = true;
-                        trace.default_queue(queue.name());
-                        push_unique(&mut routed.queues, &mut routed.seen, queue);
-                    } else if key.starts_with(REPLY_TO_PREFIX) {
-                        // A direct reply-to name: straight to the requester's channel, if it
-                        // is still there; otherwise the reply is dropped.
-                        if let Some(consumer) = self.replies.lookup(key)
-                            && consumer.has_room()
-                        {
-                            reached = true;
-                            trace.reply(key);
-                            if !routed
-                                .replies
-                                .iter()
-                                .any(|r| std::ptr::addr_eq(Arc::as_ptr(r), Arc::as_ptr(&consumer)))
-                            {
-                                routed.replies.push(consumer);
-                            }
-                        }
-                    }
-                }
-            } else {
-                routed.destinations.clear();
-                let router = x.router();
-                // The publish key first, then the CC and BCC keys: built-in types route each
-                // key in turn, a plugin decides once from all of them.
-                if let Some((first, cc)) = keys.split_first() {
-                    let input = RoutingInput {
-                        exchange: &x.spec.name,
-                        routing_key: first,
-                        properties,
-                        body: message.body(),
-                    };
-                    match router.route_keys_delayed(&input, cc, &mut routed.destinations) {
-                        // A plugin's delay is honoured only for the exchange published to,
-                        // when it holds plugin-delayed messages; elsewhere (behind an
-                        // exchange-to-exchange binding, under `x-delayed-message`, at fire
-                        // time) the message goes on at once.
-                        Ok(delay) if delay > 0 && Arc::ptr_eq(&x, exchange) => {
-                            if x.delayed().is_some_and(|d| d.decided()) {
-                                routed.delay_ms = delay.min(super::delayed::MAX_DELAY_MS);
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(error) => {
-                            // Debug only: a router logs its own failures, rate-limited per
-                            // exchange (a failed WASM exchange refuses every message).
-                            debug!(exchange = %x.spec.name, vhost = %self.name, %error, "router failed; message unroutable by this exchange");
-                            trace.failed(&x, &error);
-                            routed.router_failed = true;
-                            routed.destinations.clear();
-                        }
-                    }
-                }
-                drop(router);
-                for destination in routed.destinations.drain(..) {
-                    let found = match &destination {
-                        Destination::Queue(name) => topology.queues.get(name).map(|queue| {
-                            push_unique(&mut routed.queues, &mut routed.seen, queue);
-                        }),
-                        Destination::Exchange(name) => topology
-                            .exchanges
-                            .get(name)
-                            .map(|next| routed.pending.push(next.clone())),
-                    }
-                    .is_some();
-                    reached |= found;
-                    trace.destination(&x, &destination, found);
-                }
-            }
-            if !reached
-                && let Some(alternate) =
-                    x.alternate.as_ref().and_then(|n| topology.exchanges.get(n))
-            {
-                trace.alternate(&x, alternate);
-                routed.pending.push(alternate.clone());
-            }
+            self.visit(&topology, &x, &publication, routed, trace);
         }
         routed.state_ticket = crate::store::take_thread_ticket();
+    }
+
+    /// Routes the message through exchange `x`: the queues it reaches go to `routed.queues`,
+    /// the exchanges it leads to (bindings, its alternate) to `routed.pending`.
+    fn visit<T: Trace>(
+        &self,
+        topology: &Topology,
+        x: &Arc<Exchange>,
+        publication: &Publication<'_>,
+        routed: &mut Routed,
+        trace: &mut T,
+    ) {
+        let Publication {
+            published,
+            message,
+            properties,
+            keys,
+        } = *publication;
+        let id = Arc::as_ptr(x) as usize;
+        if !routed.first_visit(id) {
+            return;
+        }
+        trace.exchange(x);
+        let mut reached = false;
+        if x.spec.name.is_empty() {
+            // The default exchange: every queue is implicitly bound by its own name.
+            for key in keys {
+                if let Some(queue) = topology.queues.get(*key) {
+                    reached = true;
+                    trace.default_queue(queue.name());
+                    push_unique(&mut routed.queues, &mut routed.seen, queue);
+                } else if key.starts_with(REPLY_TO_PREFIX) {
+                    // A direct reply-to name: straight to the requester's channel, if it
+                    // is still there; otherwise the reply is dropped.
+                    if let Some(consumer) = self.replies.lookup(key)
+                        && consumer.has_room()
+                    {
+                        reached = true;
+                        trace.reply(key);
+                        if !routed
+                            .replies
+                            .iter()
+                            .any(|r| std::ptr::addr_eq(Arc::as_ptr(r), Arc::as_ptr(&consumer)))
+                        {
+                            routed.replies.push(consumer);
+                        }
+                    }
+                }
+            }
+        } else {
+            routed.destinations.clear();
+            let router = x.router();
+            // The publish key first, then the CC and BCC keys: built-in types route each
+            // key in turn, a plugin decides once from all of them.
+            if let Some((first, cc)) = keys.split_first() {
+                let input = RoutingInput {
+                    exchange: &x.spec.name,
+                    routing_key: first,
+                    properties,
+                    body: message.body(),
+                };
+                match router.route_keys_delayed(&input, cc, &mut routed.destinations) {
+                    // A plugin's delay is honoured only for the exchange published to,
+                    // when it holds plugin-delayed messages; elsewhere (behind an
+                    // exchange-to-exchange binding, under `x-delayed-message`, at fire
+                    // time) the message goes on at once.
+                    Ok(delay) if delay > 0 && Arc::ptr_eq(x, published) => {
+                        if x.delayed().is_some_and(|d| d.decided()) {
+                            routed.delay_ms = delay.min(super::delayed::MAX_DELAY_MS);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        // Debug only: a router logs its own failures, rate-limited per
+                        // exchange (a failed WASM exchange refuses every message).
+                        debug!(exchange = %x.spec.name, vhost = %self.name, %error, "router failed; message unroutable by this exchange");
+                        trace.failed(x, &error);
+                        routed.router_failed = true;
+                        routed.destinations.clear();
+                    }
+                }
+            }
+            drop(router);
+            for destination in routed.destinations.drain(..) {
+                let found = match &destination {
+                    Destination::Queue(name) => topology.queues.get(name).map(|queue| {
+                        push_unique(&mut routed.queues, &mut routed.seen, queue);
+                    }),
+                    Destination::Exchange(name) => topology
+                        .exchanges
+                        .get(name)
+                        .map(|next| routed.pending.push(next.clone())),
+                }
+                .is_some();
+                reached |= found;
+                trace.destination(x, &destination, found);
+            }
+        }
+        if !reached
+            && let Some(alternate) = x.alternate.as_ref().and_then(|n| topology.exchanges.get(n))
+        {
+            trace.alternate(x, alternate);
+            routed.pending.push(alternate.clone());
+        }
     }
 }
 

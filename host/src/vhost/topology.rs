@@ -115,6 +115,7 @@ impl Topology {
             let Some(exchange) = self.exchanges.remove(&name) else {
                 continue;
             };
+            exchange.mark_removed();
             // Its own bindings leave the reverse index (the router goes with the exchange).
             for destination in exchange.destinations() {
                 if let Some(by_source) = self.sources.get_mut(&destination) {
