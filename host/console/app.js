@@ -274,6 +274,8 @@ async function login(e) {
 async function start() {
   const me = await api('GET', '/api/whoami');
   $('whoami').textContent = `${me.name} (${tagList(me.tags)})`;
+  const tags = Array.isArray(me.tags) ? me.tags : String(me.tags || '').split(',');
+  seesNodes = tags.some((t) => ['administrator', 'monitoring'].includes(String(t).trim()));
   $('login').hidden = true;
   $('app').hidden = false;
   route();
@@ -327,6 +329,7 @@ async function refreshNow() {
 // Overview: totals and the message-rate chart
 
 const chartPoints = []; // { publish, deliver }, the last CHART_POINTS samples
+let seesNodes = false; // /api/nodes is for monitoring and administrator users (as RabbitMQ)
 
 function card(id, label) {
   return h('div', { class: 'card' }, h('span', { class: 'label' }, label),
@@ -357,8 +360,26 @@ function renderOverview(main) {
       h('span', { class: 'publish' }, 'publish'), h('span', { class: 'deliver' }, 'deliver / get')),
     canvas,
     h('p', { class: 'note', id: 'ov-node' }));
+  // The nodes: one row on a single node; in a cluster every member, with its Raft role and
+  // how far its replica is behind the leader's log (as the leader sees it).
+  const nodes = table('nodes-table', [
+    { id: 'name', title: 'Node', get: (n) => n.name },
+    { id: 'running', title: 'Running', get: (n) => n.running, fmt: fmtBool },
+    { id: 'role', title: 'Role', get: (n) => dig(n, 'cluster.role') },
+    { id: 'leader', title: 'Leader', get: (n) => dig(n, 'cluster.leader'), fmt: fmtBool },
+    { id: 'voter', title: 'Voter', get: (n) => dig(n, 'cluster.voter'), fmt: fmtBool },
+    { id: 'term', title: 'Term', get: (n) => num(dig(n, 'cluster.term')), fmt: fmtInt, num: true },
+    { id: 'applied', title: 'Applied index', get: (n) => num(dig(n, 'cluster.last_applied_index')), fmt: fmtInt, num: true },
+    { id: 'lag', title: 'Replica lag', get: (n) => num(dig(n, 'cluster.lag')), fmt: fmtInt, num: true },
+    { id: 'address', title: 'Cluster address', get: (n) => dig(n, 'cluster.address') },
+  ], 'no nodes');
+  if (seesNodes) main.append(h('h2', {}, 'Nodes'), nodes);
   drawChart(canvas);
   return async () => {
+    if (seesNodes) {
+      const list = await api('GET', '/api/nodes');
+      nodes.update(Array.isArray(list) ? list : [], (n) => n.name, (n) => ({ 'data-name': n.name }));
+    }
     const o = await api('GET', '/api/overview');
     const t = o.object_totals || {}, q = o.queue_totals || {};
     for (const k of ['connections', 'channels', 'queues', 'exchanges', 'consumers']) setValue('ov-' + k, num(t[k]), fmtInt);

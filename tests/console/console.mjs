@@ -12,6 +12,10 @@
 // apart by their sha256 (their `version` strings may be equal). Optional: CHROMIUM (default
 // /usr/bin/chromium), BOURSE_BINDING_KEY (default `console\..*`, a regex for x-regex) and
 // BOURSE_ROUTING_KEY (default `console.test`) for the plugin exchange's binding and publish.
+//
+// BOURSE_CONSOLE_MODE=nodes checks only the overview's nodes table (a cluster test): it needs
+// URL, USER, PASSWORD and SHOTS, plus BOURSE_NODES_UP and BOURSE_NODES_DOWN, comma-separated
+// node names expected running and not running; exactly one running node must be the leader.
 
 import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync } from 'node:fs';
@@ -30,21 +34,26 @@ function need(name) {
   return value;
 }
 
+const NODES_MODE = process.env.BOURSE_CONSOLE_MODE === 'nodes';
+const full = (name) => (NODES_MODE ? '' : need(name));
+const list = (name) => (process.env[name] || '').split(',').filter(Boolean);
 const URL = need('BOURSE_CONSOLE_URL');
 const USER = need('BOURSE_USER');
 const PASSWORD = need('BOURSE_PASSWORD');
-const QUEUE = need('BOURSE_QUEUE');
-const V1 = need('BOURSE_PLUGIN_V1');
-const V2 = need('BOURSE_PLUGIN_V2');
-const TYPE = need('BOURSE_PLUGIN_TYPE');
+const QUEUE = full('BOURSE_QUEUE');
+const V1 = full('BOURSE_PLUGIN_V1');
+const V2 = full('BOURSE_PLUGIN_V2');
+const TYPE = full('BOURSE_PLUGIN_TYPE');
 const SHOTS = need('BOURSE_SHOTS');
+const NODES_UP = list('BOURSE_NODES_UP');
+const NODES_DOWN = list('BOURSE_NODES_DOWN');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const BINDING_KEY = process.env.BOURSE_BINDING_KEY || 'console\\..*';
 const ROUTING_KEY = process.env.BOURSE_ROUTING_KEY || 'console.test';
 
 const sha256 = (path) => createHash('sha256').update(readFileSync(path)).digest('hex');
-const SHA1 = sha256(V1);
-const SHA2 = sha256(V2);
+const SHA1 = NODES_MODE ? '' : sha256(V1);
+const SHA2 = NODES_MODE ? '' : sha256(V2);
 const RUN = Date.now().toString(36);
 const TEST_QUEUE = `console-q-${RUN}`;
 const TEST_EXCHANGE = `console-x-${RUN}`;
@@ -177,6 +186,41 @@ await step('logging in opens the console', async () => {
     const t = await text('#whoami');
     return [Boolean(t && t.startsWith(USER)), t];
   });
+});
+
+/** The overview's nodes table lists exactly `up` (running) and `down` (not running); among
+ * the running ones, one leader when `cluster`. */
+async function nodesShown(up, down, cluster) {
+  await go('overview');
+  const want = [...up.map((n) => [n, 'true']), ...down.map((n) => [n, 'false'])].sort();
+  await until(`the nodes table shows ${JSON.stringify(want)}`, async () => {
+    const rows = await page.evaluate(() => [...document.querySelectorAll('#nodes-table tbody tr[data-name]')]
+      .map((tr) => [tr.dataset.name, tr.querySelector('td[data-col=running]').dataset.value,
+        tr.querySelector('td[data-col=leader]').dataset.value]));
+    const shown = rows.map(([n, r]) => [n, r]).sort();
+    const leaders = rows.filter(([, r, l]) => r === 'true' && l === 'true').length;
+    const done = JSON.stringify(shown) === JSON.stringify(want) && leaders === (cluster ? 1 : 0);
+    return [done, rows];
+  });
+}
+
+if (NODES_MODE) {
+  await step(`overview: nodes ${NODES_UP} running, ${NODES_DOWN.length ? NODES_DOWN : 'none'} down, one leader`, async () => {
+    await nodesShown(NODES_UP, NODES_DOWN, true);
+    await page.screenshot({ path: join(SHOTS, `nodes-${NODES_DOWN.length}-down.png`), fullPage: true });
+  });
+  await step('no uncaught error in the page', async () => {
+    if (pageErrors.length) throw new Error(pageErrors.join('; '));
+  });
+  await finish();
+}
+
+await step('overview: the nodes table lists this one node, running, in no cluster', async () => {
+  const node = await page.evaluate(async () => {
+    const auth = { Authorization: 'Basic ' + sessionStorage.getItem('bourse.auth') };
+    return (await (await fetch('/api/overview', { headers: auth })).json()).node;
+  });
+  await nodesShown([node], [], false);
 });
 
 await step('overview: the rate chart draws and the publish rate is > 0', async () => {

@@ -7,6 +7,7 @@
 
 pub mod basic;
 pub mod connection;
+pub mod console;
 pub mod crash;
 pub mod ctl;
 pub mod exchanges;

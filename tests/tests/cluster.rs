@@ -1,7 +1,8 @@
 //! A bourse cluster of three real node processes on loopback (docs/cluster.md): it forms from
 //! its configuration, a metadata change made on any node reaches every node, the loss of one
 //! node leaves it writable, a restarted node catches up, the loss of two stops writes with a
-//! clear 503, and the inter-node port refuses requests without the shared secret.
+//! clear 503, and the inter-node port refuses requests without the shared secret. The web
+//! console of a survivor shows the members, the leader and the node that is down.
 //!
 //! Quorum queues and the fault-injection suite are not built yet (docs/cluster.md says what is).
 
@@ -9,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bourse_tests::TempDir;
+use bourse_tests::console::run_script;
 use bourse_tests::ctl::Ctl;
 use bourse_tests::http::Api;
 use bourse_tests::process::{BrokerProcess, free_port};
@@ -220,6 +222,20 @@ async fn metadata_changes_reach_every_node_and_survive_losing_a_minority() {
         assert_ne!(second, first, "a new leader");
         let alive: Vec<&Node> = survivors.iter().map(|&i| &nodes[i]).collect();
         visible_everywhere(&alive, "/api/vhosts/after-the-kill").await;
+
+        // A survivor's web console, in a real browser: two members running, one of them the
+        // leader, and the killed one shown down.
+        let up: Vec<String> = alive.iter().map(|n| format!("bourse@{}", n.name)).collect();
+        run_script(
+            &format!("{}/", alive[0].api.base()),
+            &[
+                ("BOURSE_CONSOLE_MODE", "nodes".to_owned()),
+                ("BOURSE_NODES_UP", up.join(",")),
+                ("BOURSE_NODES_DOWN", format!("bourse@{}", nodes[at].name)),
+            ],
+            Duration::from_secs(60),
+        )
+        .await;
 
         // The killed node comes back and catches up: same metadata on all three.
         nodes[at].process.restart().await;

@@ -1,15 +1,16 @@
 //! The web console (issue 12) in a real headless browser: `tests/console/console.mjs` drives
 //! Debian's Chromium through playwright-core against a broker whose API serves the console,
-//! while a lapin publisher fills a queue: it logs in, sees the queue's rate move, uploads a
-//! plugin and routes through it, replaces and rolls it back. Screenshots are kept in
+//! while a lapin publisher fills a queue: it logs in, sees this node in the nodes table and the
+//! queue's rate move, uploads a plugin and routes through it, replaces and rolls it back. (The
+//! nodes table of a cluster is checked in cluster.rs.) Screenshots are kept in
 //! `target/console-shots/`. `scripts/test.sh` installs Chromium and the npm package.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bourse_tests::connection::lapin_connect;
+use bourse_tests::console::{run_script, shots_dir};
 use bourse_tests::http::api_broker_with;
 use bourse_tests::raw::within;
 use bourse_tests::wasm::{dedup_as_regex, dist_dir, seed_cache_key, test_cache_dir};
@@ -18,22 +19,9 @@ use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace")
-        .to_path_buf()
-}
-
 #[tokio::test]
 async fn the_console_shows_rates_and_deploys_and_rolls_back_a_plugin() {
     bounded(Duration::from_secs(180), async {
-        let script_dir = repo().join("tests/console");
-        assert!(
-            script_dir.join("node_modules/playwright-core").is_dir(),
-            "playwright-core is not installed: run scripts/test.sh (or `npm ci` in {})",
-            script_dir.display()
-        );
         let (broker, api) = api_broker_with(|cfg| {
             cfg.management_sample_interval_ms = 1000;
             cfg.wasm_cache_dir = Some(test_cache_dir());
@@ -79,33 +67,23 @@ async fn the_console_shows_rates_and_deploys_and_rolls_back_a_plugin() {
         let work = bourse_tests::TempDir::new();
         let v2 = work.path.join("x-regex-v2.wasm");
         std::fs::write(&v2, dedup_as_regex()).unwrap();
-        let shots = repo().join("target/console-shots");
-        std::fs::create_dir_all(&shots).unwrap();
-        let mut node = tokio::process::Command::new("node");
-        node.arg("console.mjs")
-            .current_dir(&script_dir)
-            .env("BOURSE_CONSOLE_URL", &console_url)
-            .env("BOURSE_USER", "guest")
-            .env("BOURSE_PASSWORD", "guest")
-            .env("BOURSE_QUEUE", "console.filled")
-            .env("BOURSE_PLUGIN_V1", dist_dir().join("x-regex.wasm"))
-            .env("BOURSE_PLUGIN_V2", &v2)
-            .env("BOURSE_PLUGIN_TYPE", "x-regex")
-            .env("BOURSE_SHOTS", &shots)
-            .kill_on_drop(true);
-        let out = tokio::time::timeout(Duration::from_secs(150), node.output())
-            .await
-            .expect("the browser test finished in time")
-            .expect("node runs (is Node.js installed?)");
+        let stdout = run_script(
+            &console_url,
+            &[
+                ("BOURSE_QUEUE", "console.filled".as_ref()),
+                (
+                    "BOURSE_PLUGIN_V1",
+                    dist_dir().join("x-regex.wasm").as_os_str(),
+                ),
+                ("BOURSE_PLUGIN_V2", v2.as_os_str()),
+                ("BOURSE_PLUGIN_TYPE", "x-regex".as_ref()),
+            ],
+            Duration::from_secs(150),
+        )
+        .await;
         stop.store(true, Ordering::Relaxed);
         publisher.await.unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "console test failed ({}):\n{stdout}\n{stderr}",
-            out.status
-        );
+        let shots = shots_dir();
         for shot in ["overview.png", "queues.png", "plugins.png"] {
             assert!(shots.join(shot).is_file(), "no {shot}:\n{stdout}");
         }
