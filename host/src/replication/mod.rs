@@ -116,6 +116,18 @@ pub enum Answer<T> {
     Failed(String),
 }
 
+/// A membership change's outcome: done, refused because this node does not lead, or failed
+/// (the reason, for the caller).
+fn membership_answer<T>(
+    result: Result<T, RaftError<u64, ClientWriteError<u64, Member>>>,
+) -> Answer<Result<(), String>> {
+    match result {
+        Ok(_) => Answer::Done(Ok(())),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Answer::NotLeader,
+        Err(error) => Answer::Done(Err(error.to_string())),
+    }
+}
+
 /// One member in [`Status`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemberStatus {
@@ -365,23 +377,16 @@ impl Cluster {
             name: join.name,
             addr: join.addr,
         };
-        match self.raft.add_learner(id, member, true).await {
-            Ok(_) => {}
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                return Answer::NotLeader;
-            }
-            Err(error) => return Answer::Done(Err(error.to_string())),
+        match membership_answer(self.raft.add_learner(id, member, true).await) {
+            Answer::Done(Ok(())) => {}
+            refused => return refused,
         }
         let voters = BTreeSet::from([id]);
-        match self
-            .raft
-            .change_membership(ChangeMembers::AddVoterIds(voters), false)
-            .await
-        {
-            Ok(_) => Answer::Done(Ok(())),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Answer::NotLeader,
-            Err(error) => Answer::Done(Err(error.to_string())),
-        }
+        membership_answer(
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(voters), false)
+                .await,
+        )
     }
 
     /// Removes `leave` from the membership, if this node leads.
@@ -391,15 +396,11 @@ impl Cluster {
             return Answer::Done(Err(format!("{} is not a member", leave.name)));
         }
         let ids = BTreeSet::from([id]);
-        match self
-            .raft
-            .change_membership(ChangeMembers::RemoveVoters(ids), false)
-            .await
-        {
-            Ok(_) => Answer::Done(Ok(())),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Answer::NotLeader,
-            Err(error) => Answer::Done(Err(error.to_string())),
-        }
+        membership_answer(
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(ids), false)
+                .await,
+        )
     }
 
     /// The cluster as this node sees it; the replicas' lag only on the leader.
