@@ -44,7 +44,7 @@ pub(super) struct FlowState {
 impl FlowState {
     /// Records a delivery: a stalled queue's consumers are taking messages again. True every
     /// [`FLOW_PACE`] deliveries, when waiting publishers should look again.
-    pub(super) fn delivered(&mut self) -> bool {
+    fn delivered(&mut self) -> bool {
         self.deliveries = self.deliveries.wrapping_add(1);
         self.stalled = false;
         self.deliveries.is_multiple_of(FLOW_PACE)
@@ -77,10 +77,10 @@ impl Queue {
         }
     }
 
-    /// A delivery was recorded (`FlowState::delivered` said `pace`): wakes waiting
-    /// publishers every [`FLOW_PACE`] deliveries while in flow.
-    pub(super) fn paced(&self, pace: bool) {
-        if pace && self.in_flow() {
+    /// Counts a delivery (with the queue's lock held); every [`FLOW_PACE`] deliveries while
+    /// in flow, wakes the waiting publishers.
+    pub(super) fn count_delivery(&self, flow: &mut FlowState) {
+        if flow.delivered() && self.in_flow() {
             self.flow_cleared.notify_waiters();
         }
     }

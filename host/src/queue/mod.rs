@@ -505,8 +505,7 @@ impl Queue {
             }
             let (position, redelivered) = (entry.position, entry.redelivered());
             active.outlet.offer(active, me, entry)?;
-            let pace = state.flow.delivered();
-            self.paced(pace);
+            self.count_delivery(&mut state.flow);
             state
                 .stats
                 .delivered
@@ -527,8 +526,7 @@ impl Queue {
             let (position, redelivered) = (entry.position, entry.redelivered());
             match consumer.outlet.offer(consumer, me, entry) {
                 Ok(()) => {
-                    let pace = state.flow.delivered();
-                    self.paced(pace);
+                    self.count_delivery(&mut state.flow);
                     state
                         .stats
                         .delivered
@@ -570,8 +568,7 @@ impl Queue {
             }
         };
         if let Some(entry) = &got {
-            let pace = state.flow.delivered();
-            self.paced(pace);
+            self.count_delivery(&mut state.flow);
             state
                 .stats
                 .delivered
